@@ -1,0 +1,1 @@
+"""Hardware drivers for xinstrument benches. This package never imports xinstrument."""
