@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from xinstrument import profiles as prof
-from xinstrument.profiles import SCHEMA_VERSION, DetectorProfile, ProfileError, find_profile, list_profiles
+from xinstrument.profiles import (
+    SCHEMA_VERSION,
+    DetectorProfile,
+    ProfileError,
+    find_profile,
+    list_profiles,
+)
 
 
 def gaussian_mtf(f_cy_per_px: np.ndarray, sigma_px: float) -> np.ndarray:

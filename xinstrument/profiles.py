@@ -382,7 +382,7 @@ class DetectorProfile:
         self.name = folder.name
 
     @classmethod
-    def load(cls, folder: Path | str) -> "DetectorProfile":
+    def load(cls, folder: Path | str) -> DetectorProfile:
         """Read and validate a profile folder; every fault is a :class:`ProfileError`."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -524,6 +524,7 @@ class DetectorProfile:
             return f"{d.get('material')} {d.get('areal_density_mg_cm2', '?'):g} mg/cm^2"
 
         f = np.asarray(self.frequency_cy_per_px)
+        nnps = "none" if self.nnps_lr is None else f"yes (mean signal {self.nnps_mean_signal:g})"
         lines = [
             f"profile {self.name}  ({self.path})",
             f"  detector      {self.detector_id}: {self.description}",
@@ -533,7 +534,7 @@ class DetectorProfile:
             f"  calibration   {self.calibration}",
             f"  grid          {f.size} points, 0 .. {f[-1]:.3g} cy/px",
             f"  PSF           {self.psf.shape[0]}x{self.psf.shape[1]} px",
-            f"  NNPS          {'yes (mean signal %g)' % self.nnps_mean_signal if self.nnps_lr is not None else 'none'}",
+            f"  NNPS          {nnps}",
             f"  weights       {', '.join(sorted(self.weights)) or 'none'}",
         ]
         return "\n".join(lines)
