@@ -1,0 +1,496 @@
+"""The digital twin of an imaging bench: source -> sample -> scintillator -> optics -> sensor.
+
+``Twin`` renders camera frames from the physical state of the world (tube output, focus stage
+position), which in simulation mode is read from the protocol emulators that the real drivers talk
+to. Everything that does not change between frames of one state (spectrum, projected sample,
+transfer functions, fixed-pattern maps) is cached; per frame only the quantum noise, the
+scintillator blur of that noise and the sensor noise are computed.
+
+Signal chain per pixel (units in brackets):
+  absorbed X-ray quanta n ~ Poisson(Q) [quanta], Q from the spectrum, sample and screen;
+  deposited energy n * E_mean(x) [keV], blurred by the depth-integrated screen/optics OTF;
+  photo-electrons ~ Poisson(energy * light yield * collection * QE * (1 + PRNU)) [e-];
+  + dark current ~ Poisson [e-], + read noise ~ Normal [e-];
+  ADU = e- / gain + offset (+ DSNU), clipped to the bit depth.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.fft as sfft
+
+from . import detector as det
+from .materials import SAMPLE_MATERIALS
+from .samples import Grid, Sample, make_sample
+from .source import SourceSettings, energy_grid_kev, focal_spot_um, spectrum_photons_per_s_sr
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Geometry and detector of a simulated bench."""
+
+    name: str = "lens-yag"
+    kind: str = "lens"                        # "lens" (lens-coupled) or "panel" (contact screen)
+    thick_um: float = 200.0                   # lens: YAG thickness of the working (LR) screen
+    thin_um: float = 20.0                     # lens: YAG thickness of the reference (HR) screen
+    thick_mg_cm2: float = 134.55              # panel: GOS areal densities (shared/papers/001)
+    thin_mg_cm2: float = 33.91
+    lens: det.LensCoupling = det.LensCoupling()
+    sensor: det.SensorModel = det.SensorModel()
+    source_object_mm: float = 27.0            # source to sample base
+    source_detector_mm: float = 30.0          # source to scintillator
+    pad_px: int = 48                          # margin rendered around the field (blur tails)
+
+    @property
+    def pixel_at_screen_um(self) -> float:
+        if self.kind == "lens":
+            return self.sensor.pixel_um / self.lens.magnification
+        return self.sensor.pixel_um
+
+    @property
+    def geometric_magnification(self) -> float:
+        return self.source_detector_mm / self.source_object_mm
+
+    @property
+    def pixel_at_object_um(self) -> float:
+        return self.pixel_at_screen_um / self.geometric_magnification
+
+    @property
+    def fov_mm(self) -> float:
+        return self.sensor.cols * self.pixel_at_object_um / 1000
+
+    def screen(self, which: str = "thick") -> det.Scintillator:
+        if which not in ("thick", "thin"):
+            raise ValueError(f"screen must be 'thick' or 'thin', got {which!r}")
+        if self.kind == "lens":
+            return det.yag(self.thick_um if which == "thick" else self.thin_um)
+        return det.gos(self.thick_mg_cm2 if which == "thick" else self.thin_mg_cm2)
+
+    def electrons_per_kev(self, which: str = "thick") -> float:
+        scint = self.screen(which)
+        coupling = (self.lens.collection_efficiency() if self.kind == "lens"
+                    else det.GOS_CONTACT_COLLECTION)
+        return scint.light_yield_per_kev * coupling * self.sensor.qe
+
+
+def lens_bench(sensor_px: int = 2048, **kw) -> BenchConfig:
+    """YAG:Ce 200 um (20 um reference) behind a 5x NA 0.4 objective on a pco.edge-class sCMOS
+    (shared/papers/004): 1.3 um pixels at the screen."""
+    return BenchConfig(name="lens-yag", kind="lens",
+                       sensor=det.SensorModel(rows=sensor_px, cols=sensor_px), **kw)
+
+
+def panel_bench(sensor_px: int = 512, **kw) -> BenchConfig:
+    """Gd2O2S:Tb 134.55 mg/cm^2 (33.91 reference) on a 99 um CMOS panel at 70 kV geometry
+    (shared/papers/001)."""
+    sensor = det.SensorModel(rows=sensor_px, cols=sensor_px, pixel_um=99.0, qe=0.6,
+                             gain_e_per_adu=4.0, read_noise_e=20.0, dark_current_e_per_s=50.0,
+                             full_well_e=250000.0, max_fps=30.0, dsnu_e=5.0)
+    kw.setdefault("source_object_mm", 450.0)
+    kw.setdefault("source_detector_mm", 500.0)
+    kw.setdefault("pad_px", 64)
+    return BenchConfig(name="panel-gos", kind="panel", sensor=sensor, **kw)
+
+
+BENCHES: dict[str, Callable[..., BenchConfig]] = {"lens-yag": lens_bench, "panel-gos": panel_bench}
+
+
+@dataclass
+class WorldState:
+    """Physical state the camera sees. In simulation mode it is read from the emulators."""
+
+    voltage_kv: float = 50.0
+    current_ua: float = 80.0
+    xray_on: bool = True
+    focus_mode: int = 0
+    stage_um: float = 56.0
+    sample_in: bool = True
+
+
+StateProvider = Callable[[], WorldState]
+
+
+@dataclass
+class _Optics:
+    otf_rfft: np.ndarray      # (Hp, Wp//2+1) float32 system OTF on the padded grid
+    stage_um: float
+
+
+class Twin:
+    """Renders frames, ground truth and calibration quantities of one bench.
+
+    ``state`` is a callable returning the current :class:`WorldState` (from the emulators in
+    simulation mode); a fixed WorldState is used when none is given.
+    """
+
+    def __init__(self, config: BenchConfig | None = None, sample: Sample | str = "pcb",
+                 seed: int = 0, state: StateProvider | None = None) -> None:
+        self.config = config or lens_bench()
+        self.seed = int(seed)
+        self._fixed_state = WorldState()
+        if self.config.kind == "panel":     # GOS panel operated at 70 kV (shared/papers/001)
+            self._fixed_state.voltage_kv, self._fixed_state.current_ua = 70.0, 200.0
+        self.state_provider: StateProvider = state or (lambda: self._fixed_state)
+        self._lock = threading.RLock()
+        self._rng = np.random.default_rng(self.seed + 1)
+        self._cache: dict = {}
+        self.sample = sample  # via setter
+        self._fixed_pattern()
+
+    # --- state
+    @property
+    def fixed_state(self) -> WorldState:
+        return self._fixed_state
+
+    def set_state(self, **kw) -> None:
+        """Change the fixed world state (only when no external state provider is attached)."""
+        for k, v in kw.items():
+            if not hasattr(self._fixed_state, k):
+                raise AttributeError(f"unknown world state field {k!r}")
+            setattr(self._fixed_state, k, v)
+
+    @property
+    def sample(self) -> Sample:
+        return self._sample
+
+    @sample.setter
+    def sample(self, value: Sample | str) -> None:
+        if isinstance(value, str):
+            value = make_sample(value, self.config.fov_mm, self.seed)
+        with self._lock:
+            self._sample = value
+            self._cache = {k: v for k, v in self._cache.items() if k[0] in ("otf", "fp")}
+
+    # --- geometry helpers
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        p = self.config.pad_px
+        return (sfft.next_fast_len(self.config.sensor.rows + 2 * p, real=True),
+                sfft.next_fast_len(self.config.sensor.cols + 2 * p, real=True))
+
+    def _grid(self) -> Grid:
+        hp, wp = self.padded_shape
+        return Grid.centred(hp, wp, self.config.pixel_at_object_um / 1000)
+
+    def _crop(self, a: np.ndarray) -> np.ndarray:
+        hp, wp = self.padded_shape
+        s = self.config.sensor
+        r0, c0 = (hp - s.rows) // 2, (wp - s.cols) // 2
+        return a[..., r0:r0 + s.rows, c0:c0 + s.cols]
+
+    # --- cached physics
+    def spectrum(self, voltage_kv: float, current_ua: float = 1.0, focus_mode: int = 0):
+        """Energy bins (keV) and photons/s per mm^2 at the screen per bin."""
+        e = energy_grid_kev(voltage_kv)
+        n_sr = spectrum_photons_per_s_sr(SourceSettings(voltage_kv, current_ua, focus_mode), e)
+        return e, n_sr / self.config.source_detector_mm ** 2
+
+    def _quanta_maps(self, voltage_kv: float, which: str, sample_in: bool):
+        """Absorbed quanta per pixel per s per uA and mean deposited energy (keV) per quantum,
+        on the padded grid."""
+        key = ("q", round(voltage_kv, 2), which, sample_in)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        e, fluence_mm2 = self.spectrum(voltage_kv, 1.0)
+        pixel_area_mm2 = (self.config.pixel_at_screen_um / 1000) ** 2
+        scint = self.config.screen(which)
+        absorbed_per_bin = fluence_mm2 * pixel_area_mm2 * scint.absorption(e)   # quanta/s/uA
+        hp, wp = self.padded_shape
+        if sample_in and self._sample.layers + [0] and (self._sample.layers or
+                                                        self._sample.uniform_mm):
+            thick = self._thickness_maps()
+            q = np.zeros((hp, wp), np.float32)
+            edep = np.zeros((hp, wp), np.float32)
+            # group energy bins to bound the cost (polychromatic Beer-Lambert)
+            for sl in _bin_groups(len(e), 16):
+                w_q = absorbed_per_bin[sl]
+                if w_q.sum() <= 0:
+                    continue
+                e_mean = float((w_q * e[sl]).sum() / w_q.sum())
+                mu = np.zeros((hp, wp), np.float32)
+                for mat, t in thick.items():
+                    mu_mm = float(np.average(SAMPLE_MATERIALS[mat].linear_attenuation_per_mm(
+                        e[sl]), weights=w_q))
+                    mu += np.float32(mu_mm) * t
+                tr = np.exp(-mu)
+                q += np.float32(w_q.sum()) * tr
+                edep += np.float32(w_q.sum() * e_mean) * tr
+        else:
+            q = np.full((hp, wp), absorbed_per_bin.sum(), np.float32)
+            edep = np.full((hp, wp), (absorbed_per_bin * e).sum(), np.float32)
+        e_mean_map = np.divide(edep, q, out=np.zeros_like(q), where=q > 0)
+        with self._lock:
+            self._cache[key] = (q, e_mean_map)
+        return q, e_mean_map
+
+    def _thickness_maps(self) -> dict[str, np.ndarray]:
+        key = ("thick", self._sample.name, id(self._sample))
+        with self._lock:
+            if key not in self._cache:
+                sod = self.config.source_object_mm
+                self._cache[key] = self._sample.thickness_maps(
+                    self._grid(), magnification_of_height=lambda h: sod / (sod - h))
+            return self._cache[key]
+
+    def depth_weights(self, voltage_kv: float, which: str = "thick"):
+        e, fl = self.spectrum(voltage_kv)
+        return self.config.screen(which).depth_weights(e, fl)
+
+    def mtf(self, f_cy_per_mm: np.ndarray, which: str = "thick", stage_um: float | None = None,
+            voltage_kv: float = 50.0, current_ua: float = 80.0, focus_mode: int = 0,
+            include_pixel: bool = True) -> np.ndarray:
+        """Radial system MTF at the screen plane: screen (+optics) x focal-spot penumbra x pixel
+        aperture (along one axis)."""
+        f = np.abs(np.asarray(f_cy_per_mm, dtype=np.float64))
+        cfg = self.config
+        z, k = self.depth_weights(voltage_kv, which)
+        if cfg.kind == "lens":
+            if stage_um is None:
+                stage_um = self.best_focus_um(which, voltage_kv)
+            screen = det.lens_coupled_otf(f, cfg.screen(which), cfg.lens, stage_um, z, k)
+        else:
+            screen = det.contact_screen_otf(f, cfg.screen(which), z, k)
+        out = screen * self._spot_mtf(f, voltage_kv, current_ua, focus_mode)
+        if include_pixel:
+            out = out * np.sinc(f * cfg.pixel_at_screen_um / 1000)
+        return out
+
+    def _spot_mtf(self, f_cy_per_mm, voltage_kv, current_ua, focus_mode):
+        m = self.config.geometric_magnification
+        spot_um = focal_spot_um(voltage_kv * current_ua * 1e-3, focus_mode)
+        sigma_mm = spot_um * (m - 1) / 2.3548 / 1000     # penumbra at the screen, FWHM -> sigma
+        return np.exp(-2 * (np.pi * sigma_mm * f_cy_per_mm) ** 2)
+
+    def best_focus_um(self, which: str = "thick", voltage_kv: float = 50.0) -> float:
+        """Stage position that maximises the image's high-frequency energy, the integral of
+        MTF(f)^2 f df up to Nyquist (what a power-spectrum focus metric measures on a
+        structure-rich sample). Lens-coupled benches only."""
+        cfg = self.config
+        if cfg.kind != "lens":
+            raise ValueError("a contact-screen panel has no focus axis")
+        key = ("best", which, round(voltage_kv, 2))
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        nyq = 500.0 / cfg.pixel_at_screen_um
+        f = np.linspace(0, nyq, 256)
+        z, k = self.depth_weights(voltage_kv, which)
+        scint = cfg.screen(which)
+
+        def sharpness(s):
+            o = det.lens_coupled_otf(f, scint, cfg.lens, s, z, k)
+            return float(np.sum(o ** 2 * f))
+
+        lo = cfg.lens.stage_at_entrance_face_um - 5
+        hi = lo + scint.thickness_um / cfg.lens.refractive_index + 10
+        grid = np.linspace(lo, hi, 81)
+        best = grid[int(np.argmax([sharpness(s) for s in grid]))]
+        step = grid[1] - grid[0]
+        a, b = best - step, best + step
+        for _ in range(40):     # golden-section refinement
+            c, d = b - 0.618 * (b - a), a + 0.618 * (b - a)
+            if sharpness(c) > sharpness(d):
+                b = d
+            else:
+                a = c
+        best = 0.5 * (a + b)
+        with self._lock:
+            self._cache[key] = best
+        return best
+
+    def focus_truth_um(self, metric: Callable[[np.ndarray], float], which: str = "thick",
+                       span_um: float = 12.0, step_um: float = 0.25) -> float:
+        """Stage position maximising ``metric`` on noise-free images of the current sample.
+
+        A thick screen's depth distribution is skewed, so 'best focus' depends on the metric
+        (high frequencies favour the in-focus layer near the entrance face, low frequencies the
+        mean depth); this is the truth a focus scan with that metric should find.
+        """
+        centre = self.best_focus_um(which, self.state_provider().voltage_kv)
+        stages = np.arange(centre - span_um, centre + span_um + 1e-9, step_um)
+        values = np.array([metric(self.noise_free_transmission(which, stage_um=s))
+                           for s in stages])
+        i = int(np.argmax(values))
+        if 0 < i < len(stages) - 1:   # parabola through the three best samples
+            y0, y1, y2 = values[i - 1:i + 2]
+            denom = y0 - 2 * y1 + y2
+            if denom < 0:
+                return float(stages[i] + 0.5 * step_um * (y0 - y2) / denom)
+        return float(stages[i])
+
+    def _otf_grid(self, which: str, stage_um: float, voltage_kv: float, current_ua: float,
+                  focus_mode: int) -> np.ndarray:
+        """System OTF on the padded rfft2 grid (pixel aperture separable, the rest radial)."""
+        key = ("otf", which, round(stage_um, 3), round(voltage_kv, 2),
+               round(current_ua, 1), focus_mode)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        hp, wp = self.padded_shape
+        p_mm = self.config.pixel_at_screen_um / 1000
+        fy = sfft.fftfreq(hp, d=p_mm)[:, None]
+        fx = sfft.rfftfreq(wp, d=p_mm)[None, :]
+        fr = np.hypot(fx, fy)
+        # evaluate the radial part on a fine 1-D grid and interpolate (the depth integral is costly)
+        f1 = np.linspace(0, fr.max() * 1.0001, 2048)
+        radial = self.mtf(f1, which, stage_um if self.config.kind == "lens" else None,
+                          voltage_kv, current_ua, focus_mode, include_pixel=False)
+        otf = np.interp(fr, f1, radial) * np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
+        otf = otf.astype(np.float32)
+        with self._lock:
+            if len([k for k in self._cache if k[0] == "otf"]) > 16:
+                for k in [k for k in self._cache if k[0] == "otf"]:
+                    del self._cache[k]
+            self._cache[key] = otf
+        return otf
+
+    def _fixed_pattern(self) -> None:
+        s = self.config.sensor
+        rng = np.random.default_rng(self.seed + 12345)
+        self.gain_map = (1 + s.prnu * rng.standard_normal((s.rows, s.cols))).astype(np.float32)
+        self.offset_map_adu = (s.offset_adu + s.dsnu_e / s.gain_e_per_adu *
+                               rng.standard_normal((s.rows, s.cols))).astype(np.float32)
+        self.dark_map_e_per_s = np.full((s.rows, s.cols), s.dark_current_e_per_s, np.float32)
+        hot = rng.random((s.rows, s.cols)) < s.hot_pixel_fraction
+        self.dark_map_e_per_s[hot] *= s.hot_pixel_dark_factor
+        self.hot_pixels = hot
+
+    # --- rendering
+    def expected_quanta(self, which: str = "thick", state: WorldState | None = None,
+                        exposure_s: float = 1.0) -> np.ndarray:
+        """Mean absorbed X-ray quanta per pixel for one exposure (noise-free, unblurred)."""
+        st = state or self.state_provider()
+        if not st.xray_on:
+            return np.zeros((self.config.sensor.rows, self.config.sensor.cols), np.float32)
+        q, _ = self._quanta_maps(st.voltage_kv, which, st.sample_in)
+        return self._crop(q) * np.float32(st.current_ua * exposure_s)
+
+    def render(self, exposure_s: float, roi: tuple[int, int, int, int] | None = None,
+               binning: int = 1, frame_number: int = 0, which: str = "thick",
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+        """One camera frame (uint16) and the state snapshot it was taken in."""
+        cfg, s = self.config, self.config.sensor
+        st = dataclasses.replace(self.state_provider())
+        rng = rng or self._rng
+        e_per_kev = cfg.electrons_per_kev(which)
+        if st.xray_on and st.current_ua > 0:
+            q, e_mean = self._quanta_maps(st.voltage_kv, which, st.sample_in)
+            n = rng.poisson(q * np.float32(st.current_ua * exposure_s)).astype(np.float32)
+            energy = n * e_mean
+            otf = self._otf_grid(which, st.stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
+            blurred = sfft.irfft2(sfft.rfft2(energy, workers=2) * otf, s=energy.shape,
+                                  workers=2)
+            mean_e = self._crop(blurred) * np.float32(e_per_kev) * self.gain_map
+            np.clip(mean_e, 0, None, out=mean_e)
+        else:
+            mean_e = np.zeros((s.rows, s.cols), np.float32)
+        mean_e += self.dark_map_e_per_s * np.float32(exposure_s)
+        electrons = rng.poisson(mean_e).astype(np.float32)
+        electrons += np.float32(s.read_noise_e) * rng.standard_normal(electrons.shape,
+                                                                        np.float32)
+        np.minimum(electrons, s.full_well_e, out=electrons)
+        adu = electrons / np.float32(s.gain_e_per_adu) + self.offset_map_adu
+        adu = np.clip(np.rint(adu), 0, 2 ** s.bit_depth - 1).astype(np.uint16)
+        if roi is not None:
+            r0, c0, rows, cols = roi
+            adu = adu[r0:r0 + rows, c0:c0 + cols]
+        if binning > 1:
+            h, w = (adu.shape[0] // binning) * binning, (adu.shape[1] // binning) * binning
+            adu = adu[:h, :w].reshape(h // binning, binning, w // binning, binning) \
+                .sum(axis=(1, 3)).clip(0, 2 ** s.bit_depth - 1).astype(np.uint16)
+        meta = {"voltage_kv": st.voltage_kv if st.xray_on else 0.0,
+                "current_ua": st.current_ua if st.xray_on else 0.0, "xray_on": st.xray_on,
+                "focus_mode": st.focus_mode, "stage_um": st.stage_um, "sample_in": st.sample_in,
+                "screen": which}
+        return adu, meta
+
+    def camera_hook(self, which: str = "thick"):
+        """Render hook for drivers.camera.simulated.SimulatedCamera."""
+        def hook(exposure_s, roi, binning, frame_number):
+            return self.render(exposure_s, roi, binning, frame_number, which)
+        return hook
+
+    # --- truth and predictions
+    def noise_free_transmission(self, which: str = "thick", state: WorldState | None = None,
+                                stage_um: float | None = None,
+                                spectral_screen: str | None = None) -> np.ndarray:
+        """Flat-normalised noise-free image with the blur of screen ``which``.
+
+        ``spectral_screen`` selects whose energy response weights the transmission (default: the
+        same screen). Thin and thick screens absorb different parts of the spectrum, so their
+        transmission images differ slightly (beam hardening) besides the blur.
+        """
+        st = state or self.state_provider()
+        spectral = spectral_screen or which
+        q, e_mean = self._quanta_maps(st.voltage_kv, spectral, True)
+        q0, e0 = self._quanta_maps(st.voltage_kv, spectral, False)
+        if stage_um is None:
+            stage_um = (self.best_focus_um(which, st.voltage_kv) if self.config.kind == "lens"
+                        else st.stage_um)
+        otf = self._otf_grid(which, stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
+        signal = sfft.irfft2(sfft.rfft2(q * e_mean, workers=2) * otf, s=q.shape, workers=2)
+        flat = float((q0 * e0).mean())
+        return (self._crop(signal) / flat).astype(np.float32)
+
+    def ground_truth(self, state: WorldState | None = None) -> np.ndarray:
+        """What restoration of thick-screen frames aims at: the noise-free, flat-normalised image
+        with the thin (reference) screen's blur at its best focus and the thick screen's spectral
+        response. The MTF-ratio model (x_b = F^-1[MTF_LR/MTF_HR F{x_0}], DESIGN.md section 1)
+        maps blur only, so the target keeps the contrast the thick screen measures."""
+        return self.noise_free_transmission("thin", state, spectral_screen="thick")
+
+    def predicted_variance_adu(self, mean_signal_adu: np.ndarray, which: str = "thick",
+                               exposure_s: float = 1.0, state: WorldState | None = None):
+        """Per-pixel variance predicted by the noise model for a flat field of the given mean
+        signal (offset removed): quantum noise transferred through the blur (sum of the squared
+        PSF), secondary (optical) quanta, dark current and read noise."""
+        cfg, s = self.config, self.config.sensor
+        st = state or self.state_provider()
+        otf = self._otf_grid("thick" if which == "thick" else "thin", st.stage_um,
+                             st.voltage_kv, st.current_ua, st.focus_mode)
+        hp, wp = self.padded_shape
+        # sum of squared PSF = mean of |OTF|^2 over the full 2-D frequency grid (Parseval)
+        weight = np.ones(otf.shape[1])
+        weight[1:(wp - 1) // 2 + 1] = 2.0
+        psf_sq_sum = float((otf.astype(np.float64) ** 2 * weight).sum() / (hp * wp))
+        _, e_mean = self._quanta_maps(st.voltage_kv, which, False)
+        e_bar = float(e_mean.mean())
+        g = cfg.electrons_per_kev(which) * e_bar / s.gain_e_per_adu     # ADU per absorbed quantum
+        signal_e = mean_signal_adu * s.gain_e_per_adu
+        var_e = (signal_e * g * s.gain_e_per_adu * psf_sq_sum            # X-ray quantum noise
+                 + signal_e                                              # optical quanta (Poisson)
+                 + s.dark_current_e_per_s * exposure_s + s.read_noise_e ** 2)
+        return var_e / s.gain_e_per_adu ** 2
+
+
+def _bin_groups(n: int, n_groups: int) -> list[slice]:
+    edges = np.linspace(0, n, min(n, n_groups) + 1).astype(int)
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+@dataclass
+class HRSource:
+    """Noise-free thin-screen (HR) images of random samples for training restoration models."""
+
+    bench: str = "lens-yag"
+    size_px: int = 256
+    seed: int = 0
+    samples: tuple[str, ...] = ("pcb", "pcb", "pcb", "chart", "bars", "edge")
+    _count: int = field(default=0, init=False)
+
+    def __call__(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self._count])
+        self._count += 1
+        cfg = BENCHES[self.bench](sensor_px=self.size_px)
+        name = self.samples[int(rng.integers(len(self.samples)))]
+        twin = Twin(cfg, sample="open", seed=int(rng.integers(2 ** 31)))
+        kv = float(rng.uniform(40, 60)) if cfg.kind == "lens" else float(rng.uniform(60, 80))
+        twin.set_state(voltage_kv=kv)
+        twin.sample = make_sample(name, cfg.fov_mm * float(rng.uniform(1.0, 3.0)),
+                                  int(rng.integers(2 ** 31)))
+        return twin.ground_truth()
