@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xinstrument.acquisition.focus import (FocusAxis, FocusError, FocusScanAborted,
-                                           brenner_gradient, camera_acquirer, coarse_fine_focus,
-                                           fit_peak, focus_scan, high_frequency_energy,
-                                           normalized_variance)
+from xinstrument.acquisition.focus import (
+    FocusAxis,
+    FocusError,
+    FocusScanAborted,
+    brenner_gradient,
+    camera_acquirer,
+    coarse_fine_focus,
+    fit_peak,
+    focus_scan,
+    high_frequency_energy,
+    normalized_variance,
+)
 
 
 class Stage:

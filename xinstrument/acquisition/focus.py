@@ -6,6 +6,7 @@ and fitting the sharpness curve for a sub-step optimum.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +16,22 @@ import numpy as np
 from scipy import optimize
 
 __all__ = [
-    "FocusAxis", "FocusCurve", "FocusError", "FocusScanAborted", "METRICS",
-    "normalized_variance", "brenner_gradient", "high_frequency_energy", "sharpness",
-    "fit_peak", "focus_scan", "coarse_fine_focus", "camera_acquirer",
+    "METRICS",
+    "FocusAxis",
+    "FocusCurve",
+    "FocusError",
+    "FocusScanAborted",
+    "brenner_gradient",
+    "camera_acquirer",
+    "coarse_fine_focus",
+    "fit_peak",
+    "focus_scan",
+    "high_frequency_energy",
+    "normalized_variance",
+    "sharpness",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class FocusError(ValueError):
@@ -286,8 +299,9 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
         # leave the optics where the operator had them, and hand back what was measured
         try:
             axis.move_to(start_position, wait=True)
-        except Exception:  # the original error matters more than a failed return move
-            pass
+        except Exception as move_exc:  # noqa: BLE001 - the scan's own error is re-raised below
+            _log.warning("focus scan: could not return the axis to %.3f um: %r",
+                         start_position, move_exc)
         if isinstance(exc, FocusScanAborted):
             exc.curve = FocusCurve(read_back[:done], values[:done], metric_name, float("nan"),
                                    {}, targets[:done], int(frames_per_step))
