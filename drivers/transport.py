@@ -1,0 +1,322 @@
+"""Line-oriented command/reply transport over pyserial URLs.
+
+One :class:`Transport` talks to one controller: a serial port (``/dev/ttyUSB0``, ``COM3``) or any
+pyserial URL (``socket://127.0.0.1:5000``, ``rfc2217://...``). It frames commands and replies per
+protocol (:class:`Framing`), runs one command/reply at a time under a lock, applies per-command
+timeouts and a single retry policy, reconnects cleanly, and logs every exchange at DEBUG level.
+
+Every failure is a :class:`TransportError` subclass whose message names the device, the command
+and what came back (``repr`` of the raw bytes), so a log line alone identifies the fault.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import serial
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Framing", "ProtocolError", "SerialSettings", "Transport", "TransportClosed",
+           "TransportError", "TransportTimeout", "CR_FRAMING", "GCS_FRAMING"]
+
+
+class TransportError(RuntimeError):
+    """Base of every transport failure; carries the device, command and raw reply bytes."""
+
+    def __init__(self, message: str, *, device: str = "", command: str = "",
+                 received: bytes = b"") -> None:
+        super().__init__(message)
+        self.device = device
+        self.command = command
+        self.received = received
+
+
+class TransportTimeout(TransportError):
+    """No complete reply arrived in time (``received`` holds any partial bytes)."""
+
+
+class TransportClosed(TransportError):
+    """The port is closed, could not be opened, or the peer went away."""
+
+
+class ProtocolError(TransportError):
+    """A reply arrived but does not follow the protocol (garbage, wrong echo, bad number)."""
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How lines are terminated and how a multi-line reply continues.
+
+    ``continues(line)`` is called on each decoded reply line (terminator stripped); True means
+    another line of the same reply follows.
+    """
+
+    eol: bytes
+    continues: Callable[[str], bool] = field(default=lambda line: False)
+    encoding: str = "ascii"
+    max_line_bytes: int = 4096      # a longer "line" is garbage, not a reply
+
+
+def _gcs_continues(line: str) -> bool:
+    # PI GCS: every line of a multi-line reply except the last ends with a space before LF
+    # (PI GCS 2.0 command reference, "Multi-line answers").
+    return line.endswith(" ")
+
+
+CR_FRAMING = Framing(eol=b"\r")
+GCS_FRAMING = Framing(eol=b"\n", continues=_gcs_continues)
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """Line settings for real serial ports; ignored by socket:// URLs."""
+
+    baudrate: int = 9600
+    bytesize: int = serial.EIGHTBITS
+    parity: str = serial.PARITY_NONE
+    stopbits: float = serial.STOPBITS_ONE
+    rtscts: bool = False
+    xonxoff: bool = False
+
+
+class Transport:
+    """Thread-safe command/reply channel to one device.
+
+    Parameters
+    ----------
+    url : str
+        Serial device path or pyserial URL.
+    device : str
+        Name used in log lines and exception messages (e.g. ``"X-ray tube"``).
+    framing : Framing
+        Protocol framing (:data:`CR_FRAMING`, :data:`GCS_FRAMING`).
+    settings : SerialSettings
+        Baud rate and line settings for real ports.
+    timeout_s : float
+        Default per-command reply timeout.
+    retries : int
+        Retry policy: how many times an idempotent command is re-sent after a timeout, a
+        protocol error or a dropped connection (reconnecting first). Callers pass
+        ``retries=0`` for commands that must not be repeated (relative moves).
+    """
+
+    _POLL_S = 0.02   # granularity of the read loop; bounds the latency of timeouts
+
+    def __init__(self, url: str, *, device: str, framing: Framing,
+                 settings: SerialSettings | None = None, timeout_s: float = 1.0,
+                 retries: int = 1) -> None:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"{device}: url must be a non-empty string, got {url!r}")
+        if not (timeout_s > 0):
+            raise ValueError(f"{device}: timeout_s must be > 0, got {timeout_s!r}")
+        if retries < 0:
+            raise ValueError(f"{device}: retries must be >= 0, got {retries!r}")
+        self.url = url
+        self.device = device
+        self.framing = framing
+        self.settings = settings or SerialSettings()
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self._port: serial.SerialBase | None = None
+        self._buf = bytearray()
+        self._lock = threading.RLock()
+
+    # --- connection
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None and self._port.is_open
+
+    def open(self) -> None:
+        """Open the port (no-op when already open)."""
+        with self._lock:
+            if self.is_open:
+                return
+            s = self.settings
+            try:
+                port = serial.serial_for_url(
+                    self.url, do_not_open=True, baudrate=s.baudrate, bytesize=s.bytesize,
+                    parity=s.parity, stopbits=s.stopbits, rtscts=s.rtscts, xonxoff=s.xonxoff,
+                    timeout=self._POLL_S, write_timeout=self.timeout_s)
+                port.open()
+            except (serial.SerialException, OSError, ValueError) as exc:
+                raise TransportClosed(f"{self.device}: cannot open {self.url!r}: {exc}",
+                                      device=self.device) from exc
+            self._port = port
+            self._buf.clear()
+            log.debug("%s: opened %s", self.device, self.url)
+
+    def close(self) -> None:
+        """Close the port; idempotent."""
+        with self._lock:
+            port, self._port = self._port, None
+            self._buf.clear()
+            if port is not None:
+                try:
+                    port.close()
+                except (serial.SerialException, OSError):  # already gone: nothing to release
+                    pass
+                log.debug("%s: closed %s", self.device, self.url)
+
+    def reconnect(self) -> None:
+        """Close and reopen the port, discarding any half-read reply."""
+        with self._lock:
+            self.close()
+            self.open()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transport]:
+        """Hold the lock across several exchanges (e.g. a set command and its ``ERR?``)."""
+        with self._lock:
+            yield self
+
+    # --- raw I/O
+    def _require_port(self, command: str) -> serial.SerialBase:
+        if self._port is None or not self._port.is_open:
+            raise TransportClosed(f"{self.device}: port {self.url!r} is not open "
+                                  f"(command {command!r})", device=self.device, command=command)
+        return self._port
+
+    def write(self, command: str | bytes, *, terminate: bool = True) -> None:
+        """Send one command; ``terminate`` appends the protocol's line terminator."""
+        with self._lock:
+            data = command if isinstance(command, bytes) else command.encode(
+                self.framing.encoding)
+            name = _show(command)
+            if terminate:
+                data += self.framing.eol
+            port = self._require_port(name)
+            log.debug("%s >> %r", self.device, data)
+            try:
+                port.write(data)
+                port.flush()
+            except (serial.SerialException, OSError) as exc:
+                self.close()
+                raise TransportClosed(f"{self.device}: write of {name!r} failed: {exc}",
+                                      device=self.device, command=name) from exc
+
+    def read_line(self, timeout_s: float | None = None, *, command: str = "") -> str:
+        """Read one terminated line and return it decoded, terminator stripped."""
+        with self._lock:
+            port = self._require_port(command)
+            eol = self.framing.eol
+            deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+            while True:
+                idx = self._buf.find(eol)
+                if idx >= 0:
+                    raw = bytes(self._buf[:idx])
+                    del self._buf[:idx + len(eol)]
+                    log.debug("%s << %r", self.device, raw + eol)
+                    return self._decode(raw, command)
+                if len(self._buf) > self.framing.max_line_bytes:
+                    raw = bytes(self._buf)
+                    self._buf.clear()
+                    raise ProtocolError(
+                        f"{self.device}: reply to {command!r} exceeds "
+                        f"{self.framing.max_line_bytes} bytes without a terminator "
+                        f"{eol!r}: {raw[:64]!r}...", device=self.device, command=command,
+                        received=raw)
+                if time.monotonic() >= deadline:
+                    partial = bytes(self._buf)
+                    self._buf.clear()
+                    what = f"partial reply {partial!r}" if partial else "nothing"
+                    raise TransportTimeout(
+                        f"{self.device}: no complete reply to {command!r} within "
+                        f"{(self.timeout_s if timeout_s is None else timeout_s):.3g} s "
+                        f"(got {what})", device=self.device, command=command, received=partial)
+                try:
+                    chunk = port.read(max(1, port.in_waiting))
+                except (serial.SerialException, OSError) as exc:
+                    partial = bytes(self._buf)
+                    self.close()
+                    raise TransportClosed(
+                        f"{self.device}: connection lost while waiting for the reply to "
+                        f"{command!r} ({exc}); got {partial!r}", device=self.device,
+                        command=command, received=partial) from exc
+                self._buf.extend(chunk)
+
+    def _decode(self, raw: bytes, command: str) -> str:
+        try:
+            text = raw.decode(self.framing.encoding)
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{self.device}: reply to {command!r} is not "
+                                f"{self.framing.encoding}: {raw!r}", device=self.device,
+                                command=command, received=raw) from exc
+        if any((ord(c) < 32 and c not in "\t") or ord(c) == 127 for c in text):
+            raise ProtocolError(f"{self.device}: reply to {command!r} contains control "
+                                f"characters: {raw!r}", device=self.device, command=command,
+                                received=raw)
+        return text
+
+    def drain(self) -> bytes:
+        """Discard anything already received (stale replies after a timeout)."""
+        with self._lock:
+            stale = bytes(self._buf)
+            self._buf.clear()
+            if self.is_open:
+                try:
+                    assert self._port is not None
+                    while self._port.in_waiting:
+                        stale += self._port.read(self._port.in_waiting)
+                except (serial.SerialException, OSError):
+                    self.close()
+            if stale:
+                log.debug("%s: discarded stale bytes %r", self.device, stale)
+            return stale
+
+    # --- exchanges
+    def query(self, command: str | bytes, *, timeout_s: float | None = None,
+              retries: int | None = None, terminate: bool = True,
+              validate: Callable[[list[str]], object] | None = None) -> list[str]:
+        """Send ``command`` and return its reply lines (one, or several for multi-line replies).
+
+        ``validate`` (optional) is called on the reply lines and may raise
+        :class:`ProtocolError`; a rejected reply counts as a failed attempt for the retry policy.
+        """
+        n_retries = self.retries if retries is None else int(retries)
+        name = _show(command)
+        with self._lock:
+            self._require_port(name)   # a deliberately closed transport is not reopened here
+            for attempt in range(n_retries + 1):
+                try:
+                    if not self.is_open:
+                        self.open()
+                    self.drain()
+                    self.write(command, terminate=terminate)
+                    lines = [self.read_line(timeout_s, command=name)]
+                    while self.framing.continues(lines[-1]):
+                        lines.append(self.read_line(timeout_s, command=name))
+                    if validate is not None:
+                        validate(lines)
+                    return lines
+                except TransportClosed as exc:
+                    if attempt >= n_retries:
+                        raise
+                    log.warning("%s: %s; reconnecting and retrying", self.device, exc)
+                    try:
+                        self.reconnect()
+                    except TransportClosed:
+                        raise exc from None
+                except (TransportTimeout, ProtocolError) as exc:
+                    if attempt >= n_retries:
+                        raise
+                    log.warning("%s: %s; retrying", self.device, exc)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def send(self, command: str | bytes, *, terminate: bool = True) -> None:
+        """Send a command that has no reply."""
+        with self._lock:
+            self.write(command, terminate=terminate)
+
+
+def _show(command: str | bytes) -> str:
+    """Printable name of a command for messages (control characters as GCS '#n')."""
+    if isinstance(command, bytes):
+        if len(command) == 1 and command[0] < 32:
+            return f"#{command[0]}"
+        return command.decode("ascii", "backslashreplace")
+    return command
