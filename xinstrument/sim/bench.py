@@ -87,9 +87,11 @@ def lens_bench(sensor_px: int = 2048, **kw) -> BenchConfig:
 def panel_bench(sensor_px: int = 512, **kw) -> BenchConfig:
     """Gd2O2S:Tb 134.55 mg/cm^2 (33.91 reference) on a 99 um CMOS panel at 70 kV geometry
     (shared/papers/001)."""
+    # large-pixel CMOS panel: ~2 Me- full well at 99 um (Teledyne Dalsa Rad-icon / Varex class
+    # data sheets), 16-bit ADC spanning it (32 e-/ADU), read noise ~150 e-
     sensor = det.SensorModel(rows=sensor_px, cols=sensor_px, pixel_um=99.0, qe=0.6,
-                             gain_e_per_adu=4.0, read_noise_e=20.0, dark_current_e_per_s=50.0,
-                             full_well_e=250000.0, max_fps=30.0, dsnu_e=5.0)
+                             gain_e_per_adu=32.0, read_noise_e=150.0, dark_current_e_per_s=500.0,
+                             full_well_e=2.0e6, max_fps=30.0, dsnu_e=50.0)
     kw.setdefault("source_object_mm", 450.0)
     kw.setdefault("source_detector_mm", 500.0)
     kw.setdefault("pad_px", 64)
@@ -133,7 +135,7 @@ class Twin:
         self.seed = int(seed)
         self._fixed_state = WorldState()
         if self.config.kind == "panel":     # GOS panel operated at 70 kV (shared/papers/001)
-            self._fixed_state.voltage_kv, self._fixed_state.current_ua = 70.0, 200.0
+            self._fixed_state.voltage_kv, self._fixed_state.current_ua = 70.0, 50.0
         self.state_provider: StateProvider = state or (lambda: self._fixed_state)
         self._lock = threading.RLock()
         self._rng = np.random.default_rng(self.seed + 1)
