@@ -1,0 +1,771 @@
+"""Frame pipeline: camera -> averaging -> correction -> restoration -> sinks.
+
+Each stage runs in its own thread and hands frames on through a bounded queue, so numpy/torch
+work in one stage overlaps the others (they release the GIL). Lossless sinks (HDF5) apply
+back-pressure: when they fall behind, the queues fill, the reader stops draining the camera and
+the camera's own buffer absorbs the burst; if that overflows, the camera counts skipped frames
+and the pipeline reports them (frame-number gaps). Lossy sinks (live view, EPICS image) never
+block: when their queue is full the oldest waiting frame is dropped and counted.
+
+Any exception in a stage stops the whole run; :meth:`AcquisitionPipeline.wait` re-raises it as
+:class:`PipelineError` naming the stage. A camera that stops delivering raises
+:class:`CameraStalled` after ``frame_timeout_s``. Sinks are closed in every case, with
+``complete=False`` and the reason when the run did not finish normally, so everything written
+before a fault stays readable.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
+
+from drivers.camera.base import BufferMode, Camera, Frame
+
+from .averaging import FrameAverager, average_frames
+
+__all__ = [
+    "AcquisitionPipeline",
+    "CallbackSink",
+    "CameraStalled",
+    "HDF5Sink",
+    "LiveView",
+    "MemorySink",
+    "PipelineError",
+    "PipelineStats",
+    "ProcessedFrame",
+    "Sink",
+    "StageStats",
+]
+
+_END = object()  # end-of-stream marker passed down the queues on a graceful finish
+
+
+class PipelineError(RuntimeError):
+    """A stage failed or stalled; ``stage`` names it and ``__cause__`` is the original error."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"acquisition stopped: stage '{stage}' {message}")
+        self.stage = stage
+
+
+class CameraStalled(RuntimeError):
+    """The camera delivered no frame within the timeout (or stopped acquiring by itself)."""
+
+
+@dataclass
+class ProcessedFrame:
+    """One output of the pipeline: an averaged, corrected and possibly restored frame."""
+
+    index: int                        # output counter, 0-based
+    data: np.ndarray                  # corrected (or averaged) frame, float32
+    first_frame_number: int           # device frame numbers of the averaged group
+    last_frame_number: int
+    frames_averaged: int
+    timestamp_s: float                # epoch time of the last frame of the group
+    exposure_s: float
+    metadata: dict[str, Any] = field(default_factory=dict)  # snapshot of the last raw frame
+    restored: np.ndarray | None = None
+    restoration_method: str | None = None
+    restoration_profile: str | None = None
+
+    @property
+    def display(self) -> np.ndarray:
+        """What a live view shows: the restored frame if there is one."""
+        return self.restored if self.restored is not None else self.data
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives every ProcessedFrame (lossless) or the latest ones (lossy), in its own thread."""
+
+    name: str
+    lossless: bool
+
+    def write(self, item: ProcessedFrame) -> None: ...
+
+    def close(self, complete: bool, reason: str | None) -> None: ...
+
+
+# ----------------------------------------------------------------------------------- sinks
+class MemorySink:
+    """Keeps every frame in a list (tests, short scripted acquisitions)."""
+
+    def __init__(self, name: str = "memory", lossless: bool = True,
+                 delay_s: float = 0.0) -> None:
+        self.name, self.lossless, self.delay_s = name, lossless, float(delay_s)
+        self.items: list[ProcessedFrame] = []
+        self.closed: tuple[bool, str | None] | None = None
+
+    def write(self, item: ProcessedFrame) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.items.append(item)
+
+    def close(self, complete: bool, reason: str | None) -> None:
+        self.closed = (complete, reason)
+
+
+class CallbackSink:
+    """Calls ``fn(item)`` for each frame, e.g. to post it to an EPICS image PV. Lossy by
+    default: a slow consumer sees the latest frames, the rest are counted as dropped."""
+
+    def __init__(self, fn: Callable[[ProcessedFrame], None], name: str = "callback",
+                 lossless: bool = False) -> None:
+        if not callable(fn):
+            raise TypeError(f"CallbackSink needs a callable, got {type(fn).__name__}")
+        self.fn, self.name, self.lossless = fn, name, bool(lossless)
+
+    def write(self, item: ProcessedFrame) -> None:
+        self.fn(item)
+
+    def close(self, complete: bool, reason: str | None) -> None:
+        pass
+
+
+class LiveView:
+    """Ring buffer holding only the latest ``capacity`` frames for a display.
+
+    Thread-safe: the pipeline writes, a GUI timer calls :meth:`latest` or :meth:`wait_for_new`.
+    """
+
+    lossless = False
+
+    def __init__(self, capacity: int = 2, name: str = "live") -> None:
+        if capacity < 1:
+            raise ValueError(f"live-view capacity must be >= 1, got {capacity}")
+        self.name = name
+        self._ring: collections.deque[ProcessedFrame] = collections.deque(maxlen=capacity)
+        self._cond = threading.Condition()
+        self._count = 0
+        self.closed = False
+
+    @property
+    def frames_received(self) -> int:
+        return self._count
+
+    def write(self, item: ProcessedFrame) -> None:
+        with self._cond:
+            self._ring.append(item)
+            self._count += 1
+            self._cond.notify_all()
+
+    def latest(self) -> ProcessedFrame | None:
+        with self._cond:
+            return self._ring[-1] if self._ring else None
+
+    def frames(self) -> list[ProcessedFrame]:
+        with self._cond:
+            return list(self._ring)
+
+    def wait_for_new(self, after_count: int, timeout_s: float) -> ProcessedFrame | None:
+        """Block until more than ``after_count`` frames have arrived; None on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._count <= after_count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    return None
+                self._cond.wait(remaining)
+            return self._ring[-1]
+
+    def close(self, complete: bool, reason: str | None) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+def _meta_float(meta: dict, *keys: str) -> float:
+    for k in keys:
+        v = meta.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return math.nan
+
+
+def _scan_writer_class() -> type:
+    try:
+        from xinstrument.storage import ScanWriter
+    except ImportError:  # package namespace not populated yet: use the module directly
+        from xinstrument.storage.writer import ScanWriter
+    return ScanWriter
+
+
+class HDF5Sink:
+    """Writes every frame (and its restored version) to a scan file via storage.ScanWriter.
+
+    The file is created on the first frame, when the frame shape is known. Lossless: the
+    pipeline back-pressures instead of dropping. Frame metadata keys understood:
+    voltage_kv, current_ua, theta_deg, focus_z_um (or stage_um).
+    """
+
+    lossless = True
+
+    def __init__(self, path: str | Path, metadata: dict | None = None, image_key: int = 0,
+                 compression: str | None = "default", overwrite: bool = False,
+                 swmr: bool = True, name: str = "hdf5") -> None:
+        if image_key not in (0, 1, 2):
+            raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
+                             f"{image_key!r}")
+        self.path = Path(path)
+        self.metadata = dict(metadata or {})
+        self.image_key, self.compression, self.overwrite, self.swmr = (
+            int(image_key), compression, bool(overwrite), bool(swmr))
+        self.name = name
+        self.writer = None
+        self.frames_written = 0
+        self.bytes_written = 0
+        self._with_restored: bool | None = None
+
+    def write(self, item: ProcessedFrame) -> None:
+        if self.writer is None:
+            ScanWriter = _scan_writer_class()
+            self._with_restored = item.restored is not None
+            self.writer = ScanWriter(self.path, item.data.shape, dtype="float32",
+                                     metadata=self.metadata, restored=self._with_restored,
+                                     swmr=self.swmr, compression=self.compression,
+                                     overwrite=self.overwrite)
+        m = item.metadata
+        index = self.writer.append(
+            item.data, image_key=self.image_key,
+            theta_deg=_meta_float(m, "theta_deg"),
+            voltage_kv=_meta_float(m, "voltage_kv"), current_ua=_meta_float(m, "current_ua"),
+            exposure_s=item.exposure_s, frames_averaged=item.frames_averaged,
+            focus_z_um=_meta_float(m, "focus_z_um", "stage_um"), timestamp_s=item.timestamp_s)
+        self.bytes_written += item.data.nbytes
+        if item.restored is not None:
+            if not self._with_restored:
+                raise ValueError("restored frame arrived but the file was created without a "
+                                 "restored dataset (restoration switched on mid-run?)")
+            self.writer.append_restored(item.restored, source_index=index,
+                                        method=item.restoration_method or "unknown",
+                                        profile=item.restoration_profile or "")
+            self.bytes_written += item.restored.nbytes
+        self.frames_written += 1
+
+    def close(self, complete: bool, reason: str | None) -> None:
+        if self.writer is not None and not self.writer.closed:
+            self.writer.close(complete=complete, reason=reason)
+
+
+# ----------------------------------------------------------------------------------- stats
+@dataclass
+class StageStats:
+    name: str
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    bytes_out: int = 0
+    busy_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_out / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_out / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class PipelineStats:
+    state: str                                   # idle, running, completed, stopped, aborted, failed
+    elapsed_s: float
+    stages: dict[str, StageStats]
+    frame_number_gaps: int                       # frames missing from the device counter
+    camera_skipped: int                          # the camera's own overflow count
+    latency_s: dict[str, dict[str, float]]       # per sink: mean, p50, p95, max (frame -> sink)
+    error: str | None = None
+
+    @property
+    def camera_dropped(self) -> int:
+        return max(self.frame_number_gaps, self.camera_skipped)
+
+    def table(self) -> str:
+        header = (f"{'stage':<14}{'in':>8}{'out':>8}{'dropped':>9}{'frames/s':>10}"
+                  f"{'MB/s':>10}{'busy %':>8}")
+        lines = [header]
+        for s in self.stages.values():
+            busy = 100.0 * s.busy_s / s.elapsed_s if s.elapsed_s > 0 else 0.0
+            lines.append(f"{s.name:<14}{s.frames_in:>8}{s.frames_out:>8}{s.dropped:>9}"
+                         f"{s.frames_per_s:>10.1f}{s.mb_per_s:>10.1f}{busy:>8.0f}")
+        for name, lat in self.latency_s.items():
+            if lat:
+                lines.append(f"latency camera->{name}: mean {1e3 * lat['mean']:.1f} ms, "
+                             f"p95 {1e3 * lat['p95']:.1f} ms, max {1e3 * lat['max']:.1f} ms")
+        lines.append(f"camera: {self.frame_number_gaps} frame-number gaps, "
+                     f"{self.camera_skipped} skipped by the camera buffer; state {self.state}"
+                     + (f"; error: {self.error}" if self.error else ""))
+        return "\n".join(lines)
+
+
+class _Stage:
+    """Counters of one stage; written only by its own thread."""
+
+    def __init__(self, name: str) -> None:
+        self.stats = StageStats(name)
+        self.busy_since: float | None = None   # monotonic time the current call began
+        self.thread: threading.Thread | None = None
+        self.latency: collections.deque[float] = collections.deque(maxlen=4096)
+
+
+# -------------------------------------------------------------------------------- pipeline
+class AcquisitionPipeline:
+    """Camera -> averaging -> correction -> restoration -> sinks, one thread per stage.
+
+    Parameters
+    ----------
+    camera : a drivers.camera Camera, configured (exposure, ROI, binning) but not started
+    n_average : raw frames per output frame (>= 1)
+    reject_outliers : outlier-rejecting mean (zingers); needs n_average >= 3
+    corrector : callable raw-average -> corrected frame (e.g. FlatFieldCorrector), or None
+    restorer : callable frame -> restored frame, or None. Its ``method`` / ``profile``
+        attributes (if any) are stored with the restored frames.
+    sinks : HDF5Sink, LiveView, CallbackSink, ... (anything with name, lossless, write, close)
+    n_outputs : stop after this many output frames; None runs until stop()/abort()
+    queue_frames : capacity of each inter-stage queue
+    camera_buffer_frames : camera FIFO depth (absorbs bursts while sinks back-pressure)
+    frame_timeout_s : no camera frame for this long is an error (default 2 s + 3 exposures)
+    stage_timeout_s : a single stage call (e.g. a sink write) taking longer is reported as a
+        stall and aborts the run; None disables the watchdog
+    emit_partial : on stop(), output the incomplete last group (its frames_averaged says how
+        many frames it holds) instead of discarding acquired frames
+    """
+
+    def __init__(self, camera: Camera, *, n_average: int = 1, reject_outliers: bool = False,
+                 z_threshold: float = 5.0,
+                 corrector: Callable[[np.ndarray], np.ndarray] | None = None,
+                 restorer: Callable[[np.ndarray], np.ndarray] | None = None,
+                 sinks: Iterable[Sink] = (), n_outputs: int | None = None,
+                 queue_frames: int = 4, camera_buffer_frames: int = 32,
+                 frame_timeout_s: float | None = None, stage_timeout_s: float | None = 60.0,
+                 emit_partial: bool = True) -> None:
+        # validates n_average / reject_outliers with a clear message
+        self._averager = FrameAverager(n_average, reject_outliers, z_threshold)
+        if n_outputs is not None and (int(n_outputs) != n_outputs or n_outputs < 1):
+            raise ValueError(f"n_outputs must be an integer >= 1 or None, got {n_outputs!r}")
+        if queue_frames < 1 or camera_buffer_frames < 1:
+            raise ValueError("queue_frames and camera_buffer_frames must be >= 1")
+        for fn, what in ((corrector, "corrector"), (restorer, "restorer")):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{what} must be callable frame -> frame, got {type(fn).__name__}")
+        self.sinks = list(sinks)
+        names = [s.name for s in self.sinks]
+        for s in self.sinks:
+            if not all(hasattr(s, a) for a in ("name", "lossless", "write", "close")):
+                raise TypeError(f"{s!r} is not a sink (needs name, lossless, write, close)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique, got {names}")
+        self.camera = camera
+        self.n_average = int(n_average)
+        self.corrector, self.restorer = corrector, restorer
+        self.n_outputs = None if n_outputs is None else int(n_outputs)
+        self.queue_frames = int(queue_frames)
+        self.camera_buffer_frames = int(camera_buffer_frames)
+        self.frame_timeout_s = (float(frame_timeout_s) if frame_timeout_s is not None
+                                else 2.0 + 3.0 * float(camera.exposure_s))
+        self.stage_timeout_s = stage_timeout_s
+        self.emit_partial = bool(emit_partial)
+
+        self._lock = threading.Lock()
+        self._started = False
+        self._stop_req = threading.Event()
+        self._abort = threading.Event()
+        self._done = threading.Event()
+        self._error: tuple[str, BaseException] | None = None
+        self._end_state = "idle"
+        self._t0 = self._t1 = 0.0
+        self._gaps = 0
+        self._camera_skipped = 0
+        self._stages: dict[str, _Stage] = {}
+        self._abort_reason = "aborted"
+        self._fail_seen: float | None = None
+
+    # ------------------------------------------------------------------ control
+    @property
+    def running(self) -> bool:
+        return self._started and not self._done.is_set()
+
+    def start(self) -> None:
+        """Arm the camera and start all stage threads. A second call is a no-op; a finished
+        pipeline cannot be restarted (make a new one)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._end_state = "running"
+        names = ["camera", "average"]
+        if self.corrector is not None:
+            names.append("correct")
+        if self.restorer is not None:
+            names.append("restore")
+        names += [f"sink:{s.name}" for s in self.sinks]
+        self._stages = {n: _Stage(n) for n in names}
+        map_stages = [n for n in names if n != "camera" and not n.startswith("sink:")]
+        queues = {n: queue.Queue(maxsize=self.queue_frames) for n in map_stages}
+        self._sink_queues = {s.name: queue.Queue(maxsize=self.queue_frames) for s in self.sinks}
+        self._t0 = time.monotonic()
+        try:
+            self.camera.setup(BufferMode.FIFO, buffer_frames=self.camera_buffer_frames)
+            self.camera.start()
+        except BaseException:
+            self._end_state = "failed"
+            self._done.set()
+            self._close_sinks_now(False, "camera failed to start")
+            raise
+        workers: list[tuple[str, Callable[[], None]]] = [
+            ("camera", lambda: self._read_camera(queues["average"]))]
+        for i, name in enumerate(map_stages):
+            out_q = queues[map_stages[i + 1]] if i + 1 < len(map_stages) else None
+            workers.append((name, lambda n=name, q=out_q: self._run_map(n, queues[n], q)))
+        for s in self.sinks:
+            workers.append((f"sink:{s.name}", lambda s=s: self._run_sink(s)))
+        for name, target in workers:
+            st = self._stages[name]
+            st.thread = threading.Thread(target=self._guard, args=(name, target),
+                                         name=f"acq-{name}", daemon=True)
+        for name, _ in workers:
+            self._stages[name].thread.start()
+        threading.Thread(target=self._supervise, name="acq-supervisor", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop acquiring; frames already taken from the camera still flow to the sinks."""
+        self._stop_req.set()
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        """Stop at once; frames in flight are discarded, sinks are closed as incomplete.
+        Idempotent, and a no-op after the run has finished."""
+        if self._done.is_set() or self._abort.is_set():
+            return
+        with self._lock:
+            if self._error is None:
+                self._abort_reason = reason
+        self._abort.set()
+        self._stop_camera()
+
+    def wait(self, timeout_s: float | None = None) -> PipelineStats:
+        """Wait for the run to end and return its statistics.
+
+        Raises PipelineError (naming the stage) if a stage failed or stalled, TimeoutError if
+        the run is still going after ``timeout_s``.
+        """
+        if not self._started:
+            raise RuntimeError("pipeline was not started")
+        if not self._done.wait(timeout_s):
+            raise TimeoutError(f"acquisition still running after {timeout_s} s "
+                               f"(n_outputs={self.n_outputs}); call stop() or abort()")
+        if self._error is not None:
+            stage, exc = self._error
+            raise PipelineError(stage, f"failed: {type(exc).__name__}: {exc}") from exc
+        return self.stats()
+
+    def run(self, timeout_s: float | None = None) -> PipelineStats:
+        """start() + wait(); on an exception in the caller (e.g. KeyboardInterrupt) abort."""
+        self.start()
+        try:
+            return self.wait(timeout_s)
+        except BaseException:
+            self.abort("interrupted")
+            raise
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort(f"{exc_type.__name__} in the controlling code")
+        else:
+            self.stop()
+        self._done.wait(30.0)
+
+    def stats(self) -> PipelineStats:
+        now = self._t1 if self._done.is_set() else time.monotonic()
+        elapsed = max(0.0, now - self._t0) if self._started else 0.0
+        stages = {}
+        for name, st in self._stages.items():
+            s = StageStats(**{**st.stats.__dict__, "elapsed_s": elapsed})
+            stages[name] = s
+        latency = {}
+        for s in self.sinks:
+            samples = np.array(self._stages[f"sink:{s.name}"].latency) if self._stages else []
+            latency[s.name] = ({} if len(samples) == 0 else {
+                "mean": float(samples.mean()), "p50": float(np.percentile(samples, 50)),
+                "p95": float(np.percentile(samples, 95)), "max": float(samples.max())})
+        err = None
+        if self._error is not None:
+            err = f"{self._error[0]}: {type(self._error[1]).__name__}: {self._error[1]}"
+        return PipelineStats(self._end_state, elapsed, stages, self._gaps, self._camera_skipped,
+                             latency, err)
+
+    # ------------------------------------------------------------------ internals
+    def _stop_camera(self) -> None:
+        try:
+            self.camera.stop()
+        except Exception as exc:  # noqa: BLE001 - recorded, the run is ending anyway
+            self._fail("camera", exc)
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = (stage, exc)
+        self._abort.set()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - every stage error ends the run, reported
+            self._fail(name, exc)
+            self._stop_camera()
+
+    def _supervise(self) -> None:
+        """Joins the workers, watches for stalled stages, closes the sinks' fate."""
+        threads = [st.thread for st in self._stages.values()]
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.05)
+                if not t.is_alive():
+                    continue
+                break
+            if self.stage_timeout_s is not None and self._error is None:
+                now = time.monotonic()
+                for name, st in self._stages.items():
+                    since = st.busy_since
+                    if since is not None and now - since > self.stage_timeout_s:
+                        self._fail(name, TimeoutError(
+                            f"stalled: one call has been running for {now - since:.1f} s "
+                            f"(stage_timeout_s={self.stage_timeout_s})"))
+                        self._stop_camera()
+            if self._error is not None and self._stalled_past_grace():
+                break  # a stuck thread cannot be killed; report instead of hanging
+        self._t1 = time.monotonic()
+        if self._error is not None:
+            self._end_state = "failed"
+        elif self._abort.is_set():
+            self._end_state = "aborted"
+        elif self._stop_req.is_set():
+            self._end_state = "stopped"
+        else:
+            self._end_state = "completed"
+        self._done.set()
+
+    def _stalled_past_grace(self) -> bool:
+        grace_s = 5.0
+        if self._fail_seen is None:
+            self._fail_seen = time.monotonic()
+        return time.monotonic() - self._fail_seen > grace_s
+
+    def _put(self, q: queue.Queue, item: Any) -> bool:
+        """Blocking put that gives up when the run is aborted (back-pressure, not a hang)."""
+        while not self._abort.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue) -> Any:
+        while not self._abort.is_set():
+            try:
+                return q.get(timeout=0.05)
+            except queue.Full:  # pragma: no cover - get never raises Full
+                continue
+            except queue.Empty:
+                continue
+        return None
+
+    # -- camera reader
+    def _read_camera(self, out_q: queue.Queue) -> None:
+        st = self._stages["camera"]
+        cam = self.camera
+        target = None if self.n_outputs is None else self.n_outputs * self.n_average
+        last_number: int | None = None
+        last_frame_t = time.monotonic()
+        stopped = False
+        try:
+            while not self._abort.is_set():
+                if target is not None and st.stats.frames_out >= target:
+                    break
+                if self._stop_req.is_set() and not stopped:
+                    cam.stop()   # frames already in the camera buffer are still read below
+                    stopped = True
+                if stopped:
+                    pending = cam.read_new()
+                    if not pending:
+                        break
+                elif cam.wait_for_frame(0.05):
+                    pending = cam.read_new()
+                else:
+                    idle = time.monotonic() - last_frame_t
+                    if self._abort.is_set():
+                        break
+                    if not cam.status().running and not self._stop_req.is_set():
+                        raise CameraStalled(
+                            f"{cam.name} stopped acquiring by itself after "
+                            f"{st.stats.frames_in} frames")
+                    if idle > self.frame_timeout_s:
+                        raise CameraStalled(
+                            f"{cam.name} delivered no frame for {idle:.1f} s "
+                            f"(frame_timeout_s={self.frame_timeout_s:.1f}) after "
+                            f"{st.stats.frames_in} frames")
+                    continue
+                last_frame_t = time.monotonic()
+                for frame in pending:
+                    st.stats.frames_in += 1
+                    if last_number is not None and frame.frame_number > last_number + 1:
+                        self._gaps += frame.frame_number - last_number - 1
+                    last_number = frame.frame_number
+                    if target is not None and st.stats.frames_out >= target:
+                        continue  # surplus read in the same batch after the last needed frame
+                    if not self._put(out_q, frame):
+                        return
+                    st.stats.frames_out += 1
+                    st.stats.bytes_out += frame.data.nbytes
+                self._camera_skipped = cam.status().skipped
+                st.stats.dropped = max(self._gaps, self._camera_skipped)
+        finally:
+            try:
+                cam.stop()
+                self._camera_skipped = max(self._camera_skipped, cam.status().skipped)
+            finally:
+                st.stats.dropped = max(self._gaps, self._camera_skipped)
+        self._put(out_q, _END)
+
+    # -- averaging / correction / restoration
+    def _run_map(self, name: str, in_q: queue.Queue, out_q: queue.Queue | None) -> None:
+        st = self._stages[name]
+        group: list[Frame] = []
+        index = 0
+        while True:
+            item = self._get(in_q)
+            if item is None:
+                return  # aborted
+            if item is _END:
+                if name == "average" and group and self.emit_partial:
+                    out = self._finish_group(group, partial=True, index=index)
+                    self._emit(st, out, out_q)
+                self._emit(st, _END, out_q)
+                return
+            st.stats.frames_in += 1
+            st.busy_since = time.monotonic()
+            if name == "average":
+                frame: Frame = item
+                group.append(frame)
+                avg = self._averager.add(frame.data)
+                result = None
+                if avg is not None:
+                    result = self._make_output(group, avg, index)
+                    index += 1
+                    group = []
+            elif name == "correct":
+                result = item
+                result.data = np.asarray(self.corrector(item.data), dtype=np.float32)
+            else:  # restore
+                result = item
+                result.restored = np.asarray(self.restorer(item.data), dtype=np.float32)
+                result.restoration_method = str(getattr(self.restorer, "method",
+                                                        type(self.restorer).__name__))
+                result.restoration_profile = str(getattr(self.restorer, "profile", ""))
+            st.stats.busy_s += time.monotonic() - st.busy_since
+            st.busy_since = None
+            if result is not None and not self._emit(st, result, out_q):
+                return
+
+    def _finish_group(self, group: list[Frame], partial: bool, index: int) -> ProcessedFrame:
+        """Average an incomplete last group (on stop) so no acquired frame is discarded."""
+        reject = self._averager.reject_outliers and len(group) >= 3
+        avg = average_frames([f.data for f in group], reject_outliers=reject,
+                             z_threshold=self._averager.z_threshold)
+        self._averager.reset()
+        return self._make_output(group, avg, index)
+
+    def _make_output(self, group: list[Frame], avg: np.ndarray, index: int) -> ProcessedFrame:
+        last = group[-1]
+        return ProcessedFrame(index=index, data=avg, first_frame_number=group[0].frame_number,
+                              last_frame_number=last.frame_number, frames_averaged=len(group),
+                              timestamp_s=last.timestamp_s, exposure_s=last.exposure_s,
+                              metadata=dict(last.metadata))
+
+    def _emit(self, st: _Stage, item: Any, out_q: queue.Queue | None) -> bool:
+        if out_q is not None:
+            ok = self._put(out_q, item)
+            if ok and item is not _END:
+                st.stats.frames_out += 1
+                st.stats.bytes_out += item.data.nbytes
+            return ok
+        # last processing stage: fan out to the sinks
+        for s in self.sinks:
+            q = self._sink_queues[s.name]
+            if item is _END or s.lossless:
+                if not self._put(q, item):
+                    return False
+                continue
+            while True:  # lossy: replace the oldest waiting frame instead of blocking
+                try:
+                    q.put_nowait(item)
+                    break
+                except queue.Full:
+                    try:
+                        q.get_nowait()
+                        self._stages[f"sink:{s.name}"].stats.dropped += 1
+                    except queue.Empty:
+                        pass
+        if item is not _END:
+            st.stats.frames_out += 1
+            st.stats.bytes_out += item.data.nbytes
+        return True
+
+    # -- sinks
+    def _run_sink(self, sink: Sink) -> None:
+        st = self._stages[f"sink:{sink.name}"]
+        q = self._sink_queues[sink.name]
+        complete, reason = False, None
+        try:
+            while True:
+                item = self._get(q)
+                if item is None:
+                    return
+                if item is _END:
+                    complete = True
+                    return
+                st.stats.frames_in += 1
+                st.busy_since = time.monotonic()
+                sink.write(item)
+                st.stats.busy_s += time.monotonic() - st.busy_since
+                st.busy_since = None
+                st.latency.append(time.time() - item.timestamp_s)
+                st.stats.frames_out += 1
+                st.stats.bytes_out += item.data.nbytes + (
+                    item.restored.nbytes if item.restored is not None else 0)
+        except BaseException as exc:
+            reason = f"sink '{sink.name}' failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if reason is None and not complete:
+                reason = self._incomplete_reason()
+            try:
+                sink.close(complete, None if complete else reason)
+            except Exception as exc:  # noqa: BLE001 - a failed close is a stage failure too
+                self._fail(f"sink:{sink.name}", exc)
+
+    def _incomplete_reason(self) -> str:
+        if self._error is not None:
+            stage, exc = self._error
+            return f"stage '{stage}' failed: {type(exc).__name__}: {exc}"
+        return self._abort_reason
+
+    def _close_sinks_now(self, complete: bool, reason: str) -> None:
+        for s in self.sinks:
+            try:
+                s.close(complete, reason)
+            except Exception:  # noqa: BLE001, S110 - the start failure is what gets raised
+                pass
