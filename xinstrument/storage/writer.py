@@ -1,0 +1,711 @@
+"""ScanWriter: record frames into a NeXus NXtomo + Data Exchange HDF5 file, live-followable.
+
+Recording model (SWMR, single writer / multiple readers):
+
+1. the constructor creates every object the recording needs (all per-frame datasets resizable,
+   one frame per chunk), writes run-level metadata, then switches the file to SWMR mode;
+2. each ``append`` resizes, writes and flushes the frame and its per-frame metadata, then bumps
+   the commit counter ``/entry/xi_progress`` and flushes it, so a follower (or the file left by a
+   crash) sees whole frames only;
+3. ``close`` leaves SWMR mode and finalises: completeness flag, end time, Data Exchange virtual
+   datasets, and whatever had to wait because SWMR forbids creating objects (``write_array``,
+   ``set_attrs``).
+
+Which optional datasets exist is fixed in the constructor (``restored``, ``restored_extras``),
+because no dataset can be created once SWMR is on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import layout as L
+from .errors import StorageError, describe_os_error
+
+# Measured by benchmark_write on 2048x2048 uint16 sCMOS-like frames: gzip-1 and lzf cost far more
+# CPU time than the disk time they save (noisy 16-bit data compress ~1.2-1.5x), so the default is
+# uncompressed chunks, which keep up with the disk. Compression stays one argument away.
+DEFAULT_COMPRESSION: str | None = None
+_COMPRESSIONS = {None, "none", "gzip", "lzf", "default"}
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _jsonable(metadata: dict, path: Path) -> str:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, Path):
+            return str(obj)
+        raise TypeError(f"metadata value of type {type(obj).__name__} is not storable")
+
+    try:
+        return json.dumps(metadata, default=default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{path}: metadata must be JSON-like (str, numbers, lists, dicts): {exc}") \
+            from None
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
+        raise ValueError(f"{what} name must be a relative path like 'analysis/focus_curve', "
+                         f"got {name!r}")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what} name {name!r} contains an empty, '.' or '..' component")
+    return name
+
+
+def _encode_name(value: str, what: str) -> bytes:
+    raw = str(value).encode("utf-8")
+    if len(raw) > L.NAME_BYTES:
+        raise ValueError(f"{what} {value!r} is {len(raw)} bytes long; at most {L.NAME_BYTES} "
+                         "bytes are stored per restored frame")
+    return raw
+
+
+def _cast_frame(frame: Any, shape: tuple[int, int], dtype: np.dtype, what: str) -> np.ndarray:
+    arr = np.asarray(frame)
+    if arr.shape != shape:
+        raise ValueError(f"{what} has shape {arr.shape}; this file records frames of shape {shape}")
+    if arr.dtype == dtype:
+        return np.ascontiguousarray(arr)
+    if np.can_cast(arr.dtype, dtype, "safe"):
+        return np.ascontiguousarray(arr, dtype=dtype)
+    if dtype.kind == "f" and arr.dtype.kind in "fiub":
+        return np.ascontiguousarray(arr, dtype=dtype)  # float narrowing: precision, not range
+    if dtype.kind in "iu" and arr.dtype.kind in "iub":
+        info = np.iinfo(dtype)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"{what} values span [{lo}, {hi}], outside the range of the "
+                             f"file's {dtype} frames [{info.min}, {info.max}]")
+        return np.ascontiguousarray(arr, dtype=dtype)
+    raise ValueError(f"{what} has dtype {arr.dtype}, which cannot be stored losslessly as the "
+                     f"file's {dtype} (convert explicitly, e.g. round and clip, before appending)")
+
+
+def _compression_kwargs(compression: str | None) -> dict:
+    if compression == "default":
+        compression = DEFAULT_COMPRESSION
+    if compression in (None, "none"):
+        return {}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    raise ValueError(f"compression must be one of 'default', 'gzip', 'lzf', None; got "
+                     f"{compression!r}")
+
+
+def open_for_update(path: Path) -> h5py.File:
+    """Open a closed scan file read/write, even while SWMR followers still hold it open."""
+    try:
+        return h5py.File(path, "r+")
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+    # A live follower holds a shared lock; finalising only adds objects it has not opened.
+    return h5py.File(path, "r+", locking=False)
+
+
+def _set_nx(obj: h5py.HLObject, nx_class: str) -> None:
+    obj.attrs["NX_class"] = nx_class
+
+
+class ScanWriter:
+    """Write one scan (projections, flats, darks and optional restored frames) to HDF5.
+
+    Parameters
+    ----------
+    path
+        Output ``.h5`` file.
+    frame_shape
+        ``(rows, cols)`` of every measured and restored frame.
+    dtype
+        Storage dtype of measured frames (e.g. ``"uint16"`` raw, ``"float32"`` corrected).
+        Appended frames are converted only when that is lossless in range; otherwise ValueError.
+    metadata
+        Run-level metadata (JSON-like). Recognised keys are also mapped onto NeXus fields:
+        ``title``, ``instrument``, ``profile``, ``pixel_size_um`` (or ``x_pixel_size_um`` /
+        ``y_pixel_size_um``), ``sample``, ``detector``, ``scintillator``,
+        ``source_name``. All of it is readable back as ``ScanReader.metadata``.
+    restored
+        Create ``/entry/restored`` (NXdata) for restored frames, float32, same shape.
+    restored_extras
+        ``{name: shape}`` of extra per-restored-frame arrays, ``()`` for a scalar, e.g.
+        ``{"consistency": (rows, cols), "summary": ()}``; float32, NaN until written. Implies
+        ``restored=True``.
+    swmr
+        Record in SWMR mode so other processes can follow live (default). With False, the file
+        is an ordinary HDF5 file while recording and ``write_array``/``set_attrs`` act at once.
+    compression
+        ``"default"`` (see ``DEFAULT_COMPRESSION``), ``"gzip"`` (level 1 + shuffle), ``"lzf"``
+        (+ shuffle) or None. All lossless, one frame per chunk.
+    overwrite
+        Replace an existing file; otherwise an existing path raises StorageError.
+    """
+
+    def __init__(self, path: str | Path, frame_shape: tuple[int, int], dtype: Any = "float32",
+                 *, metadata: dict | None = None, restored: bool = False,
+                 restored_extras: dict | None = None, swmr: bool = True,
+                 compression: str | None = "default", overwrite: bool = False) -> None:
+        self._path = Path(path)
+        self._file: h5py.File | None = None
+        self._closed = False
+        try:
+            shape = tuple(int(n) for n in frame_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"frame_shape must be (rows, cols), got {frame_shape!r}") from None
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"frame_shape must be two positive sizes (rows, cols), got "
+                             f"{frame_shape!r}")
+        self._shape: tuple[int, int] = shape  # type: ignore[assignment]
+        try:
+            self._dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype {dtype!r} is not a numpy dtype") from None
+        if self._dtype.kind not in "iuf":
+            raise ValueError(f"frames must be integer or float, got dtype {self._dtype}")
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"compression must be one of 'default', 'gzip', 'lzf', None; got "
+                             f"{compression!r}")
+        self._filters = _compression_kwargs(compression)
+        extras = dict(restored_extras or {})
+        self._extras: dict[str, tuple[int, ...]] = {}
+        for name, ex_shape in extras.items():
+            if not isinstance(name, str) or "/" in name or not name or name in L.RESTORED_RESERVED:
+                raise ValueError(f"restored extra name {name!r} is invalid (plain name, not one "
+                                 f"of {sorted(L.RESTORED_RESERVED)})")
+            try:
+                ex = tuple(int(n) for n in ex_shape)
+            except (TypeError, ValueError):
+                raise ValueError(f"restored extra {name!r}: shape must be a tuple of sizes or (), "
+                                 f"got {ex_shape!r}") from None
+            if any(n < 1 for n in ex):
+                raise ValueError(f"restored extra {name!r}: sizes must be positive, got {ex}")
+            self._extras[name] = ex
+        self._restored = bool(restored) or bool(self._extras)
+        self._swmr = bool(swmr)
+        self._metadata = dict(metadata or {})
+        self._metadata_json = _jsonable(self._metadata, self._path)
+        self._n = 0
+        self._n_restored = 0
+        self._pending_arrays: dict[str, tuple[np.ndarray, dict]] = {}
+        self._pending_attrs: dict[str, Any] = {}
+
+        if self._path.exists() and not overwrite:
+            raise StorageError(self._path, "file exists; pass overwrite=True to replace it")
+        if self._path.is_dir():
+            raise StorageError(self._path, "path is a folder, expected a file name")
+        try:
+            self._file = h5py.File(self._path, "w", libver="latest")
+        except OSError as exc:
+            cause, code = describe_os_error(exc)
+            if not self._path.parent.is_dir():
+                cause = f"folder {self._path.parent} does not exist"
+            raise StorageError(self._path, f"cannot create scan file: {cause}", code) from exc
+        try:
+            self._create_layout()
+            self._file.flush()
+            if self._swmr:
+                self._file.swmr_mode = True
+        except OSError as exc:
+            self._abandon()
+            cause, code = describe_os_error(exc)
+            raise StorageError(self._path, f"cannot lay out scan file: {cause}", code) from exc
+        except BaseException:
+            self._abandon()
+            raise
+
+    # ------------------------------------------------------------------ layout
+    def _create_layout(self) -> None:
+        f = self._file
+        assert f is not None
+        md = self._metadata
+        rows, cols = self._shape
+        f.attrs["default"] = "entry"
+        f.attrs["file_name"] = self._path.name
+        f.attrs["file_time"] = _now_iso()
+        f.attrs["creator"] = "xinstrument"
+        f.attrs["HDF5_Version"] = h5py.version.hdf5_version
+        f.attrs["h5py_version"] = h5py.version.version
+
+        entry = f.create_group(L.ENTRY)
+        _set_nx(entry, "NXentry")
+        entry.attrs["default"] = "data"
+        entry.attrs["xi_format"] = L.FORMAT_NAME
+        entry.attrs["xi_format_version"] = L.FORMAT_VERSION
+        entry.attrs["xi_complete"] = False
+        entry.create_dataset("definition", data="NXtomo")
+        entry.create_dataset("title", data=str(md.get("title", self._path.stem)))
+        entry.create_dataset("start_time", data=_now_iso())
+        entry.create_dataset("xi_metadata", data=self._metadata_json)
+        prog = entry.create_dataset("xi_progress", shape=(2,), chunks=(2,), dtype="int64",
+                                    data=np.zeros(2, dtype="int64"))
+        prog.attrs["columns"] = "measured frames, restored frames (fully written and flushed)"
+
+        inst = entry.create_group("instrument")
+        _set_nx(inst, "NXinstrument")
+        if "instrument" in md:
+            inst.create_dataset("name", data=str(md["instrument"]))
+        src = inst.create_group("source")
+        _set_nx(src, "NXsource")
+        src.create_dataset("type", data="Fixed Tube X-ray")
+        src.create_dataset("probe", data="x-ray")
+        src.create_dataset("name", data=str(md.get("source_name", "microfocus X-ray tube")))
+        det = inst.create_group("detector")
+        _set_nx(det, "NXdetector")
+        if "detector" in md:
+            det.create_dataset("description", data=str(md["detector"]))
+        if "scintillator" in md:
+            det.create_dataset("scintillator", data=str(md["scintillator"]))
+        if "profile" in md:
+            det.create_dataset("calibration_profile", data=str(md["profile"]))
+        px = md.get("pixel_size_um")
+        xpx = md.get("x_pixel_size_um", px)
+        ypx = md.get("y_pixel_size_um", px)
+        for name, value in (("x_pixel_size", xpx), ("y_pixel_size", ypx)):
+            if value is not None:
+                try:
+                    val = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{self._path}: metadata pixel size must be a number in um, "
+                                     f"got {value!r}") from None
+                if not math.isfinite(val) or val <= 0:
+                    raise ValueError(f"{self._path}: metadata pixel size must be positive um, "
+                                     f"got {value!r}")
+                det.create_dataset(name, data=val).attrs["units"] = "um"
+
+        sample = entry.create_group("sample")
+        _set_nx(sample, "NXsample")
+        sample.create_dataset("name", data=str(md.get("sample", "")))
+
+        data = det.create_dataset(
+            "data", shape=(0, rows, cols), maxshape=(None, rows, cols), chunks=(1, rows, cols),
+            dtype=self._dtype, **self._filters)
+        data.attrs["interpretation"] = "image"
+        for fld in L.FRAME_FIELDS:
+            ds = f.create_dataset(fld.path, shape=(0,), maxshape=(None,),
+                                  chunks=(L.META_CHUNK_ROWS,), dtype=fld.dtype, fillvalue=fld.fill)
+            if fld.units:
+                ds.attrs["units"] = fld.units
+        det["image_key"].attrs["description"] = "0 projection, 1 flat field, 2 dark field"
+        det["number_of_cycles"] = det["frames_averaged"]  # NeXus name for summed exposures
+        det["timestamp"].attrs["epoch"] = "1970-01-01T00:00:00Z"
+
+        nxdata = entry.create_group("data")
+        _set_nx(nxdata, "NXdata")
+        nxdata["data"] = data
+        nxdata["rotation_angle"] = f[L.FIELD_BY_NAME["theta_deg"].path]
+        nxdata["image_key"] = det["image_key"]
+        nxdata.attrs["signal"] = "data"
+        nxdata.attrs["axes"] = ["rotation_angle", ".", "."]
+        nxdata.attrs["rotation_angle_indices"] = 0
+
+        exchange = f.create_group(L.EXCHANGE)
+        exchange.attrs["description"] = (
+            "Data Exchange view; data, data_white, data_dark and theta are added when the file "
+            "is finalised and map onto /entry/instrument/detector/data")
+
+        if self._restored:
+            rest = entry.create_group("restored")
+            _set_nx(rest, "NXdata")
+            rd = rest.create_dataset(
+                "data", shape=(0, rows, cols), maxshape=(None, rows, cols),
+                chunks=(1, rows, cols), dtype="float32", fillvalue=np.nan, **self._filters)
+            rd.attrs["interpretation"] = "image"
+            rest.attrs["signal"] = "data"
+            rest.create_dataset("source_index", shape=(0,), maxshape=(None,),
+                                chunks=(L.META_CHUNK_ROWS,), dtype="int64", fillvalue=-1)
+            for name in ("method", "profile"):
+                rest.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,),
+                                    dtype=f"S{L.NAME_BYTES}")
+            rest["source_index"].attrs["description"] = (
+                "index into /entry/instrument/detector/data of the measured frame")
+            ext = rest.create_group("extras")
+            _set_nx(ext, "NXcollection")
+            for name, ex in self._extras.items():
+                chunks = (1, *ex) if ex else (L.META_CHUNK_ROWS,)
+                kw = self._filters if ex else {}
+                ext.create_dataset(name, shape=(0, *ex), maxshape=(None, *ex), chunks=chunks,
+                                   dtype="float32", fillvalue=np.nan, **kw)
+            exchange["data_restored"] = rd
+
+    def _abandon(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - already reporting the original failure
+                pass
+        self._file = None
+        self._closed = True
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def n_frames(self) -> int:
+        """Measured frames written so far."""
+        return self._n
+
+    @property
+    def n_restored(self) -> int:
+        return self._n_restored
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _require_open(self) -> h5py.File:
+        if self._closed or self._file is None:
+            raise StorageError(self._path, "scan writer is closed")
+        return self._file
+
+    def _fault(self, exc: OSError, action: str) -> StorageError:
+        cause, code = describe_os_error(exc)
+        return StorageError(self._path, f"{action} failed: {cause}; frames flushed before this "
+                                        "remain readable", code)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, frame: np.ndarray, *, image_key: int = 0, theta_deg: float = 0.0,
+               voltage_kv: float = math.nan, current_ua: float = math.nan,
+               exposure_s: float = math.nan, frames_averaged: int = 1,
+               focus_z_um: float = math.nan, timestamp_s: float | None = None) -> int:
+        """Write one measured frame and its metadata; return its index (write order).
+
+        ``image_key`` follows NXtomo: 0 projection, 1 flat field, 2 dark field. When this
+        returns, the frame is flushed and visible to SWMR readers.
+        """
+        f = self._require_open()
+        if image_key not in (0, 1, 2) or isinstance(image_key, bool):
+            raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
+                             f"{image_key!r}")
+        if int(frames_averaged) != frames_averaged or frames_averaged < 1:
+            raise ValueError(f"frames_averaged must be an integer >= 1, got {frames_averaged!r}")
+        values = {
+            "image_key": int(image_key), "theta_deg": float(theta_deg),
+            "voltage_kv": float(voltage_kv), "current_ua": float(current_ua),
+            "exposure_s": float(exposure_s), "frames_averaged": int(frames_averaged),
+            "focus_z_um": float(focus_z_um),
+            "timestamp_s": float(time.time() if timestamp_s is None else timestamp_s),
+        }
+        arr = _cast_frame(frame, self._shape, self._dtype, f"frame {self._n}")
+        i = self._n
+        try:
+            for fld in L.FRAME_FIELDS:
+                ds = f[fld.path]
+                ds.resize((i + 1,))
+                ds[i] = values[fld.name]
+            data = f[L.DATA]
+            data.resize(i + 1, axis=0)
+            if self._filters:
+                data[i] = arr
+            else:
+                # One frame is exactly one uncompressed chunk: hand its bytes straight to HDF5.
+                data.id.write_direct_chunk((i, 0, 0), arr.data)
+            f.flush()
+            prog = f[L.PROGRESS]
+            prog[0] = i + 1
+            prog.flush()
+        except OSError as exc:
+            raise self._fault(exc, f"writing frame {i}") from exc
+        self._n = i + 1
+        return i
+
+    def append_restored(self, frame: np.ndarray, *, source_index: int, method: str, profile: str,
+                        extras: dict[str, np.ndarray | float] | None = None) -> int:
+        """Write one restored frame beside the measured one it came from; return its index.
+
+        ``source_index`` is the measured frame's index (as returned by ``append``); ``method``
+        and ``profile`` name the restoration method and calibration profile. ``extras`` fills
+        the per-frame arrays declared in the constructor's ``restored_extras``.
+        """
+        f = self._require_open()
+        if not self._restored:
+            raise StorageError(self._path, "this file was created without restored frames; "
+                                           "pass restored=True to ScanWriter")
+        if isinstance(source_index, bool) or int(source_index) != source_index \
+                or not 0 <= source_index < self._n:
+            raise ValueError(f"source_index must be the index of a measured frame in "
+                             f"[0, {self._n}), got {source_index!r}")
+        method_b = _encode_name(method, "method")
+        profile_b = _encode_name(profile, "profile")
+        arr = _cast_frame(frame, self._shape, np.dtype("float32"),
+                          f"restored frame {self._n_restored}")
+        extras = dict(extras or {})
+        unknown = sorted(set(extras) - set(self._extras))
+        if unknown:
+            raise ValueError(f"restored extras {unknown} were not declared; declared: "
+                             f"{sorted(self._extras)} (declare them in restored_extras=)")
+        ex_arrays: dict[str, np.ndarray] = {}
+        for name, value in extras.items():
+            ex = np.asarray(value, dtype="float32")
+            if ex.shape != self._extras[name]:
+                raise ValueError(f"restored extra {name!r} has shape {ex.shape}, declared "
+                                 f"{self._extras[name]}")
+            ex_arrays[name] = ex
+        j = self._n_restored
+        try:
+            rd = f[L.RESTORED + "/data"]
+            for path, value in ((L.RESTORED_SOURCE_INDEX, int(source_index)),
+                                (L.RESTORED_METHOD, method_b), (L.RESTORED_PROFILE, profile_b)):
+                ds = f[path]
+                ds.resize((j + 1,))
+                ds[j] = value
+            for name, shape in self._extras.items():
+                ds = f[f"{L.RESTORED_EXTRAS}/{name}"]
+                ds.resize(j + 1, axis=0)
+                if name in ex_arrays:
+                    ds[j] = ex_arrays[name]
+            rd.resize(j + 1, axis=0)
+            if self._filters:
+                rd[j] = arr
+            else:
+                rd.id.write_direct_chunk((j, 0, 0), arr.data)
+            f.flush()
+            prog = f[L.PROGRESS]
+            prog[1] = j + 1
+            prog.flush()
+        except OSError as exc:
+            raise self._fault(exc, f"writing restored frame {j}") from exc
+        self._n_restored = j + 1
+        return j
+
+    def write_array(self, name: str, array: np.ndarray, attrs: dict | None = None) -> None:
+        """Store an analysis array under ``/entry/<name>`` (e.g. ``"analysis/focus_curve"``).
+
+        In SWMR mode no object can be created while recording, so the array is kept and written
+        by ``close()`` (also when the run closes incomplete). Without SWMR it is written now.
+        """
+        self._require_open()
+        _check_name(name, "array")
+        if name.split("/")[0] in {"instrument", "sample", "data", "restored", "definition",
+                                  "title", "start_time", "end_time", "xi_metadata",
+                                  "xi_progress", "xi_reason"}:
+            raise ValueError(f"array name {name!r} would overwrite a reserved part of /entry")
+        arr = np.array(array)  # copy: the caller may reuse its buffer before close()
+        if arr.dtype.kind in "OUSV":
+            raise ValueError(f"array {name!r} must be numeric, got dtype {arr.dtype}")
+        attrs = dict(attrs or {})
+        if name in self._pending_arrays:
+            raise ValueError(f"array {name!r} was already written")
+        if self._swmr:
+            self._pending_arrays[name] = (arr, attrs)
+        else:
+            try:
+                self._write_array_now(self._file, name, arr, attrs)
+                self._file.flush()
+            except OSError as exc:
+                raise self._fault(exc, f"writing array {name!r}") from exc
+
+    def _write_array_now(self, f: h5py.File, name: str, arr: np.ndarray, attrs: dict) -> None:
+        full = f"{L.ENTRY}/{name}"
+        if full in f:
+            raise ValueError(f"{self._path}: /entry/{name} already exists")
+        parent = full.rsplit("/", 1)[0]
+        if parent not in f:
+            grp = f.require_group(parent)
+            _set_nx(grp, "NXcollection")
+        ds = f.create_dataset(full, data=arr)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Add run-level attributes (on ``/entry``, and merged into ``ScanReader.metadata``).
+
+        Deferred to ``close()`` in SWMR mode (attributes cannot be created while recording).
+        """
+        self._require_open()
+        _jsonable(attrs, self._path)
+        for key in attrs:
+            if key.startswith("xi_") or key in ("NX_class", "default"):
+                raise ValueError(f"attribute name {key!r} is reserved")
+        self._pending_attrs.update(attrs)
+        if not self._swmr:
+            try:
+                self._apply_attrs(self._file)
+                self._file.flush()
+            except OSError as exc:
+                raise self._fault(exc, "writing attributes") from exc
+
+    def _apply_attrs(self, f: h5py.File) -> None:
+        if not self._pending_attrs:
+            return
+        entry = f[L.ENTRY]
+        for key, value in self._pending_attrs.items():
+            entry.attrs[key] = value if isinstance(value, (str, int, float, bool, np.generic,
+                                                           np.ndarray)) else json.dumps(value)
+        merged = json.loads(entry["xi_metadata"][()].decode("utf-8"))
+        merged.update(json.loads(_jsonable(self._pending_attrs, self._path)))
+        del entry["xi_metadata"]
+        entry.create_dataset("xi_metadata", data=json.dumps(merged))
+        self._pending_attrs = {}
+
+    def flush(self) -> None:
+        """Flush everything written so far to the file (``append`` already does per frame)."""
+        f = self._require_open()
+        try:
+            f.flush()
+        except OSError as exc:
+            raise self._fault(exc, "flush") from exc
+
+    # ------------------------------------------------------------------ closing
+    def close(self, complete: bool = True, reason: str | None = None) -> None:
+        """Finish the file; idempotent.
+
+        ``complete=False`` marks the run incomplete (``/entry@xi_complete`` False) with
+        ``reason``. Deferred arrays and attributes are written, Data Exchange views are built,
+        and the file is fsynced. Raises StorageError if finalising fails; frames already
+        flushed stay readable in that case.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        f = self._file
+        self._file = None
+        if f is None:
+            return
+        try:
+            if self._swmr:
+                f.close()
+                f = open_for_update(self._path)
+            finalize(f, complete=complete, reason=reason, n_frames=self._n,
+                     n_restored=self._n_restored)
+            for name, (arr, attrs) in self._pending_arrays.items():
+                self._write_array_now(f, name, arr, attrs)
+            self._pending_arrays = {}
+            self._apply_attrs(f)
+            f.close()
+            f = None
+            _fsync(self._path)
+        except OSError as exc:
+            raise self._fault(exc, "finalising the file") from exc
+        finally:
+            if f is not None:
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - reporting the first failure
+                    pass
+
+    def __enter__(self) -> "ScanWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close(complete=True)
+        else:
+            try:
+                self.close(complete=False, reason=f"{exc_type.__name__}: {exc}")
+            except StorageError:
+                pass  # the exception from the with block is the one to report
+        return False
+
+    def __del__(self) -> None:
+        # A writer dropped without close(): leave a valid file marked incomplete.
+        if not getattr(self, "_closed", True):
+            try:
+                self.close(complete=False, reason="writer was not closed")
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"ScanWriter({str(self._path)!r}, frame_shape={self._shape}, "
+                f"dtype={self._dtype}, n_frames={self._n}, {state})")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange_view(f: h5py.File, key: int, image_keys: np.ndarray, name: str) -> None:
+    """Build /exchange/<name> as a virtual dataset of the frames with this image key."""
+    data = f[L.DATA]
+    n, rows, cols = data.shape
+    idx = np.flatnonzero(image_keys[:n] == key)
+    if name in f[L.EXCHANGE]:
+        del f[L.EXCHANGE][name]
+    if idx.size == 0:
+        f[L.EXCHANGE].create_dataset(name, shape=(0, rows, cols), maxshape=(None, rows, cols),
+                                     chunks=(1, rows, cols), dtype=data.dtype)
+        return
+    layout = h5py.VirtualLayout(shape=(idx.size, rows, cols), dtype=data.dtype)
+    # "." = this same file, so the views survive renaming or moving the file.
+    source = h5py.VirtualSource(".", L.DATA, shape=(n, rows, cols), dtype=data.dtype)
+    # Map consecutive runs of frames in one piece each (a scan has few runs).
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    pos = 0
+    for run in np.split(idx, breaks):
+        a, b = int(run[0]), int(run[-1]) + 1
+        layout[pos:pos + (b - a)] = source[a:b]
+        pos += b - a
+    f[L.EXCHANGE].create_virtual_dataset(name, layout)
+
+
+def finalize(f: h5py.File, *, complete: bool, reason: str | None, n_frames: int,
+             n_restored: int) -> None:
+    """Mark completeness, trim to committed frames, build the Data Exchange views.
+
+    Used by ``ScanWriter.close`` and by ``recover`` on a file a writer left behind.
+    """
+    entry = f[L.ENTRY]
+    # Trim anything written past the last commit (a frame in flight when the writer died).
+    for fld in L.FRAME_FIELDS:
+        if f[fld.path].shape[0] > n_frames:
+            f[fld.path].resize((n_frames,))
+    if f[L.DATA].shape[0] > n_frames:
+        f[L.DATA].resize(n_frames, axis=0)
+    if L.RESTORED in f:
+        rest = f[L.RESTORED]
+        for name in ("data", "source_index", "method", "profile"):
+            if rest[name].shape[0] > n_restored:
+                rest[name].resize(n_restored, axis=0)
+        for ds in rest["extras"].values():
+            if ds.shape[0] > n_restored:
+                ds.resize(n_restored, axis=0)
+    f[L.PROGRESS][...] = [n_frames, n_restored]
+
+    keys = f[L.FIELD_BY_NAME["image_key"].path][:n_frames]
+    for key, name in L.EXCHANGE_NAMES.items():
+        _exchange_view(f, key, keys, name)
+    theta = f[L.FIELD_BY_NAME["theta_deg"].path][:n_frames][keys == L.IMAGE_KEY_PROJECTION]
+    if "theta" in f[L.EXCHANGE]:
+        del f[L.EXCHANGE]["theta"]
+    f[L.EXCHANGE].create_dataset("theta", data=theta.astype("float64")).attrs["units"] = "deg"
+
+    if "end_time" in entry:
+        del entry["end_time"]
+    entry.create_dataset("end_time", data=_now_iso())
+    entry.attrs["xi_complete"] = bool(complete)
+    if complete:
+        if "xi_reason" in entry.attrs:
+            del entry.attrs["xi_reason"]
+    else:
+        entry.attrs["xi_reason"] = str(reason or "recording did not finish")
