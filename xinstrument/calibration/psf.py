@@ -112,7 +112,7 @@ def richardson_lucy_kernel(
     # refine it, so the few iterations of paper 004 suffice; a flat start needs ~50 here.
     fb = np.fft.rfft2(b * mask + (1 - mask) * float(b[mask > 0].mean()))
     power = np.abs(fa) ** 2
-    k = np.fft.irfft2(fb * np.conj(fa) / (power + 1.0 * float(np.median(power))), s=shape)
+    k = np.fft.irfft2(fb * np.conj(fa) / (power + 4.0 * float(np.median(power))), s=shape)
     k = np.maximum(k, 0.0)
     k = k / k.sum() if k.sum() > 0 else np.full(shape, 1.0 / a.size)
     for _ in range(iterations):
@@ -160,6 +160,10 @@ def extract_psf(
     cy, cx = a.shape[0] // 2, a.shape[1] // 2
     h = window // 2
     psf = full[cy - h : cy + h + 1, cx - h : cx + h + 1].copy()
+    # Remove the flat floor RL leaves under the whole kernel (noise, unmatched background):
+    # estimated on the window border, where a truncated PSF should have fallen to ~0.
+    border = np.concatenate([psf[0], psf[-1], psf[1:-1, 0], psf[1:-1, -1]])
+    psf = np.maximum(psf - float(np.median(border)), 0.0)
     total = psf.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError("PSF extraction failed: truncated kernel has no positive weight (images unrelated?)")

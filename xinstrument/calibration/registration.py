@@ -92,8 +92,10 @@ def phase_correlation(reference: np.ndarray, moving: np.ndarray, upsample: int =
 def _blobs(img: np.ndarray, sigma_px: float, count: int) -> np.ndarray:
     dog = ndimage.gaussian_filter(img, sigma_px) - ndimage.gaussian_filter(img, 1.6 * sigma_px)
     points = []
+    # Ignore responses at rounding level: a flat image has no features.
+    floor = 1e-6 * float(np.ptp(img)) if np.ptp(img) > 0 else np.inf
     for response in (dog, -dog):
-        peaks = (response == ndimage.maximum_filter(response, size=int(4 * sigma_px) | 1)) & (response > 0)
+        peaks = (response == ndimage.maximum_filter(response, size=int(4 * sigma_px) | 1)) & (response > floor)
         idx = np.argwhere(peaks)
         order = np.argsort(response[peaks])[::-1][:count]
         for r, c in idx[order]:

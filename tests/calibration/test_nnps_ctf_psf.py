@@ -1,0 +1,156 @@
+"""NNPS, CTF/Coltman, PSF from MTF ratio and RL extraction, registration: known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage, signal
+
+from tests.calibration.synthetic import gaussian_kernel
+from xinstrument.calibration.ctf import (
+    ctf_from_bar_groups,
+    ctf_from_mtf,
+    michelson_contrast,
+    mtf_from_ctf,
+)
+from xinstrument.calibration.nnps import nnps
+from xinstrument.calibration.psf import (
+    extract_psf,
+    mtf_ratio,
+    normalized_cross_correlation,
+    psf_from_mtf_ratio,
+    radial_profile,
+)
+from xinstrument.calibration.registration import feature_registration, phase_correlation
+
+
+def test_nnps_white_noise_within_5_percent() -> None:
+    rng = np.random.default_rng(62220)
+    mean, sd = 1000.0, 30.0
+    y, x = np.mgrid[:640, :640] / 640.0
+    shading = 1.0 + 0.1 * (x - 0.5) + 0.05 * (y - 0.5) ** 2  # heel effect, removed by detrending
+    flats = [mean * shading + rng.normal(0, sd, shading.shape) for _ in range(2)]
+    r = nnps(flats, pixel_size_um=6.5)
+    assert r.n_rois == 2 * 16 and r.roi_size_px == 256
+    expected_px2 = sd**2 / r.mean_signal**2
+    assert r.nnps_px2.mean() == pytest.approx(expected_px2, rel=0.05)
+    band = r.frequency_cy_per_px > 0.05
+    assert np.all(np.abs(r.nnps_px2[band] / expected_px2 - 1) < 0.2)  # per-bin statistics
+    assert r.nnps_mm2.mean() == pytest.approx(expected_px2 * 0.0065**2, rel=0.05)
+    assert r.frequency_cy_per_mm[-1] == pytest.approx(0.5 / 0.0065, rel=0.01)
+
+
+def test_nnps_bad_input() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        nnps(np.ones((100, 300)), 6.5)
+    with pytest.raises(ValueError, match="mismatched sizes"):
+        nnps([np.ones((256, 256)), np.ones((300, 256))], 6.5)
+    with pytest.raises(ValueError, match="not positive"):
+        nnps(-np.ones((256, 256)), 6.5)
+    with pytest.raises(TypeError, match="dtype"):
+        nnps(np.array([["a"] * 256] * 256), 6.5)
+
+
+def test_coltman_round_trip_and_bar_contrast() -> None:
+    f = np.linspace(0, 2.0, 2001)
+    mtf = np.exp(-2 * np.pi**2 * 1.0**2 * f**2)
+    ctf = ctf_from_mtf(f, mtf)
+    band = (f >= 0.1) & (f <= 0.5)  # near f = 0 the odd-harmonic series converges slowly
+    assert np.abs(mtf_from_ctf(f, ctf) - mtf)[band].max() < 2e-3
+    assert ctf[100] > mtf[100]  # a square wave keeps more contrast than its fundamental
+    # Rendered bar groups (oversampled 50x then pixel-integrated) against the analytic CTF
+    # of a Gaussian blur times the pixel aperture.
+    fine = np.linspace(0, 25, 250001)
+    system = np.exp(-2 * np.pi**2 * fine**2) * np.sinc(fine)
+    groups = []
+    for period_px in (6, 10, 20):
+        x = np.arange(period_px * 50 * 12)
+        bars = 100 + 100 * ((x % (period_px * 50)) < period_px * 25)
+        profile = ndimage.gaussian_filter1d(bars.astype(float), 50.0, mode="wrap").reshape(-1, 50).mean(1)
+        roi = np.tile(profile, (20, 1))
+        f_lp_mm = 1000.0 / (period_px * 6.5)
+        groups.append((f_lp_mm, roi))
+        expected = np.interp(1 / period_px, fine, ctf_from_mtf(fine, system)) / 3.0
+        assert michelson_contrast(roi, period_px) == pytest.approx(expected, abs=0.01)
+    res = ctf_from_bar_groups(groups, pixel_size_um=6.5, reference_contrast=1 / 3)
+    assert np.all(np.diff(res.frequency_lp_per_mm) > 0) and res.ctf[0] > res.ctf[-1]
+    with pytest.raises(ValueError, match="no bar modulation"):
+        michelson_contrast(np.linspace(0, 1, 50))
+    with pytest.raises(ValueError, match="beyond Nyquist"):
+        michelson_contrast(np.ones((4, 50)), period_px=1.5)
+
+
+def test_psf_from_mtf_ratio_is_the_difference_gaussian() -> None:
+    f = np.linspace(0, 0.5, 101)
+    hr = np.exp(-2 * np.pi**2 * 0.6**2 * f**2)
+    lr = np.exp(-2 * np.pi**2 * 2.0**2 * f**2)
+    ratio = mtf_ratio(lr, hr)
+    assert ratio[0] == 1.0 and np.all((ratio >= 0) & (ratio <= 1))
+    k = psf_from_mtf_ratio(f, ratio, 31)
+    assert k.shape == (31, 31) and k.sum() == pytest.approx(1.0)
+    assert normalized_cross_correlation(k, gaussian_kernel(31, np.sqrt(2.0**2 - 0.6**2))) > 0.999
+    radius, spectrum = radial_profile(np.abs(np.fft.fft2(np.fft.ifftshift(np.pad(k, 80)))))
+    assert np.interp(0.1, radius, spectrum) == pytest.approx(np.interp(0.1, f, ratio), abs=0.01)
+    with pytest.raises(ValueError, match="odd"):
+        psf_from_mtf_ratio(f, ratio, 30)
+
+
+def _scene(rng: np.random.Generator, n: int) -> np.ndarray:
+    img = np.full((n, n), 0.3)
+    for _ in range(150):
+        r, c = rng.integers(0, n, 2)
+        h, w = rng.integers(2, 14, 2)
+        img[r : r + h, c : c + w] = rng.uniform(0.5, 1.0)
+    img += (rng.random((n, n)) > 0.995) * 1.0
+    return ndimage.gaussian_filter(img, 0.7)
+
+
+@pytest.fixture(scope="module")
+def thin_thick_pair():
+    rng = np.random.default_rng(4)
+    true_psf = 0.7 * gaussian_kernel(61, 2.0) + 0.3 * gaussian_kernel(61, 5.0)
+    scene = _scene(rng, 320)
+    thick = signal.fftconvolve(scene, true_psf, mode="same")
+    thick = ndimage.shift(thick, (1.4, -2.3), order=3)[30:286, 30:286]
+    thick = rng.poisson(thick * 5000) / 5000.0
+    return scene[30:286, 30:286], thick, true_psf
+
+
+def test_extract_psf_ncc_above_095(thin_thick_pair) -> None:
+    thin, thick, true_psf = thin_thick_pair
+    r = extract_psf(thin, thick)
+    assert r.iterations == 8 and r.psf.shape == (61, 61) and r.psf.sum() == pytest.approx(1.0)
+    assert r.registration.shift_px == pytest.approx((-1.4, 2.3), abs=0.2)
+    assert normalized_cross_correlation(r.psf, true_psf) > 0.95
+
+
+def test_extract_psf_with_sparse_defects_in_thin_image(thin_thick_pair) -> None:
+    thin, thick, true_psf = thin_thick_pair
+    rng = np.random.default_rng(5)
+    damaged = thin.copy()
+    for r, c in rng.integers(2, 254, (30, 2)):
+        damaged[r - 1 : r + 2, c - 1 : c + 2] = 0.02  # dark specks: scratches, bubbles
+    r = extract_psf(damaged, thick)
+    assert normalized_cross_correlation(r.psf, true_psf) > 0.95
+
+
+def test_registration_phase_and_features() -> None:
+    rng = np.random.default_rng(8)
+    big = _scene(rng, 400)
+    ref = big[50:306, 50:306]
+    moving = ndimage.shift(ndimage.gaussian_filter(big, 2.0), (3.3, -5.7), order=3)[50:306, 50:306]
+    assert phase_correlation(ref, moving).shift_px == pytest.approx((-3.3, 5.7), abs=0.1)
+    feat = feature_registration(ref, moving)
+    assert feat.shift_px == pytest.approx((-3.3, 5.7), abs=0.5)
+    with pytest.raises(ValueError, match="mismatched sizes"):
+        phase_correlation(ref, moving[:-1])
+    with pytest.raises(ValueError, match="too few features"):
+        feature_registration(np.ones((64, 64)), np.ones((64, 64)))
+
+
+def test_extract_psf_bad_input() -> None:
+    with pytest.raises(ValueError, match="mismatched sizes"):
+        extract_psf(np.ones((128, 128)), np.ones((128, 120)))
+    with pytest.raises(ValueError, match="too small"):
+        extract_psf(np.ones((40, 40)), np.ones((40, 40)))
+    with pytest.raises(ValueError, match="odd"):
+        extract_psf(np.ones((128, 128)), np.ones((128, 128)), window_px=60)
