@@ -23,7 +23,7 @@ def slanted_edge(
     """
     rows, cols = shape
     theta = np.radians(angle_deg)
-    c, s = np.cos(theta), np.sin(theta)
+    c, _s = np.cos(theta), np.sin(theta)
     x0 = (cols - 1) / 2.0 - (rows - 1) / 2.0 * np.tan(theta) if centre_col is None else centre_col
 
     def g(u: np.ndarray) -> np.ndarray:  # antiderivative of the normal CDF

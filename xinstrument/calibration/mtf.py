@@ -180,7 +180,7 @@ def edge_spread_function(fit: EdgeFit, oversampling: int = OVERSAMPLING) -> tupl
     if mean_slope > 0:
         cycles = int(np.floor(rows * mean_slope))
         if cycles >= 1:
-            n_rows = min(rows, int(round(cycles / mean_slope)))
+            n_rows = min(rows, round(cycles / mean_slope))
     dist = (np.arange(cols)[None, :] - edge_col[:n_rows, None]) * cos_t[:n_rows, None]
     values = roi[:n_rows]
     lo = np.ceil(dist.min(axis=1).max() * oversampling) / oversampling
@@ -189,7 +189,7 @@ def edge_spread_function(fit: EdgeFit, oversampling: int = OVERSAMPLING) -> tupl
         raise EdgeNotFoundError("roi: too narrow across the edge (need at least 8 px on the common span)")
     inside = (dist >= lo) & (dist < hi)
     idx = np.floor((dist[inside] - lo) * oversampling).astype(int)
-    nbins = int(round((hi - lo) * oversampling))
+    nbins = round((hi - lo) * oversampling)
     counts = np.bincount(idx, minlength=nbins)[:nbins]
     sums = np.bincount(idx, weights=values[inside], minlength=nbins)[:nbins]
     centres = lo + (np.arange(nbins) + 0.5) / oversampling
@@ -241,7 +241,7 @@ def slanted_edge_mtf(
     if max_f > OVERSAMPLING / 2:
         raise ValueError(f"max_frequency_cy_per_px must be <= {OVERSAMPLING / 2}, got {max_f}")
     fit = locate_edge(roi_image, fit_order, name)
-    distance, esf, warnings = edge_spread_function(fit)
+    _distance, esf, warnings = edge_spread_function(fit)
     delta_px = 1.0 / OVERSAMPLING
 
     k = max(2, esf.size // 10)
