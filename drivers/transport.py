@@ -271,11 +271,14 @@ class Transport:
     # --- exchanges
     def query(self, command: str | bytes, *, timeout_s: float | None = None,
               retries: int | None = None, terminate: bool = True,
-              validate: Callable[[list[str]], object] | None = None) -> list[str]:
+              validate: Callable[[list[str]], object] | None = None,
+              stale: Callable[[str], bool] | None = None) -> list[str]:
         """Send ``command`` and return its reply lines (one, or several for multi-line replies).
 
         ``validate`` (optional) is called on the reply lines and may raise
         :class:`ProtocolError`; a rejected reply counts as a failed attempt for the retry policy.
+        ``stale`` (optional) recognises a late reply to an earlier command (e.g. a different
+        echo after a timeout); such lines are discarded and reading continues.
         """
         n_retries = self.retries if retries is None else int(retries)
         name = _show(command)
@@ -288,6 +291,9 @@ class Transport:
                     self.drain()
                     self.write(command, terminate=terminate)
                     lines = [self.read_line(timeout_s, command=name)]
+                    while stale is not None and stale(lines[0]):
+                        log.debug("%s: discarded late reply %r", self.device, lines[0])
+                        lines = [self.read_line(timeout_s, command=name)]
                     while self.framing.continues(lines[-1]):
                         lines.append(self.read_line(timeout_s, command=name))
                     if validate is not None:

@@ -309,8 +309,17 @@ class HamamatsuTube:
             except TubeCommandError:
                 pass
 
+        def stale(reply: str) -> bool:
+            # a late reply to an earlier command: another command's echo or a status word
+            head = reply.split(" ", 1)[0]
+            if head != command and head in self.dialect.commands:
+                return True
+            return command != "STS" and reply in (self.dialect.state_words or {}) or \
+                command != "SIN" and reply in (self.dialect.interlock_words or {})
+
         try:
-            reply = self._transport.query(line, validate=validate, retries=retries)[0]
+            reply = self._transport.query(line, validate=validate, retries=retries,
+                                          stale=stale)[0]
         except TransportError as exc:
             self._on_fault(exc)
             raise
