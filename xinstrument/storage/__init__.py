@@ -12,6 +12,7 @@ Public API::
 """
 from .errors import StorageError
 from .reader import ScanReader
+from .recover import recover
 from .writer import DEFAULT_COMPRESSION, ScanWriter
 
-__all__ = ["DEFAULT_COMPRESSION", "ScanReader", "ScanWriter", "StorageError"]
+__all__ = ["DEFAULT_COMPRESSION", "ScanReader", "ScanWriter", "StorageError", "recover"]

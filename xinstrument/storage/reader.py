@@ -13,6 +13,13 @@ from . import layout as L
 from .errors import StorageError, describe_os_error
 
 
+def _raise_if_truncated(path: Path, exc: OSError) -> None:
+    if "truncated file" in str(exc):
+        raise StorageError(path, "file is shorter than its header says (a write fault such as a "
+                                 "full disk stopped the writer); run xinstrument.storage.recover()"
+                                 " on it to read the frames written before the fault") from exc
+
+
 def _open_scan(path: Path, swmr: bool) -> tuple[h5py.File, bool]:
     """Open read-only; return (file, opened_as_swmr)."""
     if not path.exists():
@@ -25,6 +32,7 @@ def _open_scan(path: Path, swmr: bool) -> tuple[h5py.File, bool]:
         return h5py.File(path, "r", swmr=swmr), swmr
     except OSError as exc:
         text = str(exc)
+        _raise_if_truncated(path, exc)
         if swmr or "already open for write" not in text:
             cause, code = describe_os_error(exc)
             raise StorageError(path, f"cannot open scan file: {cause}", code) from exc
@@ -32,6 +40,7 @@ def _open_scan(path: Path, swmr: bool) -> tuple[h5py.File, bool]:
     try:
         return h5py.File(path, "r", swmr=True), True
     except OSError as exc:
+        _raise_if_truncated(path, exc)
         cause, code = describe_os_error(exc)
         raise StorageError(path, f"cannot open scan file (left open by a writer): {cause}",
                            code) from exc

@@ -1,11 +1,12 @@
-"""Clear the "open for writing" flags a killed writer leaves in an HDF5 superblock.
+"""Repair the superblock a killed writer (or a full disk) leaves in an HDF5 file.
 
 A file written with ``libver='latest'`` carries a version 2/3 superblock whose consistency flags
 are set while a writer has it open. If the writer dies (kill -9, power cut) the flags stay set and
 the HDF5 library refuses ordinary opens ("file is already open for write") although every
 flushed object is intact. This module resets the flags and the superblock checksum so ordinary
-readers can open the file again: the same repair the HDF5 ``h5clear`` tool performs, done here so
-no extra tool is needed.
+readers can open the file again; when the writer reserved space it could not write (disk full),
+the recorded end of file is lowered to the real size. These are the repairs the HDF5 ``h5clear``
+tool performs (``h5clear`` and ``h5clear -i``), done here so no extra tool is needed.
 
 Superblock v2/v3 layout (HDF5 File Format Specification, section II.A): signature (8 bytes),
 version, size of offsets, size of lengths, consistency flags (1 byte each), four addresses
@@ -71,30 +72,35 @@ def _find_superblock(fh) -> int:
     raise ValueError("no HDF5 signature found")
 
 
-def write_flags(path: str | Path) -> int:
-    """Return the superblock consistency flags (0 when no writer holds the file)."""
+def superblock_state(path: str | Path) -> tuple[int, int, int]:
+    """Return (consistency flags, stored end-of-file address, actual file size)."""
     with open(path, "rb") as fh:
         base = _find_superblock(fh)
         fh.seek(base + 8)
-        version, _, _, flags = fh.read(4)
-    if version < 2:
-        return 0  # older superblocks keep no such flags in this byte
-    return flags
+        version, size_of_offsets, _, flags = fh.read(4)
+        size = os.fstat(fh.fileno()).st_size
+        if version < 2:
+            return 0, size, size
+        addrs = fh.read(4 * size_of_offsets)
+    base_addr = int.from_bytes(addrs[:size_of_offsets], "little")
+    eof = int.from_bytes(addrs[2 * size_of_offsets:3 * size_of_offsets], "little")
+    return flags, base_addr + eof, size
 
 
-def clear_write_flags(path: str | Path) -> bool:
-    """Reset the superblock consistency flags left by a writer that died.
+def repair_superblock(path: str | Path) -> bool:
+    """Make a file left by a writer that died (or hit a full disk) openable again.
 
-    Returns True when flags were set and have been cleared, False when there was nothing to do.
-    Raises ValueError when the file is not HDF5 or its superblock checksum does not verify (the
-    file is then left untouched). Only call this when no process is writing the file.
+    Clears the consistency flags and, when the superblock records an end of file beyond the
+    actual file size (space the writer reserved but could not write), lowers it to the actual
+    size. Returns True when something was changed. Raises ValueError when the file is not HDF5
+    or the superblock checksum does not verify (the file is then left untouched). Only call this
+    when no process is writing the file.
     """
     with open(path, "r+b") as fh:
         base = _find_superblock(fh)
         fh.seek(base + 8)
-        head = fh.read(4)
-        version, size_of_offsets, _, flags = head
-        if version < 2 or flags == 0:
+        version, size_of_offsets, _, flags = fh.read(4)
+        if version < 2:
             return False
         body_len = 12 + 4 * size_of_offsets
         fh.seek(base)
@@ -102,7 +108,20 @@ def clear_write_flags(path: str | Path) -> bool:
         (stored,) = struct.unpack("<I", fh.read(4))
         if lookup3(bytes(body)) != stored:
             raise ValueError("HDF5 superblock checksum does not verify; file left untouched")
-        body[11] = 0
+        o = size_of_offsets
+        base_addr = int.from_bytes(body[12:12 + o], "little")
+        eof_at = 12 + 2 * o
+        eof = int.from_bytes(body[eof_at:eof_at + o], "little")
+        size = os.fstat(fh.fileno()).st_size
+        changed = False
+        if flags:
+            body[11] = 0
+            changed = True
+        if base_addr + eof > size:
+            body[eof_at:eof_at + o] = (size - base_addr).to_bytes(o, "little")
+            changed = True
+        if not changed:
+            return False
         fh.seek(base)
         fh.write(bytes(body) + struct.pack("<I", lookup3(bytes(body))))
         fh.flush()

@@ -206,10 +206,15 @@ class ScanWriter:
         self._pending_arrays: dict[str, tuple[np.ndarray, dict]] = {}
         self._pending_attrs: dict[str, Any] = {}
 
-        if self._path.exists() and not overwrite:
-            raise StorageError(self._path, "file exists; pass overwrite=True to replace it")
+        try:
+            exists = self._path.exists()
+        except OSError as exc:
+            cause, code = describe_os_error(exc)
+            raise StorageError(self._path, f"cannot create scan file: {cause}", code) from exc
         if self._path.is_dir():
             raise StorageError(self._path, "path is a folder, expected a file name")
+        if exists and not overwrite:
+            raise StorageError(self._path, "file exists; pass overwrite=True to replace it")
         try:
             self._file = h5py.File(self._path, "w", libver="latest")
         except OSError as exc:
@@ -384,10 +389,11 @@ class ScanWriter:
             raise StorageError(self._path, "scan writer is closed")
         return self._file
 
-    def _fault(self, exc: OSError, action: str) -> StorageError:
+    def _fault(self, exc: Exception, action: str) -> StorageError:
         cause, code = describe_os_error(exc)
-        return StorageError(self._path, f"{action} failed: {cause}; frames flushed before this "
-                                        "remain readable", code)
+        return StorageError(self._path, f"{action} failed: {cause}; the {self._n} frames "
+                                        "flushed before this remain readable (ScanReader, or "
+                                        "recover() for other HDF5 readers)", code)
 
     # ------------------------------------------------------------------ writing
     def append(self, frame: np.ndarray, *, image_key: int = 0, theta_deg: float = 0.0,
@@ -430,7 +436,7 @@ class ScanWriter:
             prog = f[L.PROGRESS]
             prog[0] = i + 1
             prog.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise self._fault(exc, f"writing frame {i}") from exc
         self._n = i + 1
         return i
@@ -489,7 +495,7 @@ class ScanWriter:
             prog = f[L.PROGRESS]
             prog[1] = j + 1
             prog.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise self._fault(exc, f"writing restored frame {j}") from exc
         self._n_restored = j + 1
         return j
@@ -601,7 +607,7 @@ class ScanWriter:
             f.close()
             f = None
             _fsync(self._path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise self._fault(exc, "finalising the file") from exc
         finally:
             if f is not None:
