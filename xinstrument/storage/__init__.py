@@ -10,9 +10,11 @@ Public API::
     benchmark_write(folder, frame_shape, n_frames, dtype) -> dict
     StorageError
 """
+from .bench import benchmark_write
 from .errors import StorageError
 from .reader import ScanReader
 from .recover import recover
+from .tiff import export_tiff
 from .writer import DEFAULT_COMPRESSION, ScanWriter
 
-__all__ = ["DEFAULT_COMPRESSION", "ScanReader", "ScanWriter", "StorageError", "recover"]
+__all__ = ["DEFAULT_COMPRESSION", "benchmark_write", "ScanReader", "ScanWriter", "StorageError", "export_tiff", "recover"]
