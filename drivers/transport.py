@@ -21,8 +21,17 @@ import serial
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Framing", "ProtocolError", "SerialSettings", "Transport", "TransportClosed",
-           "TransportError", "TransportTimeout", "CR_FRAMING", "GCS_FRAMING"]
+__all__ = [
+    "CR_FRAMING",
+    "GCS_FRAMING",
+    "Framing",
+    "ProtocolError",
+    "SerialSettings",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TransportTimeout",
+]
 
 
 class TransportError(RuntimeError):

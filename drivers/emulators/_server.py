@@ -250,7 +250,7 @@ class EmulatorBase:
         if "garbage" in active:
             reply = _GARBAGE + self.eol
         elif "partial_line" in active:
-            body = reply[:-len(self.eol)] if reply.endswith(self.eol) else reply
+            body = reply.removesuffix(self.eol)
             reply = body[:max(1, len(body) // 2)]
         if "slow_reply" in active:
             if self._stop.wait(active["slow_reply"]["delay_s"]):

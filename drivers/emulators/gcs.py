@@ -205,26 +205,26 @@ class GcsEmulator(EmulatorBase):
     def _svo(self, args, now):
         pairs = self._pairs(args)
         if pairs is None:
-            return None
+            return
         if any(v not in ("0", "1") for _, v in pairs):
             self._set_error(E_OUT_OF_RANGE)
-            return None
+            return
         for a, v in pairs:
             ax = self._axes[a]
             ax.servo = v == "1"
             if not ax.servo:
                 ax.halt(now)
-        return None
+        return
 
     def _frf(self, args, now):
         names = self._axes_args(args)
         if names is None:
-            return None
+            return
         for a in names:
             ax = self._axes[a]
             if not ax.servo:
                 self._set_error(E_NO_REF_OR_SERVO)
-                return None
+                return
         for a in names:
             ax = self._axes[a]
             ref = ax.spec.reference_position
@@ -233,26 +233,26 @@ class GcsEmulator(EmulatorBase):
             ax.referenced = False
             ax.referencing = True
             ax.start(ref, now)
-        return None
+        return
 
     def _move(self, args, now, relative: bool):
         pairs = self._pairs(args)
         if pairs is None:
-            return None
+            return
         plan = []
         for a, v in pairs:
             ax = self._axes[a]
             if not ax.servo or not ax.referenced:
                 self._set_error(E_NO_REF_OR_SERVO)
-                return None
+                return
             target = (ax.target + float(v)) if relative else float(v)
             if not ax.spec.min <= target <= ax.spec.max:
                 self._set_error(E_OUT_OF_LIMITS)
-                return None
+                return
             plan.append((ax, target))
         for ax, target in plan:
             ax.start(target, now)
-        return None
+        return
 
     def _mov(self, args, now):
         return self._move(args, now, relative=False)
@@ -263,15 +263,15 @@ class GcsEmulator(EmulatorBase):
     def _vel(self, args, now):
         pairs = self._pairs(args)
         if pairs is None:
-            return None
+            return
         if any(not 0 < float(v) <= self._axes[a].spec.velocity_per_s * 10 for a, v in pairs):
             self._set_error(E_OUT_OF_RANGE)
-            return None
+            return
         for a, v in pairs:
             ax = self._axes[a]
             ax.start(ax.target, now)      # re-base the ongoing move at the new speed
             ax.velocity = float(v)
-        return None
+        return
 
     def _stp(self, args, now):
         return self._control(24, now)
@@ -279,11 +279,11 @@ class GcsEmulator(EmulatorBase):
     def _hlt(self, args, now):
         names = self._axes_args(args)
         if names is None:
-            return None
+            return
         for a in names:
             self._axes[a].halt(now)
         self._set_error(E_STOPPED)
-        return None
+        return
 
     # queries
     def _pos_q(self, args, now):

@@ -40,7 +40,9 @@ from __future__ import annotations
 import re
 import time
 
-from ..xray.tables import TubeState, dialect as get_dialect, model as get_model
+from ..xray.tables import TubeState
+from ..xray.tables import dialect as get_dialect
+from ..xray.tables import model as get_model
 from ._server import EmulatorBase
 
 DEVICE_FAULTS = ("overload", "interlock_open")

@@ -17,8 +17,14 @@ import math
 import re
 import time
 
-from ..transport import (GCS_FRAMING, ProtocolError, SerialSettings, Transport, TransportError,
-                         TransportTimeout)
+from ..transport import (
+    GCS_FRAMING,
+    ProtocolError,
+    SerialSettings,
+    Transport,
+    TransportError,
+    TransportTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def parse_axis_values(lines: list[str], axes: list[str], command: str,
     """Parse ``axis=value`` lines; every requested axis must appear exactly once."""
     out: dict[str, str] = {}
     for line in lines:
-        body = line[:-1] if line.endswith(" ") else line
+        body = line.removesuffix(" ")
         ax, sep, val = body.partition("=")
         if not sep or not _AXIS.match(ax) or not val or val != val.strip():
             raise _perr(device, command, lines, "is not of the form axis=value")
@@ -201,7 +207,7 @@ class GcsController:
                                    f"{code} ({GCS_ERRORS.get(code, 'unknown error')})",
                                    code, cmd) from exc
                 raise
-        return [ln[:-1] if ln.endswith(" ") else ln for ln in lines]
+        return [ln.removesuffix(" ") for ln in lines]
 
     def query_axes(self, cmd: str, axes: list[str]) -> dict[str, str]:
         for a in axes:

@@ -1,9 +1,16 @@
 """X-ray tube drivers (Hamamatsu microfocus sources)."""
 from ..transport import ProtocolError, TransportClosed, TransportError, TransportTimeout
-from .hamamatsu import (HamamatsuTube, TubeCommandError, TubeError, TubeStatus, all_xray_off,
-                        parse_ints, parse_reply, parse_state)
-from .tables import (DIALECTS, MODELS, Dialect, TubeLimitError, TubeLimits, TubeModel,
-                     TubeState)
+from .hamamatsu import (
+                        HamamatsuTube,
+                        TubeCommandError,
+                        TubeError,
+                        TubeStatus,
+                        all_xray_off,
+                        parse_ints,
+                        parse_reply,
+                        parse_state,
+)
+from .tables import DIALECTS, MODELS, Dialect, TubeLimitError, TubeLimits, TubeModel, TubeState
 
 __all__ = ["DIALECTS", "MODELS", "Dialect", "HamamatsuTube", "ProtocolError", "TransportClosed",
            "TransportError", "TransportTimeout", "TubeCommandError", "TubeError",

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..transport import CR_FRAMING, ProtocolError, SerialSettings, Transport, TransportError
-from .tables import (COMMAND_ERRORS, DEVICE_ERRORS, Dialect, TubeLimitError, TubeLimits,
-                     TubeState, dialect as get_dialect, model as get_model)
+from .tables import COMMAND_ERRORS, DEVICE_ERRORS, Dialect, TubeLimitError, TubeLimits, TubeState
+from .tables import dialect as get_dialect
+from .tables import model as get_model
 
 log = logging.getLogger(__name__)
 

@@ -128,8 +128,7 @@ class Dialect:
         return next(w for w, s in self.state_words.items() if s is state)
 
 
-_ALL = frozenset("STS SAR SVI SHV SCU SPV SPC HIV CUR XON XOF WUP SWS SWE CFS SIN SNR SPH SER "
-                 "RST TYP".split())
+_ALL = frozenset(["STS", "SAR", "SVI", "SHV", "SCU", "SPV", "SPC", "HIV", "CUR", "XON", "XOF", "WUP", "SWS", "SWE", "CFS", "SIN", "SNR", "SPH", "SER", "RST", "TYP"])
 
 DIALECTS: dict[str, Dialect] = {
     # Newer controllers: 38400 8N1, CR, integer kV and uA, numeric status codes.

@@ -3,8 +3,15 @@ import time
 
 import pytest
 
-from drivers.stage import (GcsAxis, GcsController, GcsError, ProtocolError, StageLimitError,
-                           StageTimeout, TransportTimeout)
+from drivers.stage import (
+    GcsAxis,
+    GcsController,
+    GcsError,
+    ProtocolError,
+    StageLimitError,
+    StageTimeout,
+    TransportTimeout,
+)
 
 SCRIPT = {
     b"*IDN?": b"PI C-863 test\n", b"SAI?": b"1 \n2\n", b"ERR?": b"0\n",

@@ -1,9 +1,16 @@
 """Random and malformed replies to every parser: only the drivers' own errors come out."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from drivers.stage import (parse_axis_values, parse_bool, parse_error_code, parse_float,
-                           parse_motion_mask, parse_ready)
+from drivers.stage import (
+    parse_axis_values,
+    parse_bool,
+    parse_error_code,
+    parse_float,
+    parse_motion_mask,
+    parse_ready,
+)
 from drivers.transport import ProtocolError
 from drivers.xray import DIALECTS, TubeCommandError, parse_ints, parse_reply, parse_state
 

@@ -3,8 +3,14 @@ import threading
 
 import pytest
 
-from drivers.transport import (CR_FRAMING, GCS_FRAMING, ProtocolError, Transport,
-                               TransportClosed, TransportTimeout)
+from drivers.transport import (
+    CR_FRAMING,
+    GCS_FRAMING,
+    ProtocolError,
+    Transport,
+    TransportClosed,
+    TransportTimeout,
+)
 
 
 def test_cr_query_exact_bytes(peer_factory):

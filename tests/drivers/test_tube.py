@@ -4,8 +4,17 @@ import time
 import pytest
 
 from drivers.emulators import TubeEmulator
-from drivers.xray import (HamamatsuTube, ProtocolError, TransportClosed, TransportTimeout,
-                          TubeCommandError, TubeError, TubeLimitError, TubeLimits, TubeState)
+from drivers.xray import (
+    HamamatsuTube,
+    ProtocolError,
+    TransportClosed,
+    TransportTimeout,
+    TubeCommandError,
+    TubeError,
+    TubeLimitError,
+    TubeLimits,
+    TubeState,
+)
 
 NUMERIC_SCRIPT = {
     b"TYP": b"TYP L9181-02\r", b"SPV": b"SPV 80\r", b"SPC": b"SPC 60\r", b"CFS": b"CFS 1\r",
