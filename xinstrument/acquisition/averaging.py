@@ -109,6 +109,14 @@ class FrameAverager:
         self._kept: list[np.ndarray] = []
         self._count = 0
 
+    def _accumulator_dtype(self, dtype: np.dtype) -> np.dtype:
+        # integer sums are exact and cheaper than float64 (half the memory traffic for uint16)
+        if dtype.kind == "u" and dtype.itemsize <= 2 and self.n_frames <= 65537:
+            return np.dtype(np.uint32)
+        if dtype.kind in "iu" and dtype.itemsize <= 4:
+            return np.dtype(np.int64)
+        return np.dtype(np.float64)
+
     @property
     def pending(self) -> int:
         """Frames accumulated toward the next average."""
@@ -130,7 +138,7 @@ class FrameAverager:
         if self.reject_outliers:
             self._kept.append(frame)
         elif self._sum is None:
-            self._sum = frame.astype(np.float64)
+            self._sum = frame.astype(self._accumulator_dtype(frame.dtype))
         else:
             np.add(self._sum, frame, out=self._sum)
         self._count += 1
@@ -141,7 +149,7 @@ class FrameAverager:
             self.rejected_samples += rejected
         else:
             assert self._sum is not None
-            out = (self._sum / self.n_frames).astype(np.float32)
+            out = np.divide(self._sum, self.n_frames, dtype=np.float32)
         self.reset()
         return out
 
