@@ -11,8 +11,18 @@ from .classical import (
     wiener,
     wiener_filter,
 )
+from .diffusion import cold_degrade, cosine_alpha_bar, sde_forward, sde_transfer, sr3_forward
 from .metrics import high_frequency_psd_gain, psnr, radial_psd, ssim
+from .networks import UNet, build_model, pack_weights, unet_from_weights
 from .physics import DetectorPhysics
+from .samplers import (
+    cold_sample,
+    make_restore_fn,
+    regression_sample,
+    sde_ddim_sample,
+    sr3_ddim_sample,
+    time_grid,
+)
 from .stage import (
     CLASSICAL_METHODS,
     LEARNED_METHODS,
@@ -21,6 +31,7 @@ from .stage import (
     available_methods,
     tiled_apply,
 )
+from .training import TrainResult, crop_source, train
 
 __all__ = [
     "CLASSICAL_METHODS",
@@ -28,15 +39,33 @@ __all__ = [
     "METHODS",
     "DetectorPhysics",
     "Restorer",
+    "TrainResult",
+    "UNet",
     "available_methods",
+    "build_model",
+    "cold_degrade",
+    "cold_sample",
+    "cosine_alpha_bar",
+    "crop_source",
     "high_frequency_psd_gain",
+    "make_restore_fn",
     "mtf_ratio_inverse",
+    "pack_weights",
     "power_law_signal_fit",
     "psnr",
     "radial_psd",
+    "regression_sample",
     "richardson_lucy",
+    "sde_ddim_sample",
+    "sde_forward",
+    "sde_transfer",
+    "sr3_ddim_sample",
+    "sr3_forward",
     "ssim",
     "tiled_apply",
+    "time_grid",
+    "train",
+    "unet_from_weights",
     "wiener",
     "wiener_filter",
 ]

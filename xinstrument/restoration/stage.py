@@ -128,6 +128,16 @@ def tiled_apply(
     return out / norm
 
 
+def _float_output(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Network outputs back in float32: the samplers' FFTs must not run in float16 (cuFFT
+    accepts half precision only for power-of-two sizes, and the blur needs the precision)."""
+
+    def run(x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return model(x, t).float()
+
+    return run
+
+
 class Restorer:
     """Restore thick-detector frames with one method of a detector profile.
 
@@ -221,7 +231,7 @@ class Restorer:
             except Exception as exc:  # noqa: BLE001 - compile is an optimisation only
                 log.warning("torch.compile unavailable (%s); running eager", exc)
                 self.fallbacks.append(f"torch.compile failed: {exc}")
-        self._predict = make_restore_fn(self.method, runner, self.physics, steps=self.steps)
+        self._predict = make_restore_fn(self.method, _float_output(runner), self.physics, steps=self.steps)
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -268,7 +278,9 @@ class Restorer:
             from .samplers import make_restore_fn
 
             self._model.to(self.device)
-            self._predict = make_restore_fn(self.method, self._model, self.physics, steps=self.steps)
+            self._predict = make_restore_fn(
+                self.method, _float_output(self._model), self.physics, steps=self.steps
+            )
 
     def restore(self, frame_or_batch: Any) -> np.ndarray:
         """Restore one (H, W) frame or a (B, H, W) batch; returns float32 numpy of the same shape."""
