@@ -180,7 +180,8 @@ FILE_LIMITED = """
 def test_write_fault_raises_storage_error_and_keeps_flushed_frames(tmp_path):
     path = tmp_path / "limited.h5"
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(FILE_LIMITED), str(path),
-                           str(600_000)], capture_output=True, text=True, timeout=TIMEOUT_S)
+                           str(600_000)], capture_output=True, text=True, timeout=TIMEOUT_S,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     err = [ln for ln in lines if ln.startswith("ERROR")]
@@ -227,7 +228,7 @@ def test_unwritable_folder_gives_storage_error():
     """
     try:
         proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
+                              capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     finally:
         folder.chmod(0o755)
         shutil.rmtree(parent)

@@ -177,11 +177,11 @@ def test_without_swmr_arrays_written_immediately(tmp_path):
 def test_exception_in_with_block_marks_incomplete(tmp_path):
     path = tmp_path / "aborted.h5"
     frames = _frames(2)
-    with pytest.raises(RuntimeError, match="stage fault"):
-        with ScanWriter(path, SHAPE, "uint16") as w:
-            w.append(frames[0])
-            w.append(frames[1], image_key=1)
-            raise RuntimeError("stage fault")
+    with pytest.raises(RuntimeError, match="stage fault"), \
+            ScanWriter(path, SHAPE, "uint16") as w:
+        w.append(frames[0])
+        w.append(frames[1], image_key=1)
+        raise RuntimeError("stage fault")
     with ScanReader(path) as r:
         assert not r.complete
         assert "RuntimeError: stage fault" in r.reason
@@ -274,9 +274,9 @@ def test_bad_arguments(tmp_path):
             w.write_array("instrument/x", np.zeros(2))
         with pytest.raises(ValueError, match="relative path"):
             w.write_array("/abs", np.zeros(2))
-    with ScanWriter(tmp_path / "c.h5", SHAPE) as w:
-        with pytest.raises(StorageError, match="without restored frames"):
-            w.append_restored(np.zeros(SHAPE), source_index=0, method="m", profile="p")
+    with ScanWriter(tmp_path / "c.h5", SHAPE) as w, \
+            pytest.raises(StorageError, match="without restored frames"):
+        w.append_restored(np.zeros(SHAPE), source_index=0, method="m", profile="p")
 
 
 def test_reader_rejects_non_scan_files(tmp_path):

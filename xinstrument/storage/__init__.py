@@ -17,4 +17,4 @@ from .recover import recover
 from .tiff import export_tiff
 from .writer import DEFAULT_COMPRESSION, ScanWriter
 
-__all__ = ["DEFAULT_COMPRESSION", "benchmark_write", "ScanReader", "ScanWriter", "StorageError", "export_tiff", "recover"]
+__all__ = ["DEFAULT_COMPRESSION", "ScanReader", "ScanWriter", "StorageError", "benchmark_write", "export_tiff", "recover"]

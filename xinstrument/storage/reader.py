@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -287,7 +287,7 @@ class ScanReader:
         if self._file is not None and self._file.id.valid:
             self._file.close()
 
-    def __enter__(self) -> "ScanReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

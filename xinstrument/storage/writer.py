@@ -16,13 +16,14 @@ because no dataset can be created once SWMR is on.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -38,7 +39,7 @@ _COMPRESSIONS = {None, "none", "gzip", "lzf", "default"}
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _jsonable(metadata: dict, path: Path) -> str:
@@ -224,6 +225,7 @@ class ScanWriter:
             raise StorageError(self._path, f"cannot create scan file: {cause}", code) from exc
         try:
             self._create_layout()
+            self._cache_handles()
             self._file.flush()
             if self._swmr:
                 self._file.swmr_mode = True
@@ -349,12 +351,22 @@ class ScanWriter:
                                    dtype="float32", fillvalue=np.nan, **kw)
             exchange["data_restored"] = rd
 
+    def _cache_handles(self) -> None:
+        # Path lookups cost more than writing a small value; resolve them once per file.
+        f = self._file
+        self._h_data = f[L.DATA]
+        self._h_fields = [(fld.name, f[fld.path]) for fld in L.FRAME_FIELDS]
+        self._h_progress = f[L.PROGRESS]
+        if self._restored:
+            rest = f[L.RESTORED]
+            self._h_rdata = rest["data"]
+            self._h_rmeta = [rest["source_index"], rest["method"], rest["profile"]]
+            self._h_extras = {name: rest["extras"][name] for name in self._extras}
+
     def _abandon(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(Exception):  # already reporting the original failure
                 self._file.close()
-            except Exception:  # noqa: BLE001 - already reporting the original failure
-                pass
         self._file = None
         self._closed = True
 
@@ -421,11 +433,10 @@ class ScanWriter:
         arr = _cast_frame(frame, self._shape, self._dtype, f"frame {self._n}")
         i = self._n
         try:
-            for fld in L.FRAME_FIELDS:
-                ds = f[fld.path]
+            for name, ds in self._h_fields:
                 ds.resize((i + 1,))
-                ds[i] = values[fld.name]
-            data = f[L.DATA]
+                ds[i] = values[name]
+            data = self._h_data
             data.resize(i + 1, axis=0)
             if self._filters:
                 data[i] = arr
@@ -433,9 +444,8 @@ class ScanWriter:
                 # One frame is exactly one uncompressed chunk: hand its bytes straight to HDF5.
                 data.id.write_direct_chunk((i, 0, 0), arr.data)
             f.flush()
-            prog = f[L.PROGRESS]
-            prog[0] = i + 1
-            prog.flush()
+            self._h_progress[0] = i + 1
+            self._h_progress.flush()
         except (OSError, RuntimeError) as exc:
             raise self._fault(exc, f"writing frame {i}") from exc
         self._n = i + 1
@@ -475,14 +485,11 @@ class ScanWriter:
             ex_arrays[name] = ex
         j = self._n_restored
         try:
-            rd = f[L.RESTORED + "/data"]
-            for path, value in ((L.RESTORED_SOURCE_INDEX, int(source_index)),
-                                (L.RESTORED_METHOD, method_b), (L.RESTORED_PROFILE, profile_b)):
-                ds = f[path]
+            rd = self._h_rdata
+            for ds, value in zip(self._h_rmeta, (int(source_index), method_b, profile_b)):
                 ds.resize((j + 1,))
                 ds[j] = value
-            for name, shape in self._extras.items():
-                ds = f[f"{L.RESTORED_EXTRAS}/{name}"]
+            for name, ds in self._h_extras.items():
                 ds.resize(j + 1, axis=0)
                 if name in ex_arrays:
                     ds[j] = ex_arrays[name]
@@ -492,9 +499,8 @@ class ScanWriter:
             else:
                 rd.id.write_direct_chunk((j, 0, 0), arr.data)
             f.flush()
-            prog = f[L.PROGRESS]
-            prog[1] = j + 1
-            prog.flush()
+            self._h_progress[1] = j + 1
+            self._h_progress.flush()
         except (OSError, RuntimeError) as exc:
             raise self._fault(exc, f"writing restored frame {j}") from exc
         self._n_restored = j + 1
@@ -611,31 +617,26 @@ class ScanWriter:
             raise self._fault(exc, "finalising the file") from exc
         finally:
             if f is not None:
-                try:
+                with contextlib.suppress(Exception):  # reporting the first failure
                     f.close()
-                except Exception:  # noqa: BLE001 - reporting the first failure
-                    pass
 
-    def __enter__(self) -> "ScanWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.close(complete=True)
         else:
-            try:
+            # The exception from the with block is the one to report.
+            with contextlib.suppress(StorageError):
                 self.close(complete=False, reason=f"{exc_type.__name__}: {exc}")
-            except StorageError:
-                pass  # the exception from the with block is the one to report
         return False
 
     def __del__(self) -> None:
         # A writer dropped without close(): leave a valid file marked incomplete.
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):
                 self.close(complete=False, reason="writer was not closed")
-            except Exception:  # noqa: BLE001
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
