@@ -441,7 +441,8 @@ class AcquisitionPipeline:
         self._stop_req.set()
 
     def abort(self, reason: str = "aborted by the operator") -> None:
-        """Stop at once; frames in flight are discarded, sinks are closed as incomplete.
+        """Stop at once; frames still in the processing stages are discarded (those already
+        queued to a lossless sink are written), sinks are closed as incomplete.
         Idempotent, and a no-op after the run has finished."""
         if self._done.is_set() or self._abort.is_set():
             return
@@ -733,19 +734,15 @@ class AcquisitionPipeline:
             while True:
                 item = self._get(q)
                 if item is None:
+                    # aborted or another stage failed: frames already handed to a lossless
+                    # sink (at most queue_frames) are still written, so nothing done is lost
+                    if sink.lossless:
+                        self._drain_into(sink, st, q)
                     return
                 if item is _END:
                     complete = True
                     return
-                st.stats.frames_in += 1
-                st.busy_since = time.monotonic()
-                sink.write(item)
-                st.stats.busy_s += time.monotonic() - st.busy_since
-                st.busy_since = None
-                st.latency.append(time.time() - item.timestamp_s)
-                st.stats.frames_out += 1
-                st.stats.bytes_out += item.data.nbytes + (
-                    item.restored.nbytes if item.restored is not None else 0)
+                self._write_one(sink, st, item)
         except BaseException as exc:
             reason = f"sink '{sink.name}' failed: {type(exc).__name__}: {exc}"
             raise
@@ -756,6 +753,26 @@ class AcquisitionPipeline:
                 sink.close(complete, None if complete else reason)
             except Exception as exc:  # noqa: BLE001 - a failed close is a stage failure too
                 self._fail(f"sink:{sink.name}", exc)
+
+    def _write_one(self, sink: Sink, st: _Stage, item: ProcessedFrame) -> None:
+        st.stats.frames_in += 1
+        st.busy_since = time.monotonic()
+        sink.write(item)
+        st.stats.busy_s += time.monotonic() - st.busy_since
+        st.busy_since = None
+        st.latency.append(time.time() - item.timestamp_s)
+        st.stats.frames_out += 1
+        st.stats.bytes_out += item.data.nbytes + (
+            item.restored.nbytes if item.restored is not None else 0)
+
+    def _drain_into(self, sink: Sink, st: _Stage, q: queue.Queue) -> None:
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _END:
+                self._write_one(sink, st, item)
 
     def _incomplete_reason(self) -> str:
         if self._error is not None:
