@@ -9,6 +9,7 @@ Conventions used throughout :mod:`xinstrument.restoration`:
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,33 @@ def restore_type(result: torch.Tensor, like: Any, single: bool) -> Any:
 def radial_frequency_rfft2(
     shape: tuple[int, int], device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Radial frequency (cycles/pixel) of every bin of the rfft2 grid of an image of ``shape``."""
-    fy = torch.fft.fftfreq(int(shape[0]), device=device, dtype=torch.float64)
-    fx = torch.fft.rfftfreq(int(shape[1]), device=device, dtype=torch.float64)
+    """Radial frequency (cycles/pixel) of every bin of the rfft2 grid of an image of ``shape``.
+
+    Cached per shape and device (the real-time stage sees the same frame size every call);
+    callers must not modify the returned tensor in place.
+    """
+    return _radial_frequency(int(shape[0]), int(shape[1]), str(torch.device(device)))
+
+
+@lru_cache(maxsize=16)
+def _radial_frequency(h: int, w: int, device: str) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h, device=device, dtype=torch.float64)
+    fx = torch.fft.rfftfreq(w, device=device, dtype=torch.float64)
     return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+
+
+def fast_fft_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast for every FFT library;
+    a large prime factor, e.g. 2078 = 2 x 1039, makes an FFT several times slower)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def _check_curve(frequency_cy_per_px: Any, values: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -116,37 +140,49 @@ def radial_transfer_rfft2(
     Returns float32 of shape (H, W // 2 + 1).
     """
     f, v = _check_curve(frequency_cy_per_px, values, name)
-    radius = radial_frequency_rfft2(shape, device)
-    ft = torch.as_tensor(f, device=device)
-    vt = torch.as_tensor(v, device=device)
+    return _transfer(f.tobytes(), v.tobytes(), int(shape[0]), int(shape[1]), str(torch.device(device)))
+
+
+@lru_cache(maxsize=32)
+def _transfer(f_bytes: bytes, v_bytes: bytes, h: int, w: int, device: str) -> torch.Tensor:
+    f = np.frombuffer(f_bytes, dtype=np.float64)
+    v = np.frombuffer(v_bytes, dtype=np.float64)
+    radius = _radial_frequency(h, w, device)
+    ft = torch.as_tensor(f.copy(), device=device)
+    vt = torch.as_tensor(v.copy(), device=device)
     r = radius.clamp(max=float(f[-1])).reshape(-1)
     idx = torch.searchsorted(ft, r, right=True).clamp(1, ft.numel() - 1)
     f0, f1 = ft[idx - 1], ft[idx]
-    w = (r - f0) / (f1 - f0)
-    out = vt[idx - 1] * (1 - w) + vt[idx] * w
+    wgt = (r - f0) / (f1 - f0)
+    out = vt[idx - 1] * (1 - wgt) + vt[idx] * wgt
     return out.reshape(radius.shape).to(torch.float32)
 
 
-def pad_frames(frames: torch.Tensor, pad_px: int, mode: str = "reflect") -> torch.Tensor:
-    """Pad (B, H, W) frames by ``pad_px`` on every side.
+def pad_frames(
+    frames: torch.Tensor, pad_px: int, mode: str = "reflect", fast: bool = False
+) -> torch.Tensor:
+    """Pad (B, H, W) frames by ``pad_px`` on every side; with ``fast`` the bottom/right get a
+    few more pixels so that each side becomes a :func:`fast_fft_size`.
 
     ``reflect`` mirrors about the edge pixel; where the frame is too small for that, edge values
     are repeated instead (``replicate``), which is the other boundary the FFT methods accept.
+    Undo with :func:`crop_frames` (pad_px and the original size).
     """
     if pad_px < 0:
         raise ValueError(f"pad_px must be >= 0, got {pad_px}")
-    if pad_px == 0:
-        return frames
     if mode not in ("reflect", "replicate"):
         raise ValueError(f"padding mode must be 'reflect' or 'replicate', got {mode!r}")
     h, w = frames.shape[-2:]
-    if mode == "reflect" and pad_px >= min(h, w):
-        mode = "replicate"
-    return F.pad(frames.unsqueeze(1), (pad_px, pad_px, pad_px, pad_px), mode=mode).squeeze(1)
-
-
-def crop_frames(frames: torch.Tensor, pad_px: int) -> torch.Tensor:
-    """Undo :func:`pad_frames`."""
-    if pad_px == 0:
+    extra_h = fast_fft_size(h + 2 * pad_px) - h - 2 * pad_px if fast else 0
+    extra_w = fast_fft_size(w + 2 * pad_px) - w - 2 * pad_px if fast else 0
+    if pad_px == 0 and extra_h == 0 and extra_w == 0:
         return frames
-    return frames[..., pad_px:-pad_px, pad_px:-pad_px]
+    if mode == "reflect" and max(pad_px + extra_h, pad_px + extra_w) >= min(h, w):
+        mode = "replicate"
+    pads = (pad_px, pad_px + extra_w, pad_px, pad_px + extra_h)
+    return F.pad(frames.unsqueeze(1), pads, mode=mode).squeeze(1)
+
+
+def crop_frames(frames: torch.Tensor, pad_px: int, size: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`pad_frames`: the (H, W) = ``size`` window starting at ``pad_px``."""
+    return frames[..., pad_px:pad_px + size[0], pad_px:pad_px + size[1]]

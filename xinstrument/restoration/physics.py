@@ -93,10 +93,11 @@ class DetectorPhysics:
 
     def blur(self, x: torch.Tensor, pad_px: int = BLUR_PAD_PX) -> torch.Tensor:
         """``x_b = F^-1[ratio . F{x}]`` for (B, H, W) tensors, reflect-padded (paper 001 eq. 1)."""
-        xp = pad_frames(x, pad_px)
+        xp = pad_frames(x, pad_px, fast=True)
         shape = tuple(xp.shape[-2:])
         ratio = self.ratio_rfft(shape, x.device).to(x.dtype)
-        return crop_frames(torch.fft.irfft2(torch.fft.rfft2(xp) * ratio, s=shape), pad_px)
+        out = torch.fft.irfft2(torch.fft.rfft2(xp) * ratio, s=shape)
+        return crop_frames(out, pad_px, tuple(x.shape[-2:]))
 
     def colored_noise(
         self, shape: tuple[int, int, int], generator: torch.Generator, device: torch.device | str = "cpu"

@@ -140,9 +140,10 @@ def make_restore_fn(
     if method == "sde":
 
         def run_sde(y: torch.Tensor) -> torch.Tensor:
-            yp = pad_frames(y, BLUR_PAD_PX)
+            yp = pad_frames(y, BLUR_PAD_PX, fast=True)
             ratio = physics.ratio_rfft(tuple(yp.shape[-2:]), y.device)
-            return crop_frames(sde_ddim_sample(model, yp, ratio, steps), BLUR_PAD_PX)
+            out = sde_ddim_sample(model, yp, ratio, steps)
+            return crop_frames(out, BLUR_PAD_PX, tuple(y.shape[-2:]))
 
         return run_sde
     if method == "sr3":
