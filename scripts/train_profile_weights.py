@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.method or list(METHOD_CONFIGS):
         t0 = time.perf_counter()
 
-        def progress(report: dict, method: str = method) -> None:
+        def progress(report: dict, method: str = method, t0: float = t0) -> None:
             if "epoch" in report:
                 extra = "".join(
                     f" {k}={report[k]:.4f}" for k in ("val_psnr_db", "val_ssim") if k in report
