@@ -1,0 +1,274 @@
+"""The `xinstrument` command: a thin client of the Instrument API.
+
+User errors (options, config, profile, files, device refusals) print one clear line and exit 2;
+anything else is a defect and shows its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from drivers.camera.base import CameraError
+    from drivers.transport import TransportError
+
+    from .errors import InstrumentError
+    from .profiles import ProfileError
+    from .storage import StorageError
+    types: list[type[BaseException]] = [UserError, InstrumentError, ProfileError, StorageError,
+                                        CameraError, TransportError]
+    try:
+        from drivers.xray import TubeError, TubeLimitError
+        from drivers.stage import GcsError, StageLimitError
+        types += [TubeError, TubeLimitError, GcsError, StageLimitError]
+    except ImportError:
+        pass
+    try:
+        from .acquisition.correction import CorrectionError
+        from .acquisition.focus import FocusError
+        types += [CorrectionError, FocusError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _sensor_px(text: str) -> int:
+    v = _positive_int(text)
+    if not 64 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"sensor size must be 64..4096 pixels, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+# --- demo ----------------------------------------------------------------------------------------
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    r = run_demo(a.out, sensor_px=a.sensor_px, n_frames=a.frames, n_average=a.average,
+                 seed=a.seed, bench=a.bench, exposure_s=a.exposure_s, profile=a.profile,
+                 method=a.method)
+    print("\nxinstrument demo: summary")
+    print(f"  HDF5 file        {r.h5_path}")
+    print(f"  figure           {r.png_path}")
+    print(f"  frames           {r.n_frames} averaged frames (+ dark and flat references)")
+    if r.best_focus_um is not None:
+        print(f"  best focus       {r.best_focus_um:.2f} um (twin optimum "
+              f"{r.true_focus_um:.2f} um, error {r.best_focus_um - r.true_focus_um:+.2f} um)")
+    print(f"  restoration      {r.method}")
+    print(f"  SSIM  input {r.ssim_input:.3f} -> restored {r.ssim_restored:.3f}")
+    print(f"  PSNR  input {r.psnr_input:.2f} dB -> restored {r.psnr_restored:.2f} dB")
+    print(f"  acquisition      {r.frames_per_s:.2f} camera frames/s; restoration "
+          f"{r.restore_frames_per_s:.1f} frames/s")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole measurement on the simulated bench",
+                       description="Warm up, darks/flats, focus scan, averaged PCB frames through "
+                       "the thick scintillator, correction, restoration, HDF5 + PNG, summary.")
+    p.add_argument("--out", type=Path, default=Path("xinstrument-demo"),
+                   help="output folder (created if missing; default ./xinstrument-demo)")
+    p.add_argument("--sensor-px", type=_sensor_px, default=512,
+                   help="simulated sensor size in pixels, square, 64..4096 (default 512; "
+                   "the real sCMOS is 2048)")
+    p.add_argument("--frames", type=_positive_int, default=3,
+                   help="number of averaged frames of the sample (default 3)")
+    p.add_argument("--average", type=_positive_int, default=8,
+                   help="camera frames averaged per frame (default 8)")
+    p.add_argument("--exposure-s", type=_positive_float, default=None,
+                   help="camera exposure in seconds (default: the bench's, 1 s lens / 0.05 s panel)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the procedural sample and noise")
+    p.add_argument("--bench", choices=["lens-yag", "panel-gos"], default="lens-yag",
+                   help="simulated bench (default lens-yag: YAG 200 um, 5x NA 0.4)")
+    p.add_argument("--profile", default=None, help="detector profile name or folder "
+                   "(default: the bench's shipped profile)")
+    p.add_argument("--method", default=None,
+                   help="restoration method (default: the best the profile supports)")
+    p.set_defaults(func=_cmd_demo)
+
+
+# --- acquire / darks / flats / focus -------------------------------------------------------------
+def _instrument(a):
+    from .config import InstrumentConfig
+    from .instrument import Instrument
+    cfg = InstrumentConfig.load(a.config) if a.config else InstrumentConfig.simulated(
+        sensor_px=a.sensor_px)
+    return Instrument(cfg)
+
+
+def _add_device_options(p) -> None:
+    p.add_argument("--config", type=Path, help="instrument config (TOML); default: simulated bench")
+    p.add_argument("--sensor-px", type=_sensor_px, default=512,
+                   help="simulated bench only: sensor size in pixels")
+    p.add_argument("--kv", type=_positive_float, help="tube voltage (kV)")
+    p.add_argument("--ua", type=_positive_float, help="tube current (uA)")
+    p.add_argument("--exposure-s", type=_positive_float, help="camera exposure (s)")
+
+
+def _prepare(inst, a, xray: bool = True) -> None:
+    if a.exposure_s:
+        inst.set_exposure_s(a.exposure_s)
+    st = inst.tube_status()
+    if st.state.name in ("WARMUP_NEEDED", "WARMING_UP"):
+        from .progress import ProgressBar
+        bar = ProgressBar("warm-up")
+        inst.warm_up(progress=bar.update)
+        bar.close()
+    if a.kv:
+        inst.set_voltage_kv(a.kv)
+    if a.ua:
+        inst.set_current_ua(a.ua)
+    if xray:
+        inst.xray_on()
+
+
+def _cmd_acquire(a) -> int:
+    from .demo import check_output_folder
+    from .progress import ProgressBar
+    from .storage import ScanWriter
+    check_output_folder(a.output.parent)
+    inst = _instrument(a)
+    with inst:
+        _prepare(inst, a)
+        if a.correct:
+            inst.take_darks(a.references)
+            inst.take_flats(a.references)
+        shape = inst.camera.frame_shape
+        with ScanWriter(a.output, shape, "float32", overwrite=a.overwrite,
+                        metadata={"instrument": "xinstrument", "corrected": a.correct}) as w:
+            if a.correct:
+                w.append(inst.dark, image_key=2, frames_averaged=a.references)
+                w.append(inst.flat, image_key=1, frames_averaged=a.references)
+            bar = ProgressBar("acquire", a.frames)
+            for i in range(a.frames):
+                fr = inst.acquire(a.average, correct=a.correct)
+                w.append(fr.data, image_key=0, theta_deg=fr.theta_deg, voltage_kv=fr.voltage_kv,
+                         current_ua=fr.current_ua, exposure_s=fr.exposure_s,
+                         frames_averaged=a.average, focus_z_um=fr.focus_z_um,
+                         timestamp_s=fr.timestamp_s)
+                bar.update(i + 1)
+            bar.close()
+    print(f"wrote {a.frames} frames ({'corrected' if a.correct else 'raw averages'}) to "
+          f"{a.output}")
+    return 0
+
+
+def _cmd_focus(a) -> int:
+    inst = _instrument(a)
+    with inst:
+        _prepare(inst, a)
+        if a.correct:
+            inst.take_darks(4)
+            inst.take_flats(4)
+        from .progress import ProgressBar
+        bar = ProgressBar("focus scan")
+        inst.subscribe(lambda k, p: bar.update(p[1]) if k == "progress" and p[0] == "focus"
+                       else None)
+        curve = inst.focus_scan(a.start_um, a.stop_um, a.step_um, a.frames_per_step, a.metric,
+                                coarse_step_um=a.coarse_step_um)
+        bar.close()
+    for pos, val in zip(curve.positions_um, curve.values):
+        print(f"  {pos:9.2f} um  {val:.6g}")
+    print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})"
+          + ("  WARNING: peak at the edge of the range; widen it" if curve.peak_at_edge else ""))
+    return 0
+
+
+def _add_acquisition(sub) -> None:
+    p = sub.add_parser("acquire", help="acquire averaged (corrected) frames into an HDF5 file")
+    _add_device_options(p)
+    p.add_argument("output", type=Path, help="HDF5 file to write")
+    p.add_argument("--frames", type=_positive_int, default=1)
+    p.add_argument("--average", type=_positive_int, default=10,
+                   help="camera frames averaged per stored frame (default 10)")
+    p.add_argument("--references", type=_positive_int, default=10,
+                   help="frames averaged for the dark and flat references")
+    p.add_argument("--raw", dest="correct", action="store_false",
+                   help="store averaged raw frames, no dark/flat correction")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_acquire)
+
+    p = sub.add_parser("focus", help="axial focus scan and report the best focus")
+    _add_device_options(p)
+    p.add_argument("--start-um", type=float, required=True)
+    p.add_argument("--stop-um", type=float, required=True)
+    p.add_argument("--step-um", type=_positive_float, default=1.0)
+    p.add_argument("--coarse-step-um", type=_positive_float, default=None,
+                   help="coarse pass step; then a fine pass in --step-um steps")
+    p.add_argument("--frames-per-step", type=_positive_int, default=2)
+    p.add_argument("--metric", choices=["hf_energy", "normalized_variance", "brenner"],
+                   default="hf_energy")
+    p.add_argument("--raw", dest="correct", action="store_false",
+                   help="score raw frames (no dark/flat references)")
+    p.set_defaults(func=_cmd_focus)
+
+
+# --- main ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xinstrument",
+        description="Control, acquisition and real-time restoration for scintillator-coupled "
+                    "X-ray imaging benches.")
+    parser.add_argument("--version", action="version", version=f"xinstrument {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv: driver command/reply log)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_demo(sub)
+    _add_acquisition(sub)
+    for module in ("xinstrument.calibration.cli", "xinstrument.restoration.cli",
+                   "xinstrument.gui.cli", "xinstrument.epics.cli", "xinstrument.scans.cli",
+                   "xinstrument.recon.cli", "xinstrument.bench"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("xinstrument: interrupted (X-rays switched off)", file=sys.stderr)
+        return 130
+    except _user_error_types() as exc:
+        print(f"xinstrument {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
