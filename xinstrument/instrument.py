@@ -184,6 +184,9 @@ class Instrument:
             st.focus_mode = int(emu.focus_mode)
         if stage is not None:
             st.stage_um = float(stage.position("1"))
+        rot = getattr(self, "rotation_emulator", None)
+        if rot is not None:
+            st.theta_deg = float(rot.position("1"))
         st.sample_in = self._sample_in
         return st
 

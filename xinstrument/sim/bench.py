@@ -41,7 +41,8 @@ class BenchConfig:
     thin_mg_cm2: float = 33.91
     lens: det.LensCoupling = det.LensCoupling()
     sensor: det.SensorModel = det.SensorModel()
-    source_object_mm: float = 27.0            # source to sample base
+    source_object_mm: float = 29.0            # source to sample base (1 mm above the screen:
+    #                                           tube-rotation tomosynthesis needs a small gap)
     source_detector_mm: float = 30.0          # source to scintillator
     pad_px: int = 48                          # margin rendered around the field (blur tails)
     filter_al_mm: float = 0.25                # added beam filter: removes the soft photons that
@@ -113,6 +114,7 @@ class WorldState:
     focus_mode: int = 0
     stage_um: float = 56.0
     sample_in: bool = True
+    theta_deg: float = 0.0        # tube angle about the scintillator centre (tomosynthesis)
 
 
 StateProvider = Callable[[], WorldState]
@@ -194,10 +196,11 @@ class Twin:
                                                         filter_al_mm=self.config.filter_al_mm), e)
         return e, n_sr / self.config.source_detector_mm ** 2
 
-    def _quanta_maps(self, voltage_kv: float, which: str, sample_in: bool):
+    def _quanta_maps(self, voltage_kv: float, which: str, sample_in: bool, theta_deg: float = 0.0):
         """Absorbed quanta per pixel per s per uA and mean deposited energy (keV) per quantum,
         on the padded grid."""
-        key = ("q", round(voltage_kv, 2), which, sample_in)
+        theta_deg = round(float(theta_deg), 4) if sample_in else 0.0
+        key = ("q", round(voltage_kv, 2), which, sample_in, theta_deg)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -208,7 +211,7 @@ class Twin:
         hp, wp = self.padded_shape
         if sample_in and self._sample.layers + [0] and (self._sample.layers or
                                                         self._sample.uniform_mm):
-            thick = self._thickness_maps()
+            thick = self._thickness_maps(theta_deg)
             q = np.zeros((hp, wp), np.float32)
             edep = np.zeros((hp, wp), np.float32)
             # group energy bins to bound the cost (polychromatic Beer-Lambert)
@@ -233,14 +236,45 @@ class Twin:
             self._cache[key] = (q, e_mean_map)
         return q, e_mean_map
 
-    def _thickness_maps(self) -> dict[str, np.ndarray]:
-        key = ("thick", self._sample.name, id(self._sample))
+    def _thickness_maps(self, theta_deg: float = 0.0) -> dict[str, np.ndarray]:
+        key = ("thick", self._sample.name, id(self._sample), theta_deg)
         with self._lock:
-            if key not in self._cache:
-                sod = self.config.source_object_mm
-                self._cache[key] = self._sample.thickness_maps(
-                    self._grid(), magnification_of_height=lambda h: sod / (sod - h))
-            return self._cache[key]
+            if key in self._cache:
+                return self._cache[key]
+        if theta_deg == 0.0:
+            sod = self.config.source_object_mm
+            maps = self._sample.thickness_maps(
+                self._grid(), magnification_of_height=lambda h: sod / (sod - h))
+        else:
+            maps = self._sample.thickness_maps(
+                self._detector_grid(), projection_of_height=lambda h: self.layer_projection(
+                    h, theta_deg), path_factor=1.0 / np.cos(np.deg2rad(theta_deg)))
+        with self._lock:
+            # projections at many angles: keep the cache bounded
+            old = [k for k in self._cache if k[0] == "thick" and k[3] != 0.0]
+            for k in old[:-4]:
+                del self._cache[k]
+            self._cache[key] = maps
+        return maps
+
+    def _detector_grid(self) -> Grid:
+        hp, wp = self.padded_shape
+        return Grid.centred(hp, wp, self.config.pixel_at_screen_um / 1000)
+
+    def layer_projection(self, height_mm: float, theta_deg: float) -> tuple[float, float]:
+        """Magnification and lateral shift (mm, on the scintillator, along x) of a sample layer
+        ``height_mm`` above the sample base when the tube sits at ``theta_deg`` on a circle of
+        radius SDD about the scintillator centre (tube-rotation micro-tomosynthesis,
+        shared/papers/003). A point (x, H) above the detector projects to
+        x_d = x * Zs / (Zs - H) - Xs * H / (Zs - H), with the source at (Xs, Zs)."""
+        cfg = self.config
+        r = cfg.source_detector_mm
+        a = np.deg2rad(theta_deg)
+        xs, zs = r * np.sin(a), r * np.cos(a)
+        h_det = (cfg.source_detector_mm - cfg.source_object_mm) + height_mm
+        if not zs > h_det:
+            raise ValueError(f"tube angle {theta_deg} deg puts the source below a sample layer")
+        return zs / (zs - h_det), -xs * h_det / (zs - h_det)
 
     def depth_weights(self, voltage_kv: float, which: str = "thick"):
         e, fl = self.spectrum(voltage_kv)
@@ -372,7 +406,7 @@ class Twin:
         st = state or self.state_provider()
         if not st.xray_on:
             return np.zeros((self.config.sensor.rows, self.config.sensor.cols), np.float32)
-        q, _ = self._quanta_maps(st.voltage_kv, which, st.sample_in)
+        q, _ = self._quanta_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
         return self._crop(q) * np.float32(st.current_ua * exposure_s)
 
     def render(self, exposure_s: float, roi: tuple[int, int, int, int] | None = None,
@@ -384,7 +418,7 @@ class Twin:
         rng = rng or self._rng
         e_per_kev = cfg.electrons_per_kev(which)
         if st.xray_on and st.current_ua > 0:
-            q, e_mean = self._quanta_maps(st.voltage_kv, which, st.sample_in)
+            q, e_mean = self._quanta_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
             n = rng.poisson(q * np.float32(st.current_ua * exposure_s)).astype(np.float32)
             energy = n * e_mean
             otf = self._otf_grid(which, st.stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
@@ -410,8 +444,8 @@ class Twin:
                 .sum(axis=(1, 3)).clip(0, 2 ** s.bit_depth - 1).astype(np.uint16)
         meta = {"voltage_kv": st.voltage_kv if st.xray_on else 0.0,
                 "current_ua": st.current_ua if st.xray_on else 0.0, "xray_on": st.xray_on,
-                "focus_mode": st.focus_mode, "stage_um": st.stage_um, "sample_in": st.sample_in,
-                "screen": which}
+                "focus_mode": st.focus_mode, "stage_um": st.stage_um, "focus_z_um": st.stage_um,
+                "sample_in": st.sample_in, "theta_deg": st.theta_deg, "screen": which}
         return adu, meta
 
     def camera_hook(self, which: str = "thick"):
@@ -432,7 +466,7 @@ class Twin:
         """
         st = state or self.state_provider()
         spectral = spectral_screen or which
-        q, e_mean = self._quanta_maps(st.voltage_kv, spectral, True)
+        q, e_mean = self._quanta_maps(st.voltage_kv, spectral, True, st.theta_deg)
         q0, e0 = self._quanta_maps(st.voltage_kv, spectral, False)
         if stage_um is None:
             stage_um = (self.best_focus_um(which, st.voltage_kv) if self.config.kind == "lens"

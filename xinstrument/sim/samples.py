@@ -34,6 +34,12 @@ class Grid:
         return Grid(self.rows, self.cols, self.pixel_mm / factor, self.x0_mm / factor,
                     self.y0_mm / factor)
 
+    def projected(self, magnification: float, shift_x_mm: float) -> "Grid":
+        """Detector pixels mapped back onto a plane imaged with ``magnification`` and displaced
+        laterally by ``shift_x_mm`` on the detector (oblique cone beam)."""
+        return Grid(self.rows, self.cols, self.pixel_mm / magnification,
+                    (self.x0_mm - shift_x_mm) / magnification, self.y0_mm / magnification)
+
 
 # --- shapes: each returns projected thickness (mm) inside a bounding box
 @dataclass(frozen=True)
@@ -159,17 +165,26 @@ class Sample:
     description: str = ""
     uniform_mm: dict[str, float] = field(default_factory=dict)  # material -> slab thickness
 
-    def thickness_maps(self, grid: Grid, magnification_of_height=None) -> dict[str, np.ndarray]:
+    def thickness_maps(self, grid: Grid, magnification_of_height=None,
+                       projection_of_height=None, path_factor: float = 1.0
+                       ) -> dict[str, np.ndarray]:
         """Projected thickness (mm) per material on ``grid`` (float32).
 
         ``magnification_of_height(h)`` gives the relative magnification of a layer at height h
-        against the sample base (cone beam); default 1 (parallel projection).
+        against the sample base (cone beam); default 1 (parallel projection). Alternatively
+        ``projection_of_height(h) -> (magnification, shift_x_mm)`` maps a detector-plane
+        ``grid`` onto the layer for an oblique source position (tomosynthesis). ``path_factor``
+        scales path lengths (1/cos of the beam obliquity for flat layers).
         """
         maps: dict[str, np.ndarray] = {}
         for layer in self.layers:
-            factor = 1.0 if magnification_of_height is None else \
-                float(magnification_of_height(layer.height_mm))
-            g = grid.scaled(factor)
+            if projection_of_height is not None:
+                m, shift = projection_of_height(layer.height_mm)
+                g = grid.projected(float(m), float(shift))
+            else:
+                factor = 1.0 if magnification_of_height is None else \
+                    float(magnification_of_height(layer.height_mm))
+                g = grid.scaled(factor)
             out = maps.setdefault(layer.material, np.zeros((grid.rows, grid.cols), np.float32))
             for shape in layer.shapes:
                 _rasterise(shape, g, out)
@@ -178,6 +193,8 @@ class Sample:
             maps[material] += np.float32(t)
         for m in maps.values():
             np.clip(m, 0, None, out=m)
+            if path_factor != 1.0:
+                m *= np.float32(path_factor)
         return maps
 
 
