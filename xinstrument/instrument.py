@@ -48,6 +48,7 @@ class AveragedFrame:
     corrected: bool = False
     restored: np.ndarray | None = None
     restoration_method: str | None = None
+    fidelity: Any = None             # restoration.fidelity result for the restored frame, if run
 
 
 class Instrument:
