@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_acquisition(sub)
     for module in ("xinstrument.calibration.cli", "xinstrument.restoration.cli",
                    "xinstrument.gui.cli", "xinstrument.epics.cli", "xinstrument.scans.cli",
-                   "xinstrument.recon.cli", "xinstrument.bench"):
+                   "xinstrument.recon.cli", "xinstrument.batch.cli", "xinstrument.bench"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:
