@@ -136,3 +136,20 @@ def nnps(
 def resample_curve(frequency: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Linear interpolation onto ``grid``; beyond the ends the nearest value is held."""
     return np.interp(np.asarray(grid, float), np.asarray(frequency, float), np.asarray(values, float))
+
+
+def remove_fixed_pattern(flat_images: np.ndarray) -> np.ndarray:
+    """Temporal noise of a flat stack, on the stack's mean level.
+
+    Returns ``mean + (f_i - f_bar) * sqrt(n / (n - 1))`` for each flat ``f_i`` of the
+    (n, rows, cols) stack, where ``f_bar`` is the per-pixel mean over the stack and ``mean`` its
+    spatial mean: the fixed pattern (gain and offset non-uniformity, shading) cancels, which is
+    what flat-field correction does to measured images, and the factor restores the variance that
+    subtracting the n-frame mean removes (each residual keeps (n-1)/n of it).
+    """
+    stack = np.asarray(flat_images, dtype=float)
+    if stack.ndim != 3 or stack.shape[0] < 2:
+        raise ValueError(f"removing the fixed pattern needs a stack of at least 2 flats, got shape {stack.shape}")
+    n = stack.shape[0]
+    f_bar = stack.mean(axis=0)
+    return float(f_bar.mean()) + (stack - f_bar) * np.sqrt(n / (n - 1.0))
