@@ -185,7 +185,7 @@ def _figure(path: Path, inp, res, gt, map_in, map_out, r: DemoResult) -> None:
     import matplotlib.pyplot as plt
 
     lo, hi = np.percentile(gt, [0.5, 99.5])
-    fig, ax = plt.subplots(2, 3, figsize=(13, 8.6))
+    fig, ax = plt.subplots(2, 3, figsize=(13, 8.6), layout="constrained")
     for a, img, title in ((ax[0, 0], inp, f"thick screen, corrected\nSSIM {r.ssim_input:.3f}, "
                            f"PSNR {r.psnr_input:.1f} dB"),
                           (ax[0, 1], res, f"restored ({r.method})\nSSIM {r.ssim_restored:.3f}, "
@@ -199,7 +199,7 @@ def _figure(path: Path, inp, res, gt, map_in, map_out, r: DemoResult) -> None:
         im = a.imshow(m, cmap="viridis", vmin=0, vmax=1)
         a.set_title(title)
         a.axis("off")
-    fig.colorbar(im, ax=ax[1, 1], fraction=0.046, pad=0.02)
+    fig.colorbar(im, ax=ax[1, :2], shrink=0.9)
     c = gt.shape[0] // 2
     ax[1, 2].plot(inp[c], lw=0.8, label="input")
     ax[1, 2].plot(res[c], lw=0.8, label="restored")

@@ -216,17 +216,24 @@ def _rasterise(shape, g: Grid, out: np.ndarray) -> None:
 
 # --- procedural samples --------------------------------------------------------------------------
 def pcb(fov_mm: float, seed: int = 0, n_layers: int = 4) -> Sample:
-    """Multilayer PCB patch: traces 10-200 um wide (scaled up for fields wider than 2.5 mm),
-    vias, pads, BGA balls with voids, copper layers at their heights in a 1.6 mm FR4 board."""
+    """Multilayer PCB patch: traces 10-200 um wide, vias, pads, BGA balls with voids, copper
+    layers at their heights in a 1.6 mm FR4 board.
+
+    Feature sizes follow the field of view (s = fov / 2.5 mm): a 2.5 mm field shows 0.5 mm pitch
+    BGA balls and 100-300 um vias; narrower micro-imaging fields show flip-chip micro-bumps and
+    micro-vias of proportionally smaller size, so every field contains several structures.
+    """
     rng = np.random.default_rng(seed)
-    s = max(1.0, fov_mm / 2.5)
+    s = fov_mm / 2.5
+    s_feat = max(s, 0.15)
     half = fov_mm / 2
     heights = np.linspace(0.0, BOARD_THICKNESS_MM, n_layers)
     layers = [Layer("copper", float(h), name=f"copper L{i + 1}") for i, h in enumerate(heights)]
+    max_width = min(0.200 * max(s, 1.0), fov_mm / 5)
     for layer in layers:
         n_traces = int(rng.integers(10, 18))
         for _ in range(n_traces):
-            width = float(np.exp(rng.uniform(np.log(0.010), np.log(0.200)))) * s
+            width = float(np.exp(rng.uniform(np.log(0.010), np.log(max(max_width, 0.011)))))
             x, y = rng.uniform(-half * 1.2, half * 1.2, 2)
             for _seg in range(int(rng.integers(2, 5))):      # Manhattan / 45-degree routing
                 direction = rng.integers(0, 8) * np.pi / 4
@@ -238,18 +245,18 @@ def pcb(fov_mm: float, seed: int = 0, n_layers: int = 4) -> Sample:
     vias = Layer("copper", BOARD_THICKNESS_MM / 2, name="via barrels")
     for _ in range(int(rng.integers(4, 9))):
         cx, cy = rng.uniform(-half, half, 2)
-        drill = rng.uniform(0.1, 0.3) * s
-        plating = 0.025                                      # IPC class 2 barrel plating
+        drill = rng.uniform(0.1, 0.3) * s_feat
+        plating = min(0.025, drill / 4)                      # IPC class 2 barrel plating
         # the barrel wall seen along the beam: copper ring as thick as the board
         vias.shapes.append(Disc(cx, cy, drill / 2 + plating, BOARD_THICKNESS_MM, inner=drill / 2))
-        top.shapes.append(Disc(cx, cy, drill / 2 + 0.1 * s, COPPER_1OZ_MM, inner=drill / 2))
+        top.shapes.append(Disc(cx, cy, drill / 2 + 0.1 * s_feat, COPPER_1OZ_MM, inner=drill / 2))
     for _ in range(int(rng.integers(3, 7))):                 # SMD pads
-        top.shapes.append(Rect(*rng.uniform(-half, half, 2), rng.uniform(0.15, 0.5) * s,
-                               rng.uniform(0.1, 0.3) * s, COPPER_1OZ_MM,
+        top.shapes.append(Rect(*rng.uniform(-half, half, 2), rng.uniform(0.15, 0.5) * s_feat,
+                               rng.uniform(0.1, 0.3) * s_feat, COPPER_1OZ_MM,
                                float(rng.choice([0.0, 90.0]))))
-    balls = Layer("solder", BOARD_THICKNESS_MM + 0.2 * s, name="BGA balls")
-    pitch = 0.5 * s                                           # 0.5 mm pitch BGA
-    ball_r = 0.15 * s
+    balls = Layer("solder", BOARD_THICKNESS_MM + 0.2 * s_feat, name="BGA balls")
+    pitch = 0.5 * s_feat                                      # 0.5 mm pitch BGA at s = 1
+    ball_r = 0.15 * s_feat
     bx0, by0 = rng.uniform(-half, 0, 2)
     n_b = int(rng.integers(2, 5))
     for i in range(n_b):
