@@ -62,7 +62,7 @@ class Instrument:
         self._emulators: list = []
         self._controllers: list = []
         self._listeners: list[Listener] = []
-        self._op_lock = threading.RLock()
+        self._op_lock = threading.Lock()   # plain lock: a stream's supervisor thread releases it
         self._operation: str | None = None
         self._abort = threading.Event()
         self.dark: np.ndarray | None = None
@@ -73,6 +73,11 @@ class Instrument:
         self.restoration_method: str = self.config.restoration.method
         self.last_frame: AveragedFrame | None = None
         self.connected = False
+        self.pipeline = None
+        self.live = None
+        self._stream_thread: threading.Thread | None = None
+        self._stream_error: BaseException | None = None
+        self.last_stream_stats = None
 
     # --- events --------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -193,6 +198,10 @@ class Instrument:
 
     def disconnect(self) -> None:
         """X-rays off first, then close everything; safe to call more than once."""
+        if self.pipeline is not None and self.pipeline.running:
+            with contextlib.suppress(Exception):
+                self.pipeline.abort("instrument disconnected")
+                self.wait_stream(10.0)
         with contextlib.suppress(Exception):
             if self.camera is not None:
                 self.camera.close()
@@ -249,6 +258,8 @@ class Instrument:
     def abort(self) -> None:
         """Ask the running operation to stop at the next frame boundary."""
         self._abort.set()
+        if self.pipeline is not None and self.pipeline.running:
+            self.pipeline.abort("aborted by the operator")
         self._log("abort requested")
 
     def _check_abort(self, what: str) -> None:
@@ -454,6 +465,91 @@ class Instrument:
             self._emit("frame", frame)
             return frame
 
+    # --- streaming (live view and recording through the acquisition pipeline) ------------------
+    def start_stream(self, n_average: int = 1, correct: bool = True, restore: bool = False,
+                     record_path=None, n_outputs: int | None = None, metadata: dict | None = None,
+                     sinks=(), overwrite: bool = False) -> None:
+        """Run the camera continuously through averaging, correction, optional restoration, a
+        live view (``live_frame()``), an optional HDF5 recording and "frame" events. Returns at
+        once; ``stop_stream()`` ends it, ``wait_stream()`` waits for ``n_outputs`` frames."""
+        from .acquisition.pipeline import AcquisitionPipeline, CallbackSink, HDF5Sink, LiveView
+        self._require()
+        if n_average < 1:
+            raise UserError(f"frames to average must be >= 1, got {n_average}")
+        if correct and self.corrector is None:
+            raise InstrumentError("no dark/flat references: take darks and flats first, or "
+                                  "stream with correct=False")
+        if not self._op_lock.acquire(blocking=False):
+            raise InstrumentError(f"instrument busy with {self._operation!r}; cannot stream")
+        self._operation = "recording" if record_path else "live"
+        self._abort.clear()
+        try:
+            self.live = LiveView(capacity=2)
+            all_sinks = [self.live, CallbackSink(lambda item: self._emit("frame", item),
+                                                 name="events"), *sinks]
+            if record_path is not None:
+                meta = {"instrument": "xinstrument", "n_average": n_average,
+                        "profile": self.profile.name if (restore and self.profile) else None}
+                meta.update(metadata or {})
+                all_sinks.append(HDF5Sink(record_path, metadata=meta, overwrite=overwrite))
+            self.pipeline = AcquisitionPipeline(
+                self.camera, n_average=n_average, corrector=self.corrector if correct else None,
+                restorer=_RestoreFn(self.restorer(), self.profile.name) if restore else None,
+                sinks=all_sinks,
+                n_outputs=n_outputs)
+            self.pipeline.start()
+        except BaseException:
+            self._operation = None
+            self._op_lock.release()
+            raise
+        self._stream_error = None
+        self._stream_thread = threading.Thread(target=self._supervise_stream, daemon=True,
+                                               name="xinstrument-stream")
+        self._stream_thread.start()
+        self._log(f"stream started ({self._operation}, {n_average} frames averaged)")
+
+    def _supervise_stream(self) -> None:
+        try:
+            self.last_stream_stats = self.pipeline.wait()
+        except BaseException as exc:
+            self._stream_error = exc
+            self._emit("error", f"stream: {exc}")
+        finally:
+            self._operation = None
+            self._op_lock.release()
+            self._emit("state", self.snapshot() if self.connected else None)
+
+    def stop_stream(self, timeout_s: float = 30.0):
+        """Stop streaming cleanly (a partial average is written with its true count)."""
+        if self.pipeline is not None and self.pipeline.running:
+            self.pipeline.stop()
+        return self.wait_stream(timeout_s)
+
+    def wait_stream(self, timeout_s: float | None = None):
+        """Wait for the stream to end; re-raise its error; return its statistics."""
+        t = self._stream_thread
+        if t is not None:
+            t.join(timeout_s)
+            if t.is_alive():
+                raise InstrumentError(f"stream still running after {timeout_s} s")
+        if self._stream_error is not None:
+            err, self._stream_error = self._stream_error, None
+            raise InstrumentError(f"stream failed: {err}") from err
+        return self.last_stream_stats
+
+    def live_frame(self):
+        """Latest processed frame of the stream (ProcessedFrame: data, restored, ...) or None."""
+        return self.live.latest() if self.live is not None else None
+
+    def record(self, path, n_frames: int, n_average: int = 1, correct: bool = True,
+               restore: bool = False, metadata: dict | None = None, overwrite: bool = False):
+        """Record ``n_frames`` averaged frames to ``path`` through the pipeline; blocks."""
+        if n_frames < 1:
+            raise UserError(f"frames to record must be >= 1, got {n_frames}")
+        self.start_stream(n_average, correct, restore, record_path=path, n_outputs=n_frames,
+                          metadata=metadata, overwrite=overwrite)
+        return self.wait_stream()
+
     # --- focus ---------------------------------------------------------------------------------
     def focus_scan(self, start_um: float | None = None, stop_um: float | None = None,
                    step_um: float = 1.0, frames_per_step: int = 1, metric: str = "hf_energy",
@@ -579,3 +675,15 @@ class _UmAxis:
 
     def move_to(self, position_um: float, wait: bool = True) -> None:
         self._axis.move_to(position_um, wait=wait)
+
+
+class _RestoreFn:
+    """A Restorer as the pipeline's frame -> frame callable, carrying method and profile."""
+
+    def __init__(self, restorer, profile_name: str) -> None:
+        self._restorer = restorer
+        self.method = restorer.method
+        self.profile = profile_name
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return self._restorer.restore(frame)

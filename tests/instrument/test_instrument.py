@@ -152,3 +152,30 @@ def test_restoration_uses_profile_methods(inst):
     inst.set_restoration("wiener")
     out = inst.restore(np.full((64, 64), 0.5, np.float32))
     assert out.shape == (64, 64) and abs(float(out.mean()) - 0.5) < 0.01
+
+
+def test_record_through_pipeline_and_live_view(inst, tmp_path):
+    from xinstrument.storage import ScanReader
+    inst.xray_on()
+    inst.take_darks(2)
+    inst.take_flats(2)
+    events = []
+    inst.subscribe(lambda k, p: events.append(k))
+    stats = inst.record(tmp_path / "rec.h5", n_frames=3, n_average=2, restore=True)
+    assert stats is not None and inst.busy is None
+    assert events.count("frame") >= 1
+    with ScanReader(tmp_path / "rec.h5") as r:
+        assert r.complete and r.projections.shape == (3, 128, 128)
+        assert r.restored.shape == (3, 128, 128)
+    # live: start, see frames, refuse a second operation, stop cleanly
+    inst.start_stream(n_average=1, correct=True)
+    try:
+        with pytest.raises(InstrumentError, match="busy"):
+            inst.acquire(1)
+        deadline = __import__("time").time() + 10
+        while inst.live_frame() is None and __import__("time").time() < deadline:
+            __import__("time").sleep(0.05)
+        assert inst.live_frame() is not None
+    finally:
+        inst.stop_stream()
+    assert inst.busy is None
