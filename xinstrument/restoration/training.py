@@ -25,7 +25,15 @@ from .networks import METHOD_CONFIGS, build_model, pack_weights
 from .physics import DetectorPhysics
 from .samplers import make_restore_fn, to_model_range
 
-__all__ = ["HrSource", "TrainResult", "crop_source", "synthesize_batch", "train", "training_loss"]
+__all__ = [
+    "HrSource",
+    "TrainResult",
+    "crop_source",
+    "pooled_source",
+    "synthesize_batch",
+    "train",
+    "training_loss",
+]
 
 HrSource = Callable[[np.random.Generator, int, int], np.ndarray]
 """Callable ``(rng, count, patch_px) -> (count, patch_px, patch_px)`` noise-free HR patches."""
@@ -57,6 +65,18 @@ def crop_source(images: np.ndarray | Sequence[np.ndarray]) -> HrSource:
         return out
 
     return source
+
+
+def pooled_source(source: HrSource, count: int, size_px: int, seed: int) -> HrSource:
+    """Draw ``count`` HR images of ``size_px`` from ``source`` once (seeded), then crop patches
+    from that pool: rendering a twin image costs far more than a training step, so a fixed pool
+    with random crops, flips and rotations keeps short CPU runs fast."""
+    count = _check_int("pool count", count, 1)
+    size_px = _check_int("pool size_px", size_px, 8)
+    images = np.asarray(source(np.random.default_rng(seed), count, size_px), dtype=np.float32)
+    if images.shape != (count, size_px, size_px):
+        raise ValueError(f"HR source returned shape {images.shape}, expected {(count, size_px, size_px)}")
+    return crop_source(images)
 
 
 def _as_source(src: Any, name: str) -> HrSource:

@@ -1,0 +1,284 @@
+"""`xinstrument restore` and `xinstrument train`: restoration of stored scans and training of a
+profile's learned methods.
+
+This module is the command-line layer above the pure restoration package: it may read files,
+load profiles and use the digital twin as the default HR training source.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+__all__ = ["bench_for_profile", "register", "restore_file", "train_profile"]
+
+log = logging.getLogger(__name__)
+
+# Twin benches that produce HR images at a shipped profile's pixel size.
+TWIN_BENCHES = ("lens-yag", "panel-gos")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _load_profile(name: str):
+    from ..profiles import find_profile
+    return find_profile(name)   # ProfileError is a user error of the CLI
+
+
+def bench_for_profile(profile: Any) -> str:
+    """The twin bench whose HR images match ``profile``: lens-coupled YAG or GOS panel."""
+    material = str((getattr(profile, "scintillator", None) or {}).get("material", ""))
+    if material.upper().startswith("YAG"):
+        return "lens-yag"
+    if material.upper().startswith("GD2O2S"):
+        return "panel-gos"
+    raise UserError(f"profile {profile.name!r}: no twin bench for scintillator {material!r}; "
+                    f"pass --bench ({' or '.join(TWIN_BENCHES)})")
+
+
+# --- restore -------------------------------------------------------------------------------------
+def _transmission_frames(reader, corrected: bool) -> tuple[np.ndarray, str]:
+    """Projections as transmission (what the restorers take), and how they were obtained."""
+    proj = reader.projections
+    if corrected:
+        return proj.astype(np.float32, copy=False), "stored corrected frames"
+    flats, darks = reader.flats, reader.darks
+    if len(flats) == 0 or len(darks) == 0:
+        raise UserError(f"{reader.path}: projections are raw and the file has no flats/darks "
+                        "to correct them; restoration needs flat-field corrected frames")
+    from ..acquisition.correction import FlatFieldCorrector
+    corr = FlatFieldCorrector(darks.astype(np.float32).mean(axis=0),
+                              flats.astype(np.float32).mean(axis=0))
+    return np.stack([corr(p) for p in proj]).astype(np.float32), \
+        f"raw frames corrected with {len(flats)} flats / {len(darks)} darks"
+
+
+def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method: str, *,
+                 steps: int | None = None, device: str | None = None, overwrite: bool = False,
+                 progress=None) -> dict:
+    """Restore every projection of scan file ``in_path`` into a new scan file ``out_path``.
+
+    The output holds the input's projections, flats and darks (same order, dtype and per-frame
+    metadata) and one restored frame per projection (``/entry/restored``, with method and
+    profile). The input is opened read-only and never modified. Returns a summary dict.
+    """
+    from ..storage import ScanReader, ScanWriter
+    from . import Restorer, available_methods
+    from .stage import METHODS
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.is_file():
+        raise UserError(f"{in_path}: no such file")
+    if in_path.resolve() == out_path.resolve() if out_path.exists() else False:
+        raise UserError(f"{out_path}: output must be a new file, not the input")
+    if method not in METHODS:
+        raise UserError(f"unknown restoration method {method!r}; choose from {', '.join(METHODS)}")
+    usable = available_methods(profile)
+    if method not in usable:
+        raise UserError(f"profile {profile.name!r} cannot run {method!r} (it has no "
+                        f"{'weights' if method not in ('wiener',) else 'NNPS'} for it); "
+                        f"available: {', '.join(usable)}")
+    with ScanReader(in_path) as reader:
+        meta = dict(reader.metadata)
+        n_proj = int(len(reader._indices(0)))
+        if n_proj == 0:
+            raise UserError(f"{in_path}: no projections to restore")
+        px = reader.pixel_size_um
+        if px is not None and abs(px - profile.pixel_size_um) > 0.01 * profile.pixel_size_um:
+            raise UserError(f"{in_path}: pixel size {px:g} um does not match profile "
+                            f"{profile.name!r} ({profile.pixel_size_um:g} um); wrong profile?")
+        corrected = bool(meta.get("corrected", reader.dtype.kind == "f"))
+        frames, how = _transmission_frames(reader, corrected)
+        if not np.isfinite(frames).all():
+            raise UserError(f"{in_path}: projections contain NaN or infinite values")
+        try:
+            restorer = Restorer(profile, method, device=device, steps=steps)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        meta.update(restoration={"method": method, "profile": profile.name, "steps": steps,
+                                 "source_file": str(in_path), "input": how})
+        meta.setdefault("profile", profile.name)
+        fmeta = reader.frame_metadata
+        writer = ScanWriter(out_path, reader.frame_shape, reader.dtype, metadata=meta,
+                            restored=True, swmr=False, overwrite=overwrite)
+        t0 = time.perf_counter()
+        k = 0
+        with writer:
+            for i, frame, md in reader.frames():
+                md.pop("image_key")
+                j = writer.append(frame, image_key=int(fmeta["image_key"][i]), **md)
+                if fmeta["image_key"][i] != 0:
+                    continue
+                try:
+                    out = restorer.restore(frames[k])
+                except (ValueError, FloatingPointError) as exc:
+                    raise UserError(f"frame {i}: {exc}") from None
+                writer.append_restored(out, source_index=j, method=method, profile=profile.name)
+                k += 1
+                if progress is not None:
+                    progress(k, n_proj)
+        seconds = time.perf_counter() - t0
+    return {"frames": n_proj, "seconds": seconds, "input": how, "device": str(restorer.device),
+            "frames_per_second": restorer.frames_per_second, "fallbacks": list(restorer.fallbacks)}
+
+
+def _cmd_restore(a: argparse.Namespace) -> int:
+    from ..progress import ProgressBar
+    profile = _load_profile(a.profile)
+    out = a.out or a.input.with_name(f"{a.input.stem}_restored_{a.method}.h5")
+    bar = ProgressBar(f"restore {a.method}")
+    summary = restore_file(a.input, out, profile, a.method, steps=a.steps, device=a.device,
+                           overwrite=a.overwrite, progress=lambda k, n: bar.update(k / n))
+    bar.close()
+    for msg in summary["fallbacks"]:
+        print(f"note: {msg}", file=sys.stderr)
+    print(f"restored {summary['frames']} projections ({summary['input']}) with {a.method} "
+          f"[{profile.name}] on {summary['device']}: {summary['frames_per_second']:.2f} frames/s "
+          f"-> {out}")
+    return 0
+
+
+# --- train ---------------------------------------------------------------------------------------
+def train_profile(profile: Any, method: str, *, steps: int, seed: int = 0,
+                  bench: str | None = None, patch: int = 64, batch: int = 8, lr: float = 1e-3,
+                  base_channels: int = 16, depth: int = 3, pool_images: int = 96,
+                  pool_px: int = 256, val_patches: int = 16, steps_per_epoch: int | None = None,
+                  sample_steps: int | None = None, device: str | None = None,
+                  threads: int | None = None, progress=None) -> dict:
+    """Train ``method`` for ``profile`` on the twin's HR images and save weights + a record.
+
+    HR images: a pool of ``pool_images`` twin renderings (``pool_px`` square) drawn from
+    ``seed``; validation: a separate pool from ``seed + 1`` (other random samples). The record
+    (settings, final validation PSNR/SSIM, CPU seconds) goes to ``weights/<method>.json``.
+    """
+    import torch
+
+    from ..sim.bench import hr_patches
+    from .networks import METHOD_CONFIGS
+    from .training import pooled_source, train
+
+    if method not in METHOD_CONFIGS:
+        raise UserError(f"unknown learned method {method!r}; choose from {', '.join(METHOD_CONFIGS)}")
+    bench = bench or bench_for_profile(profile)
+    if bench not in TWIN_BENCHES:
+        raise UserError(f"unknown twin bench {bench!r}; choose from {', '.join(TWIN_BENCHES)}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    def source(rng, count, px):
+        return hr_patches(rng, count, px, bench=bench)
+
+    cpu0 = time.process_time()
+    train_src = pooled_source(source, pool_images, pool_px, seed)
+    val_src = pooled_source(source, max(4, pool_images // 8), pool_px, seed + 1)
+    settings = dict(method=method, profile=profile.name, bench=bench, steps=steps, seed=seed,
+                    patch_px=patch, batch=batch, lr=lr, base_channels=base_channels, depth=depth,
+                    hr_pool_images=pool_images, hr_pool_px=pool_px, val_patches=val_patches,
+                    sample_steps=sample_steps, optimizer="Adam",
+                    hr_source="xinstrument.sim.bench.hr_patches")
+    try:
+        result = train(method, profile, train_src, patch=patch, batch=batch, steps=steps, lr=lr,
+                       seed=seed, device=device, val_source=val_src, val_patches=val_patches,
+                       steps_per_epoch=steps_per_epoch or max(1, steps // 5),
+                       sample_steps=sample_steps, progress=progress,
+                       base_channels=base_channels, depth=depth, save_to_profile=True)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    record = dict(settings, validation=result.validation,
+                  val_psnr_db=result.validation[-1].get("val_psnr_db"),
+                  val_ssim=result.validation[-1].get("val_ssim"),
+                  final_loss=float(np.mean(result.losses[-20:])),
+                  wall_s=round(result.seconds, 1), cpu_s=round(time.process_time() - cpu0, 1),
+                  parameters=int(sum(p.numel() for p in result.model.parameters())),
+                  torch=torch.__version__)
+    target = Path(profile.path) / "weights" / f"{method}.json"
+    target.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    profile = _load_profile(a.profile)
+    t0 = time.perf_counter()
+
+    def progress(report: dict) -> None:
+        if "epoch" in report:
+            extra = "".join(f" {k}={report[k]:.4f}" for k in ("val_psnr_db", "val_ssim") if k in report)
+            print(f"[{a.method}] step {int(report['step'])}/{a.steps} loss={report['loss']:.5f}{extra}"
+                  f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    rec = train_profile(profile, a.method, steps=a.steps, seed=a.seed, bench=a.bench,
+                        patch=a.patch, batch=a.batch, lr=a.lr, base_channels=a.base_channels,
+                        pool_images=a.pool_images, pool_px=a.pool_px, device=a.device,
+                        threads=a.threads, progress=progress)
+    print(f"trained {a.method} for {profile.name}: {a.steps} steps, val PSNR "
+          f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f}, {rec['wall_s']:.0f} s; "
+          f"weights in {profile.path / 'weights'}")
+    return 0
+
+
+def register(sub) -> None:
+    from .networks import METHOD_CONFIGS
+    from .stage import METHODS
+
+    p = sub.add_parser("restore", help="restore a stored scan into a new HDF5 file",
+                       description="Restore every projection of a scan file with a profile's "
+                       "method (same stage as the live path) into a new file holding the "
+                       "projections, flats, darks and the restored frames. The input is never "
+                       "modified.")
+    p.add_argument("input", type=Path, metavar="IN.h5", help="scan file to restore")
+    p.add_argument("--profile", required=True, help="detector profile name or folder")
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampler steps (diffusion) or iterations (richardson_lucy)")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output file (default IN_restored_METHOD.h5 beside the input)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("train", help="train a learned restoration method into a profile",
+                       description="Train on thin-detector images of the digital twin (random "
+                       "procedural samples), thick inputs synthesised with the profile's MTF "
+                       "ratio and noise; weights and a training record go into the profile.")
+    p.add_argument("--profile", required=True, help="detector profile name or folder")
+    p.add_argument("--method", required=True, choices=list(METHOD_CONFIGS))
+    p.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--bench", choices=list(TWIN_BENCHES), default=None,
+                   help="twin bench for HR images (default: the one matching the profile)")
+    p.add_argument("--patch", type=_positive_int, default=64, help="patch side, px")
+    p.add_argument("--batch", type=_positive_int, default=8, help="patches per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--base-channels", type=_positive_int, default=16, help="U-Net width")
+    p.add_argument("--pool-images", type=_positive_int, default=96,
+                   help="twin HR images rendered once and cropped from")
+    p.add_argument("--pool-px", type=_positive_int, default=256, help="side of those images, px")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_train)
