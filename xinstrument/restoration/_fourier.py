@@ -61,7 +61,9 @@ def as_batch(
         tensor = tensor.unsqueeze(0)
     tensor = tensor.to(device=default_device(device) if device is not None else tensor.device,
                        dtype=torch.float32)
-    if not bool(torch.isfinite(tensor).all()):
+    # A NaN or inf anywhere makes the sum non-finite: one reduction instead of a mask pass;
+    # only a non-finite sum (or a finite-value overflow) pays for the per-pixel check.
+    if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name}: {bad} non-finite values (NaN or inf)")
     return tensor, single

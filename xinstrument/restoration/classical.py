@@ -14,6 +14,7 @@ quanta behind the sample scale as T).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -122,32 +123,54 @@ def power_law_signal_fit(
     ``transfer`` (H, Wr), ``noise_psd`` (H, Wr) or (B, H, Wr), optionally multiplied per frame by
     ``noise_scale`` (B,). Returns ``(log_amplitude, beta)``, each of shape (B,).
     """
-    b = power.shape[0]
-    f_lo, f_hi = band_cy_per_px
-    nbins = _FIT_BINS
-    idx = torch.floor(radius_cy_per_px / 0.5 * nbins).long()
-    # DC and the corners beyond Nyquist go to a spare bin that is dropped (no boolean indexing:
-    # index_add over all pixels is several times faster on 2048 x 2048 grids).
-    flat_idx = torch.where((radius_cy_per_px > 0) & (idx < nbins), idx, nbins).reshape(-1)
-    counts = torch.zeros(nbins + 1, dtype=torch.float64, device=power.device)
-    counts.index_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=torch.float64))
-    counts = counts[:nbins]
+    bins = _RadialBins(radius_cy_per_px)
+    p = bins.mean(power)
+    n = bins.mean(noise_psd)
+    if noise_scale is not None:
+        n = n * noise_scale.to(torch.float64).reshape(-1, 1)
+    return _fit_binned(p, n, bins.mean(transfer.abs()), bins.mean(radius_cy_per_px), bins.counts,
+                       band_cy_per_px)
 
-    def radial_mean(t: torch.Tensor) -> torch.Tensor:
+
+class _RadialBins:
+    """Annular bins of an rfft2 grid (``_FIT_BINS`` up to Nyquist): index map and counts."""
+
+    def __init__(self, radius_cy_per_px: torch.Tensor) -> None:
+        nbins = _FIT_BINS
+        idx = torch.floor(radius_cy_per_px / 0.5 * nbins).long()
+        # DC and the corners beyond Nyquist go to a spare bin that is dropped (no boolean
+        # indexing: index_add over all pixels is several times faster on 2048 x 2048 grids).
+        self.flat_idx = torch.where((radius_cy_per_px > 0) & (idx < nbins), idx, nbins).reshape(-1)
+        counts = torch.zeros(nbins + 1, dtype=torch.float64, device=radius_cy_per_px.device)
+        counts.index_add_(0, self.flat_idx, torch.ones_like(self.flat_idx, dtype=torch.float64))
+        self.counts = counts[:nbins]
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-bin mean of (H, Wr) or (B, H, Wr), as (B, nbins) float64 (B = 1 for 2-D)."""
         if t.ndim == 2:
             t = t.unsqueeze(0)
+        nbins = _FIT_BINS
         # float32 sums over <= 1e5 px per annulus are accurate to ~1e-4, ample for a fit.
         vals = t.reshape(t.shape[0], -1).to(torch.float32)
         sums = torch.zeros(t.shape[0], nbins + 1, dtype=torch.float32, device=t.device)
-        sums.index_add_(1, flat_idx, vals)
-        return sums[:, :nbins].double() / counts.clamp(min=1)
+        sums.index_add_(1, self.flat_idx, vals)
+        return sums[:, :nbins].double() / self.counts.clamp(min=1)
 
-    p = radial_mean(power)
-    n = radial_mean(noise_psd).expand(b, nbins)
-    if noise_scale is not None:
-        n = n * noise_scale.to(torch.float64).reshape(-1, 1)
-    r = radial_mean(transfer.abs()).expand(b, nbins)
-    f = radial_mean(radius_cy_per_px).expand(b, nbins)
+
+def _fit_binned(
+    p: torch.Tensor,
+    n: torch.Tensor,
+    r: torch.Tensor,
+    f: torch.Tensor,
+    counts: torch.Tensor,
+    band_cy_per_px: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power-law fit of :func:`power_law_signal_fit` on radially binned spectra (B, nbins)."""
+    f_lo, f_hi = band_cy_per_px
+    b, nbins = p.shape
+    n = n.expand(b, nbins)
+    r = r.expand(b, nbins)
+    f = f.expand(b, nbins)
     counts = counts.expand(b, nbins)
     s = (p - n) / (r * r).clamp(min=_EPS)
     ok = (
@@ -175,6 +198,45 @@ def power_law_signal_fit(
     fallback = torch.log(p[:, 0].clamp(min=_EPS)) + beta * logf[:, 0]
     log_amp = torch.where(nw > 0, log_amp, fallback)
     return log_amp, beta
+
+
+class _WienerPlan:
+    """Everything of :func:`wiener` that depends only on the profile curves and the padded frame
+    shape, computed once: the real-time stage restores frames of one size with one profile."""
+
+    def __init__(self, f: np.ndarray, ratio: np.ndarray, nnps: np.ndarray,
+                 shape: tuple[int, int], device: torch.device) -> None:
+        r = radial_transfer_rfft2(f, ratio, shape, device, "mtf_ratio").to(torch.float32)
+        nnps_2d = radial_transfer_rfft2(f, nnps, shape, device, "nnps_lr")
+        radius = radial_frequency_rfft2(shape, device)
+        self.bins = _RadialBins(radius)
+        self.binned_ratio = self.bins.mean(r.abs())
+        self.binned_nnps = self.bins.mean(nnps_2d)
+        self.binned_radius = self.bins.mean(radius)
+        self.ratio = r
+        self.ratio_sq = r * r + _EPS
+        # The DC bin has f = 0; use half a frequency step so S stays finite (NSR there is ~0).
+        self.log_f = torch.log(radius.clamp(min=0.5 / max(shape))).to(torch.float32)
+        # Where the NNPS is 0 the noise term vanishes: exp(log(tiny)) ~ 0.
+        self.log_nnps = torch.log(nnps_2d.double().clamp(min=1e-30)).to(torch.float32)
+
+
+def _wiener_plan(f: Any, ratio: Any, nnps: np.ndarray, shape: tuple[int, int],
+                 device: torch.device) -> _WienerPlan:
+    fa = np.ascontiguousarray(f, dtype=np.float64)
+    ra = np.ascontiguousarray(ratio, dtype=np.float64)
+    na = np.ascontiguousarray(nnps, dtype=np.float64)
+    return _cached_plan(fa.tobytes(), ra.tobytes(), na.tobytes(), int(shape[0]), int(shape[1]),
+                        str(torch.device(device)))
+
+
+@lru_cache(maxsize=8)
+def _cached_plan(f_bytes: bytes, r_bytes: bytes, n_bytes: bytes, h: int, w: int,
+                 device: str) -> _WienerPlan:
+    def arr(b: bytes) -> np.ndarray:
+        return np.frombuffer(b, dtype=np.float64).copy()
+
+    return _WienerPlan(arr(f_bytes), arr(r_bytes), arr(n_bytes), (h, w), torch.device(device))
 
 
 def wiener(
@@ -220,24 +282,21 @@ def wiener(
         raise ValueError("nnps_lr: negative noise power")
     xp = pad_frames(x, pad_px, fast=True)
     shape = tuple(xp.shape[-2:])
-    dev = x.device
-    ratio = radial_transfer_rfft2(frequency_cy_per_px, mtf_ratio, shape, dev, "mtf_ratio")
-    nnps_2d = radial_transfer_rfft2(frequency_cy_per_px, nnps, shape, dev, "nnps_lr")
-    radius = radial_frequency_rfft2(shape, dev)
+    plan = _wiener_plan(frequency_cy_per_px, mtf_ratio, nnps, shape, x.device)
     noise_scale = x.mean(dim=(-2, -1)).clamp(min=0) / dose_ratio
     spec = torch.fft.rfft2(xp)
     power = (spec.real**2 + spec.imag**2) / (shape[0] * shape[1])
-    log_amp, beta = power_law_signal_fit(
-        power, radius, ratio, nnps_2d, fit_band_cy_per_px, noise_scale=noise_scale
-    )
-    # The DC bin has f = 0; use half a frequency step so S stays finite (NSR there is ~0 anyway).
-    f_safe = radius.clamp(min=0.5 / max(shape)).to(torch.float32)
-    log_signal = (log_amp.float()[:, None, None] - beta.float()[:, None, None] * torch.log(f_safe)[None])
-    nsr = alpha * noise_scale[:, None, None] * nnps_2d[None] * torch.exp(-log_signal)
+    p = plan.bins.mean(power)
+    n = plan.binned_nnps * noise_scale.to(torch.float64).reshape(-1, 1)
+    log_amp, beta = _fit_binned(p, n, plan.binned_ratio, plan.binned_radius, plan.bins.counts,
+                                fit_band_cy_per_px)
+    # NSR = alpha * noise_scale * NNPS / S with S = A f^-beta, evaluated as one exp over the
+    # grid: log NSR = log(alpha noise_scale) - log A + beta log f + log NNPS.
+    log_c = (math.log(alpha) + torch.log(noise_scale.double().clamp(min=_EPS)) - log_amp).float()
+    nsr = torch.exp(log_c[:, None, None] + beta.float()[:, None, None] * plan.log_f + plan.log_nnps)
     # The frame mean is estimated from every pixel's quanta: never noise-limited, pass it as is.
     nsr[..., 0, 0] = 0.0
-    r32 = ratio.to(torch.float32)
-    gain = r32 / (r32 * r32 + nsr + _EPS)
+    gain = plan.ratio / (plan.ratio_sq + nsr)
     out = torch.fft.irfft2(spec * gain, s=shape)
     return restore_type(crop_frames(out, pad_px, tuple(x.shape[-2:])), frames, single)
 
