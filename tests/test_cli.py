@@ -73,3 +73,26 @@ def test_broken_profile_is_refused_before_any_file(tmp_path):
     r = run_cli("demo", "--profile", str(prof), "--out", str(out), cwd=tmp_path)
     assert r.returncode == 2 and "schema" in r.stderr.lower()
     assert not list(out.glob("*")) if out.exists() else True
+
+
+def test_acquire_darks_flats_focus_commands(tmp_path, capsys):
+    from xinstrument.storage import ScanReader
+    common = ["--sensor-px", "64", "--exposure-s", "0.05"]
+    assert main(["darks", str(tmp_path / "d.h5"), "--average", "2", *common]) == 0
+    assert main(["flats", str(tmp_path / "f.h5"), "--average", "2", "--series", "2",
+                 *common]) == 0
+    assert main(["acquire", str(tmp_path / "a.h5"), "--frames", "2", "--average", "2",
+                 "--references", "2", *common]) == 0
+    with ScanReader(tmp_path / "d.h5") as r:
+        assert r.darks.shape == (1, 64, 64) and r.complete
+        dark_mean = float(r.darks.mean())
+    with ScanReader(tmp_path / "f.h5") as r:
+        assert r.flats.shape == (2, 64, 64) and float(r.flats.mean()) > dark_mean + 8
+    with ScanReader(tmp_path / "a.h5") as r:
+        assert r.projections.shape == (2, 64, 64)
+        assert 0 < float(r.projections.mean()) < 1.5          # corrected: transmission
+    assert main(["acquire", str(tmp_path / "a.h5"), *common]) == 2   # exists, no --overwrite
+    assert "exists" in capsys.readouterr().err
+    rc = main(["focus", "--start-um", "50", "--stop-um", "60", "--step-um", "2",
+               "--frames-per-step", "2", *common])
+    assert rc == 0 and "best focus" in capsys.readouterr().out

@@ -200,7 +200,45 @@ def _cmd_focus(a) -> int:
     return 0
 
 
+def _cmd_reference(a) -> int:
+    """Average a dark (X-rays off) or flat (sample out) series into a reference file."""
+    from .demo import check_output_folder
+    from .storage import ScanWriter
+    check_output_folder(a.output.parent)
+    kind = a.command
+    inst = _instrument(a)
+    with inst:
+        _prepare(inst, a, xray=(kind == "flats"))
+        frames = []
+        for i in range(a.series):
+            ref = inst.take_darks(a.average) if kind == "darks" else inst.take_flats(a.average)
+            frames.append(ref)
+        key = 2 if kind == "darks" else 1
+        st = inst.tube_status()
+        with ScanWriter(a.output, frames[0].shape, "float32", overwrite=a.overwrite,
+                        metadata={"instrument": "xinstrument", "reference": kind}) as w:
+            for ref in frames:
+                w.append(ref, image_key=key, exposure_s=inst.exposure_s,
+                         frames_averaged=a.average,
+                         voltage_kv=0.0 if kind == "darks" else st.voltage_kv,
+                         current_ua=0.0 if kind == "darks" else st.current_ua)
+    print(f"wrote {a.series} {kind[:-1]} reference(s) of {a.average} frames each to {a.output}")
+    return 0
+
+
 def _add_acquisition(sub) -> None:
+    for kind, what in (("darks", "dark references (X-rays off)"),
+                       ("flats", "flat references (X-rays on, sample out)")):
+        p = sub.add_parser(kind, help=f"acquire averaged {what} into an HDF5 file")
+        _add_device_options(p)
+        p.add_argument("output", type=Path, help="HDF5 file to write")
+        p.add_argument("--average", type=_positive_int, default=10,
+                       help="camera frames averaged per reference (default 10)")
+        p.add_argument("--series", type=_positive_int, default=1,
+                       help="number of averaged references (default 1)")
+        p.add_argument("--overwrite", action="store_true")
+        p.set_defaults(func=_cmd_reference)
+
     p = sub.add_parser("acquire", help="acquire averaged (corrected) frames into an HDF5 file")
     _add_device_options(p)
     p.add_argument("output", type=Path, help="HDF5 file to write")
