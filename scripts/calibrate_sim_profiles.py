@@ -13,8 +13,9 @@ those files:
     xinstrument calibrate psf  --thin PCB_THIN.h5  --thick PCB_THICK.h5  --flat-correct ...
     xinstrument calibrate nnps EDGE_THICK.h5 --dataset /exchange/data_white --dark-dataset ...
 
-which write the profile (MTFs, ratio, PSF from the ratio and then by Richardson-Lucy extraction,
-ESF sigma, NNPS, noise sigma) and PNG plots into ``--out/NAME``; finally it compares each
+which write the profile (MTFs, ratio, PSF from the ratio, ESF sigma, NNPS, noise sigma; the
+Richardson-Lucy PSF goes to psf_rl.npy, or into the profile with --psf rl) and PNG plots into
+``--out/NAME``; finally it compares each
 calibrated profile with the shipped, model-based one in profiles/ (which it never modifies).
 
 The ADU-per-quantum factor for the NNPS comes from the twin's dose model (mean dark-subtracted
@@ -91,7 +92,7 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"xinstrument {' '.join(argv[:2])} failed (exit {rc})")
 
 
-def calibrate(name: str, out: Path, sensor_px: int, seed: int) -> DetectorProfile:
+def calibrate(name: str, out: Path, sensor_px: int, seed: int, psf_source: str = "ratio") -> DetectorProfile:
     spec = BENCHES[name]
     cfg = spec["factory"](sensor_px=sensor_px)
     twin = Twin(cfg, sample="open", seed=seed)
@@ -125,8 +126,10 @@ def calibrate(name: str, out: Path, sensor_px: int, seed: int) -> DetectorProfil
     run(mtf_cmd)
     ratio_psf = DetectorProfile.load(folder).psf
 
+    rl_npy = folder / "psf_rl.npy"
     run(["calibrate", "psf", "--thin", str(files["thin", "pcb"]), "--thick", str(files["thick", "pcb"]),
-         "--flat-correct", "--profile", str(folder)])
+         "--flat-correct", "--profile", str(folder), "--save-npy", str(rl_npy)]
+        + ([] if psf_source == "rl" else ["--no-store"]))
 
     # NNPS of the thick screen from its flats (the flats of the thick edge acquisition).
     twin.set_state(xray_on=True, sample_in=False)
@@ -141,6 +144,7 @@ def calibrate(name: str, out: Path, sensor_px: int, seed: int) -> DetectorProfil
          "--roi-size", str(roi), "--profile", str(folder)])
     prof = DetectorProfile.load(folder)
     prof._ratio_psf = ratio_psf  # type: ignore[attr-defined]  # for the comparison only
+    prof._rl_psf = np.load(rl_npy)  # type: ignore[attr-defined]
     return prof
 
 
@@ -184,10 +188,12 @@ def compare(cal: DetectorProfile, ref: DetectorProfile) -> list[str]:
     ratio_psf = getattr(cal, "_ratio_psf", None)
     if ratio_psf is not None and ratio_psf.shape == ref.psf.shape:
         lines.append(f"  PSF NCC         from measured ratio vs shipped {normalized_cross_correlation(ratio_psf, ref.psf):.4f}")
-    if cal.psf.shape == ref.psf.shape:
-        lines.append(f"  PSF NCC         RL-extracted vs shipped        {normalized_cross_correlation(cal.psf, ref.psf):.4f}")
+    rl_psf = getattr(cal, "_rl_psf", None)
+    if rl_psf is not None and rl_psf.shape == ref.psf.shape:
+        lines.append(f"  PSF NCC         RL-extracted vs shipped        {normalized_cross_correlation(rl_psf, ref.psf):.4f}")
         if ratio_psf is not None:
-            lines.append(f"  PSF NCC         RL-extracted vs measured ratio {normalized_cross_correlation(cal.psf, ratio_psf):.4f}")
+            lines.append(f"  PSF NCC         RL-extracted vs measured ratio {normalized_cross_correlation(rl_psf, ratio_psf):.4f}")
+    lines.append(f"  profile PSF     {cal.calibration.get('psf_source', '?')}")
     if cal.nnps_lr is not None and ref.nnps_lr is not None:
         band = (f >= 0.05) & (f <= 0.45)
         # compare at equal dose: NNPS scales as 1/quanta
@@ -211,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sensor-px", type=int, default=512, help="simulated sensor size (default 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=sorted(BENCHES))
+    p.add_argument("--psf", choices=["ratio", "rl"], default="ratio",
+                   help="PSF stored in the profile: from the measured MTF ratio (default; it matches "
+                   "the transfer model closer, see the comparison) or by Richardson-Lucy extraction")
     a = p.parse_args(argv)
     out = a.out.resolve()
     if out == (ROOT / "profiles").resolve() or (ROOT / "profiles").resolve() in out.parents:
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.only and name != a.only:
             continue
         t0 = time.perf_counter()
-        cal = calibrate(name, out, a.sensor_px, a.seed)
+        cal = calibrate(name, out, a.sensor_px, a.seed, a.psf)
         ref = DetectorProfile.load(ROOT / "profiles" / name)
         report.append(f"{name}: calibrated from acquisitions ({time.perf_counter() - t0:.0f} s) -> {out / name}")
         report += compare(cal, ref)

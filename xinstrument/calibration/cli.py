@@ -176,6 +176,21 @@ def _same_size(a: Frames, b: Frames) -> None:
         )
 
 
+def extend_to_corners(freq: np.ndarray, curve: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hold a radial curve's last value out to the 2-D grid's corners (sqrt(2)/2 cy/px).
+
+    A curve that stops at Nyquist would drop to 0 on the circle f = 0.5 inside the square 2-D band
+    and that step rings through the kernel with a 2 px period; holding the value keeps the 2-D
+    transfer function continuous.
+    """
+    f = np.asarray(freq, dtype=float)
+    c = np.asarray(curve, dtype=float)
+    corner = np.sqrt(0.5) + 1e-6
+    if f[-1] >= corner:
+        return f, c
+    return np.r_[f, corner], np.r_[c, c[-1]]
+
+
 def nonnegative_kernel(psf: np.ndarray) -> np.ndarray:
     """Clip a kernel's negative ringing (a screen spreads light, never subtracts it) and renormalise."""
     k = np.clip(np.asarray(psf, dtype=float), 0.0, None)
@@ -222,7 +237,7 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
     mtf_lr = np.clip(resample_curve(r_lr.frequency_cy_per_px, r_lr.mtf, freq), 0.0, None)
     ratio = _measure(mtf_ratio, mtf_lr, mtf_hr)
     size = prof.psf.shape[0] if prof is not None else PSF_WINDOW_PX
-    psf = nonnegative_kernel(_measure(psf_from_mtf_ratio, freq, ratio, size))
+    psf = nonnegative_kernel(_measure(psf_from_mtf_ratio, *extend_to_corners(freq, ratio), size))
 
     for r, label in ((r_hr, "thin"), (r_lr, "thick"), (r_re, "restored")):
         if r is None:
@@ -355,13 +370,18 @@ def _cmd_psf(a: argparse.Namespace) -> int:
         if prof.psf.shape == psf.shape:
             reference = prof.psf
             print(f"NCC with the profile's previous PSF: {normalized_cross_correlation(psf, prof.psf):.4f}")
-        prof.psf = psf
-        prof.calibration = {**prof.calibration, "psf_source": "richardson-lucy extraction",
-                            "psf_date": datetime.date.today().isoformat(), "psf_thin_source": thin.label,
-                            "psf_thick_source": thick.label, "psf_iterations": int(res.iterations),
-                            "psf_registration": reg.method}
-        prof.save(a.profile)
-        print(f"profile {a.profile}: psf written")
+        if a.store:
+            prof.psf = psf
+            prof.calibration = {**prof.calibration, "psf_source": "richardson-lucy extraction",
+                                "psf_date": datetime.date.today().isoformat(), "psf_thin_source": thin.label,
+                                "psf_thick_source": thick.label, "psf_iterations": int(res.iterations),
+                                "psf_registration": reg.method}
+            prof.save(a.profile)
+            print(f"profile {a.profile}: psf written")
+    if a.save_npy is not None:
+        a.save_npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(a.save_npy, psf)
+        print(f"PSF array {a.save_npy}")
     out = plot_psf(_plot_path(a, "psf"), psf, pixel, "PSF (RL extraction)", reference, "previous PSF")
     print(f"plot {out}")
     return 0
@@ -465,6 +485,10 @@ def register(sub) -> None:
     s.add_argument("--window", type=int, default=61, help="odd truncation window in px (default 61)")
     s.add_argument("--iterations", type=int, default=8, help="Richardson-Lucy iterations (default 8)")
     s.add_argument("--registration", choices=["auto", "phase", "features", "none"], default="auto")
+    s.add_argument("--save-npy", type=Path, default=None,
+                   help="also write the PSF array to this .npy file")
+    s.add_argument("--no-store", dest="store", action="store_false",
+                   help="with --profile: compare with the profile's PSF and plot, but keep the profile's PSF")
     _add_profile_options(s, "psf")
     s.set_defaults(func=_cmd_psf)
 
