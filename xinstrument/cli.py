@@ -193,7 +193,7 @@ def _cmd_focus(a) -> int:
         curve = inst.focus_scan(a.start_um, a.stop_um, a.step_um, a.frames_per_step, a.metric,
                                 coarse_step_um=a.coarse_step_um)
         bar.close()
-    for pos, val in zip(curve.positions_um, curve.values):
+    for pos, val in zip(curve.positions_um, curve.metric_values):
         print(f"  {pos:9.2f} um  {val:.6g}")
     print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})"
           + ("  WARNING: peak at the edge of the range; widen it" if curve.peak_at_edge else ""))
