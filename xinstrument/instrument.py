@@ -660,6 +660,18 @@ class Instrument:
         out["references"] = dict(dark=self.dark is not None, flat=self.flat is not None)
         out["profile"] = self.profile.name if self.profile is not None else None
         out["restoration_method"] = self.restoration_method
+        r = self._restorers.get((self.restoration_method, out["profile"]))
+        if r is not None:
+            out["restoration_fps"] = float(getattr(r, "frames_per_second", 0.0) or 0.0)
+            out["restoration_latency_s"] = float(getattr(r, "latency_s", 0.0) or 0.0)
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                st = self.pipeline.stats()
+                out["stream"] = dict(running=self.pipeline.running,
+                                     camera_dropped=st.camera_dropped,
+                                     stages={k: dict(out=v.frames_out, dropped=v.dropped,
+                                                     fps=v.frames_per_s)
+                                             for k, v in st.stages.items()})
         return out
 
 
