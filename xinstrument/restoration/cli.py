@@ -106,7 +106,7 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
                         f"available: {', '.join(usable)}")
     with ScanReader(in_path) as reader:
         meta = dict(reader.metadata)
-        n_proj = int(len(reader._indices(0)))
+        n_proj = int(np.count_nonzero(reader.frame_metadata["image_key"] == 0))
         if n_proj == 0:
             raise UserError(f"{in_path}: no projections to restore")
         px = reader.pixel_size_um
@@ -197,11 +197,11 @@ def train_profile(profile: Any, method: str, *, steps: int, seed: int = 0,
     cpu0 = time.process_time()
     train_src = pooled_source(source, pool_images, pool_px, seed)
     val_src = pooled_source(source, max(4, pool_images // 8), pool_px, seed + 1)
-    settings = dict(method=method, profile=profile.name, bench=bench, steps=steps, seed=seed,
-                    patch_px=patch, batch=batch, lr=lr, base_channels=base_channels, depth=depth,
-                    hr_pool_images=pool_images, hr_pool_px=pool_px, val_patches=val_patches,
-                    sample_steps=sample_steps, optimizer="Adam",
-                    hr_source="xinstrument.sim.bench.hr_patches")
+    settings = {"method": method, "profile": profile.name, "bench": bench, "steps": steps,
+                "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
+                "base_channels": base_channels, "depth": depth, "hr_pool_images": pool_images,
+                "hr_pool_px": pool_px, "val_patches": val_patches, "sample_steps": sample_steps,
+                "optimizer": "Adam", "hr_source": "xinstrument.sim.bench.hr_patches"}
     try:
         result = train(method, profile, train_src, patch=patch, batch=batch, steps=steps, lr=lr,
                        seed=seed, device=device, val_source=val_src, val_patches=val_patches,
