@@ -35,20 +35,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xinstrument.calibration.psf import normalized_cross_correlation  # noqa: E402
-from xinstrument.cli import main as xinstrument_main  # noqa: E402
-from xinstrument.profiles import DetectorProfile  # noqa: E402
-from xinstrument.sim import Twin, lens_bench, panel_bench  # noqa: E402
-from xinstrument.storage import ScanWriter  # noqa: E402
+from xinstrument.calibration.psf import normalized_cross_correlation
+from xinstrument.cli import main as xinstrument_main
+from xinstrument.profiles import DetectorProfile
+from xinstrument.sim import Twin, lens_bench, panel_bench
+from xinstrument.storage import ScanReader, ScanWriter
 
 BENCHES = {
-    "sim-yag200-5x": dict(factory=lens_bench, exposure_s=1.0, detector_id="sim-lens-yag200-5x-na04",
-                          description="Simulated lens-coupled bench: YAG:Ce 200 um, 5x NA 0.4 objective, "
-                                      "pco.edge-class sCMOS (1.3 um pixels); reference YAG:Ce 20 um; "
-                                      "calibrated from twin acquisitions"),
-    "sim-gos134": dict(factory=panel_bench, exposure_s=0.05, detector_id="sim-panel-gos134-99um",
-                       description="Simulated CMOS panel: Gd2O2S:Tb 134.55 mg/cm2 on 99 um pixels; "
-                                   "reference Gd2O2S:Tb 33.91 mg/cm2; calibrated from twin acquisitions"),
+    "sim-yag200-5x": {
+        "factory": lens_bench, "exposure_s": 1.0, "detector_id": "sim-lens-yag200-5x-na04",
+        "description": "Simulated lens-coupled bench: YAG:Ce 200 um, 5x NA 0.4 objective, pco.edge-class "
+                       "sCMOS (1.3 um pixels); reference YAG:Ce 20 um; calibrated from twin acquisitions",
+    },
+    "sim-gos134": {
+        "factory": panel_bench, "exposure_s": 0.05, "detector_id": "sim-panel-gos134-99um",
+        "description": "Simulated CMOS panel: Gd2O2S:Tb 134.55 mg/cm2 on 99 um pixels; reference "
+                       "Gd2O2S:Tb 33.91 mg/cm2; calibrated from twin acquisitions",
+    },
 }
 # Frames per acquisition: averaging 32 edge frames brings the edge MTF noise at Nyquist to about
 # 0.01; 16 flats give the NNPS about 10^3 ROI spectra at 128 px.
@@ -67,8 +70,6 @@ def acquire(twin: Twin, which: str, sample: str, path: Path, exposure_s: float,
             "scintillator": f"{which} screen"}
     with ScanWriter(path, shape, "uint16", metadata=meta, swmr=False, compression="lzf",
                     overwrite=True) as w:
-        st = twin.fixed_state
-
         def put(n: int, key: int) -> None:
             for _ in range(n):
                 frame, m = twin.render(exposure_s, which=which)
@@ -81,7 +82,6 @@ def acquire(twin: Twin, which: str, sample: str, path: Path, exposure_s: float,
         put(N_FLAT, 1)
         twin.set_state(sample_in=True)
         put(N_EDGE if sample == "edge" else N_SCENE, 0)
-        assert st.xray_on
     return path
 
 
@@ -132,10 +132,8 @@ def calibrate(name: str, out: Path, sensor_px: int, seed: int, psf_source: str =
         + ([] if psf_source == "rl" else ["--no-store"]))
 
     # NNPS of the thick screen from its flats (the flats of the thick edge acquisition).
-    twin.set_state(xray_on=True, sample_in=False)
-    if cfg.kind == "lens":
-        twin.set_state(stage_um=twin.best_focus_um("thick", twin.fixed_state.voltage_kv))
-    with ScanReaderOf(files["thick", "edge"]) as r:
+    twin.set_state(xray_on=True, sample_in=False)     # dose model of the flat field
+    with ScanReader(files["thick", "edge"]) as r:
         flat_adu = float((r.flats.astype(float).mean(axis=0) - r.darks.astype(float).mean(axis=0)).mean())
     quanta = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())
     roi = min(128, sensor_px // 2)
@@ -146,20 +144,6 @@ def calibrate(name: str, out: Path, sensor_px: int, seed: int, psf_source: str =
     prof._ratio_psf = ratio_psf  # type: ignore[attr-defined]  # for the comparison only
     prof._rl_psf = np.load(rl_npy)  # type: ignore[attr-defined]
     return prof
-
-
-class ScanReaderOf:
-    """Context manager around ScanReader (imported lazily)."""
-
-    def __init__(self, path: Path) -> None:
-        from xinstrument.storage import ScanReader
-        self._r = ScanReader(path)
-
-    def __enter__(self):
-        return self._r
-
-    def __exit__(self, *exc) -> None:
-        self._r.close()
 
 
 def _mtf50(freq: np.ndarray, mtf: np.ndarray) -> float:
