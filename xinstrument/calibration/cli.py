@@ -444,7 +444,7 @@ def _cmd_ctf(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add ``calibrate`` with its four measurements to the ``xinstrument`` command."""
     p = sub.add_parser("calibrate", help="measure MTF, NNPS, CTF, PSF into a detector profile",
-                       description=__doc__.split("\n\n")[0])
+                       description="Detector characterisation (MTF, NNPS, CTF, PSF) into a profile folder.")
     csub = p.add_subparsers(dest="measurement", metavar="MEASUREMENT")
     csub.required = True
 
