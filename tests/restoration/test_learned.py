@@ -50,6 +50,20 @@ def test_cold_sampling_with_perfect_predictor_returns_x0(phys):
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
+def test_cold_sampling_removes_the_input_noise_with_a_perfect_predictor(phys):
+    # Noisy thick frame: the residual y - blur(x0) is noise, which must not reach the output.
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 48, 48, generator=g)
+    noise = 0.05 * torch.randn(2, 48, 48, generator=g)
+    y = phys.blur(x0) + noise
+
+    def oracle(x, t):
+        return x0[:, None]
+
+    out = cold_sample(oracle, y, phys.blur, steps=5)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
 def test_sde_transfer_and_noise_spectrum(phys):
     shape = (64, 64)
     ratio = phys.ratio_rfft(shape)

@@ -62,14 +62,22 @@ def regression_sample(model: Model, y: torch.Tensor) -> torch.Tensor:
 def cold_sample(model: Model, y: torch.Tensor, blur: Blur, steps: int) -> torch.Tensor:
     """Cold sampling (Bansal et al. 2023, alg. 2; paper 001 sec. 2.3):
     ``x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')`` with ``D(x, s) = (1 - s) x + s blur(x)``,
-    starting from the thick frame at s = 1."""
+    starting from the thick frame at s = 1.
+
+    The thick frame is noisy: training blends toward it (``x_s = (1 - s) x0 + s y``), so the
+    residual ``x_s - D(x0_hat, s)`` is ``s`` times the frame's noise. It is carried to the next
+    step scaled by ``s' / s``, as the forward process has it; carried unscaled (the formula for
+    noise-free blur) it would put the input's full noise, unblurred, into the result. For a
+    noise-free ``y`` both are the same update.
+    """
     grid = time_grid(steps, y.device)
     x = y
     n = y.shape[0]
     for s, s_next in pairwise(grid):
         x0 = model(x[:, None], _t(s, n))[:, 0]
         xb = blur(x0)
-        x = x - cold_degrade(x0, xb, s) + cold_degrade(x0, xb, s_next)
+        residual = x - cold_degrade(x0, xb, s)
+        x = cold_degrade(x0, xb, s_next) + (s_next / s) * residual
     return x
 
 
