@@ -128,24 +128,35 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
         writer = ScanWriter(out_path, reader.frame_shape, reader.dtype, metadata=meta,
                             restored=True, swmr=False, overwrite=overwrite)
         t0 = time.perf_counter()
-        k = 0
-        with writer:
-            for i, frame, md in reader.frames():
-                md.pop("image_key")
-                j = writer.append(frame, image_key=int(fmeta["image_key"][i]), **md)
-                if fmeta["image_key"][i] != 0:
-                    continue
-                try:
-                    out = restorer.restore(frames[k])
-                except (ValueError, FloatingPointError) as exc:
-                    raise UserError(f"frame {i}: {exc}") from None
-                writer.append_restored(out, source_index=j, method=method, profile=profile.name)
-                k += 1
-                if progress is not None:
-                    progress(k, n_proj)
+        try:
+            _copy_and_restore(reader, writer, frames, restorer, method, profile.name, fmeta,
+                              n_proj, progress)
+        except BaseException:
+            writer.close(complete=False, reason="restoration failed")
+            out_path.unlink(missing_ok=True)   # no half-restored file is left behind
+            raise
+        writer.close()
         seconds = time.perf_counter() - t0
     return {"frames": n_proj, "seconds": seconds, "input": how, "device": str(restorer.device),
             "frames_per_second": restorer.frames_per_second, "fallbacks": list(restorer.fallbacks)}
+
+
+def _copy_and_restore(reader, writer, frames, restorer, method, profile_name, fmeta, n_proj,
+                      progress) -> None:
+    k = 0
+    for i, frame, md in reader.frames():
+        md.pop("image_key")
+        j = writer.append(frame, image_key=int(fmeta["image_key"][i]), **md)
+        if fmeta["image_key"][i] != 0:
+            continue
+        try:
+            out = restorer.restore(frames[k])
+        except (ValueError, FloatingPointError) as exc:
+            raise UserError(f"frame {i}: {exc}") from None
+        writer.append_restored(out, source_index=j, method=method, profile=profile_name)
+        k += 1
+        if progress is not None:
+            progress(k, n_proj)
 
 
 def _cmd_restore(a: argparse.Namespace) -> int:
