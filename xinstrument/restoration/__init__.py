@@ -31,7 +31,7 @@ from .stage import (
     available_methods,
     tiled_apply,
 )
-from .training import TrainResult, crop_source, train
+from .training import TrainResult, crop_source, pooled_source, train
 
 __all__ = [
     "CLASSICAL_METHODS",
@@ -51,6 +51,7 @@ __all__ = [
     "make_restore_fn",
     "mtf_ratio_inverse",
     "pack_weights",
+    "pooled_source",
     "power_law_signal_fit",
     "psnr",
     "radial_psd",

@@ -213,7 +213,7 @@ class Restorer:
         if self.method not in weights:
             raise ValueError(
                 f"profile {getattr(self.profile, 'name', '?')!r} has no weights for {self.method!r}"
-                f" (has {sorted(weights) or 'none'}); train them with scripts/train_profile_weights.py"
+                f" (has {sorted(weights) or 'none'}); train them with `xinstrument train`"
             )
         from .networks import unet_from_weights
         from .samplers import make_restore_fn
