@@ -61,7 +61,7 @@ def epics_ports() -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def epics(epics_ports):
-    import epics as pyepics   # after the ports and loopback variables are in place
+    import epics as pyepics  # after the ports and loopback variables are in place
     return pyepics
 
 
