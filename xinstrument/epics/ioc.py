@@ -357,6 +357,28 @@ class InstrumentIOC:
         self.image = builder.WaveformIn(n("CAM:Image"), length=rows * cols, datatype=np.float32)
         self.corrected_rbv = builder.boolIn(n("CAM:Corrected_RBV"), ZNAM="Raw",
                                             ONAM="Corrected")
+        self.take_darks = self._out("boolOut", "CAM:TakeDarks", ZNAM="Done", ONAM="Busy",
+                                    initial_value=0, blocking=True, always_update=True)
+        self.take_flats = self._out("boolOut", "CAM:TakeFlats", ZNAM="Done", ONAM="Busy",
+                                    initial_value=0, blocking=True, always_update=True)
+        self.references_rbv = builder.mbbIn(n("CAM:References_RBV"), "None", "Dark", "Flat",
+                                            "Dark+Flat")
+
+        def reference(kind, record):
+            fn = inst.take_darks if kind == "dark" else inst.take_flats
+
+            async def on(v):
+                if not v:
+                    return
+                self.det_state.set(DETECTOR_STATES.index("Acquire"))
+                await self._action(f"{kind} reference", lambda _: fn(
+                    int(self.num_average.get())), None, None, self.poll_once)(v)
+                self.det_state.set(DETECTOR_STATES.index("Idle"))
+                record.set(0, process=False)
+            return on
+
+        self._bind(self.take_darks, reference("dark", self.take_darks))
+        self._bind(self.take_flats, reference("flat", self.take_flats))
 
         def copy(src, dst):
             async def on(v):
@@ -436,21 +458,6 @@ class InstrumentIOC:
                                          initial_value=0)
         self._bind(self.focus_start, self._on_focus_scan)
         self._bind(self.scan_abort, self._on_abort)
-        self.tomo = None
-        try:
-            from ..scans import tomosynthesis  # noqa: F401
-        except ImportError:
-            return
-        self.tomo = {
-            "start": self._out("boolOut", "SCAN:TomoStart", ZNAM="Done", ONAM="Scanning",
-                                  initial_value=0, blocking=True, always_update=True),
-            "arc": self._out("aOut", "SCAN:TomoArc", initial_value=30.0, EGU="deg", PREC=2,
-                             DRVL=0.0, DRVH=360.0, validate=lambda r, v: v > 0),
-            "angles": self._out("longOut", "SCAN:TomoNumAngles", initial_value=11, DRVL=2,
-                                   DRVH=10_000),
-            "progress": builder.aIn(n("SCAN:TomoProgress_RBV"), EGU="%", PREC=1, LOPR=0,
-                                 HOPR=100)}
-        self._bind(self.tomo["start"], self._on_tomo)
 
     # --- actions -------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -610,30 +617,6 @@ class InstrumentIOC:
             rec["dmov"].set(1)
             self.focus_start.set(0, process=False)
 
-    async def _on_tomo(self, value):
-        if not value or self.tomo is None:
-            return
-        from ..scans import tomosynthesis
-        t = self.tomo
-
-        def progress(kind, payload):
-            if kind == "progress" and isinstance(payload, tuple) and len(payload) == 2 \
-                    and str(payload[0]).startswith("tomo"):
-                t["progress"].set(100.0 * float(payload[1]))
-
-        unsubscribe = self.inst.subscribe(progress)
-        t["progress"].set(0.0)
-        try:
-            await self._run(tomosynthesis, self.inst, float(t["arc"].get()),
-                            int(t["angles"].get()))
-            t["progress"].set(100.0)
-            self._message("tomosynthesis scan finished")
-        except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-            self._message(f"tomosynthesis scan failed: {exc}", error=True)
-        finally:
-            unsubscribe()
-            t["start"].set(0, process=False)
-
     async def _on_abort(self, value):
         self._acq_stop.set()
         await self._run(self.inst.abort)
@@ -681,6 +664,8 @@ class InstrumentIOC:
             with contextlib.suppress(Exception):
                 on = bool(self.inst.rotation_axis.on_target)
             self._poll_axis("rotation", snap.get("rotation_deg"), on)
+        refs = snap.get("references", {})
+        self.references_rbv.set(int(bool(refs.get("dark"))) + 2 * int(bool(refs.get("flat"))))
         cam = snap.get("camera")
         if cam is None:
             self.det_state.set(DETECTOR_STATES.index("Disconnected"),
