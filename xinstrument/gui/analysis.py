@@ -1,0 +1,325 @@
+"""Restoration panel (profile, method, steps, device, speed, before/after) and calibration panel
+(MTF from an edge ROI drawn on the image: thin vs thick vs restored; NNPS from flat frames)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+)
+
+from .panels import Panel
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pixel_size_um(instrument) -> float:
+    """Pixel pitch at the scintillator: the profile's, else the camera's."""
+    prof = instrument.profile
+    if prof is not None and getattr(prof, "pixel_size_um", None):
+        return float(prof.pixel_size_um)
+    return float(instrument.camera.pixel_size_um)
+
+
+COLOURS = {"thick (measured)": "c", "restored": "y", "thin (twin truth)": "m"}
+
+
+class RestorationPanel(Panel):
+    def __init__(self, bridge, image_panel, parent=None) -> None:
+        super().__init__(bridge, parent)
+        from ..profiles import list_profiles
+        self.image_panel = image_panel
+        self.profile = QComboBox()
+        self.profile.addItems(list_profiles())
+        cfg_profile = self.instrument.config.restoration.profile
+        if cfg_profile and self.profile.findText(cfg_profile) >= 0:
+            self.profile.setCurrentText(cfg_profile)
+        self.load_btn = QPushButton("Load profile")
+        self.load_btn.clicked.connect(self.load_profile)
+        self.method = QComboBox()
+        self.method.activated.connect(lambda _i: self.apply_method())
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 1000)
+        self.steps.setSpecialValueText("method default")
+        self.steps.setToolTip("Sampler steps (diffusion methods) or iterations (Richardson-Lucy)")
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.preview_btn = QPushButton("Restore last frame (before / after)")
+        self.preview_btn.clicked.connect(self.preview)
+        self.speed = QLabel("speed: -")
+        self.live_speed = QLabel("live stream: -")
+        self.quality = QLabel("")
+        self.profile_info = QLabel("no profile loaded")
+        self.profile_info.setWordWrap(True)
+        self.before = pg.ImageView()
+        self.after = pg.ImageView()
+        for v, t in ((self.before, "before"), (self.after, "after")):
+            v.ui.roiBtn.hide()
+            v.ui.menuBtn.hide()
+            v.getView().setAspectLocked(True)
+            v.setToolTip(t)
+        self.after.getView().setXLink(self.before.getView())
+        self.after.getView().setYLink(self.before.getView())
+        self._restorers: dict[tuple, object] = {}
+        self.last_result: np.ndarray | None = None
+
+        form = QFormLayout()
+        row = QHBoxLayout()
+        row.addWidget(self.profile, 1)
+        row.addWidget(self.load_btn)
+        form.addRow("profile", row)
+        form.addRow("", self.profile_info)
+        form.addRow("method", self.method)
+        form.addRow("steps", self.steps)
+        form.addRow("device", self.device)
+        split = QSplitter()
+        split.addWidget(self.before)
+        split.addWidget(self.after)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.preview_btn)
+        lay.addWidget(self.speed)
+        lay.addWidget(self.live_speed)
+        lay.addWidget(self.quality)
+        lay.addWidget(split, 1)
+        lay.addWidget(self.message)
+        if self.instrument.profile is not None:
+            self._loaded(self.instrument.profile)
+
+    def settings_fields(self):
+        return {"restore/profile": self.profile, "restore/steps": self.steps,
+                "restore/device": self.device}
+
+    def load_profile(self) -> None:
+        name = self.profile.currentText()
+        if not name:
+            self.say("no detector profiles found")
+            return
+        self.run(lambda: self.instrument.load_profile(name), self._loaded, "load profile",
+                 [self.load_btn])
+
+    def _loaded(self, profile) -> None:
+        from ..restoration import available_methods
+        methods = available_methods(profile)
+        self.method.clear()
+        self.method.addItems(methods)
+        current = self.instrument.restoration_method
+        if current in methods:
+            self.method.setCurrentText(current)
+        self.profile_info.setText(
+            f"{profile.name}: {getattr(profile, 'detector_id', '')}, pixel "
+            f"{getattr(profile, 'pixel_size_um', float('nan')):g} um; methods "
+            + ", ".join(methods))
+        self._restorers.clear()
+
+    def apply_method(self) -> None:
+        m = self.method.currentText()
+        self.run(lambda: self.instrument.set_restoration(m),
+                 lambda _: self.say(f"restoration method {m} (used by acquire and live view)",
+                                    error=False), "restoration method")
+
+    def _restorer(self):
+        from ..restoration import Restorer
+        method = self.method.currentText()
+        dev = self.device.currentText()
+        steps = self.steps.value() or None
+        key = (self.instrument.profile.name, method, dev, steps)
+        if key not in self._restorers:
+            self._restorers[key] = Restorer(self.instrument.profile, method,
+                                            device=None if dev == "auto" else dev, steps=steps)
+        return self._restorers[key]
+
+    def preview(self) -> None:
+        frame = self.image_panel.frame
+        if frame is None:
+            self.say("no frame yet: acquire a corrected frame first")
+            return
+        if self.instrument.profile is None:
+            self.say("load a profile first")
+            return
+        if not self.method.currentText():
+            self.say("no restoration method available with this profile")
+            return
+        data = np.asarray(frame.data, dtype=np.float32)
+        corrected = getattr(frame, "corrected", self.image_panel.stream_corrected)
+        if not corrected:
+            self.say("restoration works on flat-field corrected frames: take darks and flats "
+                     "and acquire with correction on")
+            return
+        twin = self.instrument.twin
+
+        def work():
+            r = self._restorer()
+            out = np.asarray(r.restore(data), dtype=np.float32)
+            truth = None
+            if twin is not None:
+                try:
+                    truth = twin.ground_truth()
+                except Exception:  # noqa: BLE001 - the truth is a bonus on the simulated bench
+                    truth = None
+            return out, r, truth
+
+        def done(res) -> None:
+            out, r, truth = res
+            self.last_result = out
+            self.before.setImage(data)
+            self.after.setImage(out)
+            self.speed.setText(f"{r.method} on {r.device}: latency {1e3 * r.latency_s:.1f} ms, "
+                               f"{r.frames_per_second:.1f} frames/s")
+            self.quality.setText(self._quality(data, out, truth))
+
+        self.run(work, done, "restore", [self.preview_btn])
+
+    @staticmethod
+    def _quality(before, after, truth) -> str:
+        if truth is None or truth.shape != before.shape:
+            return ""
+        from ..restoration import psnr, ssim
+        dr = float(truth.max() - truth.min()) or 1.0
+        return (f"against the twin's thin-screen truth: PSNR {psnr(before, truth, dr):.2f} -> "
+                f"{psnr(after, truth, dr):.2f} dB, SSIM {ssim(before, truth, dr):.3f} -> "
+                f"{ssim(after, truth, dr):.3f}")
+
+    def update_state(self, snap: dict) -> None:
+        fps = snap.get("restoration_fps")
+        if fps is not None and math.isfinite(fps) and fps > 0:
+            self.live_speed.setText(f"instrument restorer ({snap.get('restoration_method')}): "
+                                    f"{fps:.1f} frames/s, latency "
+                                    f"{1e3 * snap.get('restoration_latency_s', 0):.1f} ms")
+
+
+
+class CalibrationPanel(Panel):
+    def __init__(self, bridge, image_panel, parent=None) -> None:
+        super().__init__(bridge, parent)
+        self.image_panel = image_panel
+        self.mtf_btn = QPushButton("MTF from edge ROI")
+        self.mtf_btn.setToolTip("Draw the magenta edge ROI over a slanted edge on the image")
+        self.mtf_btn.clicked.connect(self.measure_mtf)
+        self.n_flats = QSpinBox()
+        self.n_flats.setRange(2, 200)
+        self.n_flats.setValue(4)
+        self.nnps_btn = QPushButton("NNPS from flats")
+        self.nnps_btn.clicked.connect(self.measure_nnps)
+        self.mtf_plot = pg.PlotWidget()
+        self.mtf_plot.addLegend()
+        self.mtf_plot.setLabel("bottom", "spatial frequency", units="cy/mm")
+        self.mtf_plot.setLabel("left", "MTF")
+        self.nnps_plot = pg.PlotWidget()
+        self.nnps_plot.setLogMode(False, True)
+        self.nnps_plot.setLabel("bottom", "spatial frequency", units="cy/mm")
+        self.nnps_plot.setLabel("left", "NNPS (mm^2)")
+        self.mtf_text = QLabel("")
+        self.mtf_text.setWordWrap(True)
+        self.nnps_text = QLabel("")
+        self.mtf_results: dict = {}
+        self.nnps_result = None
+        row = QHBoxLayout()
+        row.addWidget(self.mtf_btn)
+        row.addWidget(QLabel("flats"))
+        row.addWidget(self.n_flats)
+        row.addWidget(self.nnps_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.mtf_plot, 1)
+        lay.addWidget(self.mtf_text)
+        lay.addWidget(self.nnps_plot, 1)
+        lay.addWidget(self.nnps_text)
+        lay.addWidget(self.message)
+
+    def settings_fields(self):
+        return {"calib/n_flats": self.n_flats}
+
+    def measure_mtf(self) -> None:
+        from ..calibration.mtf import slanted_edge_mtf
+        panel = self.image_panel
+        if panel.frame is None:
+            self.say("no frame yet: acquire an image of a slanted edge first")
+            return
+        panel.edge_box.setChecked(True)
+        rois = {"thick (measured)": panel.edge_region("frame")}
+        if panel.image("restored") is not None:
+            rois["restored"] = panel.edge_region("restored")
+        if any(r is None or min(r.shape) < 16 for r in rois.values()):
+            self.say("edge ROI too small: make it at least 16 x 16 px over the edge")
+            return
+        px = pixel_size_um(self.instrument)
+        twin = self.instrument.twin
+        rs, cs = panel.roi_region(panel.edge_roi, panel.image("frame"))
+        corrected = getattr(panel.frame, "corrected", panel.stream_corrected)
+
+        def work():
+            images = dict(rois)
+            if twin is not None and corrected:
+                truth = twin.ground_truth()
+                if truth.shape == panel.image("frame").shape:
+                    images["thin (twin truth)"] = truth[rs, cs]
+            out, errors = {}, []
+            for name, img in images.items():
+                try:
+                    out[name] = slanted_edge_mtf(np.asarray(img, dtype=np.float64), px)
+                except ValueError as exc:
+                    errors.append(f"{name}: {exc}")
+            if not out:
+                raise ValueError("; ".join(errors))
+            return out, errors
+
+        self.run(work, self._mtf_done, "MTF", [self.mtf_btn])
+
+    def _mtf_done(self, res) -> None:
+        out, errors = res
+        self.mtf_results = out
+        self.mtf_plot.clear()
+        lines = []
+        for name, r in out.items():
+            self.mtf_plot.plot(r.frequency_cy_per_mm, r.mtf, pen=pg.mkPen(COLOURS[name],
+                                                                           width=2), name=name)
+            m50 = f"{r.mtf50_cy_per_mm:.1f}" if r.mtf50_cy_per_mm is not None else "n/a"
+            lines.append(f"{name}: MTF50 {m50} cy/mm (edge {r.edge_angle_deg:.1f} deg)")
+            lines.extend(f"  warning: {w}" for w in r.warnings)
+        lines.extend(f"not measured: {e}" for e in errors)
+        self.mtf_text.setText("\n".join(lines))
+
+    def measure_nnps(self) -> None:
+        from ..calibration.nnps import nnps
+        inst = self.instrument
+        n = self.n_flats.value()
+        if inst.dark is None:
+            self.say("NNPS needs a dark reference: take darks first")
+            return
+        px = pixel_size_um(inst)
+
+        def work():
+            try:
+                inst.set_sample_in(False)
+                moved = True
+            except Exception:  # noqa: BLE001 - no sample stage: the operator removes the sample
+                moved = False
+            try:
+                frames = [inst.acquire(1, correct=False).data for _ in range(n)]
+            finally:
+                if moved:
+                    inst.set_sample_in(True)
+            size = min(256, min(frames[0].shape) // 2)
+            size -= size % 2
+            return nnps(np.stack(frames), px, roi_size_px=max(16, size), dark=inst.dark)
+
+        self.run(work, self._nnps_done, "NNPS", [self.nnps_btn])
+
+    def _nnps_done(self, r) -> None:
+        self.nnps_result = r
+        self.nnps_plot.clear()
+        f, v = np.asarray(r.frequency_cy_per_mm), np.asarray(r.nnps_mm2)
+        ok = v > 0
+        self.nnps_plot.plot(f[ok], v[ok], pen=pg.mkPen("c", width=2))
+        self.nnps_text.setText(f"NNPS from {r.n_rois} ROIs of {r.roi_size_px} px, mean signal "
+                               f"{r.mean_signal:.1f} ADU")
