@@ -17,6 +17,7 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
+from .imageview import make_image_view
 from .panels import Panel
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,13 +61,10 @@ class RestorationPanel(Panel):
         self.quality = QLabel("")
         self.profile_info = QLabel("no profile loaded")
         self.profile_info.setWordWrap(True)
-        self.before = pg.ImageView()
-        self.after = pg.ImageView()
-        for v, t in ((self.before, "before"), (self.after, "after")):
-            v.ui.roiBtn.hide()
-            v.ui.menuBtn.hide()
-            v.getView().setAspectLocked(True)
-            v.setToolTip(t)
+        self.before = make_image_view()
+        self.after = make_image_view()
+        self.before.getView().setTitle("before")
+        self.after.getView().setTitle("after")
         self.after.getView().setXLink(self.before.getView())
         self.after.getView().setYLink(self.before.getView())
         self._restorers: dict[tuple, object] = {}

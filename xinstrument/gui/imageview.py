@@ -5,6 +5,7 @@ are skipped, never queued, so the display cannot slow acquisition down.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -23,6 +24,41 @@ from PyQt6.QtWidgets import (
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 MODES = ("frame", "restored", "side by side")
+
+
+_view_count = itertools.count()
+
+
+def make_image_view() -> pg.ImageView:
+    """An ImageView (histogram/LUT, zoom) on a PlotItem with axes, registered under a unique
+    name; :func:`release_views` must run before its window is destroyed."""
+    view = pg.ImageView(view=pg.PlotItem(), name=f"xinstrument-image-{next(_view_count)}")
+    view.ui.roiBtn.hide()
+    view.ui.menuBtn.hide()
+    view.getView().setAspectLocked(True)
+    return view
+
+
+def release_views(root: QWidget) -> None:
+    """Unregister the named pyqtgraph views inside ``root`` before it is destroyed.
+
+    pyqtgraph links named views through a class-wide registry and refreshes every registered
+    view when one is destroyed; during a window's teardown that would touch views that are
+    half-destroyed already. Unregistering them first keeps the teardown orderly."""
+    for vb in list(pg.ViewBox.AllViews.keys()):
+        try:
+            widget = vb.getViewWidget()
+        except RuntimeError:
+            widget = None
+        if widget is None or not (widget is root or root.isAncestorOf(widget)):
+            continue
+        try:
+            vb.destroyed.disconnect()
+        except (TypeError, RuntimeError):
+            pass
+        pg.ViewBox.AllViews.pop(vb, None)
+        if vb.name is not None and pg.ViewBox.NamedViews.get(vb.name) is vb:
+            pg.ViewBox.NamedViews.pop(vb.name, None)
 
 
 def _roi_stats(img: np.ndarray) -> str:
@@ -67,11 +103,8 @@ class LiveImagePanel(QWidget):
         self.views: dict[str, pg.ImageView] = {}
         splitter = QSplitter()
         for name in ("frame", "restored"):
-            view = pg.ImageView(view=pg.PlotItem())
-            view.ui.roiBtn.hide()
-            view.ui.menuBtn.hide()
+            view = make_image_view()
             view.getView().setTitle(name)
-            view.getView().setAspectLocked(True)
             self.views[name] = view
             splitter.addWidget(view)
 

@@ -27,7 +27,7 @@ from PyQt6.QtWidgets import (
 from .acquisition import AcquisitionPanel, FocusPanel
 from .analysis import CalibrationPanel, RestorationPanel
 from .bridge import InstrumentBridge
-from .imageview import LiveImagePanel
+from .imageview import LiveImagePanel, release_views
 from .panels import LogPanel, SourcePanel, StagePanel
 
 XRAY_OFF_KEYS = ("F12", "Ctrl+Shift+X")
@@ -282,4 +282,5 @@ class MainWindow(QMainWindow):
         except Exception as exc:  # noqa: BLE001
             self.log.add(f"X-rays off not confirmed on close: {exc}", error=True)
         self.bridge.close()
+        release_views(self)
         super().closeEvent(event)
