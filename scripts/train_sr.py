@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xinstrument.profiles import find_profile  # noqa: E402
-from xinstrument.restoration.superres import sr_method, train_sr, twin_hr_source  # noqa: E402
-from xinstrument.restoration.training import crop_source, pooled_source  # noqa: E402
+from xinstrument.profiles import find_profile
+from xinstrument.restoration.superres import sr_method, train_sr, twin_hr_source
+from xinstrument.restoration.training import crop_source, pooled_source
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,7 @@ def gaussian_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
         raise ValueError(f"sigma_px must be finite and >= 0, got {sigma_px!r}")
     if sigma_px == 0:
         return x.clone()
-    r = max(1, int(math.ceil(_TRUNCATE_SIGMA * sigma_px)))
+    r = max(1, math.ceil(_TRUNCATE_SIGMA * sigma_px))
     r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
     t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
     k = torch.exp(-0.5 * (t / sigma_px) ** 2)
@@ -147,7 +148,7 @@ def background_noise_sigma(region: Any, bins: int = 64) -> float:
     coef, *_ = np.linalg.lstsq(design, a.ravel(), rcond=None)
     res = a.ravel() - design @ coef
     mad = 1.4826 * np.median(np.abs(res - np.median(res)))
-    if not mad > 0:
+    if not mad > 1e-9 * max(1.0, float(np.abs(a).mean())):
         raise ValueError("background region has no noise spread (constant values)")
     lim = 5 * mad
     hist, edges = np.histogram(res, bins=bins, range=(-lim, lim))
@@ -157,7 +158,9 @@ def background_noise_sigma(region: Any, bins: int = 64) -> float:
         return amp * np.exp(-0.5 * ((v - mu) / s) ** 2)
 
     try:
-        popt, _ = curve_fit(gauss, centres, hist, p0=(hist.max(), 0.0, mad), maxfev=2000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # covariance warnings: only the estimate is used
+            popt, _ = curve_fit(gauss, centres, hist, p0=(hist.max(), 0.0, mad), maxfev=2000)
         sigma = abs(float(popt[2]))
     except RuntimeError:
         sigma = float(mad)
@@ -250,10 +253,10 @@ class SRNet(nn.Module):
             raise ValueError(f"SRNet needs channels and layers >= 1, got {channels}, {layers}")
         self.factor = int(factor)
         self.config = {"factor": self.factor, "channels": int(channels), "layers": int(layers)}
-        conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")  # noqa: E731
+        conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
         self.stem = conv(1, channels)
         self.body = nn.Sequential(*[m for _ in range(layers) for m in (conv(channels, channels), nn.ReLU())])
-        stages = int(round(math.log2(self.factor)))
+        stages = round(math.log2(self.factor))
         self.up = nn.Sequential(*[m for _ in range(stages) for m in (
             nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.ReLU())])
         self.head = conv(channels, 1)
@@ -263,7 +266,7 @@ class SRNet(nn.Module):
     @property
     def receptive_radius_lr_px(self) -> int:
         """Half-width of the receptive field on the LR grid (for tile overlaps)."""
-        return 2 + self.config["layers"] + 2 * int(round(math.log2(self.factor)))
+        return 2 + self.config["layers"] + 2 * round(math.log2(self.factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
@@ -615,56 +618,65 @@ class BarGroupResult:
 
 
 def count_bars(profile: np.ndarray, period_px: float, expected: int,
-               min_prominence: float = 0.25) -> tuple[int, int, bool]:
+               min_relative_prominence: float = 0.5) -> tuple[int, int, bool]:
     """Count dark bars (transmission minima) across a bar-group profile.
 
-    Minima at least 0.6 period apart with a prominence of at least ``min_prominence`` of the
-    profile's peak-to-peak range are bars; bright maxima are counted between the first and last
-    bar. Returns ``(bars, gaps, ok)`` where ``ok`` means exactly ``expected`` bars, ``expected -
-    1`` gaps, and bar spacings within 25 % of the period: no bar missing, merged or invented.
+    Extrema at least 0.6 period apart are candidates; a minimum is a bar, and a maximum between
+    the first and last bar a gap, when its prominence (depth below / height above its
+    surroundings within +-1 period, ``scipy.signal.find_peaks``) is at least ``min_relative_prominence`` of the
+    deepest minimum's prominence: wiggles much weaker than the strongest bar are not bars, and
+    invented bars as strong as real ones are counted. Returns ``(bars, gaps, ok)``; ``ok`` means
+    exactly ``expected`` bars, ``expected - 1`` gaps and bar spacings within 25 % of the period:
+    no bar missing, merged or invented.
     """
     p = np.asarray(profile, dtype=np.float64)
     if p.ndim != 1 or p.size < 3:
         raise ValueError(f"profile must be 1-D with >= 3 samples, got shape {p.shape}")
-    span = float(p.max() - p.min())
-    if span <= 0:
-        return 0, 0, False
+    if not (isinstance(expected, (int, np.integer)) and expected >= 1):
+        raise ValueError(f"expected bar count must be an integer >= 1, got {expected!r}")
     dist = max(1, int(0.6 * period_px))
-    lows, _ = find_peaks(-p, distance=dist, prominence=min_prominence * span)
-    if lows.size == 0:
+    # prominence within +-1 period: a bar's depth against its own gaps, not the group's mean dip
+    wlen = 2 * math.ceil(period_px) + 1
+    with warnings.catch_warnings():     # flat stretches give zero-prominence candidates
+        warnings.simplefilter("ignore")
+        lows, low_props = find_peaks(-p, distance=dist, prominence=0.0, wlen=wlen)
+        highs, high_props = find_peaks(p, distance=dist, prominence=0.0, wlen=wlen)
+    if lows.size == 0 or not low_props["prominences"].max() > 0:
         return 0, 0, False
-    highs, _ = find_peaks(p, distance=dist, prominence=min_prominence * span)
+    threshold = min_relative_prominence * float(low_props["prominences"].max())
+    lows = lows[low_props["prominences"] >= threshold]
+    highs = highs[high_props["prominences"] >= threshold]
     gaps = int(((highs > lows[0]) & (highs < lows[-1])).sum())
-    spacing_ok = bool(np.all(np.abs(np.diff(lows) - period_px) <= 0.25 * period_px)) if lows.size > 1 else True
+    spacing_ok = bool(np.all(np.abs(np.diff(lows) - period_px) <= 0.25 * period_px))
     ok = lows.size == expected and gaps == expected - 1 and spacing_ok
     return int(lows.size), gaps, bool(ok)
 
 
 def bar_group_profile(image: np.ndarray, group: dict, pixel_mm: float,
-                      half_width_bars: float = 4.0, along_fraction: float = 0.6) -> np.ndarray:
+                      half_width_bars: float = 5.5, along_fraction: float = 0.6) -> np.ndarray:
     """Profile across a chart group (``xinstrument.sim.samples.chart_groups`` entry) in an image
     whose pixel centres are at x = (c + 0.5 - cols/2) * pixel_mm (a centred twin grid).
 
     Averaged over the central ``along_fraction`` of the bar length; ``half_width_bars`` bar widths
-    either side of the group centre (3 bars span 2.5 widths; the rest is background where an
-    invented bar would show).
+    either side of the group centre (3 bars span 2.5 widths; the default 5.5 leaves room for one
+    invented bar one period beyond each end of the group, with background around it).
     """
     img = np.asarray(image, dtype=np.float64)
     rows, cols = img.shape
     w = group["width_mm"]
-    to_col = lambda x: x / pixel_mm + cols / 2 - 0.5  # noqa: E731
-    to_row = lambda y: y / pixel_mm + rows / 2 - 0.5  # noqa: E731
+    to_col = lambda x: x / pixel_mm + cols / 2 - 0.5
+    to_row = lambda y: y / pixel_mm + rows / 2 - 0.5
     across = half_width_bars * w
     along = 0.5 * along_fraction * group["length_mm"]
     if group["orientation"] == "vertical":    # bars run along y; profile along x
         c0, c1 = to_col(group["cx"] - across), to_col(group["cx"] + across)
         r0, r1 = to_row(group["cy"] - along), to_row(group["cy"] + along)
-        roi = img[int(round(r0)):int(round(r1)) + 1, int(math.ceil(c0)):int(math.floor(c1)) + 1]
+        roi = img[round(r0):round(r1) + 1, math.ceil(c0):math.floor(c1) + 1]
         prof = roi.mean(axis=0)
     else:
         r0, r1 = to_row(group["cy"] - across), to_row(group["cy"] + across)
         c0, c1 = to_col(group["cx"] - along), to_col(group["cx"] + along)
-        roi = img[int(math.ceil(r0)):int(math.floor(r1)) + 1, int(round(c0)):int(round(c1)) + 1]
+        roi = img[math.ceil(r0):math.floor(r1) + 1, round(c0):round(c1) + 1]
         prof = roi.mean(axis=1)
     if roi.size == 0 or prof.size < 3:
         raise ValueError(f"bar group {group['width_um']} um {group['orientation']} lies outside the image")
@@ -680,10 +692,12 @@ def measure_bar_group(image: np.ndarray, group: dict, pixel_mm: float,
 
     period_px = 2 * group["width_mm"] / pixel_mm
     prof = bar_group_profile(image, group, pixel_mm)
+    # contrast over the group's own extent (n bars + n - 1 gaps); the count also sees the margins
+    inner = bar_group_profile(image, group, pixel_mm, half_width_bars=n_bars - 0.5)
     contrast = ctf = None
     note = ""
     try:
-        contrast = michelson_contrast(prof, period_px, name=f"{group['width_um']:g} um group")
+        contrast = michelson_contrast(inner, period_px, name=f"{group['width_um']:g} um group")
     except ValueError as exc:
         note = str(exc)
     if contrast is not None:
