@@ -19,7 +19,7 @@ def test_references_acquire_and_image_tools(qtbot, window):
     # ROI statistics, line profile and pixel readout follow the frame
     rs, cs = w.image.roi_region(w.image.stats_roi, f.data)
     assert f"mean {f.data[rs, cs].mean():.4g}" in w.image.stats_label.text()
-    x, y = w.image.profile_curve.getData()
+    _x, y = w.image.profile_curve.getData()
     assert len(y) > 50 and np.all(np.isfinite(y))
     from PyQt6.QtCore import QPointF
     w.image.show_pixel(QPointF(10.5, 20.5))
@@ -94,7 +94,7 @@ def test_focus_scan_plots_the_curve_and_moves_to_best(qtbot, window):
     fp.metric.setCurrentText("hf_energy")
     fp.run_btn.click()
     qtbot.waitUntil(lambda: fp.curve is not None, timeout=60000)
-    x, y = fp.points.getData()
+    x, _y = fp.points.getData()
     assert len(x) == len(fp.curve.positions_um) == 9
     assert fp.best_line.isVisible()
     assert fp.best_line.value() == fp.curve.best_position_um

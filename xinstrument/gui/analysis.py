@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
+from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -171,11 +172,21 @@ class RestorationPanel(Panel):
             self.last_result = out
             self.before.setImage(data)
             self.after.setImage(out)
+            QTimer.singleShot(0, self._fit_views)
             self.speed.setText(f"{r.method} on {r.device}: latency {1e3 * r.latency_s:.1f} ms, "
                                f"{r.frames_per_second:.1f} frames/s")
             self.quality.setText(self._quality(data, out, truth))
 
         self.run(work, done, "restore", [self.preview_btn])
+
+    def _fit_views(self) -> None:
+        for v in (self.before, self.after):
+            if v.getImageItem().image is not None:
+                v.autoRange()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        QTimer.singleShot(0, self._fit_views)
 
     @staticmethod
     def _quality(before, after, truth) -> str:
@@ -279,7 +290,8 @@ class CalibrationPanel(Panel):
         self.mtf_plot.clear()
         lines = []
         for name, r in out.items():
-            self.mtf_plot.plot(r.frequency_cy_per_mm, r.mtf, pen=pg.mkPen(COLOURS[name],
+            upto = np.asarray(r.frequency_cy_per_px) <= 0.5      # up to the sampling Nyquist
+            self.mtf_plot.plot(r.frequency_cy_per_mm[upto], r.mtf[upto], pen=pg.mkPen(COLOURS[name],
                                                                            width=2), name=name)
             m50 = f"{r.mtf50_cy_per_mm:.1f}" if r.mtf50_cy_per_mm is not None else "n/a"
             lines.append(f"{name}: MTF50 {m50} cy/mm (edge {r.edge_angle_deg:.1f} deg)")

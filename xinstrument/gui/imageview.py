@@ -101,7 +101,7 @@ class LiveImagePanel(QWidget):
         self.rate_label = QLabel("display 0.0 fps")
 
         self.views: dict[str, pg.ImageView] = {}
-        splitter = QSplitter()
+        self.splitter = splitter = QSplitter()
         for name in ("frame", "restored"):
             view = make_image_view()
             view.getView().setTitle(name)
@@ -218,6 +218,16 @@ class LiveImagePanel(QWidget):
     def _apply_mode(self, mode: str) -> None:
         self.views["frame"].setVisible(mode in ("frame", "side by side"))
         self.views["restored"].setVisible(mode in ("restored", "side by side"))
+        if mode == "side by side":
+            half = max(1, sum(self.splitter.sizes()) // 2)
+            self.splitter.setSizes([half, half])
+        # fit the images to the new view sizes once the layout has settled
+        QTimer.singleShot(0, self.auto_range)
+
+    def auto_range(self) -> None:
+        for view in self.views.values():
+            if view.isVisible() and view.getImageItem().image is not None:
+                view.autoRange()
 
     # --- tools ---------------------------------------------------------------------------------
     def image(self, which: str = "frame") -> np.ndarray | None:

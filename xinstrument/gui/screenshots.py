@@ -1,0 +1,167 @@
+"""Screenshots of the operator console on the simulated bench, for the documentation.
+
+    python -m xinstrument.gui.screenshots docs/screenshots [--sensor-px 256]
+
+Drives the window through its panels as an operator would (warm-up, X-rays on, references,
+a focus scan, restoration, an MTF on the slanted edge) and saves one PNG per state.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SHOTS = ("console-live.png", "console-focus-scan.png", "console-restoration.png",
+         "console-calibration.png")
+
+
+def _wait(app, cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        app.processEvents()
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"screenshots: {what} did not finish in {timeout_s} s")
+        time.sleep(0.01)
+    app.processEvents()
+
+
+def _settle(app, seconds: float = 0.4) -> None:
+    end = time.monotonic() + seconds
+    _wait(app, lambda: time.monotonic() > end, seconds + 1, "settle")
+
+
+def _save_small_png(image, path: Path) -> None:
+    """Save a window grab as a 256-colour PNG (median-cut palette, no dithering) when Pillow is
+    present, else as a full-colour PNG."""
+    from PyQt6.QtGui import QImage
+    try:
+        from PIL import Image
+    except ImportError:
+        image.save(str(path), "PNG")
+        return
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    w, h, stride = rgb.width(), rgb.height(), rgb.bytesPerLine()
+    raw = bytes(rgb.constBits().asarray(stride * h))
+    pil = Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", stride, 1)
+    pil.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
+
+
+def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = None) -> list[Path]:
+    """Run the console through a few states and save a screenshot of each; return the paths."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt6.QtCore import QSettings
+    from PyQt6.QtWidgets import QApplication
+
+    from ..config import InstrumentConfig
+    from ..instrument import Instrument
+    from .mainwindow import MainWindow
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    cfg = InstrumentConfig.simulated(sensor_px=sensor_px, sample="pcb", seed=3)
+    cfg.simulation.warmup_duration_s = 0.3
+    cfg.camera.exposure_s = 0.05
+    inst = Instrument(cfg).connect()
+    ini = settings_path or out_dir / ".screenshot-settings.ini"
+    settings = QSettings(str(ini), QSettings.Format.IniFormat)
+    saved: list[Path] = []
+    try:
+        w = MainWindow(inst, settings, poll_ms=200)
+        w.resize(1400, 880)
+        w.show()
+        emu = inst.tube_emulator
+
+        def shot(name: str) -> None:
+            _settle(app)
+            path = out_dir / name
+            _save_small_png(w.grab().toImage(), path)
+            saved.append(path)
+
+        w.source.warm_btn.click()
+        _wait(app, lambda: emu.state.name == "STANDBY" and w.source.warm_btn.isEnabled(), 20,
+              "warm-up")
+        w.source.kv.setValue(50)
+        w.source.ua.setValue(80)
+        w.source.apply_btn.click()
+        _wait(app, w.source.apply_btn.isEnabled, 10, "setpoints")
+        w.source.on_btn.click()
+        _wait(app, lambda: emu.xray_on and w.source.on_btn.isEnabled(), 10, "X-rays on")
+        a = w.acquisition
+        a.n_refs.setValue(5)
+        a.darks_btn.click()
+        _wait(app, lambda: inst.dark is not None and a.darks_btn.isEnabled(), 60, "darks")
+        a.flats_btn.click()
+        _wait(app, lambda: inst.corrector is not None and a.flats_btn.isEnabled(), 60, "flats")
+        a.n_average.setValue(4)
+        a.acquire_btn.click()
+        _wait(app, lambda: w.image.frames_shown >= 1 and a.acquire_btn.isEnabled(), 60,
+              "acquire")
+        w.tabs.setCurrentIndex(0)
+        shot(SHOTS[0])
+
+        fp = w.focus
+        fp.start.setValue(0)
+        fp.stop.setValue(400)
+        fp.step.setValue(25)
+        fp.frames.setValue(2)
+        w.tabs.setCurrentIndex(3)
+        fp.run_btn.click()
+        _wait(app, lambda: fp.curve is not None, 180, "focus scan")
+        fp.best_btn.click()
+        _wait(app, fp.best_btn.isEnabled, 20, "move to best")
+        shot(SHOTS[1])
+
+        r = w.restoration
+        r.load_btn.click()
+        _wait(app, lambda: r.method.count() > 0 and r.load_btn.isEnabled(), 60, "profile")
+        a.restore.setChecked(True)
+        w.image.mode.setCurrentText("side by side")
+        a.acquire_btn.click()
+        _wait(app, lambda: w.image.frame is not None and w.image.frame.restored is not None
+              and a.acquire_btn.isEnabled(), 120, "restored frame")
+        r.preview_btn.click()
+        _wait(app, lambda: r.last_result is not None and r.preview_btn.isEnabled(), 120,
+              "restoration preview")
+        w.tabs.setCurrentIndex(4)
+        shot(SHOTS[2])
+
+        a.restore.setChecked(False)
+        w.image.mode.setCurrentText("frame")
+        c = w.calibration
+        c.nnps_btn.click()
+        _wait(app, lambda: c.nnps_result is not None and c.nnps_btn.isEnabled(), 120, "NNPS")
+        a.sample.setCurrentText("edge")
+        _settle(app, 0.5)
+        n = w.image.frames_shown
+        a.acquire_btn.click()
+        _wait(app, lambda: w.image.frames_shown > n and a.acquire_btn.isEnabled(), 60,
+              "edge frame")
+        w.image.views["frame"].setLevels(0.0, 1.1)
+        c.mtf_btn.click()
+        _wait(app, lambda: bool(c.mtf_results) and c.mtf_btn.isEnabled(), 60, "MTF")
+        w.tabs.setCurrentIndex(5)
+        shot(SHOTS[3])
+        w.close()
+    finally:
+        inst.disconnect()
+        if settings_path is None:
+            ini.unlink(missing_ok=True)
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--sensor-px", type=int, default=256)
+    a = p.parse_args(argv)
+    for path in capture(a.out_dir, a.sensor_px):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
