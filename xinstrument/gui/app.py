@@ -1,6 +1,7 @@
 """Start the operator console on an instrument (simulated bench unless a config is given)."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from pathlib import Path
 def run_gui(config: Path | None = None, sensor_px: int = 512, argv: list[str] | None = None) -> int:
     """Connect the instrument, show the main window, and on exit switch X-rays off and
     disconnect. Returns the Qt exit code."""
+    from PyQt6.QtCore import QTimer
     from PyQt6.QtWidgets import QApplication
 
     from ..config import InstrumentConfig
@@ -24,6 +26,13 @@ def run_gui(config: Path | None = None, sensor_px: int = 512, argv: list[str] | 
     try:
         window = MainWindow(instrument)
         window.show()
+        # Ctrl-C / SIGTERM in the terminal close the window the normal way (acquisition
+        # stopped, X-rays off); the timer lets the interpreter run its signal handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: window.close())
+        tick = QTimer()
+        tick.timeout.connect(lambda: None)
+        tick.start(200)
         return int(app.exec())
     finally:
         instrument.disconnect()   # X-rays off first, then close the devices
