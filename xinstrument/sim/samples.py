@@ -274,6 +274,63 @@ def pcb(fov_mm: float, seed: int = 0, n_layers: int = 4) -> Sample:
                   uniform_mm={"fr4": BOARD_THICKNESS_MM})
 
 
+def pcb_layers(fov_mm: float, seed: int = 0, n_layers: int = 4, extent_mm: float | None = None,
+               balls: bool = True) -> Sample:
+    """Multilayer PCB for tomosynthesis: like :func:`pcb` (same feature sizes for the field),
+    but the copper of every layer, the vias and the BGA balls spread over a board region
+    ``extent_mm`` wide (default 3 fields), so that structure stays in view when an oblique tube
+    shifts the layers by up to a field width (tube-rotation tomosynthesis, shared/papers/003).
+    Every copper layer gets its own traces and pads, so the layers differ in-plane and each
+    can be scored against its own ground truth. Feature counts scale with the board area."""
+    rng = np.random.default_rng([seed, 7])
+    s = fov_mm / 2.5
+    s_feat = max(s, 0.15)
+    extent = float(extent_mm) if extent_mm is not None else 3.0 * fov_mm
+    if not extent >= fov_mm:
+        raise ValueError(f"extent_mm ({extent}) must be at least the field of view ({fov_mm})")
+    half = extent / 2
+    area = (extent / fov_mm) ** 2
+    heights = np.linspace(0.0, BOARD_THICKNESS_MM, n_layers)
+    layers = [Layer("copper", float(h), name=f"copper L{i + 1}") for i, h in enumerate(heights)]
+    max_width = min(0.200 * max(s, 1.0), fov_mm / 5)
+    for layer in layers:
+        for _ in range(int(rng.integers(10, 18) * area)):
+            width = float(np.exp(rng.uniform(np.log(0.010), np.log(max(max_width, 0.011)))))
+            x, y = rng.uniform(-half, half, 2)
+            for _seg in range(int(rng.integers(2, 5))):      # Manhattan / 45-degree routing
+                direction = rng.integers(0, 8) * np.pi / 4
+                length = rng.uniform(0.1, 0.8) * fov_mm
+                x1, y1 = x + length * np.cos(direction), y + length * np.sin(direction)
+                layer.shapes.append(Segment(x, y, x1, y1, width, COPPER_1OZ_MM))
+                x, y = x1, y1
+        for _ in range(int(rng.integers(2, 5) * area)):      # SMD / inner-layer pads
+            layer.shapes.append(Rect(*rng.uniform(-half, half, 2),
+                                     rng.uniform(0.15, 0.5) * s_feat,
+                                     rng.uniform(0.1, 0.3) * s_feat, COPPER_1OZ_MM,
+                                     float(rng.choice([0.0, 90.0]))))
+    vias = Layer("copper", BOARD_THICKNESS_MM / 2, name="via barrels")
+    for _ in range(int(rng.integers(4, 9) * area)):
+        cx, cy = rng.uniform(-half, half, 2)
+        drill = rng.uniform(0.1, 0.3) * s_feat
+        plating = min(0.025, drill / 4)                      # IPC class 2 barrel plating
+        vias.shapes.append(Disc(cx, cy, drill / 2 + plating, BOARD_THICKNESS_MM, inner=drill / 2))
+        layers[-1].shapes.append(Disc(cx, cy, drill / 2 + 0.1 * s_feat, COPPER_1OZ_MM,
+                                      inner=drill / 2))      # annular ring on the top layer
+    out = [*layers, vias]
+    if balls:
+        ball_layer = Layer("solder", BOARD_THICKNESS_MM + 0.2 * s_feat, name="BGA balls")
+        pitch = 0.5 * s_feat                                  # 0.5 mm pitch BGA at s = 1
+        ball_r = 0.15 * s_feat
+        bx0, by0 = rng.uniform(-half, half - 3 * pitch, 2)
+        for i in range(3):
+            for j in range(3):
+                ball_layer.shapes.append(Sphere(bx0 + i * pitch, by0 + j * pitch, ball_r))
+        out.append(ball_layer)
+    return Sample("pcb-layers", out,
+                  description=f"procedural {n_layers}-layer PCB over {extent:g} mm, seed {seed}",
+                  uniform_mm={"fr4": BOARD_THICKNESS_MM})
+
+
 CHART_LINE_WIDTHS_UM = (15.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0)
 CHART_ABSORBER_UM = 1.0  # tungsten absorber of micro-focus resolution charts (JIMA RT RC type)
 
@@ -348,7 +405,7 @@ def open_field() -> Sample:
 
 
 def make_sample(name: str, fov_mm: float, seed: int = 0) -> Sample:
-    """Sample by name: pcb, chart, edge, bars, open."""
+    """Sample by name: pcb, pcb-layers, chart, edge, bars, open."""
     if name == "pcb":
         return pcb(fov_mm, seed)
     if name == "chart":
@@ -359,4 +416,7 @@ def make_sample(name: str, fov_mm: float, seed: int = 0) -> Sample:
         return bar_pattern(fov_mm)
     if name == "open":
         return open_field()
-    raise ValueError(f"unknown sample {name!r}; choose pcb, chart, edge, bars or open")
+    if name == "pcb-layers":
+        return pcb_layers(fov_mm, seed)
+    raise ValueError(f"unknown sample {name!r}; choose pcb, pcb-layers, chart, edge, bars or "
+                     "open")
