@@ -626,7 +626,8 @@ def count_bars(profile: np.ndarray, period_px: float, expected: int,
     surroundings within +-1 period, ``scipy.signal.find_peaks``) is at least ``min_relative_prominence`` of the
     deepest minimum's prominence: wiggles much weaker than the strongest bar are not bars, and
     invented bars as strong as real ones are counted. Returns ``(bars, gaps, ok)``; ``ok`` means
-    exactly ``expected`` bars, ``expected - 1`` gaps and bar spacings within 25 % of the period:
+    exactly ``expected`` bars, ``expected - 1`` gaps and spacings of the bar centres (middle of
+    each bar's half-depth run) within 25 % of the period:
     no bar missing, merged or invented.
     """
     p = np.asarray(profile, dtype=np.float64)
@@ -644,10 +645,22 @@ def count_bars(profile: np.ndarray, period_px: float, expected: int,
     if lows.size == 0 or not low_props["prominences"].max() > 0:
         return 0, 0, False
     threshold = min_relative_prominence * float(low_props["prominences"].max())
-    lows = lows[low_props["prominences"] >= threshold]
+    keep = low_props["prominences"] >= threshold
+    lows, depths = lows[keep], low_props["prominences"][keep]
     highs = highs[high_props["prominences"] >= threshold]
     gaps = int(((highs > lows[0]) & (highs < lows[-1])).sum())
-    spacing_ok = bool(np.all(np.abs(np.diff(lows) - period_px) <= 0.25 * period_px))
+    # bar centres: middle of the run below half the bar's depth (the argmin of a wide, flat-
+    # bottomed bar falls anywhere on its noisy bottom)
+    centres = []
+    for i, depth in zip(lows, depths):
+        level = p[i] + 0.5 * depth
+        a = b = i
+        while a > 0 and p[a - 1] < level:
+            a -= 1
+        while b < p.size - 1 and p[b + 1] < level:
+            b += 1
+        centres.append(0.5 * (a + b))
+    spacing_ok = bool(np.all(np.abs(np.diff(centres) - period_px) <= 0.25 * period_px))
     ok = lows.size == expected and gaps == expected - 1 and spacing_ok
     return int(lows.size), gaps, bool(ok)
 
