@@ -1,0 +1,546 @@
+"""Fidelity guard: does a restored frame agree with the measurement it was restored from?
+
+A restoration ``x_hat`` of a corrected thick-detector frame ``y`` is consistent with the
+measurement when re-degrading it with the detector's forward model leaves a residual that looks
+like the detector's noise:
+
+    r = y - A x_hat,    A x = F^-1[(MTF_LR / MTF_HR) . F{x}]   (or PSF convolution for RL)
+
+Structure that a restoration invents (a via, a crack, a ball that is not in the data) survives
+re-degradation as ``A (fake)`` and shows up in ``r`` above the noise. Generative restoration can
+"generate spurious information" (shared/papers/001, 002); this check is how the operator sees where.
+
+Noise model (the profile's NNPS, see :mod:`.physics`). For a corrected frame
+``T = raw / flat`` the quantum noise of the raw frame, averaged over ``N`` frames, and of the
+flat, averaged over ``N_flat`` frames, both pass through the same screen, so both have the
+spectral shape NNPS_LR(f) and
+
+    NPS_r(f) = NNPS_LR(f) / d * (T / N + T^2 / N_flat)      (transmission^2 px^2)
+
+with ``d`` the dose of this frame's flat relative to the profile's ``nnps_mean_signal`` (detected
+quanta per pixel of the flat) and ``T`` the local mean transmission, here the re-degraded
+restoration ``A x_hat`` (Pearson's choice: the variance of the hypothesis under test). The
+per-pixel variance is ``sigma^2 = sum_f NPS_r(f) / (H W)`` and the z-score map is
+``z = r / sigma``.
+
+Tile statistics with coloured noise. ``z`` has unit variance but neighbouring pixels are
+correlated (correlation rho(l) = F^-1[NNPS] / var). For a tile of k pixels ``Q = sum z^2`` has
+mean k and variance ``2 sum_ij rho_ij^2 ~= 2 k c`` with ``c = sum_l rho(l)^2 =
+mean_f(NNPS^2) / mean_f(NNPS)^2`` (Parseval). Satterthwaite's approximation matches the first two
+moments with a scaled chi-square: ``Q ~ c chi^2_nu``, ``nu = k / c``, so the tile's reduced
+chi-square ``Q / k`` follows ``chi^2_nu / nu``. The tile threshold is its upper
+``false_alarm_rate`` quantile (``scipy.stats.chi2.isf``); on noise alone that fraction of tiles is
+flagged. This needs one forward blur and no whitening transform, which keeps the guard cheap.
+
+A restoration that reproduces the measurement's noise (an unregularised inverse) has a residual
+smaller than the noise: reduced chi-square below 1. The test is one-sided (too large a residual
+means structure the data do not support); below 1 is reported, never flagged.
+
+Frame decision: under consistency the number of flagged tiles is Binomial(M, false_alarm_rate);
+the frame is inconsistent when seeing at least that many has probability below
+``false_alarm_rate`` (``scipy.stats.binom.sf``).
+
+Without a noise model (no NNPS or no dose) the guard reports the raw residual (transmission
+units) with ``normalised=False`` and no threshold.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ._fourier import as_batch, crop_frames, default_device, pad_frames, radial_transfer_rfft2
+from .classical import psf_otf_rfft2
+from .physics import BLUR_PAD_PX, DetectorPhysics
+
+__all__ = [
+    "FORWARD_MODELS",
+    "FidelityGuard",
+    "FidelityResult",
+    "UncertaintyResult",
+    "forward_model_for",
+    "sampler_uncertainty",
+]
+
+FORWARD_MODELS = ("mtf_ratio", "psf")
+# Methods whose restoration inverts the measured PSF rather than the radial MTF ratio.
+_PSF_METHODS = ("richardson_lucy",)
+
+
+def forward_model_for(method: str) -> str:
+    """The forward model a restoration method inverts: ``"psf"`` for Richardson-Lucy (it
+    deconvolves the profile's PSF), ``"mtf_ratio"`` for every other method."""
+    return "psf" if method in _PSF_METHODS else "mtf_ratio"
+
+
+@dataclass
+class FidelityResult:
+    """Data-consistency of one restored frame with its measurement.
+
+    Attributes
+    ----------
+    map : (H, W) float32. ``normalised``: z-score ``(measured - A restored) / sigma`` (unit
+        variance where the restoration agrees with the data). Otherwise the raw residual in
+        transmission units.
+    tile_chi2 : (rows, cols) float32 per-tile reduced chi-square (mean of z^2 over the tile);
+        without normalisation the tile's mean squared raw residual (transmission^2).
+    flagged : (rows, cols) bool, tiles above their threshold (all False when not normalised).
+    reduced_chi2 : frame mean of z^2 (NaN when not normalised).
+    flagged_fraction : flagged tiles / tiles (NaN when not normalised).
+    threshold : reduced chi-square above which a full ``tile_px`` x ``tile_px`` tile is flagged
+        (NaN when not normalised); ``threshold_meaning`` says how it was derived.
+    expected_false_alarm_rate : fraction of tiles flagged on pure noise (the chosen rate).
+    frame_p_value : probability under consistency of a frame reduced chi-square this large.
+    flagged_p_value : probability under consistency of at least this many flagged tiles.
+    consistent : False when ``flagged_p_value < expected_false_alarm_rate``; None when the guard
+        cannot normalise.
+    rms_residual : rms of the raw residual (transmission units), always available.
+    tile_edges : (row_edges, col_edges) pixel boundaries of the tiles.
+    border_px : frame margin left out (NaN in ``map``; tiles entirely inside it are NaN in
+        ``tile_chi2`` and never flagged).
+    message : one line for the operator.
+    fell_back, fallback_reason, method : set by the acquisition policy when the frame was
+        re-restored with the classical fallback method.
+    """
+
+    map: np.ndarray
+    tile_chi2: np.ndarray
+    flagged: np.ndarray
+    reduced_chi2: float
+    flagged_fraction: float
+    threshold: float
+    threshold_meaning: str
+    expected_false_alarm_rate: float
+    frame_p_value: float
+    flagged_p_value: float
+    consistent: bool | None
+    normalised: bool
+    rms_residual: float
+    message: str
+    tile_px: int
+    tile_edges: tuple[np.ndarray, np.ndarray]
+    forward_model: str
+    dose_ratio: float | None = None
+    frames_averaged: int = 1
+    border_px: int = 0
+    correlation_factor: float = float("nan")
+    elapsed_s: float = float("nan")
+    method: str | None = None
+    fell_back: bool = False
+    fallback_reason: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars for PVs, logs and HDF5 attributes (NaN where not normalised)."""
+        return {
+            "reduced_chi2": float(self.reduced_chi2),
+            "flagged_fraction": float(self.flagged_fraction),
+            "threshold": float(self.threshold),
+            "expected_false_alarm_rate": float(self.expected_false_alarm_rate),
+            "frame_p_value": float(self.frame_p_value),
+            "flagged_p_value": float(self.flagged_p_value),
+            "consistent": -1 if self.consistent is None else int(self.consistent),
+            "normalised": int(self.normalised),
+            "rms_residual": float(self.rms_residual),
+            "fell_back": int(self.fell_back),
+        }
+
+
+def _tile_edges(length: int, tile_px: int) -> np.ndarray:
+    """Boundaries of ``round(length / tile_px)`` (>= 1) nearly equal tiles covering ``length``."""
+    n = max(1, int(round(length / tile_px)))
+    return np.linspace(0, length, n + 1).round().astype(np.int64)
+
+
+def _tile_sums(a: torch.Tensor, ry: np.ndarray, rx: np.ndarray) -> torch.Tensor:
+    """Sum of a (H, W) tensor over the tiles given by row/col edges, via cumulative sums."""
+    c = torch.nn.functional.pad(a.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    iy = torch.as_tensor(ry, device=a.device)
+    ix = torch.as_tensor(rx, device=a.device)
+    s = c[iy][:, ix]
+    return s[1:, 1:] - s[:-1, 1:] - s[1:, :-1] + s[:-1, :-1]
+
+
+class FidelityGuard:
+    """Check restored frames against their measurements with a profile's forward and noise model.
+
+    Parameters
+    ----------
+    profile : DetectorProfile (MTF ratio, PSF; NNPS and ``nnps_mean_signal`` to normalise).
+    tile_px : tile edge length (px) of the consistency map; the frame is split into
+        ``round(H / tile_px)`` x ``round(W / tile_px)`` nearly equal tiles.
+    false_alarm_rate : fraction of tiles flagged on pure noise (tile threshold) and significance
+        of the frame decision.
+    nnps_lr : optional radial NNPS (px^2, on ``profile.frequency_cy_per_px``) that replaces the
+        profile's, e.g. the temporal NNPS measured from differences of flat pairs, which excludes
+        the fixed pattern that flat-field correction removes.
+    device : torch device; default CUDA when present.
+    pad_px : reflect padding of the forward blur.
+    border_px : frame margin left out of the statistics. Near the frame edge the measurement
+        contains blur from outside the field of view, which no restoration of the frame can
+        know. None derives it per frame: the smallest margin at which the forward kernel's
+        one-sided line-spread tail times the restored frame's transmission range (the largest
+        error out-of-field content can cause) is below one noise sigma at the frame's mean
+        transmission; without a noise model, the half-width of the profile's PSF.
+    """
+
+    def __init__(
+        self,
+        profile: Any,
+        tile_px: int = 32,
+        false_alarm_rate: float = 1e-3,
+        nnps_lr: Any = None,
+        device: str | torch.device | None = None,
+        pad_px: int = BLUR_PAD_PX,
+        border_px: int | None = None,
+    ) -> None:
+        if not isinstance(tile_px, (int, np.integer)) or isinstance(tile_px, bool) or tile_px < 4:
+            raise ValueError(f"tile_px must be an integer >= 4, got {tile_px!r}")
+        if border_px is not None and (not isinstance(border_px, (int, np.integer)) or border_px < 0):
+            raise ValueError(f"border_px must be None or an integer >= 0, got {border_px!r}")
+        if not (isinstance(false_alarm_rate, (int, float)) and 0 < false_alarm_rate < 1):
+            raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate!r}")
+        self.profile = profile
+        self.physics = DetectorPhysics.from_profile(profile)
+        self.tile_px = int(tile_px)
+        self.false_alarm_rate = float(false_alarm_rate)
+        self.device = default_device(device)
+        self.pad_px = int(pad_px)
+        self.border_px = None if border_px is None else int(border_px)
+        nnps = self.physics.nnps_lr if nnps_lr is None else np.asarray(nnps_lr, dtype=np.float64)
+        if nnps is not None:
+            # Validated like the profile's own curve (grid, finiteness).
+            DetectorPhysics(self.physics.frequency_cy_per_px, self.physics.mtf_ratio, nnps,
+                            self.physics.nnps_mean_signal, self.physics.psf)
+        self.nnps_lr = nnps
+        self._cache: dict[tuple, Any] = {}
+
+    @property
+    def has_noise_model(self) -> bool:
+        return self.nnps_lr is not None and self.physics.nnps_mean_signal is not None
+
+    # ------------------------------------------------------------------ model pieces
+    def _transfer(self, forward: str, shape: tuple[int, int]) -> torch.Tensor:
+        key = ("transfer", forward, shape, str(self.device))
+        if key not in self._cache:
+            if forward == "psf":
+                self._cache[key] = psf_otf_rfft2(self.physics.psf, shape, self.device)
+            else:
+                self._cache[key] = self.physics.ratio_rfft(shape, self.device)
+        return self._cache[key]
+
+    def _lsf_tail(self, forward: str) -> np.ndarray:
+        """``tail[m]``: one-sided sum of |LSF| beyond m px of the forward kernel (m = 0, 1, ...).
+
+        The LSF of a radial transfer function H is the inverse 1-D transform of H(f, 0); the
+        PSF's LSF is its projection on one axis."""
+        key = ("tail", forward)
+        if key not in self._cache:
+            if forward == "psf":
+                lsf = self.physics.psf.sum(axis=0)
+                lsf = lsf / lsf.sum()
+                one_side = np.abs(lsf[lsf.size // 2 + 1:])
+            else:
+                n = 1024
+                vals = np.interp(np.fft.rfftfreq(n), self.physics.frequency_cy_per_px, self.physics.mtf_ratio)
+                lsf = np.fft.irfft(vals, n)
+                one_side = np.abs(lsf[1:n // 2])
+            tail = np.concatenate([np.cumsum(one_side[::-1])[::-1], [0.0]])
+            self._cache[key] = tail
+        return self._cache[key]
+
+    def border_for(self, restored: torch.Tensor, noise_sigma: float | None, forward: str) -> int:
+        """Frame margin (px) excluded from the statistics; see the class parameters."""
+        if self.border_px is not None:
+            return self.border_px
+        if noise_sigma is None:
+            return int(self.physics.psf.shape[0] // 2)
+        tail = self._lsf_tail(forward)
+        span = float(restored.max() - restored.min())
+        ok = np.flatnonzero(tail * span <= noise_sigma)
+        return int(ok[0]) if ok.size else int(tail.size - 1)
+
+    def noise_statistics(self, shape: tuple[int, int]) -> tuple[float, float]:
+        """``(variance per unit T at the calibration dose, correlation factor c)`` of the NNPS on
+        an (H, W) frame: ``sum_f NNPS / (H W)`` and ``mean_f(NNPS^2) / mean_f(NNPS)^2`` over the
+        full 2-D frequency grid."""
+        if self.nnps_lr is None:
+            raise ValueError("no NNPS: the noise model is unavailable")
+        key = ("noise", shape)
+        if key not in self._cache:
+            h, w = shape
+            p = radial_transfer_rfft2(self.physics.frequency_cy_per_px, self.nnps_lr, shape,
+                                      "cpu", "nnps_lr").double()
+            # rfft2 half-plane -> full-plane sums: columns 1 .. ceil(w/2)-1 appear twice.
+            mult = torch.full((p.shape[1],), 2.0, dtype=torch.float64)
+            mult[0] = 1.0
+            if w % 2 == 0:
+                mult[-1] = 1.0
+            mean_p = float((p * mult).sum()) / (h * w)
+            mean_p2 = float((p * p * mult).sum()) / (h * w)
+            self._cache[key] = (mean_p, mean_p2 / mean_p**2)
+        return self._cache[key]
+
+    def _thresholds(self, counts: np.ndarray, c: float) -> np.ndarray:
+        key = ("thr", counts.tobytes(), counts.shape, round(c, 12))
+        if key not in self._cache:
+            nu = counts / c
+            self._cache[key] = (stats.chi2.isf(self.false_alarm_rate, nu) / nu).astype(np.float64)
+        return self._cache[key]
+
+    def reblur(self, restored: Any, forward: str = "mtf_ratio") -> torch.Tensor:
+        """``A x``: the restored frame(s) seen through the thick detector (B, H, W) tensor."""
+        if forward not in FORWARD_MODELS:
+            raise ValueError(f"forward model must be one of {FORWARD_MODELS}, got {forward!r}")
+        x, _ = as_batch(restored, "restored")
+        x = x.to(self.device)
+        xp = pad_frames(x, self.pad_px, fast=True)
+        shape = tuple(xp.shape[-2:])
+        out = torch.fft.irfft2(torch.fft.rfft2(xp) * self._transfer(forward, shape), s=shape)
+        return crop_frames(out, self.pad_px, tuple(x.shape[-2:]))
+
+    # ------------------------------------------------------------------ the check
+    def check(
+        self,
+        measured: Any,
+        restored: Any,
+        *,
+        dose_ratio: float | None = None,
+        quanta_per_pixel: float | None = None,
+        frames_averaged: int = 1,
+        flat_frames_averaged: int | None = None,
+        forward: str = "mtf_ratio",
+        method: str | None = None,
+    ) -> FidelityResult:
+        """Consistency of one restored (H, W) frame with the corrected measurement it came from.
+
+        Parameters
+        ----------
+        measured : corrected thick-detector frame (transmission, flat = 1).
+        restored : the restoration of ``measured``.
+        dose_ratio : detected quanta per pixel of this frame's flat (one exposure) divided by the
+            profile's ``nnps_mean_signal``. Give this or ``quanta_per_pixel``; with neither the
+            noise level is unknown and the guard reports raw residuals.
+        quanta_per_pixel : detected X-ray quanta per pixel of the flat in one exposure.
+        frames_averaged : frames averaged into ``measured`` (noise variance / N).
+        flat_frames_averaged : frames averaged into the flat used for the correction; its noise
+            adds ``T^2 / N_flat``. None: the flat is taken as noise-free.
+        forward : "mtf_ratio" or "psf" (see :func:`forward_model_for`).
+        method : restoration method name (recorded in the result).
+        """
+        t0 = time.perf_counter()
+        y, single_y = as_batch(measured, "measured")
+        x, single_x = as_batch(restored, "restored")
+        if not (single_y and single_x):
+            raise ValueError("check takes one (H, W) frame at a time")
+        if y.shape != x.shape:
+            raise ValueError(f"measured {tuple(y.shape[1:])} and restored {tuple(x.shape[1:])} differ in shape")
+        h, w = y.shape[-2:]
+        if min(h, w) < self.tile_px:
+            raise ValueError(f"frame {h}x{w} is smaller than one tile ({self.tile_px} px)")
+        if not isinstance(frames_averaged, (int, np.integer)) or frames_averaged < 1:
+            raise ValueError(f"frames_averaged must be an integer >= 1, got {frames_averaged!r}")
+        if flat_frames_averaged is not None and (
+            not isinstance(flat_frames_averaged, (int, np.integer)) or flat_frames_averaged < 1
+        ):
+            raise ValueError(f"flat_frames_averaged must be None or an integer >= 1, got {flat_frames_averaged!r}")
+        if dose_ratio is not None and quanta_per_pixel is not None:
+            raise ValueError("give dose_ratio or quanta_per_pixel, not both")
+        for label, v in (("dose_ratio", dose_ratio), ("quanta_per_pixel", quanta_per_pixel)):
+            if v is not None and not (isinstance(v, (int, float, np.floating, np.integer))
+                                      and math.isfinite(v) and v > 0):
+                raise ValueError(f"{label} must be a finite number > 0, got {v!r}")
+
+        y = y.to(self.device)[0]
+        model = self.reblur(x, forward)[0]
+        resid = y - model
+        ry, rx = _tile_edges(h, self.tile_px), _tile_edges(w, self.tile_px)
+        nan = float("nan")
+
+        if quanta_per_pixel is not None and self.physics.nnps_mean_signal is not None:
+            dose_ratio = float(quanta_per_pixel) / float(self.physics.nnps_mean_signal)
+        reason = None
+        if self.nnps_lr is None:
+            reason = "the profile has no noise model (NNPS)"
+        elif self.physics.nnps_mean_signal is None:
+            reason = "the profile has no nnps_mean_signal"
+        elif dose_ratio is None:
+            reason = "the dose of the frame is unknown (give dose_ratio or quanta_per_pixel)"
+
+        if reason is None:
+            var_unit, c = self.noise_statistics((h, w))
+            mean_t = float(model.mean().clamp(min=0))
+            sigma_mean = math.sqrt(var_unit / float(dose_ratio) * (
+                mean_t / frames_averaged + (mean_t**2 / flat_frames_averaged if flat_frames_averaged else 0.0)))
+            border = self.border_for(x, sigma_mean, forward)
+        else:
+            border = self.border_for(x, None, forward)
+        border = min(border, (min(h, w) - 1) // 2)
+        inside = torch.zeros((h, w), dtype=torch.bool, device=self.device)
+        inside[border:h - border, border:w - border] = True
+        counts = _tile_sums(inside.double(), ry, rx).cpu().numpy()
+        tested = counts > 0
+        safe_counts = np.where(tested, counts, 1.0)
+        resid_in = torch.where(inside, resid, torch.zeros_like(resid))
+        rms = float(torch.sqrt((resid_in.double() ** 2).sum() / inside.sum()))
+        map_out = torch.where(inside, resid, torch.full_like(resid, nan))
+        common = dict(tile_px=self.tile_px, tile_edges=(ry, rx), forward_model=forward,
+                      frames_averaged=int(frames_averaged), border_px=int(border), method=method)
+
+        if reason is not None:
+            tile_ms = _tile_sums(resid_in * resid_in, ry, rx).cpu().numpy() / safe_counts
+            tile_ms = np.where(tested, tile_ms, nan).astype(np.float32)
+            return FidelityResult(
+                map=map_out.float().cpu().numpy(), tile_chi2=tile_ms,
+                flagged=np.zeros(tile_ms.shape, bool), reduced_chi2=nan, flagged_fraction=nan,
+                threshold=nan,
+                threshold_meaning="none: without a noise model no threshold can be derived",
+                expected_false_alarm_rate=nan, frame_p_value=nan, flagged_p_value=nan,
+                consistent=None, normalised=False, rms_residual=rms,
+                message=f"cannot normalise: {reason}; map and tiles are raw residuals "
+                        f"(rms {rms:.3g} transmission)",
+                dose_ratio=dose_ratio, elapsed_s=time.perf_counter() - t0, **common)
+
+        t_local = model.clamp(min=0)
+        var = t_local / frames_averaged
+        if flat_frames_averaged is not None:
+            var = var + t_local * t_local / flat_frames_averaged
+        var = var * (var_unit / float(dose_ratio))
+        # Zero transmission (fully opaque) carries no quantum noise; the quantum model does not
+        # describe such pixels, so their variance is held at that of one detected quantum
+        # (T = 1 / quanta of the flat), the smallest non-zero level the model knows.
+        floor = var_unit / float(dose_ratio) / (float(dose_ratio) * float(self.physics.nnps_mean_signal))
+        z = resid / torch.sqrt(var.clamp(min=floor))
+        z_in = torch.where(inside, z, torch.zeros_like(z))
+        z2 = z_in * z_in
+        tile_chi2 = _tile_sums(z2, ry, rx).cpu().numpy() / safe_counts
+        thresholds = self._thresholds(safe_counts, c)
+        flagged = tested & (tile_chi2 > thresholds)
+        tile_chi2 = np.where(tested, tile_chi2, nan)
+        n_pix = int(inside.sum())
+        reduced = float(z2.double().sum()) / n_pix
+        nu_frame = n_pix / c
+        frame_p = float(stats.chi2.sf(reduced * nu_frame, nu_frame))
+        m, k = int(tested.sum()), int(flagged.sum())
+        flagged_p = float(stats.binom.sf(k - 1, m, self.false_alarm_rate)) if k > 0 else 1.0
+        consistent = flagged_p >= self.false_alarm_rate
+        nu_full = self.tile_px**2 / c
+        full = float(stats.chi2.isf(self.false_alarm_rate, nu_full) / nu_full)
+        meaning = (f"tile reduced chi-square above the upper {self.false_alarm_rate:g} quantile of "
+                   f"chi2(nu)/nu, nu = pixels / {c:.3f} (Satterthwaite, coloured NNPS noise)")
+        verdict = "consistent with the measurement" if consistent else "NOT consistent with the measurement"
+        message = (f"{verdict}: reduced chi2 {reduced:.3f}, {k}/{m} tiles flagged "
+                   f"(expected {self.false_alarm_rate * m:.2g} by chance)")
+        return FidelityResult(
+            map=torch.where(inside, z, torch.full_like(z, nan)).float().cpu().numpy(),
+            tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
+            reduced_chi2=reduced, flagged_fraction=k / m, threshold=full, threshold_meaning=meaning,
+            expected_false_alarm_rate=self.false_alarm_rate, frame_p_value=frame_p,
+            flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
+            rms_residual=rms, message=message, dose_ratio=float(dose_ratio),
+            correlation_factor=c, elapsed_s=time.perf_counter() - t0, **common)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class UncertaintyResult:
+    """Spread of a stochastic / multi-step restoration.
+
+    Attributes
+    ----------
+    mean, std : (H, W) float32 per-pixel mean and sample standard deviation over the variants.
+    variants : seeds or step counts used.
+    cost_s : wall time of all variants.
+    cost_relative : ``cost_s`` divided by the time of one restoration (``reference_s``).
+    reference_s : time of one restoration (given, or the first variant's).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    variants: list
+    cost_s: float
+    cost_relative: float
+    reference_s: float
+    samples: np.ndarray | None = field(default=None, repr=False)
+
+
+def _restorer_variant_fn(restorer: Any) -> tuple[Callable[[np.ndarray, Any], np.ndarray], list]:
+    """Variant function and default variants for a learned :class:`~.stage.Restorer`: SR3 ->
+    start-noise seeds; cold diffusion / SDE -> sampler step counts around the restorer's."""
+    from .samplers import DEFAULT_STEPS, make_restore_fn
+    from .stage import _float_output
+
+    method = restorer.method
+    if method not in ("sr3", "sde", "cold_diffusion") or getattr(restorer, "_model", None) is None:
+        raise ValueError(f"uncertainty needs a diffusion restorer (sr3, sde, cold_diffusion), got {method!r}")
+    base_steps = restorer.steps if restorer.steps is not None else DEFAULT_STEPS.get(method, 1)
+    if method == "sr3":
+        variants: list = [0, 1, 2, 3]
+    else:
+        variants = sorted({max(1, base_steps // 2), base_steps, base_steps * 2})
+
+    def run(frame: np.ndarray, variant: Any) -> np.ndarray:
+        model = _float_output(restorer._model)
+        if method == "sr3":
+            fn = make_restore_fn(method, model, restorer.physics, steps=base_steps, seed=int(variant))
+        else:
+            fn = make_restore_fn(method, model, restorer.physics, steps=int(variant))
+        saved = restorer._predict
+        restorer._predict = fn
+        try:
+            return restorer.restore(frame)
+        finally:
+            restorer._predict = saved
+
+    return run, variants
+
+
+def sampler_uncertainty(
+    restorer_or_fn: Any,
+    frame: Any,
+    variants: Sequence[Any] | None = None,
+    reference_s: float | None = None,
+    keep_samples: bool = False,
+) -> UncertaintyResult:
+    """Per-pixel uncertainty of a diffusion restoration from the spread of a few runs.
+
+    Parameters
+    ----------
+    restorer_or_fn : a learned :class:`~.stage.Restorer` (``sr3``: runs with different start
+        noise seeds; ``sde`` / ``cold_diffusion``: runs with half, the same and twice the sampler
+        steps), or a function ``fn(frame, variant) -> restored`` (then ``variants`` is required).
+    frame : corrected (H, W) frame.
+    variants : seeds or step counts (default: see above); at least 2.
+    reference_s : time of one ordinary restoration, for ``cost_relative``; default the time of
+        the first variant.
+    keep_samples : also return the (n, H, W) stack of restorations.
+    """
+    if callable(restorer_or_fn) and not hasattr(restorer_or_fn, "restore"):
+        if variants is None:
+            raise ValueError("a plain restoration function needs explicit variants")
+        fn = restorer_or_fn
+    else:
+        fn, default = _restorer_variant_fn(restorer_or_fn)
+        variants = default if variants is None else variants
+    variants = list(variants)
+    if len(variants) < 2:
+        raise ValueError(f"need at least 2 variants for a spread, got {len(variants)}")
+    if reference_s is not None and not (math.isfinite(reference_s) and reference_s > 0):
+        raise ValueError(f"reference_s must be a finite number > 0, got {reference_s!r}")
+    outs, times = [], []
+    for v in variants:
+        t0 = time.perf_counter()
+        outs.append(np.asarray(fn(frame, v), dtype=np.float32))
+        times.append(time.perf_counter() - t0)
+    stack = np.stack(outs)
+    ref = float(reference_s) if reference_s is not None else times[0]
+    total = float(sum(times))
+    return UncertaintyResult(
+        mean=stack.mean(0), std=stack.std(0, ddof=1).astype(np.float32), variants=variants,
+        cost_s=total, cost_relative=total / ref if ref > 0 else float("inf"), reference_s=ref,
+        samples=stack if keep_samples else None)
