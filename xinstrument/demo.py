@@ -19,9 +19,11 @@ from .errors import UserError
 from .instrument import Instrument
 from .progress import ProgressBar
 
-# Preference order of restoration methods for the demo: learned one-step methods first when the
-# profile ships their weights, then the classical Wiener filter that every profile supports.
-METHOD_PREFERENCE = ("sde", "cold_diffusion", "unet", "wiener")
+# Preference order of restoration methods for the demo, from `xinstrument bench restoration` on
+# the held-out twin set (sim-yag200-5x SSIM: unet 0.961, wiener 0.945, sde 0.943, cold 0.943;
+# sim-gos134: unet 0.929, wiener 0.923): the U-Net when the profile ships its weights, else Wiener,
+# which every profile with a noise model supports.
+METHOD_PREFERENCE = ("unet", "wiener", "inverse")
 
 
 @dataclass
