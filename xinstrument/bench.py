@@ -295,21 +295,8 @@ def format_restoration_table(b: RestorationBench) -> str:
 
 
 # --- command line --------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _size_px(text: str) -> int:
-    v = _positive_int(text)
-    if not 64 <= v <= 4096:
-        raise argparse.ArgumentTypeError(f"size must be 64..4096 px, got {v}")
-    return v
+from .cliargs import positive_int as _positive_int
+from .cliargs import size_px as _size_px
 
 
 def _steps_list(text: str) -> tuple[int, ...]:

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cliargs import positive_float as _positive_float
+from .cliargs import positive_int as _positive_int
+from .cliargs import size_px as _sensor_px
 from .errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -26,8 +29,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [UserError, InstrumentError, ProfileError, StorageError,
                                         CameraError, TransportError]
     try:
-        from drivers.xray import TubeError, TubeLimitError
         from drivers.stage import GcsError, StageLimitError
+        from drivers.xray import TubeError, TubeLimitError
         types += [TubeError, TubeLimitError, GcsError, StageLimitError]
     except ImportError:
         pass
@@ -38,33 +41,6 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(types)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _sensor_px(text: str) -> int:
-    v = _positive_int(text)
-    if not 64 <= v <= 4096:
-        raise argparse.ArgumentTypeError(f"sensor size must be 64..4096 pixels, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
 
 
 # --- demo ----------------------------------------------------------------------------------------

@@ -22,28 +22,11 @@ __all__ = ["bench_for_profile", "register", "restore_file", "train_profile"]
 
 log = logging.getLogger(__name__)
 
+from ..cliargs import non_negative_int as _non_negative_int
+from ..cliargs import positive_int as _positive_int
+
 # Twin benches that produce HR images at a shipped profile's pixel size.
 TWIN_BENCHES = ("lens-yag", "panel-gos")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def _load_profile(name: str):
