@@ -72,6 +72,7 @@ class Instrument:
         self._restorers: dict[tuple, Any] = {}
         self.restoration_method: str = self.config.restoration.method
         self.last_frame: AveragedFrame | None = None
+        self._fidelity: dict[str, Any] | None = None    # set_fidelity_policy; None = off
         self.connected = False
         self.pipeline = None
         self.live = None
@@ -461,6 +462,45 @@ class Instrument:
                     raise InstrumentError("restoration works on flat-field corrected frames")
                 frame.restored = self.restore(frame.data)
                 frame.restoration_method = self.restoration_method
+                if self._fidelity is not None:    # set_fidelity_policy: check, maybe fall back
+                    from .restoration.fidelity import forward_model_for
+                    pol, method = self._fidelity, self.restoration_method
+                    dose = pol["dose_ratio"]
+                    mean_signal = getattr(self.profile, "nnps_mean_signal", None)
+                    if dose is None and self.twin is not None and mean_signal is not None:
+                        # simulated bench: quanta per pixel of the flat at this frame's settings
+                        import dataclasses
+                        st = dataclasses.replace(self._world_state(), sample_in=False,
+                                                 xray_on=True, current_ua=frame.current_ua,
+                                                 voltage_kv=frame.voltage_kv)
+                        quanta = self.twin.expected_quanta("thick", st, frame.exposure_s)
+                        dose = float(quanta.mean()) / float(mean_signal)
+                    result = pol["guard"].check(frame.data, frame.restored, dose_ratio=dose,
+                                                frames_averaged=frame.frames_averaged,
+                                                flat_frames_averaged=pol["flat_frames_averaged"],
+                                                forward=forward_model_for(method), method=method)
+                    reasons = []
+                    if result.normalised and not result.consistent:
+                        reasons.append(f"{int(result.flagged.sum())} of "
+                                       f"{int(np.isfinite(result.tile_chi2).sum())} tiles flagged, "
+                                       f"{int(result.strong_tiles.sum())} beyond the frame-wise "
+                                       f"threshold (false-alarm rate "
+                                       f"{result.expected_false_alarm_rate:g} per frame)")
+                    limit = pol["max_reduced_chi2"]
+                    if result.normalised and limit is not None and result.reduced_chi2 > limit:
+                        reasons.append(f"reduced chi2 {result.reduced_chi2:.3f} > {limit:g}")
+                    fallback = pol["fallback_method"]
+                    if reasons:
+                        text = (f"{method} restoration disagrees with the measurement: "
+                                + "; ".join(reasons))
+                        if fallback is not None and fallback != method:
+                            result.fell_back = True
+                            result.fallback_reason = f"{text}; restored with {fallback} instead"
+                            frame.restored = self.restore(frame.data, fallback)
+                            frame.restoration_method = fallback
+                            text = result.fallback_reason
+                        self._log(f"fidelity guard: {text}", logging.WARNING)
+                    frame.fidelity = result
             self.last_frame = frame
             self._emit("frame", frame)
             return frame
@@ -607,6 +647,45 @@ class Instrument:
         self._restorers.clear()
         self._log(f"profile {self.profile.name} loaded ({self.profile.detector_id})")
         return self.profile
+
+    def set_fidelity_policy(self, enabled: bool, max_reduced_chi2: float | None = None,
+                            fallback_method: str | None = "wiener", *, tile_px: int = 32,
+                            false_alarm_rate: float = 1e-3, dose_ratio: float | None = None,
+                            flat_frames_averaged: int | None = None,
+                            nnps_lr: np.ndarray | None = None) -> None:
+        """Check every frame restored by ``acquire(restore=True)`` against its measurement
+        (:class:`~xinstrument.restoration.fidelity.FidelityGuard`); the result goes to
+        ``AveragedFrame.fidelity``.
+
+        A frame falls back to ``fallback_method`` (None: never) when the guard finds it
+        inconsistent (``result.consistent`` False: at most ``false_alarm_rate`` of consistent
+        frames are), or its reduced chi-square exceeds ``max_reduced_chi2`` (if given); ``restoration_method`` then names the fallback and the
+        result carries ``fell_back=True`` and the reason. ``dose_ratio``: quanta per pixel of the
+        flat over the profile's ``nnps_mean_signal``; None takes it from the digital twin on the
+        simulated bench, otherwise the guard reports unnormalised residuals and never falls back.
+        ``flat_frames_averaged``: frames in the flat reference (its noise enters the check).
+        """
+        if not enabled:
+            self._fidelity = None
+            self._log("fidelity guard off")
+            return
+        from .restoration import CLASSICAL_METHODS
+        from .restoration.fidelity import FidelityGuard
+        if self.profile is None:
+            self.load_profile()
+        if fallback_method is not None and fallback_method not in CLASSICAL_METHODS:
+            raise UserError(f"fallback method must be classical ({', '.join(CLASSICAL_METHODS)}), "
+                            f"got {fallback_method!r}")
+        if max_reduced_chi2 is not None and not (np.isfinite(max_reduced_chi2)
+                                                 and max_reduced_chi2 > 0):
+            raise UserError(f"max_reduced_chi2 must be a positive number or None, got {max_reduced_chi2!r}")
+        guard = FidelityGuard(self.profile, tile_px=tile_px, false_alarm_rate=false_alarm_rate,
+                              nnps_lr=nnps_lr, device=self.config.restoration.device)
+        self._fidelity = {"guard": guard, "max_reduced_chi2": max_reduced_chi2,
+                          "fallback_method": fallback_method, "dose_ratio": dose_ratio,
+                          "flat_frames_averaged": flat_frames_averaged}
+        self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
+                  f"max reduced chi2 {max_reduced_chi2}, fallback {fallback_method})")
 
     def set_restoration(self, method: str) -> None:
         from .restoration import available_methods

@@ -36,9 +36,11 @@ A restoration that reproduces the measurement's noise (an unregularised inverse)
 smaller than the noise: reduced chi-square below 1. The test is one-sided (too large a residual
 means structure the data do not support); below 1 is reported, never flagged.
 
-Frame decision: under consistency the number of flagged tiles is Binomial(M, false_alarm_rate);
-the frame is inconsistent when seeing at least that many has probability below
-``false_alarm_rate`` (``scipy.stats.binom.sf``).
+Frame decision, at a family-wise false-alarm rate of ``false_alarm_rate`` per frame, split in
+two halves: one strong local invention (a single tile above the Bonferroni threshold, the upper
+``false_alarm_rate / (2 M)`` quantile for M tiles) or many weak ones (more flagged tiles than
+Binomial(M, false_alarm_rate) gives with probability ``false_alarm_rate / 2``,
+``scipy.stats.binom.sf``) make the frame inconsistent.
 
 Without a noise model (no NNPS or no dose) the guard reports the raw residual (transmission
 units) with ``normalised=False`` and no threshold.
@@ -98,8 +100,10 @@ class FidelityResult:
     expected_false_alarm_rate : fraction of tiles flagged on pure noise (the chosen rate).
     frame_p_value : probability under consistency of a frame reduced chi-square this large.
     flagged_p_value : probability under consistency of at least this many flagged tiles.
-    consistent : False when ``flagged_p_value < expected_false_alarm_rate``; None when the guard
-        cannot normalise.
+    strong_tiles : (rows, cols) bool, tiles above the frame-wise (Bonferroni) threshold.
+    consistent : False when a tile is above the Bonferroni threshold or
+        ``flagged_p_value < expected_false_alarm_rate / 2`` (family-wise false-alarm rate per
+        frame <= ``expected_false_alarm_rate``); None when the guard cannot normalise.
     rms_residual : rms of the raw residual (transmission units), always available.
     tile_edges : (row_edges, col_edges) pixel boundaries of the tiles.
     border_px : frame margin left out (NaN in ``map``; tiles entirely inside it are NaN in
@@ -130,6 +134,7 @@ class FidelityResult:
     frames_averaged: int = 1
     border_px: int = 0
     correlation_factor: float = float("nan")
+    strong_tiles: np.ndarray | None = None
     elapsed_s: float = float("nan")
     method: str | None = None
     fell_back: bool = False
@@ -153,7 +158,7 @@ class FidelityResult:
 
 def _tile_edges(length: int, tile_px: int) -> np.ndarray:
     """Boundaries of ``round(length / tile_px)`` (>= 1) nearly equal tiles covering ``length``."""
-    n = max(1, int(round(length / tile_px)))
+    n = max(1, round(length / tile_px))
     return np.linspace(0, length, n + 1).round().astype(np.int64)
 
 
@@ -286,11 +291,16 @@ class FidelityGuard:
             self._cache[key] = (mean_p, mean_p2 / mean_p**2)
         return self._cache[key]
 
-    def _thresholds(self, counts: np.ndarray, c: float) -> np.ndarray:
+    def _thresholds(self, counts: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-tile reduced chi-square thresholds: at the false-alarm rate, and the frame-wise
+        Bonferroni one at ``false_alarm_rate / (2 M)``."""
         key = ("thr", counts.tobytes(), counts.shape, round(c, 12))
         if key not in self._cache:
             nu = counts / c
-            self._cache[key] = (stats.chi2.isf(self.false_alarm_rate, nu) / nu).astype(np.float64)
+            m = max(int(counts.size), 1)
+            tile = stats.chi2.isf(self.false_alarm_rate, nu) / nu
+            frame = stats.chi2.isf(self.false_alarm_rate / (2 * m), nu) / nu
+            self._cache[key] = (tile.astype(np.float64), frame.astype(np.float64))
         return self._cache[key]
 
     def reblur(self, restored: Any, forward: str = "mtf_ratio") -> torch.Tensor:
@@ -389,8 +399,8 @@ class FidelityGuard:
         resid_in = torch.where(inside, resid, torch.zeros_like(resid))
         rms = float(torch.sqrt((resid_in.double() ** 2).sum() / inside.sum()))
         map_out = torch.where(inside, resid, torch.full_like(resid, nan))
-        common = dict(tile_px=self.tile_px, tile_edges=(ry, rx), forward_model=forward,
-                      frames_averaged=int(frames_averaged), border_px=int(border), method=method)
+        common = {"tile_px": self.tile_px, "tile_edges": (ry, rx), "forward_model": forward,
+                  "frames_averaged": int(frames_averaged), "border_px": int(border), "method": method}
 
         if reason is not None:
             tile_ms = _tile_sums(resid_in * resid_in, ry, rx).cpu().numpy() / safe_counts
@@ -419,8 +429,9 @@ class FidelityGuard:
         z_in = torch.where(inside, z, torch.zeros_like(z))
         z2 = z_in * z_in
         tile_chi2 = _tile_sums(z2, ry, rx).cpu().numpy() / safe_counts
-        thresholds = self._thresholds(safe_counts, c)
+        thresholds, strong_thresholds = self._thresholds(safe_counts, c)
         flagged = tested & (tile_chi2 > thresholds)
+        strong = tested & (tile_chi2 > strong_thresholds)
         tile_chi2 = np.where(tested, tile_chi2, nan)
         n_pix = int(inside.sum())
         reduced = float(z2.double().sum()) / n_pix
@@ -428,14 +439,15 @@ class FidelityGuard:
         frame_p = float(stats.chi2.sf(reduced * nu_frame, nu_frame))
         m, k = int(tested.sum()), int(flagged.sum())
         flagged_p = float(stats.binom.sf(k - 1, m, self.false_alarm_rate)) if k > 0 else 1.0
-        consistent = flagged_p >= self.false_alarm_rate
+        consistent = flagged_p >= self.false_alarm_rate / 2 and not strong.any()
         nu_full = self.tile_px**2 / c
         full = float(stats.chi2.isf(self.false_alarm_rate, nu_full) / nu_full)
         meaning = (f"tile reduced chi-square above the upper {self.false_alarm_rate:g} quantile of "
                    f"chi2(nu)/nu, nu = pixels / {c:.3f} (Satterthwaite, coloured NNPS noise)")
         verdict = "consistent with the measurement" if consistent else "NOT consistent with the measurement"
         message = (f"{verdict}: reduced chi2 {reduced:.3f}, {k}/{m} tiles flagged "
-                   f"(expected {self.false_alarm_rate * m:.2g} by chance)")
+                   f"(expected {self.false_alarm_rate * m:.2g} by chance), "
+                   f"{int(strong.sum())} beyond the frame-wise threshold")
         return FidelityResult(
             map=torch.where(inside, z, torch.full_like(z, nan)).float().cpu().numpy(),
             tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
@@ -443,7 +455,7 @@ class FidelityGuard:
             expected_false_alarm_rate=self.false_alarm_rate, frame_p_value=frame_p,
             flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
             rms_residual=rms, message=message, dose_ratio=float(dose_ratio),
-            correlation_factor=c, elapsed_s=time.perf_counter() - t0, **common)
+            correlation_factor=c, strong_tiles=strong, elapsed_s=time.perf_counter() - t0, **common)
 
 
 # ---------------------------------------------------------------------------------------------

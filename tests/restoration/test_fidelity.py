@@ -1,0 +1,265 @@
+"""Fidelity guard: noise-only residuals give reduced chi-square ~1 and the chosen false-alarm
+rate; invented structure is flagged; no noise model -> raw residuals; the acquisition policy
+falls back to the classical method."""
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage, stats
+
+from xinstrument.restoration.fidelity import (
+    FidelityGuard,
+    forward_model_for,
+    sampler_uncertainty,
+)
+from xinstrument.restoration.physics import DetectorPhysics
+
+from .conftest import make_scene
+
+torch.set_num_threads(1)
+
+
+def _pairs(profile, n, size=128, dose_ratio=1.0, seed=0):
+    """(hr, lr): noise-free scenes and thick frames from the profile's own forward/noise model."""
+    rng = np.random.default_rng(seed)
+    hr = np.stack([make_scene(rng, size) for _ in range(n)])
+    gen = torch.Generator().manual_seed(seed + 1)
+    lr = DetectorPhysics.from_profile(profile).degrade(torch.from_numpy(hr), gen, dose_ratio).numpy()
+    return hr, lr
+
+
+def _disc(shape, cy, cx, radius_px, contrast):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (contrast * ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius_px**2)).astype(np.float32)
+
+
+def test_truth_passes_at_the_chosen_false_alarm_rate(profile):
+    alpha = 0.05
+    guard = FidelityGuard(profile, tile_px=16, false_alarm_rate=alpha, border_px=0, device="cpu")
+    hr, lr = _pairs(profile, 8)
+    results = [guard.check(y, x, dose_ratio=1.0) for y, x in zip(lr, hr)]
+    flagged = sum(int(r.flagged.sum()) for r in results)
+    tiles = sum(r.flagged.size for r in results)
+    # flagged tiles of noise-only frames are Binomial(tiles, alpha): inside its 99.9 % interval
+    lo, hi = stats.binom.interval(0.999, tiles, alpha)
+    assert lo <= flagged <= hi, (flagged, tiles)
+    chi2 = np.array([r.reduced_chi2 for r in results])
+    c = results[0].correlation_factor
+    sd = np.sqrt(2 * c / (128 * 128))            # sd of a frame's reduced chi-square
+    assert np.all(np.abs(chi2 - 1) < 5 * sd), chi2
+    r = results[0]
+    assert r.normalised and r.consistent is True and r.map.shape == (128, 128)
+    assert r.tile_chi2.shape == (8, 8) and r.flagged_fraction == r.flagged.mean()
+    nu = 16 * 16 / c
+    assert r.threshold == pytest.approx(stats.chi2.isf(alpha, nu) / nu)
+    assert abs(float(np.std(r.map)) - 1) < 0.05
+
+
+def test_noise_scales_with_frames_averaged_and_dose(profile):
+    guard = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu")
+    hr, lr = _pairs(profile, 1, dose_ratio=4.0, seed=3)   # 4x the quanta = 4 frames averaged
+    assert guard.check(lr[0], hr[0], dose_ratio=1.0, frames_averaged=4).reduced_chi2 == \
+        pytest.approx(1.0, abs=0.06)
+    assert guard.check(lr[0], hr[0], dose_ratio=4.0).reduced_chi2 == pytest.approx(1.0, abs=0.06)
+    q = 4.0 * profile.nnps_mean_signal
+    assert guard.check(lr[0], hr[0], quanta_per_pixel=q).reduced_chi2 == pytest.approx(1.0, abs=0.06)
+    # assuming 4x too much noise: chi2 ~ 1/4, never flagged (the test is one-sided)
+    low = guard.check(lr[0], hr[0], dose_ratio=1.0)
+    assert low.reduced_chi2 == pytest.approx(0.25, abs=0.03) and not low.flagged.any()
+
+
+def test_invented_via_is_flagged_where_it_is(profile):
+    guard = FidelityGuard(profile, tile_px=16, false_alarm_rate=1e-3, border_px=0, device="cpu")
+    hr, lr = _pairs(profile, 1, seed=5)
+    noise_sd = np.sqrt(profile.nnps_lr.mean() * 0.85)   # order of the per-pixel noise
+    fake = hr[0] + _disc(hr[0].shape, 72, 40, 3, -8 * noise_sd)
+    r = guard.check(lr[0], fake, dose_ratio=1.0)
+    assert r.flagged[72 // 16, 40 // 16]
+    assert r.flagged.sum() <= 4                # the via's tile and at most its neighbours
+    assert r.consistent is False and r.tile_chi2[72 // 16, 40 // 16] > r.threshold
+    assert "NOT consistent" in r.message
+
+
+def test_crack_is_flagged(profile):
+    guard = FidelityGuard(profile, tile_px=16, false_alarm_rate=1e-3, border_px=0, device="cpu")
+    hr, lr = _pairs(profile, 1, seed=6)
+    fake = hr[0].copy()
+    fake[50, 20:60] -= 0.15                    # one-pixel crack, 40 px long
+    r = guard.check(lr[0], fake, dose_ratio=1.0)
+    assert r.flagged[50 // 16, 20 // 16:60 // 16].all()
+    assert not r.flagged[96:, :].any()
+
+
+def test_psf_forward_model_is_the_psf_convolution(profile):
+    guard = FidelityGuard(profile, device="cpu")
+    x = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    ref = ndimage.convolve(x.astype(np.float64), profile.psf[::-1, ::-1], mode="reflect")
+    got = guard.reblur(x, "psf")[0].numpy()
+    np.testing.assert_allclose(got[8:-8, 8:-8], ref[8:-8, 8:-8], atol=1e-5)
+    assert forward_model_for("richardson_lucy") == "psf"
+    assert forward_model_for("wiener") == forward_model_for("sr3") == "mtf_ratio"
+
+
+def test_frame_border_is_left_out(profile):
+    guard = FidelityGuard(profile, tile_px=16, device="cpu")
+    hr, lr = _pairs(profile, 1, seed=7)
+    r = guard.check(lr[0], hr[0], dose_ratio=1.0)
+    b = r.border_px
+    assert 0 < b < 40
+    assert np.isnan(r.map[:b]).all() and np.isfinite(r.map[b:-b, b:-b]).all()
+    fixed = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu").check(lr[0], hr[0], dose_ratio=1.0)
+    assert fixed.border_px == 0 and np.isfinite(fixed.map).all()
+
+
+def test_without_noise_model_reports_raw_residuals(profile):
+    hr, lr = _pairs(profile, 1, seed=8)
+    profile.nnps_lr = None
+    guard = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu")
+    r = guard.check(lr[0], hr[0], dose_ratio=1.0)
+    assert not r.normalised and r.consistent is None and not r.flagged.any()
+    assert np.isnan(r.reduced_chi2) and np.isnan(r.threshold) and np.isnan(r.flagged_fraction)
+    assert "cannot normalise" in r.message and "NNPS" in r.message
+    resid = lr[0] - guard.reblur(hr[0])[0].numpy()
+    np.testing.assert_allclose(r.map, resid, atol=1e-6)
+    assert r.rms_residual == pytest.approx(float(np.sqrt(np.mean(resid.astype(np.float64) ** 2))), rel=1e-4)
+
+
+def test_unknown_dose_cannot_normalise(profile):
+    hr, lr = _pairs(profile, 1, seed=9)
+    r = FidelityGuard(profile, tile_px=16, device="cpu").check(lr[0], hr[0])
+    assert not r.normalised and "dose" in r.message
+
+
+def test_bad_input(profile):
+    guard = FidelityGuard(profile, tile_px=16, device="cpu")
+    x = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match="differ in shape"):
+        guard.check(x, np.zeros((64, 48), np.float32), dose_ratio=1.0)
+    with pytest.raises(ValueError, match="not both"):
+        guard.check(x, x, dose_ratio=1.0, quanta_per_pixel=10.0)
+    with pytest.raises(ValueError, match="dose_ratio"):
+        guard.check(x, x, dose_ratio=-1.0)
+    with pytest.raises(ValueError, match="frames_averaged"):
+        guard.check(x, x, dose_ratio=1.0, frames_averaged=0)
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        guard.check(x[:8, :8], x[:8, :8], dose_ratio=1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        guard.check(np.full((64, 64), np.nan, np.float32), x, dose_ratio=1.0)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        FidelityGuard(profile, false_alarm_rate=0.0)
+    with pytest.raises(ValueError, match="forward model"):
+        guard.reblur(x, "gaussian")
+
+
+def test_sampler_uncertainty_from_a_function():
+    frame = np.zeros((32, 32), np.float32)
+
+    def fn(y, seed):
+        return y + 0.1 * np.random.default_rng(seed).standard_normal(y.shape)
+
+    u = sampler_uncertainty(fn, frame, variants=range(6), keep_samples=True)
+    assert u.std.shape == frame.shape and u.samples.shape == (6, 32, 32)
+    assert float(u.std.mean()) == pytest.approx(0.1, rel=0.1)
+    assert u.cost_s > 0 and u.cost_relative > 1
+    with pytest.raises(ValueError, match="at least 2"):
+        sampler_uncertainty(fn, frame, variants=[0])
+    with pytest.raises(ValueError, match="explicit variants"):
+        sampler_uncertainty(fn, frame)
+
+
+def test_sampler_uncertainty_of_an_sr3_restorer(profile):
+    from xinstrument.restoration import Restorer, build_model, pack_weights
+
+    torch.manual_seed(0)
+    profile.save_weights("sr3", pack_weights(build_model("sr3", base_channels=8, depth=2), "sr3"))
+    restorer = Restorer(profile, "sr3", device="cpu", steps=2, tile=128)
+    _, lr = _pairs(profile, 1, size=64, seed=10)
+    u = sampler_uncertainty(restorer, lr[0], variants=[0, 1, 2])
+    assert u.variants == [0, 1, 2] and np.isfinite(u.std).all() and float(u.std.max()) > 0
+    # the restorer's own sampler is untouched afterwards
+    a, b = restorer.restore(lr[0]), restorer.restore(lr[0])
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="diffusion restorer"):
+        sampler_uncertainty(Restorer(profile, "inverse", device="cpu"), lr[0])
+
+
+# ------------------------------------------------------------------------- acquisition policy
+class _Camera:
+    """Delivers one fixed corrected-looking frame (the instrument's corrector is identity)."""
+
+    exposure_s = 1.0
+
+    def __init__(self, data):
+        self.data = data
+
+    def grab(self, n):
+        from drivers.camera.base import Frame
+        return [Frame(self.data, i, 0.0, 1.0, {"voltage_kv": 50.0, "current_ua": 80.0})
+                for i in range(n)]
+
+
+class _Inventing:
+    """A restorer that adds a via that is not in the data."""
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def restore(self, frame):
+        return self.truth + _disc(self.truth.shape, 64, 64, 3, -0.3)
+
+
+def _instrument(profile, lr, hr):
+    from xinstrument.instrument import Instrument
+
+    inst = Instrument()
+    inst.connected = True
+    inst.camera = _Camera(lr)
+    inst.corrector = lambda data: data.astype(np.float32)
+    inst.profile = profile
+    inst.restoration_method = "sr3"
+    inst._restorers[("sr3", profile.name)] = _Inventing(hr)
+    inst.config.restoration.device = "cpu"
+    return inst
+
+
+def test_policy_falls_back_to_classical_when_the_restoration_invents(profile):
+    hr, lr = _pairs(profile, 1, seed=11)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst.set_fidelity_policy(True, max_reduced_chi2=None, fallback_method="wiener", tile_px=16,
+                             dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.restoration_method == "wiener"
+    assert fr.fidelity.fell_back and fr.fidelity.method == "sr3"
+    assert "restored with wiener" in fr.fidelity.fallback_reason
+    assert fr.fidelity.flagged[4, 4]
+    np.testing.assert_allclose(fr.restored, inst.restore(lr[0], "wiener"), atol=1e-6)
+
+    inst.set_fidelity_policy(True, fallback_method=None, tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.restoration_method == "sr3" and not fr.fidelity.fell_back
+    assert fr.fidelity.consistent is False
+
+    inst.set_fidelity_policy(False)
+    assert inst.acquire(1, restore=True).fidelity is None
+
+
+def test_policy_keeps_a_consistent_restoration(profile):
+    hr, lr = _pairs(profile, 1, seed=12)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst._restorers[("sr3", profile.name)].restore = lambda frame: hr[0]
+    inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.restoration_method == "sr3" and fr.fidelity.consistent
+    assert not fr.fidelity.fell_back and fr.fidelity.fallback_reason is None
+    # a reduced chi-square limit below the measured value forces the fallback
+    inst.set_fidelity_policy(True, max_reduced_chi2=0.5, tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.restoration_method == "wiener" and "reduced chi2" in fr.fidelity.fallback_reason
+
+
+def test_policy_without_dose_never_falls_back(profile):
+    hr, lr = _pairs(profile, 1, seed=13)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst.set_fidelity_policy(True, max_reduced_chi2=1.0, tile_px=16)
+    fr = inst.acquire(1, restore=True)
+    assert not fr.fidelity.normalised and not fr.fidelity.fell_back
+    assert fr.restoration_method == "sr3"
