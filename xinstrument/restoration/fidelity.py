@@ -163,12 +163,19 @@ def _tile_edges(length: int, tile_px: int) -> np.ndarray:
 
 
 def _tile_sums(a: torch.Tensor, ry: np.ndarray, rx: np.ndarray) -> torch.Tensor:
-    """Sum of a (H, W) tensor over the tiles given by row/col edges, via cumulative sums."""
-    c = torch.nn.functional.pad(a.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
-    iy = torch.as_tensor(ry, device=a.device)
-    ix = torch.as_tensor(rx, device=a.device)
-    s = c[iy][:, ix]
-    return s[1:, 1:] - s[:-1, 1:] - s[1:, :-1] + s[:-1, :-1]
+    """Sum of a (H, W) tensor over the tiles given by row/col edges (two index_add passes)."""
+    row_tile = torch.as_tensor(np.repeat(np.arange(ry.size - 1), np.diff(ry)), device=a.device)
+    col_tile = torch.as_tensor(np.repeat(np.arange(rx.size - 1), np.diff(rx)), device=a.device)
+    rows = torch.zeros((ry.size - 1, a.shape[1]), dtype=a.dtype, device=a.device)
+    rows.index_add_(0, row_tile, a)
+    out = torch.zeros((ry.size - 1, rx.size - 1), dtype=torch.float64, device=a.device)
+    return out.index_add_(1, col_tile, rows.double())
+
+
+def _inside_counts(edges: np.ndarray, border: int) -> np.ndarray:
+    """Pixels of each tile span (given by edges) that lie inside [border, length - border)."""
+    lo, hi = border, int(edges[-1]) - border
+    return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
 
 
 class FidelityGuard:
@@ -393,7 +400,7 @@ class FidelityGuard:
         border = min(border, (min(h, w) - 1) // 2)
         inside = torch.zeros((h, w), dtype=torch.bool, device=self.device)
         inside[border:h - border, border:w - border] = True
-        counts = _tile_sums(inside.double(), ry, rx).cpu().numpy()
+        counts = np.outer(_inside_counts(ry, border), _inside_counts(rx, border)).astype(np.float64)
         tested = counts > 0
         safe_counts = np.where(tested, counts, 1.0)
         resid_in = torch.where(inside, resid, torch.zeros_like(resid))
