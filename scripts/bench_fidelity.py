@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xinstrument.calibration.nnps import nnps, resample_curve  # noqa: E402
-from xinstrument.profiles import find_profile  # noqa: E402
-from xinstrument.restoration import Restorer, available_methods  # noqa: E402
-from xinstrument.restoration.fidelity import FidelityGuard, forward_model_for  # noqa: E402
-from xinstrument.sim import Twin, lens_bench  # noqa: E402
+from xinstrument.calibration.nnps import nnps, resample_curve
+from xinstrument.profiles import find_profile
+from xinstrument.restoration import Restorer, available_methods
+from xinstrument.restoration.fidelity import FidelityGuard, forward_model_for
+from xinstrument.sim import Twin, lens_bench
 
 HELD_OUT_SEED = 90210      # sample seed not used by make_sim_profiles (0) or training
 N_FLAT = 8
@@ -161,8 +161,8 @@ def main(argv=None) -> int:
                base_name, dose, a.trials)
     print(f"\n== cost on {guard.device} ({a.timing_px} x {a.timing_px} px, torch threads "
           f"{torch.get_num_threads()}) ==")
-    reps = max(1, a.sensor_px and 5)
-    big = np.tile(y_list[0], (a.timing_px // a.sensor_px + 1,) * 2)[:a.timing_px, :a.timing_px]
+    reps = 5
+    big = np.tile(frames[1][0], (a.timing_px // a.sensor_px + 1,) * 2)[:a.timing_px, :a.timing_px]
     times = {}
     for m in [m for m in methods if m in ("wiener", "inverse", "richardson_lucy")]:
         restorers[m].options = {"dose_ratio": dose} if m == "wiener" else {}
