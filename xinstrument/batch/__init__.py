@@ -6,6 +6,7 @@
 - :func:`restore_file` / :func:`recon_file`: the per-file tasks (also usable in-process).
 - :func:`train_ddp`: training under torchrun with DistributedDataParallel.
 """
+from .cli import main
 from .recon import recon_file, recon_output_path_for
 from .runner import BatchReport, local_cluster, run_batch, run_local_loop, run_recon_batch, run_tasks
 from .tasks import (
@@ -20,7 +21,7 @@ from .tasks import (
 )
 
 __all__ = ["BatchReport", "FileResult", "InputError", "cached_restorer", "input_checksum",
-           "local_cluster", "output_path_for", "output_status", "profile_fingerprint",
+           "local_cluster", "main", "output_path_for", "output_status", "profile_fingerprint",
            "recon_file", "recon_output_path_for", "restore_file", "run_batch", "run_local_loop",
            "run_recon_batch", "run_tasks", "train_ddp"]
 

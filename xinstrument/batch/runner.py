@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,12 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1):
     from distributed import LocalCluster
 
     n = n_workers or os.cpu_count() or 1
-    return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=None)
+    with warnings.catch_warnings():
+        # The scheduler's small HTTP endpoint (health, no dashboard) binds to 127.0.0.1 and
+        # moves to a free port when 8787 is taken; that is expected with several clusters.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                            host="127.0.0.1", dashboard_address=None)
 
 
 def run_tasks(inputs: Sequence[Path], outputs: Sequence[Path], task: Callable[..., FileResult],
