@@ -13,7 +13,7 @@ from xinstrument.restoration.fidelity import (
 )
 from xinstrument.restoration.physics import DetectorPhysics
 
-from .conftest import make_scene
+from conftest import make_scene
 
 torch.set_num_threads(1)
 
