@@ -8,7 +8,7 @@ from xinstrument.instrument import Instrument
 
 def make_instrument(sensor_px: int = 128, sample: str = "pcb") -> Instrument:
     cfg = InstrumentConfig.simulated(sensor_px=sensor_px, sample=sample, seed=3)
-    cfg.simulation.warmup_duration_s = 0.2
+    cfg.simulation.warmup_duration_s = 0.8   # long enough for intermediate progress polls
     cfg.camera.exposure_s = 0.02
     return Instrument(cfg)
 
