@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from xinstrument.batch import main, restore_file, run_batch, run_local_loop, run_recon_batch
+from xinstrument.batch import main, run_batch, run_local_loop, run_recon_batch
 from xinstrument.batch.ddp import train_ddp
 from xinstrument.profiles import find_profile
 from xinstrument.recon import TomoGeometry, load_scan, parse_heights, reconstruct
 from xinstrument.restoration import Restorer
 from xinstrument.restoration.training import train
-from xinstrument.sim import Twin, lens_bench
-from xinstrument.sim import tomo
+from xinstrument.sim import Twin, lens_bench, tomo
 from xinstrument.storage import ScanReader, ScanWriter
 
 from . import _flaky
@@ -182,8 +181,8 @@ def test_batch_recon_of_restored_outputs(client, scans, profile, tmp_path):
 
 def test_train_ddp_world_size_1_equals_single_process(profile, tmp_path, monkeypatch):
     hr = np.random.default_rng(0).random((4, 48, 48)).astype(np.float32)
-    kw = dict(patch=32, batch=4, steps=3, device="cpu", base_channels=4, depth=2,
-              save_to_profile=False)
+    kw = {"patch": 32, "batch": 4, "steps": 3, "device": "cpu", "base_channels": 4, "depth": 2,
+          "save_to_profile": False}
     single = train("unet", profile, hr, seed=5, **kw)
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")

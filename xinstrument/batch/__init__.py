@@ -8,7 +8,14 @@
 """
 from .cli import main
 from .recon import recon_file, recon_output_path_for
-from .runner import BatchReport, local_cluster, run_batch, run_local_loop, run_recon_batch, run_tasks
+from .runner import (
+    BatchReport,
+    local_cluster,
+    run_batch,
+    run_local_loop,
+    run_recon_batch,
+    run_tasks,
+)
 from .tasks import (
     FileResult,
     InputError,

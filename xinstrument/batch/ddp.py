@@ -187,3 +187,51 @@ def _train_distributed(T, env, method, profile, hr_source, patch, batch, steps, 
     finally:
         if own_group:
             dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun ... -m xinstrument.batch.ddp --profile P --method M --steps N``: train on the
+    twin's HR images (the HR pool of ``xinstrument train``), weights saved into the profile."""
+    import argparse
+
+    from ..cliargs import non_negative_int, positive_int
+    from ..profiles import find_profile
+    from ..restoration.cli import bench_for_profile
+    from ..restoration.training import pooled_source
+    from ..sim.bench import hr_patches
+
+    p = argparse.ArgumentParser(prog="xinstrument.batch.ddp", description=main.__doc__)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--steps", type=positive_int, required=True)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--patch", type=positive_int, default=64)
+    p.add_argument("--batch", type=positive_int, default=8, help="global batch (all processes)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--base-channels", type=positive_int, default=16)
+    p.add_argument("--pool-images", type=positive_int, default=96)
+    p.add_argument("--pool-px", type=positive_int, default=256)
+    p.add_argument("--device", default=None)
+    a = p.parse_args(argv)
+    profile = find_profile(a.profile)
+    bench = bench_for_profile(profile)
+
+    def source(rng, count, px):
+        return hr_patches(rng, count, px, bench=bench)
+
+    env = distributed_env()
+    rank = env[0] if env else 0
+    res = train_ddp(a.method, profile, pooled_source(source, a.pool_images, a.pool_px, a.seed),
+                    patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
+                    device=a.device, base_channels=a.base_channels,
+                    steps_per_epoch=max(1, a.steps // 5),
+                    progress=lambda r: print(f"step {int(r['step'])} loss {r['loss']:.5f}",
+                                             flush=True) if "epoch" in r else None)
+    if rank == 0:
+        print(f"trained {a.method} for {profile.name} on {env[2] if env else 1} process(es): "
+              f"{a.steps} steps, {res.seconds:.1f} s; weights in {profile.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,8 +17,15 @@ from typing import Any
 from .recon import recon_file, recon_output_path_for
 from .tasks import DEFAULT_BATCH_FRAMES, FileResult, InputError, output_path_for, restore_file
 
-__all__ = ["BatchReport", "EVENT_TOPIC", "local_cluster", "run_batch", "run_local_loop",
-           "run_recon_batch", "run_tasks"]
+__all__ = [
+    "EVENT_TOPIC",
+    "BatchReport",
+    "local_cluster",
+    "run_batch",
+    "run_local_loop",
+    "run_recon_batch",
+    "run_tasks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +249,8 @@ def run_batch(files: Sequence[str | Path], profile: Any, method: str, *,
     _check_outputs(paths, outputs)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = dict(profile=profile, method=method, batch_frames=batch_frames, device=device,
-                  restorer_options=restorer_options, force=force)
+    kwargs = {"profile": profile, "method": method, "batch_frames": batch_frames,
+              "device": device, "restorer_options": restorer_options, "force": force}
     return run_tasks(paths, outputs, task, kwargs, scheduler=scheduler, workers=workers,
                      retries=retries, client=client, broadcast=("profile",), progress=progress)
 
@@ -266,7 +273,7 @@ def run_recon_batch(files: Sequence[str | Path], method: str = "sirt", *,
     _check_outputs(paths, outputs)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = dict(method=method, heights=heights, restored=restored, iterations=iterations,
-                  name=name, device=device, force=force)
+    kwargs = {"method": method, "heights": heights, "restored": restored,
+              "iterations": iterations, "name": name, "device": device, "force": force}
     return run_tasks(paths, outputs, recon_file, kwargs, scheduler=scheduler, workers=workers,
                      retries=retries, client=client, progress=progress)

@@ -103,7 +103,7 @@ def _identity_prefix(method: str, profile_digest: str, options: dict[str, Any]) 
                        "options": options, "version": __version__}, sort_keys=True).encode()
 
 
-def _update_frame(h: "hashlib._Hash", frame: np.ndarray) -> None:
+def _update_frame(h: Any, frame: np.ndarray) -> None:
     a = np.ascontiguousarray(frame)
     h.update(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
