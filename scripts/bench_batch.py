@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def make_files(folder: Path, n_files: int, n_frames: int, px: int) -> list[Path]:
@@ -68,7 +69,15 @@ def main() -> None:
     for r in loop.results:
         with ScanReader(r.output) as s:
             ref[r.input] = s.restored
-    rows = [("single-process loop", loop.seconds, 1.0, float("nan"), float("nan"), "reference")]
+    rows = [(f"loop, {torch.get_num_threads()} torch thr", loop.seconds, 1.0, float("nan"),
+             float("nan"), "reference")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # what one Dask worker gets (it sets OMP_NUM_THREADS=1)
+    loop1 = run_local_loop(files, profile, a.method, out_dir=tmp / "loop1")
+    torch.set_num_threads(threads)
+    same1 = all(np.array_equal(ScanReader(r.output).restored, ref[r.input]) for r in loop1.results)
+    rows.append(("loop, 1 torch thread", loop1.seconds, loop.seconds / loop1.seconds,
+                 float("nan"), float("nan"), "bit-identical" if same1 else "DIFFERS"))
     for n in (1, 2):
         cluster = local_cluster(n)
         client = Client(cluster)
@@ -97,6 +106,8 @@ def main() -> None:
           f"{'empty task_s':>13s}  result vs loop")
     for name, wall, sp, ov, rt, same in rows:
         print(f"{name:22s} {wall:8.2f} {sp:9.2f} {ov:16.3f} {rt:13.4f}  {same}")
+    print(f"\nspeed-up of 2 workers over the 1-thread loop (per-core scaling): "
+          f"{loop1.seconds / rows[-1][1]:.2f}")
     print("\noverhead/task: (wall x workers - sum of task compute) / tasks: scheduling, "
           "result transfer and idle time at the end; empty task: a no-op round trip.")
 
