@@ -81,10 +81,8 @@ def _train_distributed(T, env, method, profile, hr_source, patch, batch, steps, 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ..restoration.metrics import psnr, ssim
     from ..restoration.networks import METHOD_CONFIGS, build_model, pack_weights
     from ..restoration.physics import DetectorPhysics
-    from ..restoration.samplers import make_restore_fn
 
     if method not in METHOD_CONFIGS:
         raise ValueError(f"train: unknown learned method {method!r}; choose from {list(METHOD_CONFIGS)}")
@@ -160,21 +158,8 @@ def _train_distributed(T, env, method, profile, hr_source, patch, batch, steps, 
             report: dict[str, float] = {"step": step, "loss": result.losses[-1]}
             if rank == 0 and (step % steps_per_epoch == 0 or step == steps):
                 report["epoch"] = math.ceil(step / steps_per_epoch)
-                if val_set is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        restore = make_restore_fn(method, model, physics, steps=sample_steps, seed=seed)
-                        out = restore(val_set[1]).cpu().numpy()
-                    ref = val_set[0].cpu().numpy()
-                    report["val_psnr_db"] = float(np.mean(psnr(out, ref, 1.0)))
-                    report["val_ssim"] = float(np.mean(ssim(out, ref, 1.0)))
-                    result.validation.append({k: float(v) for k, v in report.items()})
-                if checkpoint_dir is not None:
-                    folder = Path(checkpoint_dir)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    torch.save({"model": pack_weights(model, method), "optimizer": opt.state_dict(),
-                                "step": step, "world_size": world},
-                               folder / f"{method}_latest.pt")
+                T.end_of_epoch(report, model, method, physics, val_set, sample_steps, seed, result,
+                               checkpoint_dir, opt, step, extra_state={"world_size": world})
             if progress is not None and rank == 0:
                 progress(report)
         result.seconds = time.perf_counter() - t0

@@ -257,22 +257,8 @@ def train(
         if step % steps_per_epoch == 0 or step == steps:
             epoch = math.ceil(step / steps_per_epoch)
             report["epoch"] = epoch
-            if val_set is not None:
-                model.eval()
-                with torch.no_grad():
-                    restore = make_restore_fn(method, model, physics, steps=sample_steps, seed=seed)
-                    out = restore(val_set[1]).cpu().numpy()
-                ref = val_set[0].cpu().numpy()
-                report["val_psnr_db"] = float(np.mean(psnr(out, ref, 1.0)))
-                report["val_ssim"] = float(np.mean(ssim(out, ref, 1.0)))
-                result.validation.append({k: float(v) for k, v in report.items()})
-            if checkpoint_dir is not None:
-                folder = Path(checkpoint_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {"model": pack_weights(model, method), "optimizer": opt.state_dict(), "step": step},
-                    folder / f"{method}_latest.pt",
-                )
+            end_of_epoch(report, model, method, physics, val_set, sample_steps, seed, result,
+                         checkpoint_dir, opt, step)
         if progress is not None:
             progress(report)
     result.seconds = time.perf_counter() - t0
@@ -281,3 +267,26 @@ def train(
     if save_to_profile:
         profile.save_weights(method, result.weights)
     return result
+
+
+def end_of_epoch(report: dict, model, method: str, physics, val_set, sample_steps, seed: int,
+                 result, checkpoint_dir, opt, step: int, extra_state: dict | None = None) -> None:
+    """Validation PSNR/SSIM into ``report`` and ``result.validation``, then a checkpoint.
+
+    Shared by single-process and distributed training so both record and save the same way.
+    """
+    if val_set is not None:
+        model.eval()
+        with torch.no_grad():
+            restore = make_restore_fn(method, model, physics, steps=sample_steps, seed=seed)
+            out = restore(val_set[1]).cpu().numpy()
+        ref = val_set[0].cpu().numpy()
+        report["val_psnr_db"] = float(np.mean(psnr(out, ref, 1.0)))
+        report["val_ssim"] = float(np.mean(ssim(out, ref, 1.0)))
+        result.validation.append({k: float(v) for k, v in report.items()})
+    if checkpoint_dir is not None:
+        folder = Path(checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"model": pack_weights(model, method), "optimizer": opt.state_dict(), "step": step}
+        state.update(extra_state or {})
+        torch.save(state, folder / f"{method}_latest.pt")
