@@ -8,6 +8,7 @@ a hung controller or a pulled plug does. The device state machine lives in the s
 """
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import select
@@ -35,7 +36,7 @@ class _Connection:
         self.buf = bytearray()
 
 
-class EmulatorBase:
+class EmulatorBase(abc.ABC):
     """Shared serving machinery. Subclasses set ``name``, ``eol`` and ``control_bytes``."""
 
     name = "emulator"
@@ -141,10 +142,10 @@ class EmulatorBase:
         with self._lock:
             self._faults.clear()
 
-    # --- to implement
+    # --- each device's protocol
+    @abc.abstractmethod
     def _handle(self, command: bytes) -> bytes | None:
         """Execute one command; return the reply (terminator included) or None."""
-        raise NotImplementedError
 
     def _on_disconnect(self) -> None:
         """The client went away (hook for device safety reactions)."""
