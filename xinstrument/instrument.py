@@ -71,6 +71,9 @@ class Instrument:
         self.profile = None
         self._restorers: dict[tuple, Any] = {}
         self.restoration_method: str = self.config.restoration.method
+        self.restoration_steps: int | None = None       # sampler steps / RL iterations
+        self.restoration_device: str | None = self.config.restoration.device
+        self.flat_frames_averaged: int | None = None    # frames in the flat reference
         self.last_frame: AveragedFrame | None = None
         self._fidelity: dict[str, Any] | None = None    # set_fidelity_policy; None = off
         self.connected = False
@@ -384,7 +387,9 @@ class Instrument:
         self._require()
         return float(self.camera.exposure_s)
 
-    def _grab_average(self, n_frames: int) -> tuple[np.ndarray, list]:
+    def grab_average(self, n_frames: int) -> tuple[np.ndarray, list]:
+        """Grab ``n_frames`` raw frames and average them (float32); returns the average and the
+        camera frames (for metadata). For scans that hold ``operation`` themselves."""
         from .acquisition.averaging import average_frames
         if n_frames < 1:
             raise UserError(f"frames to average must be >= 1, got {n_frames}")
@@ -392,7 +397,8 @@ class Instrument:
         self._check_abort("acquisition")
         return average_frames([f.data for f in frames]).astype(np.float32), frames
 
-    def _frame_context(self, frames, n: int) -> dict:
+    def frame_context(self, frames, n: int) -> dict:
+        """Metadata of an averaged frame (exposure, tube readings, stage positions, time)."""
         meta = frames[-1].metadata if frames else {}
         return dict(frames_averaged=n, exposure_s=float(self.camera.exposure_s),
                     voltage_kv=float(meta.get("voltage_kv", np.nan)),
@@ -408,7 +414,7 @@ class Instrument:
             was_on = self.tube.state.name == "XRAY_ON"
             self.tube.xray_off()
             time.sleep(0.1)
-            dark, _ = self._grab_average(n_frames)
+            dark, _ = self.grab_average(n_frames)
             self.dark = dark
             self._update_corrector()
             if was_on:
@@ -425,11 +431,12 @@ class Instrument:
             if sample_out:
                 self.set_sample_in(False)
             try:
-                flat, _ = self._grab_average(n_frames)
+                flat, _ = self.grab_average(n_frames)
             finally:
                 if sample_out:
                     self.set_sample_in(True)
             self.flat = flat
+            self.flat_frames_averaged = int(n_frames)
             self._update_corrector()
             self._log(f"flat reference: {n_frames} frames, mean {flat.mean():.1f} ADU")
             return flat
@@ -448,8 +455,8 @@ class Instrument:
         """One averaged frame; corrected to transmission if references exist (or required)."""
         self._require()
         with self.operation("acquire"):
-            data, frames = self._grab_average(n_average)
-            ctx = self._frame_context(frames, n_average)
+            data, frames = self.grab_average(n_average)
+            ctx = self.frame_context(frames, n_average)
             frame = AveragedFrame(data=data, **ctx)
             if correct:
                 if self.corrector is None:
@@ -477,7 +484,9 @@ class Instrument:
                         dose = float(quanta.mean()) / float(mean_signal)
                     result = pol["guard"].check(frame.data, frame.restored, dose_ratio=dose,
                                                 frames_averaged=frame.frames_averaged,
-                                                flat_frames_averaged=pol["flat_frames_averaged"],
+                                                flat_frames_averaged=(
+                                                    pol["flat_frames_averaged"]
+                                                    or self.flat_frames_averaged),
                                                 forward=forward_model_for(method), method=method)
                     reasons = []
                     if result.normalised and not result.consistent:
@@ -612,7 +621,7 @@ class Instrument:
                     halves = [np.mean([f.data for f in frames[k::2]], axis=0, dtype=np.float64)
                               .astype(np.float32) for k in (0, 1)]
                     return np.stack([corr(h) if corr is not None else h for h in halves])
-                data, _ = self._grab_average(n)
+                data, _ = self.grab_average(n)
                 return corr(data) if corr is not None else data
 
             def progress(i, n, pos, value):
@@ -687,7 +696,11 @@ class Instrument:
         self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
                   f"max reduced chi2 {max_reduced_chi2}, fallback {fallback_method})")
 
-    def set_restoration(self, method: str) -> None:
+    def set_restoration(self, method: str, steps: int | None = None,
+                        device: str | None = None) -> None:
+        """Choose the restoration method; ``steps``: sampler steps of diffusion methods (or
+        Richardson-Lucy iterations), None for the method's default; ``device``: "cpu", "cuda",
+        "cuda:N" or None (CUDA when present)."""
         from .restoration import available_methods
         if self.profile is None:
             self.load_profile()
@@ -695,17 +708,48 @@ class Instrument:
         if method not in methods:
             raise UserError(f"restoration method {method!r} is not available with profile "
                             f"{self.profile.name}; available: {', '.join(methods)}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 1):
+            raise UserError(f"restoration steps must be a positive integer or None, got {steps!r}")
+        device = self._check_device(device)
         self.restoration_method = method
+        self.restoration_steps = steps
+        self.restoration_device = device
+        self._log(f"restoration: {method}"
+                  + (f", {steps} steps" if steps is not None else "")
+                  + (f", on {device}" if device else ""))
+
+    @staticmethod
+    def _check_device(device: str | None) -> str | None:
+        if device is None or device == "":
+            return None
+        import torch
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise UserError(f"restoration device {device!r} is not a torch device "
+                            f"(use cpu, cuda or cuda:N)") from exc
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(f"restoration device {device!r}: no CUDA GPU on this machine")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise UserError(f"restoration device {device!r}: this machine has "
+                                f"{torch.cuda.device_count()} CUDA GPU(s)")
+        elif dev.type != "cpu":
+            raise UserError(f"restoration device {device!r} is not supported (use cpu or cuda)")
+        return str(dev)
 
     def restorer(self, method: str | None = None):
+        """The cached Restorer for ``method`` (default: the current one) with the current
+        profile, steps and device."""
         from .restoration import Restorer
         if self.profile is None:
             self.load_profile()
         method = method or self.restoration_method
-        key = (method, self.profile.name)
+        key = (method, self.profile.name, self.restoration_steps, self.restoration_device)
         if key not in self._restorers:
-            self._restorers[key] = Restorer(self.profile, method,
-                                            device=self.config.restoration.device)
+            self._restorers[key] = Restorer(self.profile, method, device=self.restoration_device,
+                                            steps=self.restoration_steps)
         return self._restorers[key]
 
     def restore(self, frame: np.ndarray, method: str | None = None) -> np.ndarray:
@@ -739,7 +783,10 @@ class Instrument:
         out["references"] = dict(dark=self.dark is not None, flat=self.flat is not None)
         out["profile"] = self.profile.name if self.profile is not None else None
         out["restoration_method"] = self.restoration_method
-        r = self._restorers.get((self.restoration_method, out["profile"]))
+        out["restoration_steps"] = self.restoration_steps
+        out["restoration_device"] = self.restoration_device
+        r = self._restorers.get((self.restoration_method, out["profile"],
+                                 self.restoration_steps, self.restoration_device))
         if r is not None:
             out["restoration_fps"] = float(getattr(r, "frames_per_second", 0.0) or 0.0)
             out["restoration_latency_s"] = float(getattr(r, "latency_s", 0.0) or 0.0)

@@ -320,7 +320,7 @@ class TomoScan:
     def _grab(self, n: int):
         self._checkpoint()
         try:
-            data, frames = self.inst._grab_average(n)
+            data, frames = self.inst.grab_average(n)
         except InstrumentError:
             if self._aborted():
                 raise _Abort() from None
@@ -457,7 +457,7 @@ class TomoScan:
                         time.sleep(plan.settle_s)
                     self._theta = measured
                     raw, frames = self._grab(plan.frames_per_angle)
-                    ctx = inst._frame_context(frames, plan.frames_per_angle)
+                    ctx = inst.frame_context(frames, plan.frames_per_angle)
                     idx = writer.append(raw, image_key=0, theta_deg=measured,
                                         voltage_kv=ctx["voltage_kv"],
                                         current_ua=ctx["current_ua"],
