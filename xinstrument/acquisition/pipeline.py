@@ -228,8 +228,11 @@ class HDF5Sink:
         if self.writer is None:
             ScanWriter = _scan_writer_class()
             self._with_restored = item.restored is not None
+            # super-resolution makes restored frames larger than the measured ones
+            restored_shape = item.restored.shape if self._with_restored else None
             self.writer = ScanWriter(self.path, item.data.shape, dtype="float32",
                                      metadata=self.metadata, restored=self._with_restored,
+                                     restored_shape=restored_shape,
                                      swmr=self.swmr, compression=self.compression,
                                      overwrite=self.overwrite)
         m = item.metadata

@@ -2,7 +2,8 @@
 
 Pure functions and small classes over arrays/tensors: classical deconvolution (Wiener,
 MTF-ratio inverse, Richardson-Lucy), one U-Net family for the learned methods, their forward
-operators and samplers, training, the real-time :class:`Restorer` stage and quality metrics.
+operators and samplers, training, super-resolution below the camera pixel (:mod:`.superres`),
+the real-time :class:`Restorer` stage and quality metrics.
 """
 from .classical import (
     mtf_ratio_inverse,
@@ -27,8 +28,10 @@ from .stage import (
     CLASSICAL_METHODS,
     LEARNED_METHODS,
     METHODS,
+    SR_METHODS,
     Restorer,
     available_methods,
+    sr_factor,
     tiled_apply,
 )
 from .training import TrainResult, crop_source, pooled_source, train
@@ -37,6 +40,7 @@ __all__ = [
     "CLASSICAL_METHODS",
     "LEARNED_METHODS",
     "METHODS",
+    "SR_METHODS",
     "DetectorPhysics",
     "Restorer",
     "TrainResult",
@@ -62,6 +66,7 @@ __all__ = [
     "sde_transfer",
     "sr3_ddim_sample",
     "sr3_forward",
+    "sr_factor",
     "ssim",
     "tiled_apply",
     "time_grid",

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["bench_for_profile", "register", "restore_file", "train_profile"]
+__all__ = ["bench_for_profile", "register", "restore_file", "train_profile", "train_sr_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +69,24 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
 
     The output holds the input's projections, flats and darks (same order, dtype and per-frame
     metadata) and one restored frame per projection (``/entry/restored``, with method and
-    profile). The input is opened read-only and never modified. Returns a summary dict.
+    profile). Super-resolution methods (``sr_x<N>``) make restored frames N x larger per axis;
+    their pixel size (input pixel / N) is stored as ``/entry/restored@pixel_size_um`` and in the
+    ``restoration`` metadata. The input is opened read-only and never modified. Returns a
+    summary dict.
     """
     from ..storage import ScanReader, ScanWriter
     from . import Restorer, available_methods
-    from .stage import METHODS
+    from .stage import METHODS, sr_factor
 
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.is_file():
         raise UserError(f"{in_path}: no such file")
     if in_path.resolve() == out_path.resolve() if out_path.exists() else False:
         raise UserError(f"{out_path}: output must be a new file, not the input")
-    if method not in METHODS:
+    if method not in METHODS and sr_factor(method) is None:
         raise UserError(f"unknown restoration method {method!r}; choose from {', '.join(METHODS)}")
     usable = available_methods(profile)
-    if method not in usable:
+    if method not in usable and sr_factor(method) is None:
         raise UserError(f"profile {profile.name!r} cannot run {method!r} (it has no "
                         f"{'weights' if method not in ('wiener',) else 'NNPS'} for it); "
                         f"available: {', '.join(usable)}")
@@ -104,12 +107,16 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
             restorer = Restorer(profile, method, device=device, steps=steps)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        # the file's own pixel size when it has one (checked against the profile above)
+        out_px = (px if px is not None else float(profile.pixel_size_um)) / restorer.scale
         meta.update(restoration={"method": method, "profile": profile.name, "steps": steps,
-                                 "source_file": str(in_path), "input": how})
+                                 "source_file": str(in_path), "input": how,
+                                 "scale": restorer.scale, "output_pixel_size_um": out_px})
         meta.setdefault("profile", profile.name)
         fmeta = reader.frame_metadata
         writer = ScanWriter(out_path, reader.frame_shape, reader.dtype, metadata=meta,
-                            restored=True, swmr=False, overwrite=overwrite)
+                            restored=True, restored_shape=restorer.output_shape(reader.frame_shape),
+                            restored_pixel_size_um=out_px, swmr=False, overwrite=overwrite)
         t0 = time.perf_counter()
         try:
             _copy_and_restore(reader, writer, frames, restorer, method, profile.name, fmeta,
@@ -121,7 +128,8 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
         writer.close()
         seconds = time.perf_counter() - t0
     return {"frames": n_proj, "seconds": seconds, "input": how, "device": str(restorer.device),
-            "frames_per_second": restorer.frames_per_second, "fallbacks": list(restorer.fallbacks)}
+            "frames_per_second": restorer.frames_per_second, "fallbacks": list(restorer.fallbacks),
+            "scale": restorer.scale, "output_pixel_size_um": out_px}
 
 
 def _copy_and_restore(reader, writer, frames, restorer, method, profile_name, fmeta, n_proj,
@@ -152,9 +160,11 @@ def _cmd_restore(a: argparse.Namespace) -> int:
     bar.close()
     for msg in summary["fallbacks"]:
         print(f"note: {msg}", file=sys.stderr)
+    grid = (f", x{summary['scale']} finer grid ({summary['output_pixel_size_um']:.4g} um pixels)"
+            if summary["scale"] != 1 else "")
     print(f"restored {summary['frames']} projections ({summary['input']}) with {a.method} "
-          f"[{profile.name}] on {summary['device']}: {summary['frames_per_second']:.2f} frames/s "
-          f"-> {out}")
+          f"[{profile.name}] on {summary['device']}{grid}: {summary['frames_per_second']:.2f} "
+          f"frames/s -> {out}")
     return 0
 
 
@@ -216,9 +226,114 @@ def train_profile(profile: Any, method: str, *, steps: int, seed: int = 0,
     return record
 
 
+def _load_hr_images(path: Path, factor: int) -> np.ndarray:
+    """A user's HR images for SR training: (N, H, W) or (H, W) float .npy on the fine grid."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (HR images: an .npy array (N, H, W) or (H, W))")
+    try:
+        hr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable .npy array ({exc})") from None
+    if hr.ndim == 2:
+        hr = hr[None]
+    if hr.ndim != 3 or hr.dtype.kind not in "fiu":
+        raise UserError(f"{path}: HR images must be a numeric (N, H, W) or (H, W) array, got "
+                        f"shape {hr.shape} dtype {hr.dtype}")
+    if not np.isfinite(hr).all():
+        raise UserError(f"{path}: HR images contain NaN or infinite values")
+    return hr.astype(np.float32)
+
+
+def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
+                     bench: str | None = None, hr_images: Path | None = None, patch: int = 64,
+                     batch: int = 16, lr: float = 1e-3, channels: int = 32, layers: int = 8,
+                     pool_images: int = 64, pool_px: int = 192, val_patches: int = 16,
+                     device: str | None = None, threads: int | None = None,
+                     progress=None) -> dict:
+    """Train the ``sr_x<factor>`` network of ``profile`` and save weights + a record.
+
+    HR images: noise-free twin ground truth on a ``factor`` x finer grid (a pool of
+    ``pool_images`` renderings of ``pool_px`` fine pixels from ``seed``), or the user's
+    ``hr_images`` (.npy, on the fine grid: ``factor`` x smaller pixels than the detector).
+    Validation: twin images from another seed. LR inputs come from the profile's calibrated
+    degradation (``esf_sigma_um``, ``noise_sigma``). The profile is re-read just before saving,
+    so weights written meanwhile by other trainings are kept.
+    """
+    import torch
+
+    from ..profiles import DetectorProfile
+    from .superres import SuperResolutionError, sr_method, train_sr, twin_hr_source
+    from .training import crop_source, pooled_source
+
+    try:
+        method = sr_method(factor)
+    except SuperResolutionError as exc:
+        raise UserError(str(exc)) from None
+    if getattr(profile, "esf_sigma_um", None) is None:
+        raise UserError(f"profile {profile.name!r} has no esf_sigma_um (Gaussian PSF sigma of the "
+                        "ESF -> LSF fit of a slanted edge); super-resolution training needs it "
+                        "for the degradation model: measure it (xinstrument calibrate) and store "
+                        "it in profile.toml")
+    bench = bench or bench_for_profile(profile)
+    if bench not in TWIN_BENCHES:
+        raise UserError(f"unknown twin bench {bench!r}; choose from {', '.join(TWIN_BENCHES)}")
+    if patch % factor:
+        raise UserError(f"--patch {patch} px must be a multiple of the SR factor {factor}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cpu0 = time.process_time()
+    if hr_images is not None:
+        hr = _load_hr_images(Path(hr_images), factor)
+        if min(hr.shape[1:]) < patch:
+            raise UserError(f"{hr_images}: HR images of {hr.shape[1]} x {hr.shape[2]} px are "
+                            f"smaller than the {patch} px training patch")
+        train_src = crop_source(hr)
+        hr_desc = f"user HR images {hr_images} ({hr.shape[0]} x {hr.shape[1]} x {hr.shape[2]})"
+    else:
+        train_src = pooled_source(twin_hr_source(factor, bench), pool_images, pool_px, seed)
+        hr_desc = f"twin fine-grid ground truth ({bench}), pool {pool_images} x {pool_px} px"
+    # validation: twin images from seeds the training pool does not use
+    val_src = pooled_source(twin_hr_source(factor, bench), max(4, pool_images // 8), pool_px,
+                            seed + 10_000)
+    try:
+        res = train_sr(profile, factor, train_src, steps, seed, patch=patch, batch=batch, lr=lr,
+                       channels=channels, layers=layers, device=device, val_source=val_src,
+                       val_patches=val_patches, steps_per_epoch=max(1, steps // 10),
+                       progress=progress, save_to_profile=False)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    final = res.validation[-1] if res.validation else {}
+    record = {
+        "method": method, "profile": profile.name, "factor": factor, "bench": bench,
+        "steps": steps, "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
+        "optimizer": "AdamW", "loss": "L1", "channels": channels, "layers": layers,
+        "hr_source": hr_desc, "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
+        "noise_sigma": res.degradation.noise_sigma,
+        "parameters": int(sum(x.numel() for x in res.model.parameters())),
+        "validation": res.validation,
+        "val_psnr_db": final.get("val_psnr_db"), "val_ssim": final.get("val_ssim"),
+        "val_bicubic_psnr_db": final.get("val_bicubic_psnr_db"),
+        "val_bicubic_ssim": final.get("val_bicubic_ssim"),
+        "final_loss": float(np.mean(res.losses[-20:])),
+        "wall_s": round(res.seconds, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+        "torch": torch.__version__,
+    }
+    fresh = DetectorProfile.load(profile.path)     # keep weights others saved while this ran
+    fresh.save_weights(method, res.weights)
+    (Path(fresh.path) / "weights" / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     profile = _load_profile(a.profile)
     t0 = time.perf_counter()
+    if a.task == "sr":
+        return _cmd_train_sr(a, profile, t0)
+    if a.method is None:
+        raise UserError("--method is required for --task restore (the learned restoration "
+                        "method to train)")
+    if a.factor is not None or a.hr_images is not None:
+        raise UserError("--factor and --hr-images belong to --task sr")
 
     def progress(report: dict) -> None:
         if "epoch" in report:
@@ -236,9 +351,35 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_sr(a: argparse.Namespace, profile: Any, t0: float) -> int:
+    if a.factor is None:
+        raise UserError("--task sr needs --factor (2 or 4): the up-sampling factor to train")
+    if a.method is not None and a.method != f"sr_x{a.factor}":
+        raise UserError(f"--method {a.method} does not fit --task sr --factor {a.factor} "
+                        f"(omit --method, or use sr_x{a.factor})")
+
+    def progress(r: dict) -> None:
+        if "val_psnr_db" in r:
+            print(f"[sr_x{a.factor}] step {int(r['step'])}/{a.steps} loss={r['loss']:.5f} "
+                  f"val SR {r['val_psnr_db']:.2f} dB / SSIM {r['val_ssim']:.4f} (bicubic "
+                  f"{r['val_bicubic_psnr_db']:.2f} dB / {r['val_bicubic_ssim']:.4f}) "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    rec = train_sr_profile(profile, a.factor, steps=a.steps, seed=a.seed, bench=a.bench,
+                           hr_images=a.hr_images, patch=a.patch, batch=a.batch, lr=a.lr,
+                           channels=a.channels, layers=a.layers, pool_images=a.pool_images,
+                           pool_px=a.pool_px, device=a.device, threads=a.threads,
+                           progress=progress)
+    print(f"trained sr_x{a.factor} for {profile.name}: {a.steps} steps, val PSNR "
+          f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f} (bicubic "
+          f"{rec['val_bicubic_psnr_db']:.2f} dB / {rec['val_bicubic_ssim']:.4f}), "
+          f"{rec['wall_s']:.0f} s; weights in {profile.path / 'weights'}")
+    return 0
+
+
 def register(sub) -> None:
     from .networks import METHOD_CONFIGS
-    from .stage import METHODS
+    from .stage import METHODS, SR_METHODS
 
     p = sub.add_parser("restore", help="restore a stored scan into a new HDF5 file",
                        description="Restore every projection of a scan file with a profile's "
@@ -256,12 +397,26 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_restore)
 
-    p = sub.add_parser("train", help="train a learned restoration method into a profile",
+    p = sub.add_parser("train", help="train a learned restoration or super-resolution method "
+                       "into a profile",
                        description="Train on thin-detector images of the digital twin (random "
                        "procedural samples), thick inputs synthesised with the profile's MTF "
-                       "ratio and noise; weights and a training record go into the profile.")
+                       "ratio and noise (--task restore), or on fine-grid HR images degraded "
+                       "by bicubic down-sampling, the profile's ESF Gaussian blur and "
+                       "background noise (--task sr --factor N); weights and a training record "
+                       "go into the profile.")
     p.add_argument("--profile", required=True, help="detector profile name or folder")
-    p.add_argument("--method", required=True, choices=list(METHOD_CONFIGS))
+    p.add_argument("--task", choices=["restore", "sr"], default="restore",
+                   help="restore: deblurring method (--method); sr: super-resolution network "
+                   "sr_x<factor> (default restore)")
+    p.add_argument("--method", default=None, choices=list(METHOD_CONFIGS) + list(SR_METHODS),
+                   help="learned restoration method (--task restore)")
+    p.add_argument("--factor", type=_positive_int, default=None,
+                   help="super-resolution factor, 2 or 4 (--task sr)")
+    p.add_argument("--hr-images", type=Path, default=None,
+                   help="--task sr: .npy (N, H, W) HR images on the fine grid instead of the twin")
+    p.add_argument("--channels", type=_positive_int, default=32, help="SR network width")
+    p.add_argument("--layers", type=_positive_int, default=8, help="SR network 3x3 conv layers")
     p.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--bench", choices=list(TWIN_BENCHES), default=None,

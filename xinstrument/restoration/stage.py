@@ -2,7 +2,9 @@
 restored frames with a chosen method, on the best available device.
 
 Classical methods run on whole frames; learned methods run tiled (overlapping tiles, raised-
-cosine blending) in batches, with mixed precision and ``torch.compile`` on CUDA only. A GPU
+cosine blending) in batches, with mixed precision and ``torch.compile`` on CUDA only.
+Super-resolution methods (``sr_x2``, ``sr_x4``: :mod:`.superres`) return frames ``scale`` times
+larger per axis with a pixel ``scale`` times smaller (``Restorer.output_pixel_size_um``). A GPU
 out-of-memory halves the tile size down to ``MIN_TILE_PX`` and then moves to the CPU; every
 fallback is logged and listed in ``Restorer.fallbacks``.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,9 +29,11 @@ __all__ = [
     "CLASSICAL_METHODS",
     "LEARNED_METHODS",
     "METHODS",
+    "SR_METHODS",
     "Restorer",
     "available_methods",
     "blend_window",
+    "sr_factor",
     "tiled_apply",
 ]
 
@@ -36,15 +41,17 @@ log = logging.getLogger(__name__)
 
 CLASSICAL_METHODS = ("wiener", "inverse", "richardson_lucy")
 LEARNED_METHODS = ("unet", "cold_diffusion", "sde", "sr3")
-METHODS = CLASSICAL_METHODS + LEARNED_METHODS
+# Super-resolution networks, one per trained factor (superres.SR_FACTORS).
+SR_METHODS = ("sr_x2", "sr_x4")
+METHODS = CLASSICAL_METHODS + LEARNED_METHODS + SR_METHODS
 MIN_TILE_PX = 128
 # Frames/s is averaged over this many recent calls so the figure follows load changes quickly.
 _RATE_WINDOW = 20
 
 
 def available_methods(profile: Any) -> list[str]:
-    """Methods that can run with ``profile``: classical ones its arrays allow, learned ones it
-    has weights for."""
+    """Methods that can run with ``profile``: classical ones its arrays allow, learned and
+    super-resolution ones it has weights for."""
     out = []
     has_nnps = getattr(profile, "nnps_lr", None) is not None
     for m in CLASSICAL_METHODS:
@@ -52,8 +59,15 @@ def available_methods(profile: Any) -> list[str]:
             continue
         out.append(m)
     weights = getattr(profile, "weights", None) or {}
-    out.extend(m for m in LEARNED_METHODS if m in weights)
+    out.extend(m for m in LEARNED_METHODS + SR_METHODS if m in weights)
     return out
+
+
+def sr_factor(method: str) -> int | None:
+    """The up-sampling factor of a super-resolution method name (``"sr_x2"`` -> 2), None for
+    other names. Any ``sr_x<N>`` is parsed, so an unsupported factor gets its own error."""
+    m = re.fullmatch(r"sr_x(\d+)", str(method))
+    return int(m.group(1)) if m else None
 
 
 def blend_window(size_px: int, overlap_px: int, ramp_start: bool = True, ramp_end: bool = True) -> torch.Tensor:
@@ -144,7 +158,7 @@ class Restorer:
     Parameters
     ----------
     profile : DetectorProfile (arrays; weights for learned methods).
-    method : one of :data:`METHODS`.
+    method : one of :data:`METHODS` (``sr_x<N>``: super-resolution by N, weights needed).
     device : "cuda", "cpu", ...; default CUDA when available.
     steps : sampler steps for diffusion methods (default per method), RL iterations for
         "richardson_lucy" (default 8, paper 004).
@@ -155,6 +169,8 @@ class Restorer:
 
     Attributes
     ----------
+    scale : output pixels per input pixel along each axis (1; N for ``sr_xN``).
+    output_pixel_size_um : restored pixel pitch (profile pixel size / ``scale``).
     frames_per_second : recent throughput (frames / wall s), NaN before the first call.
     latency_s : wall time of the last ``restore`` call.
     frames_restored : total frames restored.
@@ -173,7 +189,8 @@ class Restorer:
         amp: bool = True,
         options: dict[str, Any] | None = None,
     ) -> None:
-        if method not in METHODS:
+        factor = sr_factor(method)
+        if method not in METHODS and factor is None:
             raise ValueError(f"unknown restoration method {method!r}; choose from {list(METHODS)}")
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
@@ -185,7 +202,11 @@ class Restorer:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         self.profile = profile
         self.method = method
-        self.physics = DetectorPhysics.from_profile(profile)
+        # output pixels per input pixel along each axis (1: same grid as the input)
+        self.scale = 1 if factor is None else factor
+        self._sr = None
+        # SR needs no MTF/NNPS arrays: it learned the degradation from the profile's calibration
+        self.physics = None if factor is not None else DetectorPhysics.from_profile(profile)
         self.device = default_device(device)
         self.steps = steps
         self.tile = tile
@@ -206,6 +227,8 @@ class Restorer:
             )
         if method in LEARNED_METHODS:
             self._load_model()
+        elif factor is not None:
+            self._load_sr(factor)
 
     # ------------------------------------------------------------------ set-up
     def _load_model(self) -> None:
@@ -232,6 +255,48 @@ class Restorer:
                 log.warning("torch.compile unavailable (%s); running eager", exc)
                 self.fallbacks.append(f"torch.compile failed: {exc}")
         self._predict = make_restore_fn(self.method, _float_output(runner), self.physics, steps=self.steps)
+
+    def _load_sr(self, factor: int) -> None:
+        from .superres import SR_FACTORS, SuperResolver
+
+        weights = getattr(self.profile, "weights", None) or {}
+        have = sorted(m for m in weights if sr_factor(m) is not None)
+        name = getattr(self.profile, "name", "?")
+        if factor not in SR_FACTORS:
+            raise ValueError(
+                f"super-resolution factor {factor} ({self.method!r}) is not supported; factors: "
+                f"{', '.join(f'sr_x{f}' for f in SR_FACTORS)}; profile {name!r} has "
+                f"{', '.join(have) or 'no SR weights'}")
+        if self.method not in weights:
+            raise ValueError(
+                f"profile {name!r} has no super-resolution weights for factor {factor} "
+                f"({self.method!r}); it has {', '.join(have) or 'no SR weights'}; train them with "
+                f"`xinstrument train --task sr --factor {factor} --profile {name}`")
+        # the output tile is `tile` px, like the deblurring methods' (same memory per tile)
+        self._sr = SuperResolver(self.profile, factor, device=self.device,
+                                 tile=self._sr_tile(), overlap=self._sr_overlap(),
+                                 batch=self.batch)
+        self._sr.overlap = self._sr_overlap()
+        self._model = self._sr.model
+
+    def _sr_tile(self) -> int:
+        return max(16, self.tile // self.scale)
+
+    def _sr_overlap(self) -> int:
+        # at least the network's receptive radius (LR px), below half the tile
+        radius = self._sr.model.receptive_radius_lr_px if self._sr is not None else 16
+        return min(max(self.overlap // self.scale, radius), self._sr_tile() // 2 - 1)
+
+    @property
+    def output_pixel_size_um(self) -> float:
+        """Pixel pitch of restored frames at the scintillator plane: the profile's pixel size
+        divided by :attr:`scale`."""
+        return float(self.profile.pixel_size_um) / self.scale
+
+    def output_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
+        """Shape of the restored frame for an input of ``frame_shape`` (rows, cols)."""
+        rows, cols = (int(n) for n in frame_shape)
+        return rows * self.scale, cols * self.scale
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -264,6 +329,8 @@ class Restorer:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self._sr is not None:
+                return self._sr._tiled(x)
             if self.method in CLASSICAL_METHODS:
                 if x.shape[0] <= self.batch:
                     return self._classical(x)   # the live path: no concatenation copy
@@ -276,7 +343,10 @@ class Restorer:
         log.warning(msg)
         self.fallbacks.append(msg)
         self.device = torch.device("cpu")
-        if self._model is not None:
+        if self._sr is not None:
+            self._sr.model.to(self.device)
+            self._sr.device = self.device
+        elif self._model is not None:
             from .samplers import make_restore_fn
 
             self._model.to(self.device)
@@ -285,7 +355,8 @@ class Restorer:
             )
 
     def restore(self, frame_or_batch: Any) -> np.ndarray:
-        """Restore one (H, W) frame or a (B, H, W) batch; returns float32 numpy of the same shape."""
+        """Restore one (H, W) frame or a (B, H, W) batch; returns float32 numpy of the same
+        shape, or ``scale`` times larger per axis for super-resolution methods."""
         x, single = as_batch(frame_or_batch, "frame_or_batch")
         t0 = time.perf_counter()
         while True:
@@ -294,9 +365,12 @@ class Restorer:
                 break
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                if self.method in LEARNED_METHODS and self.tile // 2 >= MIN_TILE_PX:
+                if (self.method in LEARNED_METHODS or self._sr is not None) \
+                        and self.tile // 2 >= MIN_TILE_PX:
                     self.tile //= 2
                     self.overlap = min(self.overlap, self.tile // 4)
+                    if self._sr is not None:
+                        self._sr.tile, self._sr.overlap = self._sr_tile(), self._sr_overlap()
                     msg = f"GPU out of memory; tiles reduced to {self.tile} px"
                     log.warning(msg)
                     self.fallbacks.append(msg)

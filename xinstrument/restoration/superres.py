@@ -303,7 +303,7 @@ def sr_net_from_weights(state: dict[str, torch.Tensor], factor: int | None = Non
     if factor is not None and meta.get("factor") != int(factor):
         raise SuperResolutionError(
             f"{where}: weights were trained for SR factor {meta.get('factor')}, not {factor}; "
-            f"train them with `scripts/train_sr.py --factor {factor}`"
+            f"train them with `xinstrument train --task sr --factor {factor}`"
         )
     try:
         model = SRNet(meta["factor"], meta["channels"], meta["layers"])
@@ -543,7 +543,7 @@ class SuperResolver:
             raise SuperResolutionError(
                 f"{_profile_name(profile)}: no super-resolution weights for factor {self.factor} "
                 f"({self.method}); trained factors: {have or 'none'}; train with "
-                f"`scripts/train_sr.py --factor {self.factor}`"
+                f"`xinstrument train --task sr --factor {self.factor}`"
             )
         state = profile.load_weights(self.method)
         self.model = sr_net_from_weights(state, self.factor, f"{_profile_name(profile)}: {self.method}")

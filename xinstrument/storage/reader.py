@@ -241,10 +241,41 @@ class ScanReader:
     # ------------------------------------------------------------------ restored frames
     @property
     def restored(self) -> np.ndarray | None:
-        """Restored frames, shape (m, rows, cols), or None if the file has none declared."""
+        """Restored frames, shape (m, *restored_shape), or None if the file has none declared."""
         if not self._has_restored:
             return None
         return self._file[L.RESTORED + "/data"][:self.n_restored]
+
+    @property
+    def restored_shape(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of restored frames (larger than :attr:`frame_shape` after super-
+        resolution), None if the file has no restored frames declared."""
+        if not self._has_restored:
+            return None
+        return tuple(self._file[L.RESTORED + "/data"].shape[1:])  # type: ignore[return-value]
+
+    @property
+    def restored_scale(self) -> int | None:
+        """Restored pixels per measured pixel along each axis (1 for deblurring, N for
+        super-resolution by N); None without restored frames or for a non-integer ratio."""
+        if not self._has_restored:
+            return None
+        value = self._file[L.RESTORED].attrs.get("scale")
+        if value is not None:
+            return int(value)
+        # files written before the attribute existed kept the measured frame shape
+        return 1 if self.restored_shape == self.frame_shape else None
+
+    @property
+    def restored_pixel_size_um(self) -> float | None:
+        """Pixel pitch of the restored frames (um), None when unknown or no restored frames."""
+        if not self._has_restored:
+            return None
+        value = self._file[L.RESTORED].attrs.get("pixel_size_um")
+        if value is not None:
+            return float(value)
+        px, scale = self.pixel_size_um, self.restored_scale
+        return None if px is None or scale is None else px / scale
 
     @property
     def restored_metadata(self) -> dict:

@@ -56,12 +56,13 @@ def export_tiff(h5_path: str | Path, out_path: str | Path, which: str = "project
     out_path = Path(out_path)
     with ScanReader(h5_path) as reader:
         indices, restored = _selection(reader, which)
-        px_um = reader.pixel_size_um
+        px_um = reader.restored_pixel_size_um if restored else reader.pixel_size_um
         # TIFF resolution in pixels per centimetre (1 cm = 1e4 um).
         res = {} if not px_um else {"resolution": (1e4 / px_um, 1e4 / px_um),
                                     "resolutionunit": "CENTIMETER"}
         dtype = np.dtype("float32") if restored else reader.dtype
-        frame_bytes = int(np.prod(reader.frame_shape)) * dtype.itemsize
+        shape = reader.restored_shape if restored else reader.frame_shape
+        frame_bytes = int(np.prod(shape)) * dtype.itemsize
 
         def pages() -> Iterator[tuple[int, np.ndarray, str]]:
             rest = reader._file[L.RESTORED + "/data"] if restored else None

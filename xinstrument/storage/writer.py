@@ -136,7 +136,8 @@ class ScanWriter:
     path
         Output ``.h5`` file.
     frame_shape
-        ``(rows, cols)`` of every measured and restored frame.
+        ``(rows, cols)`` of every measured frame (and of restored frames unless
+        ``restored_shape`` says otherwise).
     dtype
         Storage dtype of measured frames (e.g. ``"uint16"`` raw, ``"float32"`` corrected).
         Appended frames are converted only when that is lossless in range; otherwise ValueError.
@@ -146,7 +147,16 @@ class ScanWriter:
         ``y_pixel_size_um``), ``sample``, ``detector``, ``scintillator``,
         ``source_name``. All of it is readable back as ``ScanReader.metadata``.
     restored
-        Create ``/entry/restored`` (NXdata) for restored frames, float32, same shape.
+        Create ``/entry/restored`` (NXdata) for restored frames, float32.
+    restored_shape
+        ``(rows, cols)`` of the restored frames when they differ from ``frame_shape`` (super-
+        resolution: ``scale`` x larger per axis); default ``frame_shape``. Implies
+        ``restored=True``. The scale (restored / measured size, when the same integer on both
+        axes) is stored as ``/entry/restored@scale``.
+    restored_pixel_size_um
+        Pixel pitch of the restored frames (um, same plane as ``pixel_size_um``); default the
+        metadata's ``pixel_size_um`` divided by the scale. Stored as
+        ``/entry/restored@pixel_size_um`` (absent when neither is known).
     restored_extras
         ``{name: shape}`` of extra per-restored-frame arrays, ``()`` for a scalar, e.g.
         ``{"consistency": (rows, cols), "summary": ()}``; float32, NaN until written. Implies
@@ -163,7 +173,8 @@ class ScanWriter:
 
     def __init__(self, path: str | Path, frame_shape: tuple[int, int], dtype: Any = "float32",
                  *, metadata: dict | None = None, restored: bool = False,
-                 restored_extras: dict | None = None, swmr: bool = True,
+                 restored_extras: dict | None = None, restored_shape: tuple[int, int] | None = None,
+                 restored_pixel_size_um: float | None = None, swmr: bool = True,
                  compression: str | None = "default", overwrite: bool = False) -> None:
         self._path = Path(path)
         self._file: h5py.File | None = None
@@ -200,7 +211,32 @@ class ScanWriter:
             if any(n < 1 for n in ex):
                 raise ValueError(f"restored extra {name!r}: sizes must be positive, got {ex}")
             self._extras[name] = ex
-        self._restored = bool(restored) or bool(self._extras)
+        self._restored = bool(restored) or bool(self._extras) or restored_shape is not None
+        self._rshape: tuple[int, int] = self._shape
+        if restored_shape is not None:
+            try:
+                rshape = tuple(int(n) for n in restored_shape)
+            except (TypeError, ValueError):
+                raise ValueError(f"restored_shape must be (rows, cols), got "
+                                 f"{restored_shape!r}") from None
+            if len(rshape) != 2 or min(rshape) < 1:
+                raise ValueError(f"restored_shape must be two positive sizes (rows, cols), got "
+                                 f"{restored_shape!r}")
+            self._rshape = rshape  # type: ignore[assignment]
+        ratios = {r / m for r, m in zip(self._rshape, self._shape)}
+        # one integer ratio on both axes is a pixel-size scale; anything else (a crop) has none
+        self._rscale: int | None = (int(ratios.pop()) if len(ratios) == 1
+                                    and float(next(iter(ratios))).is_integer() else None)
+        self._rpixel_um: float | None = None
+        if restored_pixel_size_um is not None:
+            try:
+                val = float(restored_pixel_size_um)
+            except (TypeError, ValueError):
+                val = math.nan
+            if not math.isfinite(val) or val <= 0:
+                raise ValueError(f"restored_pixel_size_um must be a positive number of um, got "
+                                 f"{restored_pixel_size_um!r}")
+            self._rpixel_um = val
         self._swmr = bool(swmr)
         self._metadata = dict(metadata or {})
         self._metadata_json = _jsonable(self._metadata, self._path)
@@ -332,11 +368,20 @@ class ScanWriter:
         if self._restored:
             rest = entry.create_group("restored")
             _set_nx(rest, "NXdata")
+            rrows, rcols = self._rshape
             rd = rest.create_dataset(
-                "data", shape=(0, rows, cols), maxshape=(None, rows, cols),
-                chunks=(1, rows, cols), dtype="float32", fillvalue=np.nan, **self._filters)
+                "data", shape=(0, rrows, rcols), maxshape=(None, rrows, rcols),
+                chunks=(1, rrows, rcols), dtype="float32", fillvalue=np.nan, **self._filters)
             rd.attrs["interpretation"] = "image"
             rest.attrs["signal"] = "data"
+            if self._rscale is not None:
+                rest.attrs["scale"] = self._rscale
+            rpx = self._rpixel_um
+            if rpx is None and xpx is not None and self._rscale is not None:
+                rpx = float(xpx) / self._rscale
+            if rpx is not None:
+                rest.attrs["pixel_size_um"] = float(rpx)
+                rd.attrs["pixel_size_um"] = float(rpx)
             rest.create_dataset("source_index", shape=(0,), maxshape=(None,),
                                 chunks=(L.META_CHUNK_ROWS,), dtype="int64", fillvalue=-1)
             for name in ("method", "profile"):
@@ -389,6 +434,11 @@ class ScanWriter:
     @property
     def frame_shape(self) -> tuple[int, int]:
         return self._shape
+
+    @property
+    def restored_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of restored frames."""
+        return self._rshape
 
     @property
     def dtype(self) -> np.dtype:
@@ -471,7 +521,7 @@ class ScanWriter:
                              f"[0, {self._n}), got {source_index!r}")
         method_b = _encode_name(method, "method")
         profile_b = _encode_name(profile, "profile")
-        arr = _cast_frame(frame, self._shape, np.dtype("float32"),
+        arr = _cast_frame(frame, self._rshape, np.dtype("float32"),
                           f"restored frame {self._n_restored}")
         extras = dict(extras or {})
         unknown = sorted(set(extras) - set(self._extras))
