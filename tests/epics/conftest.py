@@ -68,14 +68,15 @@ def epics(epics_ports):
 class IocProcess:
     """`xinstrument ioc` in a subprocess; output collected in a thread."""
 
-    def __init__(self, prefix: str, config: Path, cwd: Path, extra: list[str] = ()) -> None:
+    def __init__(self, prefix: str, config: Path, cwd: Path, extra: list[str] = (),
+                 program: list[str] = ("-m", "xinstrument.cli", "ioc")) -> None:
         env = dict(os.environ)   # loopback variables and this run's ports, passed explicitly
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.prefix = prefix
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xinstrument.cli", "ioc", "--prefix", prefix,
+            [sys.executable, *program, "--prefix", prefix,
              "--config", str(config), *extra],
             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -140,13 +141,16 @@ def tube_emulator():
 
 @pytest.fixture(scope="module")
 def ioc_factory(tmp_path_factory, epics_ports):
-    """``start(tube_url, extra_args)`` -> a running IocProcess; all are stopped at the end."""
+    """``start(tube_url, extra_args, program)`` -> a running IocProcess; all are stopped at the
+    end. ``program``: the Python arguments before ``--prefix`` (default ``xinstrument ioc``)."""
     started: list[IocProcess] = []
 
-    def start(tube_url: str, extra: list[str] = ()) -> IocProcess:
+    def start(tube_url: str, extra: list[str] = (),
+              program: list[str] = ("-m", "xinstrument.cli", "ioc")) -> IocProcess:
         tmp = tmp_path_factory.mktemp("ioc")
         prefix = f"XIT{uuid.uuid4().hex[:6]}:"
-        ioc = IocProcess(prefix, write_config(tmp / "bench.toml", tube_url), tmp, list(extra))
+        ioc = IocProcess(prefix, write_config(tmp / "bench.toml", tube_url), tmp, list(extra),
+                         list(program))
         started.append(ioc)
         return ioc
 
@@ -168,3 +172,32 @@ def _wait_for(predicate, timeout_s: float = 10.0, poll_s: float = 0.05):
 def wait_for():
     """``wait_for(predicate, timeout_s)``: poll until truthy; returns the last value."""
     return _wait_for
+
+
+class CA:
+    """caget/caput of one IOC's PVs, failing loudly when a PV does not answer."""
+
+    def __init__(self, ioc: IocProcess, epics) -> None:
+        self.ioc, self.epics = ioc, epics
+
+    def get(self, name, **kw):
+        v = self.epics.caget(self.ioc.pv(name), timeout=5, **kw)
+        assert v is not None, f"{self.ioc.pv(name)} did not answer"
+        return v
+
+    def put(self, name, value, wait=True, timeout=30):
+        assert self.epics.caput(self.ioc.pv(name), value, wait=wait, timeout=timeout) == 1, name
+
+    def pv(self, name, **kw):
+        pv = self.epics.PV(self.ioc.pv(name), **kw)
+        assert pv.wait_for_connection(timeout=5), name
+        return pv
+
+    def severity(self, name) -> int:
+        return self.pv(name).get_with_metadata(form="time", timeout=5)["severity"]
+
+
+@pytest.fixture(scope="session")
+def make_ca(epics):
+    """``make_ca(ioc)`` -> a :class:`CA` bound to that IOC's prefix."""
+    return lambda ioc: CA(ioc, epics)
