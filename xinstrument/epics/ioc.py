@@ -93,6 +93,7 @@ class InstrumentIOC:
         self._writer = None
         self._writer_lock = threading.Lock()
         self._writer_restored = False
+        self._writer_rshape: tuple[int, int] | None = None
         self._counter = 0
         self._publish_lock = threading.Lock()
         self._captured = 0
@@ -677,8 +678,16 @@ class InstrumentIOC:
                 return Path(self.full_name.get())
             path = Path(self.file_path.get()) / self.file_name.get()
             restored = bool(self.restore_enable.get())
+            rshape = None
+            if restored:
+                # super-resolving methods store their frames on their own, finer grid
+                r = self.inst.restorer()
+                scale = int(getattr(r, "scale", 1) or 1)
+                rshape = (self.shape[0] * scale, self.shape[1] * scale)
             self._writer = ScanWriter(path, self.shape, "float32", restored=restored,
+                                      restored_shape=rshape,
                                       metadata={"instrument": "xinstrument", "source": "epics"})
+            self._writer_rshape = rshape
             self._writer_restored = restored
             self._captured = 0
             self._not_stored = 0
@@ -690,7 +699,7 @@ class InstrumentIOC:
             w, self._writer = self._writer, None
         if w is not None:
             w.close()
-            skipped = (f"; {self._not_stored} super-resolved restoration(s) not stored"
+            skipped = (f"; {self._not_stored} restoration(s) of another size not stored"
                        if self._not_stored else "")
             self._message(f"capture closed: {self._captured} frame(s) in "
                           f"{self.full_name.get()}{skipped}", error=bool(self._not_stored))
@@ -705,13 +714,14 @@ class InstrumentIOC:
                            exposure_s=frame.exposure_s, frames_averaged=frame.frames_averaged,
                            focus_z_um=frame.focus_z_um, timestamp_s=frame.timestamp_s)
             if (self._writer_restored and frame.restored is not None
-                    and tuple(frame.restored.shape) != tuple(frame.data.shape)):
-                # the capture file holds restored frames at the sensor size only; the measured
-                # frame is stored, the restoration can be repeated from it
+                    and tuple(frame.restored.shape) != self._writer_rshape):
+                # the method changed its output size during the capture; the measured frame is
+                # stored, the restoration can be repeated from it
                 self._not_stored += 1
                 self._message(f"captured frame {idx}: its {frame.restored.shape[1]} x "
-                              f"{frame.restored.shape[0]} super-resolved restoration is not "
-                              "stored (sensor-size restored frames only); the measured frame is",
+                              f"{frame.restored.shape[0]} restoration does not fit the capture "
+                              f"file's {self._writer_rshape[1]} x {self._writer_rshape[0]} "
+                              "restored frames and is not stored; the measured frame is",
                               error=True)
             elif self._writer_restored and frame.restored is not None:
                 w.append_restored(frame.restored, source_index=idx,
