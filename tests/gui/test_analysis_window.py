@@ -35,7 +35,7 @@ def test_restored_frames_in_the_live_image(qtbot, window):
     ready(qtbot, w)
     references(qtbot, w)
     w.acquisition.restore.setChecked(True)
-    w.image.mode.setCurrentText("side by side")
+    w.image.mode.setCurrentText("frame | restored")
     w.acquisition.acquire_btn.click()
     qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=30000)
     assert w.image.frame.restored is not None

@@ -25,7 +25,7 @@ from PyQt6.QtWidgets import (
 from .panels import Panel
 from .widgets import LimitedSpinBox
 
-SIM_SAMPLES = ("pcb", "chart", "edge", "bars", "open")
+SIM_SAMPLES = ("pcb", "pcb-layers", "chart", "edge", "bars", "open")
 
 
 class AcquisitionPanel(Panel):
@@ -148,8 +148,13 @@ class AcquisitionPanel(Panel):
 
     def acquire(self) -> None:
         n, c, r = self.n_average.value(), self.correct.isChecked(), self.restore.isChecked()
-        self.run(lambda: self.instrument.acquire(n, correct=c, restore=r), None, "acquire",
-                 [self.acquire_btn])
+
+        def work():
+            if c:
+                self.bridge.keep_raw()      # the raw average shown next to the corrected one
+            return self.instrument.acquire(n, correct=c, restore=r)
+
+        self.run(work, None, "acquire", [self.acquire_btn])
 
     def _stream_args(self) -> dict:
         if self.image_panel is not None:
@@ -167,6 +172,8 @@ class AcquisitionPanel(Panel):
                 self.live_btn.blockSignals(False)
 
             def start():
+                if args["correct"]:
+                    self.bridge.keep_raw()
                 self.instrument.start_stream(**args)
 
             task = self.bridge.run(start, None, failed_back, what="live view")

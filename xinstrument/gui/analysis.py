@@ -8,6 +8,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -18,10 +19,11 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
+from .bridge import describe_error
 from .imageview import make_image_view
 from .panels import Panel
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")     # the box is editable: "cuda:1" etc. can be typed
 
 
 def pixel_size_um(instrument) -> float:
@@ -54,7 +56,15 @@ class RestorationPanel(Panel):
         self.steps.setSpecialValueText("method default")
         self.steps.setToolTip("Sampler steps (diffusion methods) or iterations (Richardson-Lucy)")
         self.device = QComboBox()
+        self.device.setEditable(True)
         self.device.addItems(DEVICES)
+        self.device.setToolTip("auto: CUDA when present, else CPU; or cpu, cuda, cuda:N")
+        self.apply_btn = QPushButton("Apply to live view and acquisition")
+        self.apply_btn.clicked.connect(self.apply_method)
+        self.fidelity = QCheckBox("fidelity guard (check restored frames against the "
+                                  "measurement, fall back to wiener)")
+        self.fidelity.toggled.connect(self.set_fidelity)
+        self.applied = QLabel("instrument: -")
         self.preview_btn = QPushButton("Restore last frame (before / after)")
         self.preview_btn.clicked.connect(self.preview)
         self.speed = QLabel("speed: -")
@@ -68,7 +78,6 @@ class RestorationPanel(Panel):
         self.after.getView().setTitle("after")
         self.after.getView().setXLink(self.before.getView())
         self.after.getView().setYLink(self.before.getView())
-        self._restorers: dict[tuple, object] = {}
         self.last_result: np.ndarray | None = None
 
         form = QFormLayout()
@@ -80,6 +89,9 @@ class RestorationPanel(Panel):
         form.addRow("method", self.method)
         form.addRow("steps", self.steps)
         form.addRow("device", self.device)
+        form.addRow("", self.apply_btn)
+        form.addRow("", self.applied)
+        form.addRow("", self.fidelity)
         split = QSplitter()
         split.addWidget(self.before)
         split.addWidget(self.after)
@@ -118,24 +130,69 @@ class RestorationPanel(Panel):
             f"{profile.name}: {getattr(profile, 'detector_id', '')}, pixel "
             f"{getattr(profile, 'pixel_size_um', float('nan')):g} um; methods "
             + ", ".join(methods))
-        self._restorers.clear()
+
+    def settings(self) -> tuple[str, int | None, str | None]:
+        """(method, steps, device) as the widgets give them; None = the method's / machine's
+        default."""
+        dev = self.device.currentText().strip()
+        return (self.method.currentText(), self.steps.value() or None,
+                None if dev in ("", "auto") else dev)
 
     def apply_method(self) -> None:
-        m = self.method.currentText()
-        self.run(lambda: self.instrument.set_restoration(m),
-                 lambda _: self.say(f"restoration method {m} (used by acquire and live view)",
-                                    error=False), "restoration method")
+        """Hand method, steps and device to the instrument: acquire, the live stream (from its
+        next start) and scans restore with them. A refusal (e.g. cuda on a machine without a
+        GPU) is shown here and in the log; the instrument keeps its previous settings."""
+        m, steps, dev = self.settings()
+        if not m:
+            self.say("load a profile first")
+            return
+        running = self.instrument.busy == "live"
 
-    def _restorer(self):
-        from ..restoration import Restorer
-        method = self.method.currentText()
-        dev = self.device.currentText()
-        steps = self.steps.value() or None
-        key = (self.instrument.profile.name, method, dev, steps)
-        if key not in self._restorers:
-            self._restorers[key] = Restorer(self.instrument.profile, method,
-                                            device=None if dev == "auto" else dev, steps=steps)
-        return self._restorers[key]
+        def done(_=None) -> None:
+            self._show_applied()
+            note = "; restart the live view to use it there" if running else ""
+            self.say(f"restoration {self._describe(m, steps, dev)} (used by acquire, live view "
+                     f"and scans){note}", error=False)
+
+        def failed(exc) -> None:
+            self._revert()
+            self.message.setStyleSheet("color: #b00000")
+            self.message.setText(f"restoration settings refused: {describe_error(exc)}")
+
+        self.bridge.run(lambda: self.instrument.set_restoration(m, steps, dev), done, failed,
+                        what="restoration settings")
+
+    @staticmethod
+    def _describe(method: str, steps: int | None, device: str | None) -> str:
+        return (f"{method}, " + (f"{steps} steps" if steps else "default steps") + ", on "
+                + (device or "auto device"))
+
+    def _show_applied(self) -> None:
+        inst = self.instrument
+        self.applied.setText("instrument: " + self._describe(
+            inst.restoration_method, inst.restoration_steps, inst.restoration_device))
+
+    def _revert(self) -> None:
+        """Widgets back to what the instrument uses."""
+        inst = self.instrument
+        if self.method.findText(inst.restoration_method) >= 0:
+            self.method.setCurrentText(inst.restoration_method)
+        self.steps.setValue(inst.restoration_steps or 0)
+        self.device.setCurrentText(inst.restoration_device or "auto")
+        self._show_applied()
+
+    def set_fidelity(self, on: bool) -> None:
+        def failed(exc) -> None:
+            self.fidelity.blockSignals(True)
+            self.fidelity.setChecked(not on)
+            self.fidelity.blockSignals(False)
+            self.message.setStyleSheet("color: #b00000")
+            self.message.setText(f"fidelity guard: {describe_error(exc)}")
+
+        self.bridge.run(lambda: self.instrument.set_fidelity_policy(on),
+                        lambda _: self.say(f"fidelity guard {'on' if on else 'off'} (acquire "
+                                           "with restoration)", error=False),
+                        failed, what="fidelity guard")
 
     def preview(self) -> None:
         frame = self.image_panel.frame
@@ -155,9 +212,13 @@ class RestorationPanel(Panel):
                      "and acquire with correction on")
             return
         twin = self.instrument.twin
+        inst = self.instrument
+        m, steps, dev = self.settings()
 
         def work():
-            r = self._restorer()
+            # the preview shows what acquire and the live view will do: same settings
+            inst.set_restoration(m, steps, dev)
+            r = inst.restorer()
             out = np.asarray(r.restore(data), dtype=np.float32)
             truth = None
             if twin is not None:
@@ -176,6 +237,7 @@ class RestorationPanel(Panel):
             self.speed.setText(f"{r.method} on {r.device}: latency {1e3 * r.latency_s:.1f} ms, "
                                f"{r.frames_per_second:.1f} frames/s")
             self.quality.setText(self._quality(data, out, truth))
+            self._show_applied()
 
         self.run(work, done, "restore", [self.preview_btn])
 
@@ -199,6 +261,10 @@ class RestorationPanel(Panel):
                 f"{ssim(after, truth, dr):.3f}")
 
     def update_state(self, snap: dict) -> None:
+        if "restoration_method" in snap:
+            self.applied.setText("instrument: " + self._describe(
+                snap["restoration_method"], snap.get("restoration_steps"),
+                snap.get("restoration_device")))
         fps = snap.get("restoration_fps")
         if fps is not None and math.isfinite(fps) and fps > 0:
             self.live_speed.setText(f"instrument restorer ({snap.get('restoration_method')}): "

@@ -1,7 +1,12 @@
-"""Live image view: the latest frame (and its restored version) with LUT, profile and ROI stats.
+"""Live image view: the latest frame, its raw average and its restored version with LUT,
+profile and ROI stats, and the restoration's fidelity overlay.
 
 A timer pulls the newest frame from the bridge at the display rate; frames that arrive faster
 are skipped, never queued, so the display cannot slow acquisition down.
+
+All views use the frame's pixel grid as coordinates: an image of another size (a restored frame
+super-resolved 2x or 4x) is scaled onto the same rectangle, and the views are linked, so each
+shows the same field of the sample.
 """
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PyQt6.QtCore import QPointF, QTimer, pyqtSignal
+from PyQt6.QtCore import QPointF, QRectF, QTimer, pyqtSignal
+from PyQt6.QtGui import QBrush, QColor, QPen
 from PyQt6.QtWidgets import (
+    QGraphicsRectItem,
     QCheckBox,
     QComboBox,
     QHBoxLayout,
@@ -23,7 +30,18 @@ from PyQt6.QtWidgets import (
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
-MODES = ("frame", "restored", "side by side")
+# display mode -> views shown, left to right
+MODES = {
+    "frame": ("frame",),
+    "raw": ("raw",),
+    "restored": ("restored",),
+    "frame | restored": ("frame", "restored"),
+    "raw | frame": ("raw", "frame"),
+    "raw | frame | restored": ("raw", "frame", "restored"),
+}
+VIEW_NAMES = ("raw", "frame", "restored")
+FLAGGED_BRUSH = QColor(255, 40, 40, 90)
+FLAGGED_PEN = QColor(255, 40, 40, 220)
 
 
 _view_count = itertools.count()
@@ -68,11 +86,41 @@ def _roi_stats(img: np.ndarray) -> str:
             f"min {img.min():.4g}, max {img.max():.4g}")
 
 
-class LiveImagePanel(QWidget):
-    """Two pyqtgraph ImageViews (frame, restored) shown one at a time or side by side.
+def raw_image(frame) -> np.ndarray | None:
+    """The raw (uncorrected) average behind ``frame``: its ``raw`` reference when the frame
+    carries one, its data when it was never corrected, else None."""
+    raw = getattr(frame, "raw", None)
+    if raw is not None:
+        return np.asarray(raw)
+    if getattr(frame, "corrected", None) is False:
+        return np.asarray(frame.data)
+    return None
 
+
+def fidelity_text(fid) -> str:
+    """One line on a restoration's consistency with its measurement."""
+    if fid is None:
+        return ""
+    if not getattr(fid, "normalised", True):
+        return (f"fidelity: not normalised (no dose information), rms residual "
+                f"{float(fid.rms_residual):.3g}")
+    flagged = np.asarray(fid.flagged)
+    verdict = {True: "consistent", False: "INCONSISTENT", None: "undecided"}[fid.consistent]
+    text = (f"fidelity: reduced chi2 {float(fid.reduced_chi2):.3f}, {int(flagged.sum())} of "
+            f"{flagged.size} tiles flagged ({100 * float(fid.flagged_fraction):.1f} %), {verdict}")
+    if getattr(fid, "fell_back", False):
+        text += f"; fell back: {fid.fallback_reason}"
+    return text
+
+
+class LiveImagePanel(QWidget):
+    """Three linked pyqtgraph ImageViews (raw, frame, restored) shown alone or side by side.
+
+    "frame" is what the instrument delivers (corrected when correction is on), "raw" the
+    uncorrected average behind it (see :func:`raw_image`), "restored" the restoration.
     Tools on the frame view: a rectangular statistics ROI, a line-profile ROI (plotted below),
-    an edge ROI for the calibration panel, pixel value under the cursor. ``frames_shown``,
+    an edge ROI for the calibration panel, pixel value under the cursor. On the restored view:
+    the flagged tiles of the fidelity check (``fidelity_rects``). ``frames_shown``,
     ``display_fps`` and the drop counters are public for the window's status line and tests.
     """
 
@@ -85,30 +133,39 @@ class LiveImagePanel(QWidget):
         self.frames_shown = 0
         self.display_fps = 0.0
         self._t_last = None
-        self._fidelity_item: pg.ImageItem | None = None
+        self._fidelity_items: list[QGraphicsRectItem] = []
+        self.fidelity_rects: list[tuple[float, float, float, float]] = []  # x, y, w, h in px
+        self._first_image = {name: True for name in VIEW_NAMES}
 
         self.mode = QComboBox()
-        self.mode.addItems(MODES)
+        self.mode.addItems(list(MODES))
         self.mode.currentTextChanged.connect(self._apply_mode)
         self.fidelity_box = QCheckBox("fidelity overlay")
-        self.fidelity_box.setToolTip("Mark restored pixels that disagree with the measured frame")
-        self.fidelity_box.toggled.connect(lambda _=None: self._draw())
+        self.fidelity_box.setToolTip("Mark the tiles where the restored frame disagrees with the "
+                                     "measured one (fidelity guard on)")
+        self.fidelity_box.setChecked(True)
+        self.fidelity_box.toggled.connect(lambda _=None: self._draw_fidelity())
         self.edge_box = QCheckBox("edge ROI (MTF)")
         self.edge_box.toggled.connect(lambda on: self.edge_roi.setVisible(on))
         self.title = QLabel("no frame yet")
         self.cursor_label = QLabel("pixel: -")
         self.stats_label = QLabel("ROI: -")
         self.rate_label = QLabel("display 0.0 fps")
+        self.fidelity_label = QLabel("")
+        self.fidelity_label.setWordWrap(True)
 
         self.views: dict[str, pg.ImageView] = {}
         self.splitter = splitter = QSplitter()
-        for name in ("frame", "restored"):
+        for name in VIEW_NAMES:
             view = make_image_view()
             view.getView().setTitle(name)
             self.views[name] = view
             splitter.addWidget(view)
-
         fv = self.views["frame"].getView()
+        for name in ("raw", "restored"):
+            self.views[name].getView().setXLink(fv)
+            self.views[name].getView().setYLink(fv)
+
         self.stats_roi = pg.RectROI([8, 8], [32, 32], pen=pg.mkPen("y", width=1))
         self.line_roi = pg.LineSegmentROI([[4, 4], [60, 60]], pen=pg.mkPen("c", width=1))
         self.edge_roi = pg.RectROI([16, 16], [48, 48], pen=pg.mkPen("m", width=2))
@@ -135,6 +192,7 @@ class LiveImagePanel(QWidget):
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addLayout(top)
         lay.addWidget(splitter, 1)
+        lay.addWidget(self.fidelity_label)
         lay.addWidget(self.profile_plot)
         lay.addLayout(bottom)
         self._apply_mode(self.mode.currentText())
@@ -161,10 +219,7 @@ class LiveImagePanel(QWidget):
             self.display_fps = inst if self.display_fps == 0 else 0.8 * self.display_fps + 0.2 * inst
         self._t_last = now
         self.frames_shown += 1
-        corrected = getattr(frame, "corrected", None)
-        if corrected is None:  # a stream frame: the stream's settings say what it is
-            corrected = self.stream_corrected
-        kind = "corrected" if corrected else "raw"
+        kind = "corrected" if self.is_corrected(frame) else "raw"
         n = getattr(frame, "frames_averaged", 1)
         extra = f", restored by {frame.restoration_method}" if frame.restored is not None else ""
         self.title.setText(f"{kind} frame, {n} averaged{extra}")
@@ -172,55 +227,103 @@ class LiveImagePanel(QWidget):
                                 f"{self.frames_shown} frames shown of {self.bridge.frames_seen}")
         self.frame_shown.emit(frame)
 
+    def is_corrected(self, frame) -> bool:
+        corrected = getattr(frame, "corrected", None)
+        if corrected is None:  # a stream frame: the stream's settings say what it is
+            corrected = self.stream_corrected
+        return bool(corrected)
+
+    def scale_of(self, img: np.ndarray) -> tuple[float, float]:
+        """Frame pixels per pixel of ``img`` along (x, y): 1 for the frame itself, 1/2 or 1/4
+        for a restored frame super-resolved 2x or 4x."""
+        ref = np.shape(self.frame.data) if self.frame is not None else np.shape(img)
+        return ref[1] / img.shape[1], ref[0] / img.shape[0]
+
+    def _set(self, name: str, img: np.ndarray | None, auto: bool) -> None:
+        view = self.views[name]
+        if img is None:
+            if view.getImageItem().image is not None:
+                view.clear()      # a stale image would pass for this frame's
+            return
+        first = self._first_image[name]
+        view.setImage(img, autoRange=False, autoLevels=auto or first,
+                      autoHistogramRange=auto or first, scale=self.scale_of(img))
+        self._first_image[name] = False
+        if auto or first:
+            view.autoRange()
+
     def _draw(self, auto: bool = False) -> None:
         f = self.frame
         if f is None:
             return
-        self.views["frame"].setImage(np.asarray(f.data), autoRange=auto, autoLevels=auto,
-                                     autoHistogramRange=auto)
+        corrected = self.is_corrected(f)
+        data = np.asarray(f.data)
+        self._set("frame", data, auto)
+        self.views["frame"].getView().setTitle("frame (corrected)" if corrected else
+                                               "frame (raw)")
+        raw = raw_image(f)
+        self._set("raw", raw, auto)
+        self.views["raw"].getView().setTitle(
+            "raw" if raw is not None else "raw: not carried by this frame")
         rest = getattr(f, "restored", None)
-        if rest is not None:
-            self.views["restored"].setImage(np.asarray(rest), autoRange=False,
-                                            autoLevels=auto or self._restored_first,
-                                            autoHistogramRange=auto or self._restored_first)
-            if self._restored_first:
-                self.views["restored"].autoRange()
-            self._restored_first = False
-        if auto:
-            self.views["frame"].autoRange()
+        rest = None if rest is None else np.asarray(rest)
+        self._set("restored", rest, auto)
+        if rest is None:
+            self.views["restored"].getView().setTitle("restored: none for this frame")
+        else:
+            sx, _sy = self.scale_of(rest)
+            sr = f" ({1 / sx:g}x super-resolved)" if abs(sx - 1) > 1e-9 else ""
+            self.views["restored"].getView().setTitle(
+                f"restored ({getattr(f, 'restoration_method', None) or '?'}){sr}")
         self._draw_fidelity()
         self._update_tools()
 
-    _restored_first = True
     stream_corrected = False   # set by the acquisition panel when it starts a stream
 
     def _draw_fidelity(self) -> None:
-        fid = getattr(self.frame, "fidelity", None)
-        fmap = getattr(fid, "map", None)
+        """Flagged tiles of the frame's fidelity result as translucent rectangles over the
+        restored view, and its summary line."""
         view = self.views["restored"].getView()
-        if self._fidelity_item is not None:
-            view.removeItem(self._fidelity_item)
-            self._fidelity_item = None
-        if not self.fidelity_box.isChecked() or fmap is None:
+        for item in self._fidelity_items:
+            view.removeItem(item)
+        self._fidelity_items = []
+        self.fidelity_rects = []
+        fid = getattr(self.frame, "fidelity", None)
+        self.fidelity_label.setText(fidelity_text(fid))
+        if fid is None or getattr(self.frame, "restored", None) is None:
             return
-        m = np.asarray(fmap, dtype=np.float32)
-        if m.ndim != 2:
+        flagged = np.asarray(fid.flagged, dtype=bool)
+        row_edges, col_edges = (np.asarray(e, dtype=float) for e in fid.tile_edges)
+        fmap = getattr(fid, "map", None)
+        # tile edges are pixels of the checked frame; map them onto the frame's grid
+        grid = np.shape(fmap) if fmap is not None and np.ndim(fmap) == 2 else \
+            (row_edges[-1], col_edges[-1])
+        ref = np.shape(self.frame.data)
+        sx, sy = ref[1] / grid[1], ref[0] / grid[0]
+        for r, c in np.argwhere(flagged):
+            x, y = col_edges[c] * sx, row_edges[r] * sy
+            w, h = (col_edges[c + 1] - col_edges[c]) * sx, (row_edges[r + 1] - row_edges[r]) * sy
+            self.fidelity_rects.append((float(x), float(y), float(w), float(h)))
+        if not self.fidelity_box.isChecked():
             return
-        rgba = np.zeros(m.shape + (4,), dtype=np.ubyte)
-        rgba[..., 0] = 255
-        rgba[..., 3] = (np.clip(m / (np.nanmax(m) or 1.0), 0, 1) * 160).astype(np.ubyte)
-        self._fidelity_item = pg.ImageItem(rgba)
-        view.addItem(self._fidelity_item)
-        ff = getattr(fid, "flagged_fraction", None)
-        if ff is not None:
-            self.title.setText(self.title.text() + f"; {100 * float(ff):.1f} % flagged")
+        pen = QPen(FLAGGED_PEN)
+        pen.setCosmetic(True)
+        for x, y, w, h in self.fidelity_rects:
+            item = QGraphicsRectItem(QRectF(x, y, w, h))
+            item.setBrush(QBrush(FLAGGED_BRUSH))
+            item.setPen(pen)
+            item.setZValue(10)
+            view.addItem(item)
+            self._fidelity_items.append(item)
 
     def _apply_mode(self, mode: str) -> None:
-        self.views["frame"].setVisible(mode in ("frame", "side by side"))
-        self.views["restored"].setVisible(mode in ("restored", "side by side"))
-        if mode == "side by side":
-            half = max(1, sum(self.splitter.sizes()) // 2)
-            self.splitter.setSizes([half, half])
+        shown = MODES.get(mode, ("frame",))
+        for name, view in self.views.items():
+            view.setVisible(name in shown)
+        if len(shown) > 1:
+            total = max(len(shown), sum(self.splitter.sizes()))
+            self.splitter.setSizes([total // len(shown) if n in shown else 0
+                                    for n in VIEW_NAMES])
         # fit the images to the new view sizes once the layout has settled
         QTimer.singleShot(0, self.auto_range)
 
@@ -231,8 +334,11 @@ class LiveImagePanel(QWidget):
 
     # --- tools ---------------------------------------------------------------------------------
     def image(self, which: str = "frame") -> np.ndarray | None:
+        """The current frame's "frame", "raw" or "restored" image (None if it has none)."""
         if self.frame is None:
             return None
+        if which == "raw":
+            return raw_image(self.frame)
         img = self.frame.data if which == "frame" else getattr(self.frame, "restored", None)
         return None if img is None else np.asarray(img)
 
@@ -275,9 +381,15 @@ class LiveImagePanel(QWidget):
         r, c = int(np.floor(p.y())), int(np.floor(p.x()))
         if img is not None and 0 <= r < img.shape[0] and 0 <= c < img.shape[1]:
             txt = f"pixel ({c}, {r}): {img[r, c]:.5g}"
+            raw = self.image("raw")
+            if raw is not None and raw is not img and raw.shape == img.shape:
+                txt += f", raw {raw[r, c]:.5g}"
             rest = self.image("restored")
-            if rest is not None and rest.shape == img.shape:
-                txt += f", restored {rest[r, c]:.5g}"
+            if rest is not None:
+                sx, sy = self.scale_of(rest)
+                rr, rc = int(np.floor(p.y() / sy)), int(np.floor(p.x() / sx))
+                if 0 <= rr < rest.shape[0] and 0 <= rc < rest.shape[1]:
+                    txt += f", restored {rest[rr, rc]:.5g}"
             self.cursor_label.setText(txt)
 
     def fit_rois(self) -> None:

@@ -1,5 +1,6 @@
 """The operator console: live image in the middle, control panels in tabs, log below, an
-always-visible X-RAY OFF button and STOP, keyboard shortcuts for both."""
+always-visible X-RAY OFF button and STOP, keyboard shortcuts for both. Each tab says when an
+operation (live view, a scan) holds the instrument."""
 from __future__ import annotations
 
 import importlib.util
@@ -39,6 +40,16 @@ def _scroll(widget: QWidget) -> QScrollArea:
     area.setWidget(widget)
     area.setWidgetResizable(True)
     return area
+
+
+def _tab(panel) -> QScrollArea:
+    """A panel under its busy line, scrollable."""
+    box = QWidget()
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(panel.busy_label)
+    lay.addWidget(panel, 1)
+    return _scroll(box)
 
 
 def tomosynthesis_available() -> bool:
@@ -96,13 +107,13 @@ class MainWindow(QMainWindow):
         for name, w in (("Source", self.source), ("Stage", self.stage),
                         ("Acquisition", self.acquisition), ("Focus scan", self.focus),
                         ("Restoration", self.restoration), ("Calibration", self.calibration)):
-            self.tabs.addTab(_scroll(w), name)
+            self.tabs.addTab(_tab(w), name)
         self.tomo = None
         if tomosynthesis_available():
             from .tomo import TomoPanel
             self.tomo = TomoPanel(self.bridge)
             self.panels.append(self.tomo)
-            self.tabs.addTab(_scroll(self.tomo), "Tomosynthesis")
+            self.tabs.addTab(_tab(self.tomo), "Tomosynthesis")
         dock = QDockWidget("Controls", self)
         dock.setObjectName("controls")
         dock.setWidget(self.tabs)
@@ -166,6 +177,8 @@ class MainWindow(QMainWindow):
         self.bridge.refresh()
 
     def stop_all(self) -> None:
+        if self.tomo is not None:
+            self.tomo.abort()
         self.instrument.abort()
         self.bridge.run(self.instrument.stop_motion, what="stop motion")
         self.acquisition.stop()
@@ -175,6 +188,7 @@ class MainWindow(QMainWindow):
     def update_state(self, snap: dict) -> None:
         for p in self.panels:
             p.update_state(snap)
+            p.show_busy(snap.get("busy"))
         parts = []
         t = snap.get("tube")
         if t:
@@ -267,6 +281,9 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.image.timer.stop()
         inst = self.instrument
+        if self.tomo is not None:
+            # the scan switches X-rays on after its darks: let it end before switching off
+            self.tomo.shutdown()
         inst.abort()
         try:
             inst.stop_stream(timeout_s=10.0)

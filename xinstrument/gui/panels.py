@@ -44,6 +44,10 @@ class Panel(QWidget):
         self.instrument = bridge.instrument
         self.message = status_label()
         self.message.setStyleSheet("color: #b00000")
+        # placed above the panel by the window; shown while an operation holds the instrument
+        self.busy_label = status_label()
+        self.busy_label.setStyleSheet("background: #fff0c0; color: #604000; padding: 3px")
+        self.busy_label.setVisible(False)
 
     def say(self, text: str, error: bool = True) -> None:
         self.message.setStyleSheet("color: #b00000" if error else "color: #205020")
@@ -74,6 +78,13 @@ class Panel(QWidget):
 
     def settings_fields(self) -> dict[str, QWidget]:
         return {}
+
+    def show_busy(self, operation: str | None) -> None:
+        """Say which operation holds the instrument (None: idle)."""
+        if operation:
+            self.busy_label.setText(f"instrument busy: {operation}. Other operations are "
+                                    "refused until it ends (STOP or Esc aborts it).")
+        self.busy_label.setVisible(bool(operation))
 
     def update_state(self, snap: dict) -> None:
         pass

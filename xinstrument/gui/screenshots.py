@@ -3,19 +3,21 @@
     python -m xinstrument.gui.screenshots docs/screenshots [--sensor-px 256]
 
 Drives the window through its panels as an operator would (warm-up, X-rays on, references,
-a focus scan, restoration, an MTF on the slanted edge) and saves one PNG per state.
+a focus scan, restoration, an MTF on the slanted edge, a tomosynthesis scan of the layered
+board and its reconstruction) and saves one PNG per state.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 SHOTS = ("console-live.png", "console-focus-scan.png", "console-restoration.png",
-         "console-calibration.png")
+         "console-calibration.png", "console-tomosynthesis.png")
 
 
 def _wait(app, cond: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -119,7 +121,7 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
         r.load_btn.click()
         _wait(app, lambda: r.method.count() > 0 and r.load_btn.isEnabled(), 60, "profile")
         a.restore.setChecked(True)
-        w.image.mode.setCurrentText("side by side")
+        w.image.mode.setCurrentText("raw | frame | restored")
         a.acquire_btn.click()
         _wait(app, lambda: w.image.frame is not None and w.image.frame.restored is not None
               and a.acquire_btn.isEnabled(), 120, "restored frame")
@@ -145,6 +147,29 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
         _wait(app, lambda: bool(c.mtf_results) and c.mtf_btn.isEnabled(), 60, "MTF")
         w.tabs.setCurrentIndex(5)
         shot(SHOTS[3])
+
+        # tomosynthesis of the layered board; the scan file is not part of the documentation
+        t = w.tomo
+        a.sample.setCurrentText("pcb-layers")
+        w.image.mode.setCurrentText("frame")
+        with tempfile.TemporaryDirectory() as scratch:
+            t.path.setText(str(Path(scratch) / "tomo.h5"))
+            t.arc_deg.setValue(30)
+            t.n_angles.setValue(11)
+            t.frames_per_angle.setValue(2)
+            t.darks.setValue(1)
+            t.flats.setValue(1)
+            t.method.setCurrentText("sirt")
+            t.iterations.setValue(10)
+            t.height_start_um.setValue(0)
+            t.height_stop_um.setValue(1600)
+            t.n_slices.setValue(16)
+            w.tabs.setCurrentIndex(w.tabs.count() - 1)
+            t.run_btn.click()
+            _wait(app, lambda: t.recon is not None and t.recon_btn.isEnabled(), 300,
+                  "tomosynthesis scan and reconstruction")
+            t.slider.setValue(t.slider.maximum() // 3)
+            shot(SHOTS[4])
         w.close()
     finally:
         inst.disconnect()
