@@ -1,0 +1,158 @@
+"""Live image: raw next to corrected and restored on one field, the fidelity overlay, and the
+restoration settings reaching the instrument."""
+import dataclasses
+
+import numpy as np
+from PyQt6.QtCore import QRectF
+
+from xinstrument.instrument import AveragedFrame
+
+from .conftest import ready, references
+
+
+def load_profile(qtbot, w):
+    r = w.restoration
+    r.load_btn.click()
+    qtbot.waitUntil(lambda: r.method.count() > 0 and r.load_btn.isEnabled(), timeout=20000)
+    return r
+
+
+def item_rect(view) -> QRectF:
+    ii = view.getImageItem()
+    return ii.mapRectToParent(ii.boundingRect())
+
+
+def test_restoration_settings_reach_the_instrument_or_are_refused(qtbot, window):
+    w = window
+    inst = w.instrument
+    ready(qtbot, w)
+    references(qtbot, w)
+    r = load_profile(qtbot, w)
+    before = (inst.restoration_method, inst.restoration_steps, inst.restoration_device)
+    # a GPU that this machine does not have (no index 99 on any machine)
+    r.steps.setValue(5)
+    r.device.setCurrentText("cuda:99")
+    r.apply_btn.click()
+    qtbot.waitUntil(lambda: "refused" in r.message.text(), timeout=10000)
+    assert "restoration device 'cuda:99'" in r.message.text()
+    assert (inst.restoration_method, inst.restoration_steps, inst.restoration_device) == before
+    assert r.device.currentText() == "auto" and r.steps.value() == 0     # back to what is used
+    assert any("ERROR restoration settings" in line and "cuda:99" in line
+               for line in w.log.lines())
+    # accepted settings are what acquire restores with
+    r.method.setCurrentText("richardson_lucy")
+    r.steps.setValue(3)
+    r.device.setCurrentText("cpu")
+    r.apply_btn.click()
+    qtbot.waitUntil(lambda: inst.restoration_steps == 3, timeout=10000)
+    assert (inst.restoration_method, inst.restoration_device) == ("richardson_lucy", "cpu")
+    snap = inst.snapshot()
+    assert snap["restoration_steps"] == 3 and snap["restoration_device"] == "cpu"
+    qtbot.waitUntil(lambda: "richardson_lucy, 3 steps, on cpu" in r.applied.text(), timeout=5000)
+    w.acquisition.restore.setChecked(True)
+    w.acquisition.acquire_btn.click()
+    qtbot.waitUntil(lambda: w.image.frame is not None and w.image.frame.restored is not None,
+                    timeout=30000)
+    assert w.image.frame.restoration_method == "richardson_lucy"
+    used = inst.restorer()
+    assert used.steps == 3 and str(used.device) == "cpu" and used.frames_restored >= 1
+
+
+def test_raw_next_to_corrected_in_acquire_and_live_view(qtbot, window):
+    w = window
+    inst = w.instrument
+    ready(qtbot, w)
+    references(qtbot, w)
+    w.image.mode.setCurrentText("raw | frame | restored")
+    assert all(not w.image.views[n].isHidden() for n in ("raw", "frame", "restored"))
+    w.acquisition.n_average.setValue(2)
+    w.acquisition.acquire_btn.click()
+    qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=10000)
+    f = w.image.frame
+    assert f.corrected and f.raw is not None
+    shown_raw = w.image.views["raw"].getImageItem().image
+    assert np.array_equal(shown_raw, f.raw)
+    # the raw average really is what was corrected into the frame
+    assert np.array_equal(inst.corrector.inner(f.raw), f.data)
+    assert float(np.mean(f.raw)) > 20 * float(np.mean(f.data))        # ADU vs transmission
+    assert w.image.views["raw"].getView().titleLabel.text == "raw"
+    assert "restored: none" in w.image.views["restored"].getView().titleLabel.text
+
+    w.acquisition.live_btn.click()
+    qtbot.waitUntil(lambda: w.image.frames_shown >= 4, timeout=15000)
+    g = w.image.frame
+    assert g is not f and g.raw is not None and g.raw.shape == g.data.shape
+    assert np.array_equal(w.image.views["raw"].getImageItem().image, g.raw)
+    assert np.array_equal(inst.corrector.inner(g.raw), g.data)
+    w.acquisition.stop()
+    qtbot.waitUntil(lambda: inst.busy is None, timeout=10000)
+
+
+def test_super_resolved_restoration_covers_the_same_field(qtbot, window):
+    w = window
+    data = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    frame = AveragedFrame(data=data, frames_averaged=1, exposure_s=0.02, voltage_kv=50,
+                          current_ua=80, focus_z_um=0, theta_deg=0, timestamp_s=0,
+                          corrected=True, restored=np.kron(data, np.ones((2, 2), np.float32)),
+                          restoration_method="sr_x2")
+    w.image.mode.setCurrentText("frame | restored")
+    w.instrument._emit("frame", frame)            # the instrument's own event path
+    qtbot.waitUntil(lambda: w.image.frame is frame, timeout=5000)
+    assert item_rect(w.image.views["frame"]) == QRectF(0, 0, 128, 128)
+    assert item_rect(w.image.views["restored"]) == QRectF(0, 0, 128, 128)
+    assert w.image.views["restored"].getImageItem().image.shape == (256, 256)
+    assert "2x super-resolved" in w.image.views["restored"].getView().titleLabel.text
+    # linked views: zooming one zooms the others
+    w.image.views["frame"].getView().setXRange(10, 40, padding=0)
+    x0, x1 = w.image.views["restored"].getView().viewRange()[0]
+    assert (x0, x1) == (10, 40) or np.allclose((x0, x1), (10, 40), atol=0.5)
+    from PyQt6.QtCore import QPointF
+    w.image.show_pixel(QPointF(5.7, 3.2))                  # restored pixel (6, 11): 2x grid
+    assert f"restored {frame.restored[6, 11]:.5g}" in w.image.cursor_label.text()
+
+
+def test_fidelity_overlay_shows_the_flagged_tiles(qtbot, window):
+    w = window
+    ready(qtbot, w)
+    references(qtbot, w)
+    r = load_profile(qtbot, w)
+    r.fidelity.setChecked(True)
+    qtbot.waitUntil(lambda: w.instrument._fidelity is not None, timeout=20000)
+    w.acquisition.restore.setChecked(True)
+    w.image.mode.setCurrentText("frame | restored")
+    w.acquisition.acquire_btn.click()
+    qtbot.waitUntil(lambda: w.image.frame is not None
+                    and getattr(w.image.frame, "fidelity", None) is not None, timeout=60000)
+    frame = w.image.frame
+    fid = frame.fidelity
+    assert "reduced chi2" in w.image.fidelity_label.text()
+
+    def expected(flagged, edges):
+        rows, cols = edges
+        return [(float(cols[c]), float(rows[r]), float(cols[c + 1] - cols[c]),
+                 float(rows[r + 1] - rows[r])) for r, c in np.argwhere(flagged)]
+
+    assert w.image.fidelity_rects == expected(fid.flagged, fid.tile_edges)
+    assert len(w.image._fidelity_items) == int(np.sum(fid.flagged))
+    # a result with known flagged tiles through the same frame event
+    known = np.zeros_like(np.asarray(fid.flagged, dtype=bool))
+    known[0, 1] = known[-1, -1] = True
+    fid2 = dataclasses.replace(fid, flagged=known, flagged_fraction=2 / known.size,
+                               consistent=False, fell_back=True,
+                               fallback_reason="2 tiles flagged; restored with wiener instead")
+    frame2 = dataclasses.replace(frame, fidelity=fid2)
+    w.instrument._emit("frame", frame2)
+    qtbot.waitUntil(lambda: w.image.frame is frame2, timeout=5000)
+    rects = expected(known, fid.tile_edges)
+    assert w.image.fidelity_rects == rects and len(rects) == 2
+    drawn = [i.rect() for i in w.image._fidelity_items]
+    assert [(q.x(), q.y(), q.width(), q.height()) for q in drawn] == rects
+    view = w.image.views["restored"].getView()
+    assert all(i.scene() is view.scene() for i in w.image._fidelity_items)
+    text = w.image.fidelity_label.text()
+    assert f"2 of {known.size} tiles flagged" in text and "INCONSISTENT" in text
+    assert "fell back: 2 tiles flagged; restored with wiener instead" in text
+    w.image.fidelity_box.setChecked(False)                  # toggled off: nothing drawn
+    assert w.image._fidelity_items == [] and w.image.fidelity_rects == rects
+    w.image.fidelity_box.setChecked(True)
+    assert len(w.image._fidelity_items) == 2
