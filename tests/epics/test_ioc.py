@@ -18,11 +18,17 @@ TUBE = ["Voltage", "Voltage_RBV", "Current", "Current_RBV", "Power_RBV", "FocusM
 AXIS = ["", "_RBV", "_DMOV", "_STOP", "_VELO", "_HLM", "_LLM"]
 CAM = ["Acquire", "Acquire_RBV", "AcquireTime", "AcquireTime_RBV", "NumImages",
        "NumImages_RBV", "NumAverage", "NumAverage_RBV", "ImageMode", "ArrayCounter_RBV",
-       "ArraySizeX_RBV", "ArraySizeY_RBV", "DetectorState_RBV", "Image", "DroppedFrames_RBV"]
+       "ArraySizeX_RBV", "ArraySizeY_RBV", "DetectorState_RBV", "Image", "DroppedFrames_RBV",
+       "ArrayBinning_RBV", "ImageScale_RBV"]
 HDF = ["FilePath", "FileName", "FullFileName_RBV", "Capture", "NumCaptured_RBV"]
 RESTORE = ["Enable", "Method", "Profile", "Fps_RBV", "Latency_RBV", "Consistency_RBV",
-           "FlaggedFraction_RBV"]
-SCAN = ["FocusStart", "FocusRange", "FocusStep", "FocusBest_RBV", "Abort"]
+           "FlaggedFraction_RBV", "FellBack_RBV", "Guard"]
+SCAN = ["FocusStart", "FocusRange", "FocusStep", "FocusBest_RBV", "Abort", "TomoStart",
+        "TomoPause", "TomoArc", "TomoCentre", "TomoNumAngles", "TomoFramesPerAngle",
+        "TomoDarks", "TomoFlats", "TomoFlatsEvery", "TomoRestore", "TomoFileName",
+        "TomoSourceObject", "TomoSourceDetector", "TomoPixelSize", "TomoProgress_RBV",
+        "TomoAngleIndex_RBV", "TomoTimeLeft_RBV", "TomoState_RBV", "TomoMessage_RBV",
+        "TomoFullFileName_RBV"]
 ALL_PVS = ([f"TUBE:{p}" for p in TUBE] + [f"FOCUS:Z{s}" for s in AXIS]
            + [f"ROT:Theta{s}" for s in AXIS] + [f"CAM:{p}" for p in CAM]
            + [f"HDF:{p}" for p in HDF] + [f"RESTORE:{p}" for p in RESTORE]
@@ -255,8 +261,19 @@ def test_references_and_restoration(ca):
     assert np.isfinite(img).all() and abs(np.median(img)) < 10   # transmission, not ADU
     for name in ("RESTORE:Consistency_RBV", "RESTORE:FlaggedFraction_RBV"):
         md = ca.pv(name).get_with_metadata(form="time")
-        # fed from the frame's fidelity result when the restoration reports one
-        assert md["severity"] == 3 or np.isfinite(md["value"])
+        assert md["severity"] == 3 and np.isnan(md["value"])   # the guard is off: no check
+    ca.put("RESTORE:Guard", 1)                # the fidelity guard checks every restored frame
+    assert ca.get("RESTORE:Guard") == 1
+    ca.put("CAM:Acquire", 1, timeout=120)
+    chi2 = ca.pv("RESTORE:Consistency_RBV").get_with_metadata(form="time")
+    flagged = ca.pv("RESTORE:FlaggedFraction_RBV").get_with_metadata(form="time")
+    # fed from AveragedFrame.fidelity.summary() of the frame just published
+    assert chi2["severity"] == 0 and np.isfinite(chi2["value"]) and chi2["value"] >= 0
+    assert flagged["severity"] == 0 and 0 <= flagged["value"] <= 1
+    assert ca.get("RESTORE:FellBack_RBV") in (0, 1)
+    ca.put("RESTORE:Guard", 0)
+    ca.put("CAM:Acquire", 1, timeout=120)
+    assert ca.pv("RESTORE:Consistency_RBV").get_with_metadata(form="time")["severity"] == 3
     with pytest.raises(ValueError):               # not one of the enum's choices
         ca.put("RESTORE:Method", "no-such-method")
     assert ca.get("RESTORE:Method", as_string=True) == "wiener"
