@@ -13,6 +13,7 @@ GUI and an IOC in one process cannot interleave two acquisitions. Clients follow
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -470,46 +471,12 @@ class Instrument:
                 frame.restored = self.restore(frame.data)
                 frame.restoration_method = self.restoration_method
                 if self._fidelity is not None:    # set_fidelity_policy: check, maybe fall back
-                    from .restoration.fidelity import forward_model_for
-                    pol, method = self._fidelity, self.restoration_method
-                    dose = pol["dose_ratio"]
-                    mean_signal = getattr(self.profile, "nnps_mean_signal", None)
-                    if dose is None and self.twin is not None and mean_signal is not None:
-                        # simulated bench: quanta per pixel of the flat at this frame's settings
-                        import dataclasses
-                        st = dataclasses.replace(self._world_state(), sample_in=False,
-                                                 xray_on=True, current_ua=frame.current_ua,
-                                                 voltage_kv=frame.voltage_kv)
-                        quanta = self.twin.expected_quanta("thick", st, frame.exposure_s)
-                        dose = float(quanta.mean()) / float(mean_signal)
-                    result = pol["guard"].check(frame.data, frame.restored, dose_ratio=dose,
-                                                frames_averaged=frame.frames_averaged,
-                                                flat_frames_averaged=(
-                                                    pol["flat_frames_averaged"]
-                                                    or self.flat_frames_averaged),
-                                                forward=forward_model_for(method), method=method)
-                    reasons = []
-                    if result.normalised and not result.consistent:
-                        reasons.append(f"{int(result.flagged.sum())} of "
-                                       f"{int(np.isfinite(result.tile_chi2).sum())} tiles flagged, "
-                                       f"{int(result.strong_tiles.sum())} beyond the frame-wise "
-                                       f"threshold (false-alarm rate "
-                                       f"{result.expected_false_alarm_rate:g} per frame)")
-                    limit = pol["max_reduced_chi2"]
-                    if result.normalised and limit is not None and result.reduced_chi2 > limit:
-                        reasons.append(f"reduced chi2 {result.reduced_chi2:.3f} > {limit:g}")
-                    fallback = pol["fallback_method"]
-                    if reasons:
-                        text = (f"{method} restoration disagrees with the measurement: "
-                                + "; ".join(reasons))
-                        if fallback is not None and fallback != method:
-                            result.fell_back = True
-                            result.fallback_reason = f"{text}; restored with {fallback} instead"
-                            frame.restored = self.restore(frame.data, fallback)
-                            frame.restoration_method = fallback
-                            text = result.fallback_reason
-                        self._log(f"fidelity guard: {text}", logging.WARNING)
-                    frame.fidelity = result
+                    frame.restored, frame.restoration_method, frame.fidelity = \
+                        self.check_fidelity(frame.data, frame.restored, frame.restoration_method,
+                                            frames_averaged=frame.frames_averaged,
+                                            exposure_s=frame.exposure_s,
+                                            voltage_kv=frame.voltage_kv,
+                                            current_ua=frame.current_ua)
             self.last_frame = frame
             self._emit("frame", frame)
             return frame
@@ -543,7 +510,9 @@ class Instrument:
                 all_sinks.append(HDF5Sink(record_path, metadata=meta, overwrite=overwrite))
             self.pipeline = AcquisitionPipeline(
                 self.camera, n_average=n_average, corrector=self.corrector if correct else None,
-                restorer=_RestoreFn(self.restorer(), self.profile.name) if restore else None,
+                restorer=(_RestoreFn(self.restorer(), self.profile.name,
+                                     self if self._fidelity is not None else None)
+                          if restore else None),
                 sinks=all_sinks,
                 n_outputs=n_outputs)
             self.pipeline.start()
@@ -696,6 +665,51 @@ class Instrument:
         self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
                   f"max reduced chi2 {max_reduced_chi2}, fallback {fallback_method})")
 
+    def check_fidelity(self, measured: np.ndarray, restored: np.ndarray, method: str, *,
+                       frames_averaged: int, exposure_s: float, voltage_kv: float,
+                       current_ua: float):
+        """Run the fidelity policy on one restored frame: returns ``(restored, method, result)``,
+        with the fallback restoration and its method when the frame failed the check."""
+        from .restoration.fidelity import forward_model_for
+        pol = self._fidelity
+        if pol is None:
+            raise InstrumentError("the fidelity guard is off: call set_fidelity_policy first")
+        dose = pol["dose_ratio"]
+        mean_signal = getattr(self.profile, "nnps_mean_signal", None)
+        if dose is None and self.twin is not None and mean_signal is not None \
+                and np.isfinite(voltage_kv) and np.isfinite(current_ua):
+            # simulated bench: detected quanta per pixel of the flat at this frame's settings
+            import dataclasses
+            st = dataclasses.replace(self._world_state(), sample_in=False, xray_on=True,
+                                     current_ua=current_ua, voltage_kv=voltage_kv)
+            quanta = self.twin.expected_quanta("thick", st, exposure_s)
+            dose = float(quanta.mean()) / float(mean_signal)
+        result = pol["guard"].check(measured, restored, dose_ratio=dose,
+                                    frames_averaged=int(frames_averaged),
+                                    flat_frames_averaged=(pol["flat_frames_averaged"]
+                                                          or self.flat_frames_averaged),
+                                    forward=forward_model_for(method), method=method)
+        reasons = []
+        if result.normalised and not result.consistent:
+            reasons.append(f"{int(result.flagged.sum())} of "
+                           f"{int(np.isfinite(result.tile_chi2).sum())} tiles flagged, "
+                           f"{int(result.strong_tiles.sum())} beyond the frame-wise threshold "
+                           f"(false-alarm rate {result.expected_false_alarm_rate:g} per frame)")
+        limit = pol["max_reduced_chi2"]
+        if result.normalised and limit is not None and result.reduced_chi2 > limit:
+            reasons.append(f"reduced chi2 {result.reduced_chi2:.3f} > {limit:g}")
+        fallback = pol["fallback_method"]
+        if reasons:
+            text = f"{method} restoration disagrees with the measurement: " + "; ".join(reasons)
+            if fallback is not None and fallback != method:
+                result.fell_back = True
+                result.fallback_reason = f"{text}; restored with {fallback} instead"
+                restored = self.restore(measured, fallback)
+                method = fallback
+                text = result.fallback_reason
+            self._log(f"fidelity guard: {text}", logging.WARNING)
+        return restored, method, result
+
     def set_restoration(self, method: str, steps: int | None = None,
                         device: str | None = None) -> None:
         """Choose the restoration method; ``steps``: sampler steps of diffusion methods (or
@@ -818,10 +832,21 @@ class _UmAxis:
 class _RestoreFn:
     """A Restorer as the pipeline's frame -> frame callable, carrying method and profile."""
 
-    def __init__(self, restorer, profile_name: str) -> None:
+    def __init__(self, restorer, profile_name: str, guarded: "Instrument | None" = None) -> None:
         self._restorer = restorer
         self.method = restorer.method
         self.profile = profile_name
+        if guarded is not None:    # the pipeline runs the fidelity policy after each restore
+            self.check_fidelity = functools.partial(_check_processed, guarded)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self._restorer.restore(frame)
+
+
+def _check_processed(inst: Instrument, item) -> None:
+    """Fidelity policy on a pipeline frame (acquisition.pipeline.ProcessedFrame)."""
+    m = item.metadata
+    item.restored, item.restoration_method, item.fidelity = inst.check_fidelity(
+        item.data, item.restored, item.restoration_method,
+        frames_averaged=item.frames_averaged, exposure_s=item.exposure_s,
+        voltage_kv=float(m.get("voltage_kv", np.nan)), current_ua=float(m.get("current_ua", np.nan)))

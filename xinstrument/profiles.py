@@ -206,6 +206,9 @@ class DetectorProfile:
     esf_sigma_um: float | None = None
     noise_sigma: float | None = None
     weights: dict[str, str] = field(default_factory=dict)
+    # Fidelity guard: relative forward-model / method tolerance per restoration method
+    # ("forward_model" for methods without their own), calibrated on ordinary frames.
+    fidelity_tolerance: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
 
     # ---------------------------------------------------------------- derived quantities
@@ -314,6 +317,16 @@ class DetectorProfile:
         _check_positive(where, "esf_sigma_um", self.esf_sigma_um, allow_none=True, allow_zero=True)
         _check_positive(where, "noise_sigma", self.noise_sigma, allow_none=True, allow_zero=True)
 
+        if not isinstance(self.fidelity_tolerance, dict):
+            raise ProfileError(f"{where}: [fidelity_tolerance] must be a table, got "
+                               f"{type(self.fidelity_tolerance).__name__}")
+        for method, tol in self.fidelity_tolerance.items():
+            if not isinstance(method, str) or not _METHOD_NAME.match(method):
+                raise ProfileError(f"{where}: fidelity_tolerance name {method!r} is not a plain identifier")
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 <= tol < 10):
+                raise ProfileError(f"{where}: fidelity_tolerance.{method} must be a number in "
+                                   f"[0, 10) (relative), got {tol!r}")
+
         if not isinstance(self.weights, dict):
             raise ProfileError(f"{where}: [weights] must be a table, got {type(self.weights).__name__}")
         for method, file_name in self.weights.items():
@@ -343,6 +356,8 @@ class DetectorProfile:
         data["calibration"] = dict(self.calibration)
         data["arrays"] = {"file": ARRAYS_FILE}
         data["weights"] = dict(self.weights)
+        if self.fidelity_tolerance:
+            data["fidelity_tolerance"] = {k: float(v) for k, v in self.fidelity_tolerance.items()}
         return data
 
     def _write_toml(self, folder: Path) -> None:
@@ -457,6 +472,7 @@ class DetectorProfile:
             esf_sigma_um=data.get("esf_sigma_um"),
             noise_sigma=data.get("noise_sigma"),
             weights=dict(weights),
+            fidelity_tolerance=dict(table("fidelity_tolerance", required=False)),
             path=folder,
         )
         profile.validate()

@@ -132,8 +132,12 @@ def test_unknown_dose_cannot_normalise(profile):
 def test_bad_input(profile):
     guard = FidelityGuard(profile, tile_px=16, device="cpu")
     x = np.zeros((64, 64), np.float32)
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="integer multiple"):
         guard.check(x, np.zeros((64, 48), np.float32), dose_ratio=1.0)
+    with pytest.raises(ValueError, match="integer multiple"):
+        guard.check(x, np.zeros((128, 96), np.float32), dose_ratio=1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        FidelityGuard(profile, tolerance=-0.1)
     with pytest.raises(ValueError, match="not both"):
         guard.check(x, x, dose_ratio=1.0, quanta_per_pixel=10.0)
     with pytest.raises(ValueError, match="dose_ratio"):
@@ -216,9 +220,14 @@ def _instrument(profile, lr, hr):
     inst.corrector = lambda data: data.astype(np.float32)
     inst.profile = profile
     inst.restoration_method = "sr3"
-    inst._restorers[("sr3", profile.name)] = _Inventing(hr)
-    inst.config.restoration.device = "cpu"
+    inst.restoration_device = "cpu"
+    inst._restorers[_key(inst, "sr3")] = _Inventing(hr)
     return inst
+
+
+def _key(inst, method):
+    """The instrument's restorer cache key of ``method`` at its current steps and device."""
+    return (method, inst.profile.name, inst.restoration_steps, inst.restoration_device)
 
 
 def test_policy_falls_back_to_classical_when_the_restoration_invents(profile):
@@ -245,7 +254,7 @@ def test_policy_falls_back_to_classical_when_the_restoration_invents(profile):
 def test_policy_keeps_a_consistent_restoration(profile):
     hr, lr = _pairs(profile, 1, seed=12)
     inst = _instrument(profile, lr[0], hr[0])
-    inst._restorers[("sr3", profile.name)].restore = lambda frame: hr[0]
+    inst._restorers[_key(inst, "sr3")].restore = lambda frame: hr[0]
     inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
     assert fr.restoration_method == "sr3" and fr.fidelity.consistent

@@ -60,6 +60,10 @@ class CameraStalled(RuntimeError):
     """The camera delivered no frame within the timeout (or stopped acquiring by itself)."""
 
 
+# Frame summary of the fidelity guard stored per restored frame (FidelityResult.summary() keys).
+FIDELITY_SUMMARY_KEYS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back")
+
+
 @dataclass
 class ProcessedFrame:
     """One output of the pipeline: an averaged, corrected and possibly restored frame."""
@@ -75,6 +79,7 @@ class ProcessedFrame:
     restored: np.ndarray | None = None
     restoration_method: str | None = None
     restoration_profile: str | None = None
+    fidelity: Any = None              # restoration.fidelity.FidelityResult when the guard ran
 
     @property
     def display(self) -> np.ndarray:
@@ -223,6 +228,7 @@ class HDF5Sink:
         self.frames_written = 0
         self.bytes_written = 0
         self._with_restored: bool | None = None
+        self._fidelity_extras: dict[str, tuple[int, ...]] = {}
 
     def write(self, item: ProcessedFrame) -> None:
         if self.writer is None:
@@ -230,9 +236,15 @@ class HDF5Sink:
             self._with_restored = item.restored is not None
             # super-resolution makes restored frames larger than the measured ones
             restored_shape = item.restored.shape if self._with_restored else None
+            fid = item.fidelity if self._with_restored else None
+            # the fidelity guard's tile map and frame summary, beside each restored frame
+            self._fidelity_extras = {} if fid is None else {
+                "consistency": tuple(fid.tile_chi2.shape), "flagged": tuple(fid.flagged.shape),
+                **{k: () for k in FIDELITY_SUMMARY_KEYS}}
             self.writer = ScanWriter(self.path, item.data.shape, dtype="float32",
                                      metadata=self.metadata, restored=self._with_restored,
                                      restored_shape=restored_shape,
+                                     restored_extras=self._fidelity_extras or None,
                                      swmr=self.swmr, compression=self.compression,
                                      overwrite=self.overwrite)
         m = item.metadata
@@ -247,9 +259,16 @@ class HDF5Sink:
             if not self._with_restored:
                 raise ValueError("restored frame arrived but the file was created without a "
                                  "restored dataset (restoration switched on mid-run?)")
+            extras = None
+            fid = item.fidelity
+            if self._fidelity_extras and fid is not None \
+                    and tuple(fid.tile_chi2.shape) == self._fidelity_extras["consistency"]:
+                summary = fid.summary()
+                extras = {"consistency": fid.tile_chi2, "flagged": fid.flagged.astype(np.float32),
+                          **{k: float(summary[k]) for k in FIDELITY_SUMMARY_KEYS}}
             self.writer.append_restored(item.restored, source_index=index,
                                         method=item.restoration_method or "unknown",
-                                        profile=item.restoration_profile or "")
+                                        profile=item.restoration_profile or "", extras=extras)
             self.bytes_written += item.restored.nbytes
         self.frames_written += 1
 
@@ -679,6 +698,9 @@ class AcquisitionPipeline:
                 result.restoration_method = str(getattr(self.restorer, "method",
                                                         type(self.restorer).__name__))
                 result.restoration_profile = str(getattr(self.restorer, "profile", ""))
+                check = getattr(self.restorer, "check_fidelity", None)
+                if check is not None:     # fills result.fidelity; may re-restore with a fallback
+                    check(result)
             st.stats.busy_s += time.monotonic() - st.busy_since
             st.busy_since = None
             if result is not None and not self._emit(st, result, out_q):

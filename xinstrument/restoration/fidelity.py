@@ -42,6 +42,23 @@ two halves: one strong local invention (a single tile above the Bonferroni thres
 Binomial(M, false_alarm_rate) gives with probability ``false_alarm_rate / 2``,
 ``scipy.stats.binom.sf``) make the frame inconsistent.
 
+Model tolerance. Neither the forward model nor a restoration is exact: the profile's radial
+MTF ratio is measured with finite accuracy (and a real screen's blur varies with depth and
+field position), and a regularised or learned restoration trades detail for noise, so near
+strong edges ``A x_hat`` misses the measurement by a small fraction of the local detail even
+when nothing is invented. Both errors have the shape of a change of blur width, which to first
+order is the detail the forward blur removes, ``D = A x_hat - A A x_hat``. The null model adds it
+as a systematic term, ``sigma^2 -> sigma^2 + (eps D)^2``, with ``eps`` the relative tolerance of
+the method. ``eps`` is calibrated, never guessed: :func:`calibrate_tolerance` finds the smallest
+value for which ordinary frames of the method (measured frames the operator accepts, or twin
+frames) show no more flagged tiles than the false-alarm rate, and the profile stores it per method
+(``[fidelity_tolerance]``, key ``forward_model`` for methods without their own). A feature the
+data do not contain survives it: its residual is ``A fake`` while its own tolerance term is only
+``eps (1 - R) A fake`` (the ratio ``R`` is near 1 where a feature's energy lies).
+
+Super-resolved restorations (``factor`` times finer grid) are binned ``factor x factor`` (pixel
+integration) onto the measured grid before the forward model.
+
 Without a noise model (no NNPS or no dose) the guard reports the raw residual (transmission
 units) with ``normalised=False`` and no threshold.
 """
@@ -62,15 +79,19 @@ from .classical import psf_otf_rfft2
 from .physics import BLUR_PAD_PX, DetectorPhysics
 
 __all__ = [
+    "FORWARD_MODEL_TOLERANCE_KEY",
     "FORWARD_MODELS",
     "FidelityGuard",
     "FidelityResult",
     "UncertaintyResult",
+    "calibrate_tolerance",
     "forward_model_for",
     "sampler_uncertainty",
 ]
 
 FORWARD_MODELS = ("mtf_ratio", "psf")
+# Profile [fidelity_tolerance] key of the tolerance used by methods without their own.
+FORWARD_MODEL_TOLERANCE_KEY = "forward_model"
 # Methods whose restoration inverts the measured PSF rather than the radial MTF ratio.
 _PSF_METHODS = ("richardson_lucy",)
 
@@ -109,6 +130,8 @@ class FidelityResult:
     border_px : frame margin left out (NaN in ``map``; tiles entirely inside it are NaN in
         ``tile_chi2`` and never flagged).
     message : one line for the operator.
+    tolerance, tolerance_source : relative model tolerance ``eps`` used and where it came from.
+    scale : super-resolution factor of the restoration (binned by it before the forward model).
     fell_back, fallback_reason, method : set by the acquisition policy when the frame was
         re-restored with the classical fallback method.
     """
@@ -139,6 +162,9 @@ class FidelityResult:
     method: str | None = None
     fell_back: bool = False
     fallback_reason: str | None = None
+    tolerance: float = 0.0
+    tolerance_source: str = "none"
+    scale: int = 1
 
     def summary(self) -> dict[str, Any]:
         """Scalars for PVs, logs and HDF5 attributes (NaN where not normalised)."""
@@ -153,6 +179,7 @@ class FidelityResult:
             "normalised": int(self.normalised),
             "rms_residual": float(self.rms_residual),
             "fell_back": int(self.fell_back),
+            "tolerance": float(self.tolerance),
         }
 
 
@@ -199,6 +226,8 @@ class FidelityGuard:
         one-sided line-spread tail times the restored frame's transmission range (the largest
         error out-of-field content can cause) is below one noise sigma at the frame's mean
         transmission; without a noise model, the half-width of the profile's PSF.
+    tolerance : relative model tolerance ``eps`` (see the module notes): a number for every
+        method, a ``{method: eps}`` table, or None for the profile's ``fidelity_tolerance``.
     """
 
     def __init__(
@@ -210,6 +239,7 @@ class FidelityGuard:
         device: str | torch.device | None = None,
         pad_px: int = BLUR_PAD_PX,
         border_px: int | None = None,
+        tolerance: float | dict[str, float] | None = None,
     ) -> None:
         if not isinstance(tile_px, (int, np.integer)) or isinstance(tile_px, bool) or tile_px < 4:
             raise ValueError(f"tile_px must be an integer >= 4, got {tile_px!r}")
@@ -230,7 +260,25 @@ class FidelityGuard:
             DetectorPhysics(self.physics.frequency_cy_per_px, self.physics.mtf_ratio, nnps,
                             self.physics.nnps_mean_signal, self.physics.psf)
         self.nnps_lr = nnps
+        if tolerance is None:
+            tolerance = dict(getattr(profile, "fidelity_tolerance", None) or {})
+        elif not isinstance(tolerance, dict):
+            tolerance = {FORWARD_MODEL_TOLERANCE_KEY: tolerance}
+        for key, eps in tolerance.items():
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+                    math.isfinite(eps) and eps >= 0):
+                raise ValueError(f"tolerance {key!r} must be a finite number >= 0, got {eps!r}")
+        self.tolerances = {k: float(v) for k, v in tolerance.items()}
         self._cache: dict[tuple, Any] = {}
+
+    def tolerance_for(self, method: str | None) -> tuple[float, str]:
+        """``(eps, source)``: the method's calibrated tolerance, else the forward model's, else 0."""
+        if method is not None and method in self.tolerances:
+            return self.tolerances[method], f"calibrated for {method}"
+        if FORWARD_MODEL_TOLERANCE_KEY in self.tolerances:
+            return (self.tolerances[FORWARD_MODEL_TOLERANCE_KEY],
+                    "forward model" + (f" ({method} not calibrated)" if method else ""))
+        return 0.0, "none calibrated"
 
     @property
     def has_noise_model(self) -> bool:
@@ -310,16 +358,40 @@ class FidelityGuard:
             self._cache[key] = (tile.astype(np.float64), frame.astype(np.float64))
         return self._cache[key]
 
-    def reblur(self, restored: Any, forward: str = "mtf_ratio") -> torch.Tensor:
-        """``A x``: the restored frame(s) seen through the thick detector (B, H, W) tensor."""
+    def reblur(self, restored: Any, forward: str = "mtf_ratio", detail: bool = False):
+        """``A x``: the restored frame(s) seen through the thick detector, (B, H, W) tensor.
+        With ``detail`` also ``D = A x - A A x`` (the tolerance's shape), from the same forward
+        transform: returns ``(A x, D)``."""
         if forward not in FORWARD_MODELS:
             raise ValueError(f"forward model must be one of {FORWARD_MODELS}, got {forward!r}")
         x, _ = as_batch(restored, "restored")
         x = x.to(self.device)
         xp = pad_frames(x, self.pad_px, fast=True)
         shape = tuple(xp.shape[-2:])
-        out = torch.fft.irfft2(torch.fft.rfft2(xp) * self._transfer(forward, shape), s=shape)
-        return crop_frames(out, self.pad_px, tuple(x.shape[-2:]))
+        t = self._transfer(forward, shape)
+        spec = torch.fft.rfft2(xp)
+        if not detail:
+            out = torch.fft.irfft2(spec * t, s=shape)
+            return crop_frames(out, self.pad_px, tuple(x.shape[-2:]))
+        key = ("detail", forward, shape, str(self.device))
+        if key not in self._cache:
+            self._cache[key] = torch.stack([t, t * (1 - t)])
+        out = torch.fft.irfft2(spec[:, None] * self._cache[key], s=shape)
+        out = crop_frames(out.flatten(0, 1), self.pad_px, tuple(x.shape[-2:]))
+        return out[0::2], out[1::2]
+
+    @staticmethod
+    def bin_to(restored: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Bin a super-resolved (B, kH, kW) restoration onto the measured (H, W) grid."""
+        h, w = shape
+        kh, kw = restored.shape[-2:]
+        if (kh, kw) == (h, w):
+            return restored, 1
+        k = kh // h
+        if k < 2 or kh != k * h or kw != k * w:
+            raise ValueError(f"restored {kh}x{kw} is neither the measured {h}x{w} nor an integer "
+                             f"multiple of it")
+        return torch.nn.functional.avg_pool2d(restored[:, None], k)[:, 0], k
 
     # ------------------------------------------------------------------ the check
     def check(
@@ -355,9 +427,8 @@ class FidelityGuard:
         x, single_x = as_batch(restored, "restored")
         if not (single_y and single_x):
             raise ValueError("check takes one (H, W) frame at a time")
-        if y.shape != x.shape:
-            raise ValueError(f"measured {tuple(y.shape[1:])} and restored {tuple(x.shape[1:])} differ in shape")
         h, w = y.shape[-2:]
+        x, scale = self.bin_to(x, (h, w))
         if min(h, w) < self.tile_px:
             raise ValueError(f"frame {h}x{w} is smaller than one tile ({self.tile_px} px)")
         if not isinstance(frames_averaged, (int, np.integer)) or frames_averaged < 1:
@@ -373,8 +444,13 @@ class FidelityGuard:
                                       and math.isfinite(v) and v > 0):
                 raise ValueError(f"{label} must be a finite number > 0, got {v!r}")
 
+        eps, eps_source = self.tolerance_for(method)
         y = y.to(self.device)[0]
-        model = self.reblur(x, forward)[0]
+        if eps > 0:
+            model, detail = self.reblur(x, forward, detail=True)
+            model, detail = model[0], detail[0]
+        else:
+            model, detail = self.reblur(x, forward)[0], None
         resid = y - model
         ry, rx = _tile_edges(h, self.tile_px), _tile_edges(w, self.tile_px)
         nan = float("nan")
@@ -407,7 +483,8 @@ class FidelityGuard:
         rms = float(torch.sqrt((resid_in.double() ** 2).sum() / inside.sum()))
         map_out = torch.where(inside, resid, torch.full_like(resid, nan))
         common = {"tile_px": self.tile_px, "tile_edges": (ry, rx), "forward_model": forward,
-                  "frames_averaged": int(frames_averaged), "border_px": int(border), "method": method}
+                  "frames_averaged": int(frames_averaged), "border_px": int(border), "method": method,
+                  "tolerance": eps, "tolerance_source": eps_source, "scale": scale}
 
         if reason is not None:
             tile_ms = _tile_sums(resid_in * resid_in, ry, rx).cpu().numpy() / safe_counts
@@ -432,7 +509,10 @@ class FidelityGuard:
         # describe such pixels, so their variance is held at that of one detected quantum
         # (T = 1 / quanta of the flat), the smallest non-zero level the model knows.
         floor = var_unit / float(dose_ratio) / (float(dose_ratio) * float(self.physics.nnps_mean_signal))
-        z = resid / torch.sqrt(var.clamp(min=floor))
+        var = var.clamp(min=floor)
+        if detail is not None:
+            var = var + (eps * eps) * detail * detail
+        z = resid * torch.rsqrt(var)
         z_in = torch.where(inside, z, torch.zeros_like(z))
         z2 = z_in * z_in
         tile_chi2 = _tile_sums(z2, ry, rx).cpu().numpy() / safe_counts
@@ -454,7 +534,8 @@ class FidelityGuard:
         verdict = "consistent with the measurement" if consistent else "NOT consistent with the measurement"
         message = (f"{verdict}: reduced chi2 {reduced:.3f}, {k}/{m} tiles flagged "
                    f"(expected {self.false_alarm_rate * m:.2g} by chance), "
-                   f"{int(strong.sum())} beyond the frame-wise threshold")
+                   f"{int(strong.sum())} beyond the frame-wise threshold; tolerance {eps:g} "
+                   f"({eps_source})")
         return FidelityResult(
             map=torch.where(inside, z, torch.full_like(z, nan)).float().cpu().numpy(),
             tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
@@ -463,6 +544,82 @@ class FidelityGuard:
             flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
             rms_residual=rms, message=message, dose_ratio=float(dose_ratio),
             correlation_factor=c, strong_tiles=strong, elapsed_s=time.perf_counter() - t0, **common)
+
+
+# ---------------------------------------------------------------------------------------------
+def calibrate_tolerance(
+    guard: FidelityGuard,
+    pairs: Sequence[tuple[Any, Any]],
+    *,
+    method: str,
+    dose_ratio: float | Sequence[float],
+    frames_averaged: int = 1,
+    flat_frames_averaged: int | None = None,
+    max_tolerance: float = 2.0,
+    iterations: int = 14,
+) -> dict[str, Any]:
+    """Smallest relative tolerance ``eps`` for which ordinary frames of ``method`` pass the guard.
+
+    ``pairs``: (measured corrected frame, its restoration by ``method``) of frames the operator
+    accepts as ordinary (or twin frames); use other frames than those you later judge. The result
+    is the smallest ``eps`` (bisection on [0, ``max_tolerance``]) at which every frame is
+    consistent and at most ``floor(false_alarm_rate x tiles)`` tiles are flagged. Store it in the
+    profile's ``fidelity_tolerance[method]``.
+
+    Returns ``{"tolerance", "flagged_before", "flagged_after", "tiles", "frames",
+    "reduced_chi2_before", "reduced_chi2_after"}``; raises ValueError when even
+    ``max_tolerance`` does not make the frames consistent (they are not ordinary for this method,
+    or the noise model is wrong).
+    """
+    if not pairs:
+        raise ValueError("calibrating a tolerance needs at least one (measured, restored) pair")
+    doses = list(dose_ratio) if isinstance(dose_ratio, (list, tuple, np.ndarray)) else [dose_ratio] * len(pairs)
+    if len(doses) != len(pairs):
+        raise ValueError(f"{len(doses)} dose ratios for {len(pairs)} frames")
+    if not guard.has_noise_model:
+        raise ValueError("the profile has no noise model (NNPS): a tolerance cannot be calibrated")
+    forward = forward_model_for(method)
+    saved = dict(guard.tolerances)
+
+    def run(eps: float):
+        guard.tolerances = {**saved, method: eps}
+        try:
+            return [guard.check(y, x, dose_ratio=d, frames_averaged=frames_averaged,
+                                flat_frames_averaged=flat_frames_averaged, forward=forward,
+                                method=method) for (y, x), d in zip(pairs, doses)]
+        finally:
+            guard.tolerances = saved
+
+    def passes(results) -> bool:
+        tiles = sum(int(np.isfinite(r.tile_chi2).sum()) for r in results)
+        flagged = sum(int(r.flagged.sum()) for r in results)
+        return all(r.consistent for r in results) and flagged <= int(guard.false_alarm_rate * tiles)
+
+    before = run(0.0)
+    tiles = sum(int(np.isfinite(r.tile_chi2).sum()) for r in before)
+    if passes(before):
+        lo = hi = 0.0
+        after = before
+    else:
+        after = run(max_tolerance)
+        if not passes(after):
+            raise ValueError(
+                f"{method}: even a tolerance of {max_tolerance:g} leaves "
+                f"{sum(int(r.flagged.sum()) for r in after)} of {tiles} tiles flagged; these "
+                "frames are not ordinary for this method (or the noise model does not fit them)")
+        lo, hi = 0.0, float(max_tolerance)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            res = run(mid)
+            if passes(res):
+                hi, after = mid, res
+            else:
+                lo = mid
+    return {"tolerance": hi, "frames": len(pairs), "tiles": tiles,
+            "flagged_before": sum(int(r.flagged.sum()) for r in before),
+            "flagged_after": sum(int(r.flagged.sum()) for r in after),
+            "reduced_chi2_before": float(np.mean([r.reduced_chi2 for r in before])),
+            "reduced_chi2_after": float(np.mean([r.reduced_chi2 for r in after]))}
 
 
 # ---------------------------------------------------------------------------------------------
