@@ -45,6 +45,20 @@ def bench_for_profile(profile: Any) -> str:
                     f"pass --bench ({' or '.join(TWIN_BENCHES)})")
 
 
+def bench_kw_for_profile(profile: Any, bench: str) -> dict:
+    """Twin bench settings that make its screens those of ``profile``: the working (thick) and
+    reference (thin) YAG thicknesses of a lens-coupled profile; none for panels (the panel
+    bench's screens are the shipped profile's)."""
+    if bench != "lens-yag":
+        return {}
+    kw = {}
+    for key, table in (("thick_um", "scintillator"), ("thin_um", "reference")):
+        value = (getattr(profile, table, None) or {}).get("thickness_um")
+        if value is not None:
+            kw[key] = float(value)
+    return kw
+
+
 # --- restore -------------------------------------------------------------------------------------
 def _transmission_frames(reader, corrected: bool) -> tuple[np.ndarray, str]:
     """Projections as transmission (what the restorers take), and how they were obtained."""
@@ -248,15 +262,15 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
                      bench: str | None = None, hr_images: Path | None = None, patch: int = 64,
                      batch: int = 16, lr: float = 1e-3, channels: int = 32, layers: int = 8,
                      pool_images: int = 64, pool_px: int = 192, val_patches: int = 16,
-                     device: str | None = None, threads: int | None = None,
-                     progress=None) -> dict:
+                     blur: str = "gaussian", device: str | None = None,
+                     threads: int | None = None, progress=None) -> dict:
     """Train the ``sr_x<factor>`` network of ``profile`` and save weights + a record.
 
     HR images: noise-free twin ground truth on a ``factor`` x finer grid (a pool of
     ``pool_images`` renderings of ``pool_px`` fine pixels from ``seed``), or the user's
     ``hr_images`` (.npy, on the fine grid: ``factor`` x smaller pixels than the detector).
     Validation: twin images from another seed. LR inputs come from the profile's calibrated
-    degradation (``esf_sigma_um``, ``noise_sigma``). The profile is re-read just before saving,
+    degradation (``esf_sigma_um`` or, with ``blur="mtf_ratio"``, ``mtf_ratio``; ``noise_sigma``). The profile is re-read just before saving,
     so weights written meanwhile by other trainings are kept.
     """
     import torch
@@ -269,7 +283,7 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         method = sr_method(factor)
     except SuperResolutionError as exc:
         raise UserError(str(exc)) from None
-    if getattr(profile, "esf_sigma_um", None) is None:
+    if blur == "gaussian" and getattr(profile, "esf_sigma_um", None) is None:
         raise UserError(f"profile {profile.name!r} has no esf_sigma_um (Gaussian PSF sigma of the "
                         "ESF -> LSF fit of a slanted edge); super-resolution training needs it "
                         "for the degradation model: measure it (xinstrument calibrate) and store "
@@ -279,6 +293,7 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         raise UserError(f"unknown twin bench {bench!r}; choose from {', '.join(TWIN_BENCHES)}")
     if patch % factor:
         raise UserError(f"--patch {patch} px must be a multiple of the SR factor {factor}")
+    bench_kw = bench_kw_for_profile(profile, bench)
     if threads is not None:
         torch.set_num_threads(threads)
     cpu0 = time.process_time()
@@ -290,16 +305,18 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         train_src = crop_source(hr)
         hr_desc = f"user HR images {hr_images} ({hr.shape[0]} x {hr.shape[1]} x {hr.shape[2]})"
     else:
-        train_src = pooled_source(twin_hr_source(factor, bench), pool_images, pool_px, seed)
-        hr_desc = f"twin fine-grid ground truth ({bench}), pool {pool_images} x {pool_px} px"
+        train_src = pooled_source(twin_hr_source(factor, bench, bench_kw=bench_kw), pool_images,
+                                  pool_px, seed)
+        hr_desc = (f"twin fine-grid ground truth ({bench} {bench_kw}), pool {pool_images} x "
+                   f"{pool_px} px")
     # validation: twin images from seeds the training pool does not use
-    val_src = pooled_source(twin_hr_source(factor, bench), max(4, pool_images // 8), pool_px,
-                            seed + 10_000)
+    val_src = pooled_source(twin_hr_source(factor, bench, bench_kw=bench_kw),
+                            max(4, pool_images // 8), pool_px, seed + 10_000)
     try:
         res = train_sr(profile, factor, train_src, steps, seed, patch=patch, batch=batch, lr=lr,
                        channels=channels, layers=layers, device=device, val_source=val_src,
                        val_patches=val_patches, steps_per_epoch=max(1, steps // 10),
-                       progress=progress, save_to_profile=False)
+                       blur=blur, progress=progress, save_to_profile=False)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     final = res.validation[-1] if res.validation else {}
@@ -307,7 +324,7 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         "method": method, "profile": profile.name, "factor": factor, "bench": bench,
         "steps": steps, "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
         "optimizer": "AdamW", "loss": "L1", "channels": channels, "layers": layers,
-        "hr_source": hr_desc, "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
+        "hr_source": hr_desc, "bench_kw": bench_kw, "blur": blur, "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
         "noise_sigma": res.degradation.noise_sigma,
         "parameters": int(sum(x.numel() for x in res.model.parameters())),
         "validation": res.validation,
@@ -368,8 +385,8 @@ def _cmd_train_sr(a: argparse.Namespace, profile: Any, t0: float) -> int:
     rec = train_sr_profile(profile, a.factor, steps=a.steps, seed=a.seed, bench=a.bench,
                            hr_images=a.hr_images, patch=a.patch, batch=a.batch, lr=a.lr,
                            channels=a.channels, layers=a.layers, pool_images=a.pool_images,
-                           pool_px=a.pool_px, device=a.device, threads=a.threads,
-                           progress=progress)
+                           pool_px=a.pool_px, blur=a.blur, device=a.device,
+                           threads=a.threads, progress=progress)
     print(f"trained sr_x{a.factor} for {profile.name}: {a.steps} steps, val PSNR "
           f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f} (bicubic "
           f"{rec['val_bicubic_psnr_db']:.2f} dB / {rec['val_bicubic_ssim']:.4f}), "
@@ -417,6 +434,9 @@ def register(sub) -> None:
                    help="--task sr: .npy (N, H, W) HR images on the fine grid instead of the twin")
     p.add_argument("--channels", type=_positive_int, default=32, help="SR network width")
     p.add_argument("--layers", type=_positive_int, default=8, help="SR network 3x3 conv layers")
+    p.add_argument("--blur", choices=["gaussian", "mtf_ratio"], default="gaussian",
+                   help="--task sr degradation blur: the profile's ESF Gaussian sigma (paper "
+                   "003) or its measured MTF ratio on the fine grid (default gaussian)")
     p.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--bench", choices=list(TWIN_BENCHES), default=None,

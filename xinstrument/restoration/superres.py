@@ -39,6 +39,7 @@ from .metrics import psnr, ssim
 from .stage import blend_window
 
 __all__ = [
+    "SR_BLURS",
     "SR_FACTORS",
     "BarGroupResult",
     "SRDegradation",
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 SR_FACTORS = (2, 4)
+# Blur models of the degradation: paper 003's ESF Gaussian, or the profile's measured MTF ratio.
+SR_BLURS = ("gaussian", "mtf_ratio")
 _WEIGHTS_FORMAT = 1
 _META = "meta."
 # Distinguishes SR weights from the restoration U-Net family's (which store meta.method_id).
@@ -180,9 +183,19 @@ class SRDegradation:
     blur_sigma_lr_px: float
     noise_sigma: float
     noise_scale_range: tuple[float, float] = NOISE_SCALE_RANGE
+    # Optional measured blur instead of the Gaussian: (frequency LR cy/px, MTF_LR / MTF_HR),
+    # applied on the HR grid before down-sampling (see ``from_profile(blur="mtf_ratio")``).
+    transfer: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         sr_method(self.factor)
+        if self.transfer is not None:
+            f, r = (np.asarray(v, dtype=np.float64) for v in self.transfer)
+            if f.ndim != 1 or f.shape != r.shape or f.size < 4 or not np.all(np.diff(f) > 0) \
+                    or f[0] != 0 or not np.all(np.isfinite(r)) or r.min() < 0 or r.max() > 1 + 1e-6:
+                raise SuperResolutionError(
+                    "transfer must be (frequency, ratio): increasing frequencies from 0 (LR cy/px) "
+                    "and finite ratios in [0, 1], at least 4 samples")
         if not (math.isfinite(self.blur_sigma_lr_px) and self.blur_sigma_lr_px >= 0):
             raise SuperResolutionError(f"blur sigma must be finite and >= 0 px, got {self.blur_sigma_lr_px!r}")
         if not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
@@ -193,15 +206,33 @@ class SRDegradation:
 
     @classmethod
     def from_profile(cls, profile: Any, factor: int, noise_sigma: float | None = None,
-                     background: Any = None) -> SRDegradation:
+                     background: Any = None, blur: str = "gaussian") -> SRDegradation:
         """The degradation of ``profile``'s detector.
 
-        Blur sigma: ``profile.esf_sigma_um / profile.pixel_size_um`` LR pixels (both at the
-        scintillator plane). Noise sigma: ``noise_sigma`` if given, else measured from the
-        ``background`` region (:func:`background_noise_sigma`), else ``profile.noise_sigma``.
+        ``blur="gaussian"`` (paper 003): sigma ``profile.esf_sigma_um / profile.pixel_size_um``
+        LR pixels (both at the scintillator plane), applied after down-sampling.
+        ``blur="mtf_ratio"``: the profile's measured ``mtf_ratio`` (MTF_LR / MTF_HR, LR cy/px)
+        applied on the HR grid before down-sampling, for HR images that carry the reference
+        screen's blur; a thin screen's depth blur has long tails that one Gaussian fitted to the
+        ESF core misses. Beyond the profile's table (LR Nyquist) the ratio continues as the
+        Gaussian fitted to it.
+        Noise sigma: ``noise_sigma`` if given, else measured from the ``background`` region
+        (:func:`background_noise_sigma`), else ``profile.noise_sigma``.
         """
         sr_method(factor)
+        if blur not in SR_BLURS:
+            raise SuperResolutionError(f"blur must be one of {SR_BLURS}, got {blur!r}")
         esf = getattr(profile, "esf_sigma_um", None)
+        transfer = None
+        if blur == "mtf_ratio":
+            f = getattr(profile, "frequency_cy_per_px", None)
+            ratio = getattr(profile, "mtf_ratio", None)
+            if f is None or ratio is None:
+                raise SuperResolutionError(
+                    f"{_profile_name(profile)}: blur 'mtf_ratio' needs the profile's "
+                    "frequency_cy_per_px and mtf_ratio arrays")
+            transfer = (tuple(float(v) for v in f), tuple(float(v) for v in ratio))
+            esf = 0.0
         if esf is None:
             raise SuperResolutionError(
                 f"{_profile_name(profile)}: profile has no esf_sigma_um (Gaussian PSF sigma from the "
@@ -218,13 +249,40 @@ class SRDegradation:
                 "background region was given"
             )
         pixel_um = float(profile.pixel_size_um)
-        return cls(int(factor), float(esf) / pixel_um, float(noise_sigma))
+        return cls(int(factor), float(esf) / pixel_um, float(noise_sigma), transfer=transfer)
+
+    def transfer_hr(self, shape: tuple[int, int]) -> torch.Tensor:
+        """The ``transfer`` on the rfft2 grid of an HR image of ``shape`` (float32)."""
+        f_tab, r_tab = (np.asarray(v, dtype=np.float64) for v in self.transfer)
+        fy = np.fft.fftfreq(shape[0])[:, None] * self.factor      # HR cy/px -> LR cy/px
+        fx = np.fft.rfftfreq(shape[1])[None, :] * self.factor
+        fr = np.hypot(fx, fy)
+        # Gaussian tail exp(-2 pi^2 s^2 f^2) fitted (least squares on log) where the ratio is
+        # above 5 %, continued from the table's last value
+        ok = (r_tab > 0.05) & (f_tab > 0)
+        s2 = 0.0
+        if ok.sum() >= 2:
+            s2 = max(0.0, float(np.sum(-np.log(r_tab[ok]) * f_tab[ok] ** 2)
+                               / np.sum(2 * np.pi ** 2 * f_tab[ok] ** 4)))
+        inside = np.interp(np.minimum(fr, f_tab[-1]), f_tab, r_tab)
+        tail = r_tab[-1] * np.exp(-2 * np.pi ** 2 * s2 * (fr ** 2 - f_tab[-1] ** 2))
+        return torch.from_numpy(np.where(fr <= f_tab[-1], inside, tail).astype(np.float32))
+
+    def _apply_transfer(self, hr: torch.Tensor) -> torch.Tensor:
+        # reflect padding keeps the FFT's wrap-around away from the patch
+        pad = min(16, hr.shape[-1] - 1, hr.shape[-2] - 1)
+        x = F.pad(hr[:, None], (pad, pad, pad, pad), mode="reflect")[:, 0]
+        h = self.transfer_hr(tuple(x.shape[-2:])).to(hr.device)
+        y = torch.fft.irfft2(torch.fft.rfft2(x) * h, s=x.shape[-2:])
+        return y[:, pad:pad + hr.shape[-2], pad:pad + hr.shape[-1]]
 
     def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None,
                  noise: bool = True) -> torch.Tensor:
         """Degrade HR patches (B, H, W) (H, W multiples of ``factor``) to LR (B, H/f, W/f)."""
         if hr.ndim != 3:
             raise ValueError(f"HR patches must be (B, H, W), got {tuple(hr.shape)}")
+        if self.transfer is not None:
+            hr = self._apply_transfer(hr)
         lr = gaussian_blur(bicubic_downsample(hr, self.factor), self.blur_sigma_lr_px)
         if noise and self.noise_sigma > 0:
             lo, hi = (math.log(v) for v in self.noise_scale_range)
@@ -337,11 +395,14 @@ def fine_grid_config(config: Any, factor: int) -> Any:
 
 
 def twin_hr_source(factor: int, bench: str = "lens-yag",
-                   samples: Sequence[str] = ("pcb", "pcb", "chart", "bars", "edge")
+                   samples: Sequence[str] = ("pcb", "pcb", "chart", "bars", "edge"),
+                   bench_kw: dict | None = None,
                    ) -> Callable[[np.random.Generator, int, int], np.ndarray]:
     """HR source ``(rng, count, patch_px) -> (count, patch_px, patch_px)``: noise-free twin ground
     truth (thin screen, thick spectrum) on a ``factor`` x finer pixel grid than the bench camera,
-    of random samples at a random tube voltage and field scale (each image its own small twin)."""
+    of random samples at a random tube voltage and field scale (each image its own small twin).
+    ``bench_kw`` goes to the bench factory (e.g. ``thick_um``, ``thin_um`` of a profile whose
+    screens differ from the bench's defaults)."""
     from xinstrument.sim.bench import BENCHES, Twin
     from xinstrument.sim.samples import make_sample
 
@@ -352,7 +413,7 @@ def twin_hr_source(factor: int, bench: str = "lens-yag",
     def source(rng: np.random.Generator, count: int, patch_px: int) -> np.ndarray:
         if patch_px % factor or patch_px < 16:
             raise ValueError(f"HR patch {patch_px} px must be >= 16 and a multiple of {factor}")
-        lr_cfg = BENCHES[bench](sensor_px=patch_px // factor)
+        lr_cfg = BENCHES[bench](sensor_px=patch_px // factor, **(bench_kw or {}))
         cfg = fine_grid_config(lr_cfg, factor)
         out = np.empty((count, patch_px, patch_px), np.float32)
         for i in range(count):
@@ -424,6 +485,7 @@ def train_sr(
     layers: int = 8,
     noise_sigma: float | None = None,
     background: Any = None,
+    blur: str = "gaussian",
     device: str | torch.device | None = None,
     val_source: Any = None,
     val_patches: int = 8,
@@ -446,6 +508,7 @@ def train_sr(
         for SR, Lim et al. EDSR 2017); gradient norm clipped at 1 (VDSR trains at high rates
         with clipping, Kim et al. 2016).
     channels, layers : network size.
+    blur : "gaussian" (ESF sigma, paper 003) or "mtf_ratio" (see :meth:`SRDegradation.from_profile`).
     val_source : HR source for validation PSNR/SSIM of SR and bicubic every ``steps_per_epoch``.
     """
     sr_method(factor)
@@ -458,7 +521,7 @@ def train_sr(
         raise ValueError(f"patch {patch} px must be a multiple of the SR factor {factor}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    degradation = SRDegradation.from_profile(profile, factor, noise_sigma, background)
+    degradation = SRDegradation.from_profile(profile, factor, noise_sigma, background, blur)
     source = _as_source(hr_source)
     dev = default_device(device)
     with torch.random.fork_rng(devices=[]):
