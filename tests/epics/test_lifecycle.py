@@ -22,6 +22,27 @@ def test_stopping_the_ioc_switches_xrays_off(ioc_factory, tube_emulator, epics, 
     assert "X-rays off" in ioc.output
 
 
+def test_stopping_the_ioc_mid_scan_closes_the_file_and_switches_xrays_off(
+        ioc_factory, tube_emulator, epics, wait_for, tmp_path):
+    from xinstrument.storage import ScanReader
+    emu, url = tube_emulator
+    ioc = ioc_factory(url)
+    for name, value in (("TUBE:WarmUp", 1), ("HDF:FilePath", str(tmp_path)),
+                        ("SCAN:TomoFileName", "stopped.h5"), ("SCAN:TomoArc", 20.0),
+                        ("SCAN:TomoNumAngles", 40), ("SCAN:TomoFramesPerAngle", 3)):
+        assert epics.caput(ioc.pv(name), value, wait=True, timeout=30) == 1, name
+    start = epics.PV(ioc.pv("SCAN:TomoStart"))
+    assert start.wait_for_connection(timeout=5)
+    start.put(1, use_complete=True)
+    assert wait_for(lambda: epics.caget(ioc.pv("SCAN:TomoState_RBV"), as_string=True,
+                                        timeout=5) == "Projections", 60)
+    assert emu.xray_on
+    assert ioc.stop() == 0
+    assert not emu.xray_on
+    with ScanReader(tmp_path / "stopped.h5") as r:
+        assert not r.complete and "aborted" in r.reason
+
+
 def test_write_hosts_restricts_writes(ioc_factory, tube_emulator, epics):
     ioc = ioc_factory(tube_emulator[1], ["--write-hosts", "writer.invalid"])
     pv = epics.PV(ioc.pv("TUBE:Voltage"))
