@@ -102,10 +102,19 @@ def test_super_resolved_restoration_covers_the_same_field(qtbot, window):
     assert item_rect(w.image.views["restored"]) == QRectF(0, 0, 128, 128)
     assert w.image.views["restored"].getImageItem().image.shape == (256, 256)
     assert "2x super-resolved" in w.image.views["restored"].getView().titleLabel.text
-    # linked views: zooming one zooms the others
-    w.image.views["frame"].getView().setXRange(10, 40, padding=0)
-    x0, x1 = w.image.views["restored"].getView().viewRange()[0]
-    assert (x0, x1) == (10, 40) or np.allclose((x0, x1), (10, 40), atol=0.5)
+    # zooming one view (as the mouse does) zooms the others onto the same field
+    vb = w.image.views["frame"].getView().getViewBox()
+    vb.setRange(xRange=(10, 40), yRange=(60, 90), padding=0)
+    vb.sigRangeChangedManually.emit(vb.state["mouseEnabled"])
+    (x0, x1), (y0, y1) = w.image.views["restored"].getView().viewRange()
+    assert x0 <= 10.01 and x1 >= 39.99 and y0 <= 60.01 and y1 >= 89.99
+    assert abs((x0 + x1) / 2 - 25) < 0.5 and abs((y0 + y1) / 2 - 75) < 0.5
+    assert min(x1 - x0, y1 - y0) < 35                       # zoomed, not the whole frame
+    # ROIs are drawn in frame pixels: on the 2x image they cover twice the pixels
+    w.image.edge_roi.setPos([16, 20])
+    w.image.edge_roi.setSize([32, 24])
+    assert w.image.edge_region("frame").shape == (24, 32)
+    assert np.array_equal(w.image.edge_region("restored"), frame.restored[40:88, 32:96])
     from PyQt6.QtCore import QPointF
     w.image.show_pixel(QPointF(5.7, 3.2))                  # restored pixel (6, 11): 2x grid
     assert f"restored {frame.restored[6, 11]:.5g}" in w.image.cursor_label.text()

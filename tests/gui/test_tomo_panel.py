@@ -93,10 +93,10 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
 
 
 @pytest.mark.parametrize("setup, match", [
-    (dict(n_angles=1), "n_angles must be an integer >= 2"),
-    (dict(arc_deg=100), "outside the rotation axis limits [-45, 45] deg"),
-    (dict(path=""), "choose an output HDF5 file"),
-    (dict(flats=0, flats_every=2), "flats_every needs flats"),
+    ({"n_angles": 1}, "n_angles must be an integer >= 2"),
+    ({"arc_deg": 100}, "outside the rotation axis limits [-45, 45] deg"),
+    ({"path": ""}, "choose an output HDF5 file"),
+    ({"flats": 0, "flats_every": 2}, "flats_every needs flats"),
 ])
 def test_bad_plans_show_the_error_and_start_nothing(qtbot, window, tmp_path, setup, match):
     t = window.tomo
@@ -112,6 +112,18 @@ def test_bad_plans_show_the_error_and_start_nothing(qtbot, window, tmp_path, set
     assert t.scan is None and window.instrument.busy is None and t.run_btn.isEnabled()
     assert not out.exists()
     assert any(match in line for line in window.log.lines())
+
+
+def test_missing_references_are_reported_by_the_scan(qtbot, window, tmp_path):
+    t = window.tomo
+    out = tmp_path / "x.h5"
+    small_plan(t, out)
+    t.darks.setValue(0)                         # use the instrument's darks: there are none
+    t.run_btn.click()
+    qtbot.waitUntil(lambda: t.scan is None, timeout=10000)
+    assert "missing darks" in t.message.text() and "scan failed" in t.phase.text()
+    assert window.instrument.busy is None and not out.exists() and t.run_btn.isEnabled()
+    qtbot.waitUntil(lambda: "missing darks" in window.error_banner.text(), timeout=5000)
 
 
 def test_existing_file_needs_overwrite(qtbot, window, tmp_path):

@@ -61,8 +61,9 @@ class RestorationPanel(Panel):
         self.device.setToolTip("auto: CUDA when present, else CPU; or cpu, cuda, cuda:N")
         self.apply_btn = QPushButton("Apply to live view and acquisition")
         self.apply_btn.clicked.connect(self.apply_method)
-        self.fidelity = QCheckBox("fidelity guard (check restored frames against the "
-                                  "measurement, fall back to wiener)")
+        self.fidelity = QCheckBox("fidelity guard (falls back to wiener)")
+        self.fidelity.setToolTip("Check every restored frame of 'acquire' against its "
+                                 "measurement; an inconsistent one is restored with wiener")
         self.fidelity.toggled.connect(self.set_fidelity)
         self.applied = QLabel("instrument: -")
         self.preview_btn = QPushButton("Restore last frame (before / after)")
@@ -232,7 +233,9 @@ class RestorationPanel(Panel):
             out, r, truth = res
             self.last_result = out
             self.before.setImage(data)
-            self.after.setImage(out)
+            # a super-resolved result covers the same field as the frame
+            self.after.setImage(out, scale=(data.shape[1] / out.shape[1],
+                                            data.shape[0] / out.shape[0]))
             QTimer.singleShot(0, self._fit_views)
             self.speed.setText(f"{r.method} on {r.device}: latency {1e3 * r.latency_s:.1f} ms, "
                                f"{r.frames_per_second:.1f} frames/s")
@@ -330,6 +333,9 @@ class CalibrationPanel(Panel):
         px = pixel_size_um(self.instrument)
         twin = self.instrument.twin
         rs, cs = panel.roi_region(panel.edge_roi, panel.image("frame"))
+        # a super-resolved restoration has smaller pixels than the frame
+        pixel_scale = {name: panel.scale_of(panel.image("restored"))[0]
+                       for name in rois if name == "restored"}
         corrected = getattr(panel.frame, "corrected", panel.stream_corrected)
 
         def work():
@@ -341,7 +347,8 @@ class CalibrationPanel(Panel):
             out, errors = {}, []
             for name, img in images.items():
                 try:
-                    out[name] = slanted_edge_mtf(np.asarray(img, dtype=np.float64), px)
+                    out[name] = slanted_edge_mtf(np.asarray(img, dtype=np.float64),
+                                                 px * pixel_scale.get(name, 1.0))
                 except ValueError as exc:
                     errors.append(f"{name}: {exc}")
             if not out:

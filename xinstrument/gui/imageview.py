@@ -18,9 +18,9 @@ import pyqtgraph as pg
 from PyQt6.QtCore import QPointF, QRectF, QTimer, pyqtSignal
 from PyQt6.QtGui import QBrush, QColor, QPen
 from PyQt6.QtWidgets import (
-    QGraphicsRectItem,
     QCheckBox,
     QComboBox,
+    QGraphicsRectItem,
     QHBoxLayout,
     QLabel,
     QSplitter,
@@ -114,7 +114,8 @@ def fidelity_text(fid) -> str:
 
 
 class LiveImagePanel(QWidget):
-    """Three linked pyqtgraph ImageViews (raw, frame, restored) shown alone or side by side.
+    """Three pyqtgraph ImageViews (raw, frame, restored) shown alone or side by side, panned
+    and zoomed together.
 
     "frame" is what the instrument delivers (corrected when correction is on), "raw" the
     uncorrected average behind it (see :func:`raw_image`), "restored" the restoration.
@@ -162,9 +163,12 @@ class LiveImagePanel(QWidget):
             self.views[name] = view
             splitter.addWidget(view)
         fv = self.views["frame"].getView()
-        for name in ("raw", "restored"):
-            self.views[name].getView().setXLink(fv)
-            self.views[name].getView().setYLink(fv)
+        # pan / zoom by the operator in one view is copied to the others. Not pyqtgraph's
+        # axis links: with locked aspect ratios in views of different sizes, linked views keep
+        # widening each other's range
+        for name, view in self.views.items():
+            view.getView().getViewBox().sigRangeChangedManually.connect(
+                lambda *_a, n=name: self.match_views(n))
 
         self.stats_roi = pg.RectROI([8, 8], [32, 32], pen=pg.mkPen("y", width=1))
         self.line_roi = pg.LineSegmentROI([[4, 4], [60, 60]], pen=pg.mkPen("c", width=1))
@@ -327,6 +331,13 @@ class LiveImagePanel(QWidget):
         # fit the images to the new view sizes once the layout has settled
         QTimer.singleShot(0, self.auto_range)
 
+    def match_views(self, source: str = "frame") -> None:
+        """Show in every other view the field that ``source`` shows."""
+        rect = self.views[source].getView().getViewBox().viewRect()
+        for name, view in self.views.items():
+            if name != source and view.getImageItem().image is not None:
+                view.getView().getViewBox().setRange(rect=rect, padding=0)
+
     def auto_range(self) -> None:
         for view in self.views.values():
             if view.isVisible() and view.getImageItem().image is not None:
@@ -343,9 +354,12 @@ class LiveImagePanel(QWidget):
         return None if img is None else np.asarray(img)
 
     def roi_region(self, roi: pg.ROI, img: np.ndarray) -> tuple[slice, slice]:
-        """Row and column slices of ``roi`` clipped to ``img``."""
+        """Row and column slices of ``roi`` (drawn in frame pixels) in ``img``'s own pixels,
+        clipped to ``img``."""
+        sx, sy = self.scale_of(img)
         x, y = roi.pos()
         w, h = roi.size()
+        x, w, y, h = x / sx, w / sx, y / sy, h / sy
         r0, c0 = max(0, round(float(y))), max(0, round(float(x)))
         r1 = min(img.shape[0], round(float(y + h)))
         c1 = min(img.shape[1], round(float(x + w)))

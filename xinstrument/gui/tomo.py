@@ -7,23 +7,26 @@ on the bridge's worker threads.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtCore import Qt, QTimer, pyqtSignal
 from PyQt6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
+    QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QToolButton,
@@ -142,55 +145,61 @@ class TomoPanel(Panel):
         self.viewer.getView().setTitle("slice")
         self.viewer.getView().setLabel("bottom", "x", units="um")
         self.viewer.getView().setLabel("left", "y", units="um")
-        self.viewer.setMinimumHeight(260)
+        self.viewer.setMinimumHeight(300)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setEnabled(False)
         self.slider.valueChanged.connect(self.show_slice)
         self.slice_label = QLabel("slice: -")
 
-        form = QFormLayout()
-        form.addRow("arc", self.arc_deg)
-        form.addRow("arc centre", self.centre_deg)
-        form.addRow("angles", self.n_angles)
-        form.addRow("frames per angle", self.frames_per_angle)
-        form.addRow("dark frames", self.darks)
-        form.addRow("flat frames per series", self.flats)
-        form.addRow("new flats every (angles)", self.flats_every)
-        form.addRow("exposure", self.exposure_s)
-        form.addRow("", self.restore)
+        # two label/field columns keep the plan short, so the slice viewer fits below it
+        plan = QGroupBox("Plan")
+        grid = QGridLayout(plan)
+        pairs = (("arc", self.arc_deg), ("centre", self.centre_deg),
+                 ("angles", self.n_angles), ("frames per angle", self.frames_per_angle),
+                 ("dark frames", self.darks), ("flat frames", self.flats),
+                 ("new flats every", self.flats_every), ("exposure", self.exposure_s))
+        for i, (label, widget) in enumerate(pairs):
+            grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
+            grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
+        self.flats_every.setToolTip("a new flat series after every that many angles")
         prow = QHBoxLayout()
+        prow.addWidget(QLabel("output file"))
         prow.addWidget(self.path, 1)
         prow.addWidget(self.browse)
         prow.addWidget(self.overwrite)
-        form.addRow("output file", prow)
-        form.addRow("", self.limits_label)
+        grid.addLayout(prow, 4, 0, 1, 4)
+        grid.addWidget(self.restore, 5, 0, 1, 4)
+        grid.addWidget(self.limits_label, 6, 0, 1, 4)
         brow = QHBoxLayout()
         for b in (self.run_btn, self.pause_btn, self.resume_btn, self.abort_btn):
             brow.addWidget(b)
-        rform = QFormLayout()
-        rform.addRow("method", self.method)
-        rform.addRow("SIRT iterations", self.iterations)
+        recon = QGroupBox("Reconstruction")
+        rgrid = QGridLayout(recon)
+        rgrid.addWidget(QLabel("method"), 0, 0)
+        rgrid.addWidget(self.method, 0, 1)
+        rgrid.addWidget(QLabel("SIRT iterations"), 0, 2)
+        rgrid.addWidget(self.iterations, 0, 3)
         hrow = QHBoxLayout()
-        hrow.addWidget(self.height_start_um)
+        hrow.addWidget(QLabel("heights"))
+        hrow.addWidget(self.height_start_um, 1)
         hrow.addWidget(QLabel("to"))
-        hrow.addWidget(self.height_stop_um)
+        hrow.addWidget(self.height_stop_um, 1)
         hrow.addWidget(QLabel("slices"))
         hrow.addWidget(self.n_slices)
-        rform.addRow("heights", hrow)
-        rform.addRow("", self.use_restored)
+        rgrid.addLayout(hrow, 1, 0, 1, 4)
         rrow = QHBoxLayout()
+        rrow.addWidget(self.use_restored)
         rrow.addWidget(self.recon_btn)
         rrow.addWidget(self.load_btn)
+        rgrid.addLayout(rrow, 2, 0, 1, 4)
+        rgrid.addWidget(self.recon_label, 3, 0, 1, 4)
         lay = QVBoxLayout(self)
-        lay.addLayout(form)
+        lay.addWidget(plan)
         lay.addLayout(brow)
         lay.addWidget(self.progress)
         lay.addWidget(self.phase)
         lay.addWidget(self.message)
-        lay.addWidget(QLabel("<b>Reconstruction</b>"))
-        lay.addLayout(rform)
-        lay.addLayout(rrow)
-        lay.addWidget(self.recon_label)
+        lay.addWidget(recon)
         lay.addWidget(self.viewer, 1)
         lay.addWidget(self.slider)
         lay.addWidget(self.slice_label)
@@ -329,10 +338,8 @@ class TomoPanel(Panel):
         if scan is None:
             return
         scan.abort()
-        try:
+        with contextlib.suppress(Exception):   # the scan logs its own outcome
             scan.wait(timeout_s)
-        except Exception:  # noqa: BLE001 - the outcome is logged by the scan itself
-            pass
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running and self.instrument.rotation_axis is not None)
@@ -486,8 +493,18 @@ class TomoPanel(Panel):
         if view.note:
             text += f"\n{view.note}"
         self.recon_label.setText(text)
+        QTimer.singleShot(0, self._reveal_viewer)
         self.bridge.log_line.emit(f"reconstruction {view.method} of {view.path}: "
                                   f"{s.shape[0]} slices" + (f" ({view.note})" if view.note else ""))
+
+    def _reveal_viewer(self) -> None:
+        """Scroll the tab (when it scrolls) so that the new slices are in sight."""
+        w = self.parentWidget()
+        while w is not None and not isinstance(w, QScrollArea):
+            w = w.parentWidget()
+        if w is not None:
+            w.ensureWidgetVisible(self.slice_label, 0, 0)
+            w.ensureWidgetVisible(self.viewer, 0, 0)
 
     def show_slice(self, index: int, auto_range: bool = False) -> None:
         """Show slice ``index`` of the current reconstruction and its height."""
