@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from xinstrument.bench import restoration_benchmark, twin_test_set
 from xinstrument.cli import main
@@ -56,3 +57,51 @@ def test_bench_storage_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "raw disk" in out and "lzf" in out
     assert main(["bench", "storage", "--dir", str(tmp_path / "missing")]) == 2
+
+
+# --- bench sr ------------------------------------------------------------------------------------
+def _lens_with_small_sr(tmp_path):
+    import shutil
+
+    import torch
+
+    from xinstrument.profiles import DetectorProfile, repo_profiles_dir
+    from xinstrument.restoration.superres import SRNet, pack_sr_weights
+
+    dst = tmp_path / "lens"
+    shutil.copytree(repo_profiles_dir() / "sim-yag200-5x", dst)
+    toml = (dst / "profile.toml").read_text().splitlines()
+    (dst / "profile.toml").write_text("\n".join(ln for ln in toml if not ln.startswith("unet")) + "\n")
+    prof = DetectorProfile.load(dst)
+    torch.manual_seed(0)
+    prof.save_weights("sr_x2", pack_sr_weights(SRNet(2, channels=4, layers=1)))
+    return DetectorProfile.load(dst)
+
+
+def test_sr_bench_measures_every_method_on_the_fine_grid(tmp_path):
+    from xinstrument.bench import format_sr_table, sr_benchmark
+
+    prof = _lens_with_small_sr(tmp_path)
+    res = sr_benchmark(prof, 2, chart_px=1024, pcb_px=64, pcb_samples=1, frames=1, device="cpu")
+    assert list(res.chart) == ["raw", "bicubic", "wiener+bicubic", "sr_x2",
+                               "reference screen, camera px, noise-free", "truth (fine grid)"]
+    assert res.output_pixel_um == pytest.approx(res.pixel_um / 2)
+    # the truth on the fine grid resolves finer groups than the raw camera frame
+    assert res.chart["truth (fine grid)"]["finest_resolved_um"] < res.chart["raw"]["finest_resolved_um"]
+    raw_1um = [g for g in res.chart["raw"]["groups"] if g["width_um"] == 1.0]
+    assert all(not g["resolved"] and "below 2 px" in g["note"] for g in raw_1um)
+    for k in ("raw", "bicubic", "wiener+bicubic", "sr_x2"):
+        p, s = res.chart_scores[k]
+        assert np.isfinite(p) and 0 < s <= 1 and len(res.pcb_scores[k]) == 1
+    assert set(res.seconds) == {"bicubic", "wiener+bicubic", "sr_x2"}
+    assert all(t > 0 for t in res.seconds.values())
+    text = format_sr_table(res)
+    assert re.search(r"^bicubic .* 1\.0$", text, re.M)
+
+
+def test_bench_sr_factor_without_weights_is_a_user_error(tmp_path, capsys):
+    prof = _lens_with_small_sr(tmp_path)
+    assert main(["bench", "sr", "--profile", str(prof.path), "--factor", "4", "--chart-px", "64",
+                 "--pcb-samples", "1", "--pcb-px", "64", "--frames", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "factor 4" in err and "sr_x2" in err and "Traceback" not in err

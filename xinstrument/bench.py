@@ -4,6 +4,8 @@
 rendered by the digital twin (PCB samples with seeds the training source never uses, real
 noisy thick-screen frames, flat/dark corrected, against the noise-free thin-screen truth), with
 the LR input and scikit-image's Wiener / Richardson-Lucy as references measured in the same run.
+``bench sr`` compares super-resolution with bicubic and deblur-only restoration on held-out twin
+resolution-chart and PCB frames (finest group resolved, PSNR/SSIM on the fine grid, time).
 ``bench acquisition`` and ``bench storage`` run the pipeline and HDF5 write benchmarks.
 """
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["RestorationBench", "format_restoration_table", "register", "restoration_benchmark",
-           "twin_test_set"]
+__all__ = ["RestorationBench", "SRBench", "format_restoration_table", "format_sr_table",
+           "register", "restoration_benchmark", "sr_benchmark", "twin_test_set"]
 
 # Test samples use seeds from here on: the training source (xinstrument.sim.bench.HRSource) draws
 # its own seeds from a seeded generator, so a fixed disjoint block keeps the two sets apart.
@@ -294,6 +296,230 @@ def format_restoration_table(b: RestorationBench) -> str:
     return "\n".join(lines)
 
 
+# --- super-resolution ----------------------------------------------------------------------------
+# Held-out SR test samples use seeds from here on (training pools draw theirs from seeded
+# generators; the validation pool of `xinstrument train --task sr` starts at seed + 10 000).
+SR_TEST_SEED = 900_000
+# CTF reference: the chart's widest groups, resolved by every method
+SR_BORDER_LR_PX = 8
+
+
+def _sr_acquire(twin, exposure_s: float, frames: int) -> np.ndarray:
+    """Dark/flat corrected frame averaged over ``frames`` exposures at the working screen's best
+    focus; references averaged as often (at least 16), so their noise does not stay behind as a
+    fixed pattern."""
+    from .acquisition.correction import FlatFieldCorrector
+    refs = max(16, frames)
+    twin.set_state(stage_um=twin.best_focus_um("thick", twin.fixed_state.voltage_kv))
+    twin.set_state(xray_on=False)
+    darks = np.stack([twin.render(exposure_s)[0] for _ in range(refs)])
+    twin.set_state(xray_on=True, sample_in=False)
+    flats = np.stack([twin.render(exposure_s)[0] for _ in range(refs)])
+    twin.set_state(sample_in=True)
+    corr = FlatFieldCorrector.from_series(darks, flats)
+    acc = np.zeros(darks.shape[1:], np.float64)
+    for _ in range(frames):
+        acc += corr(twin.render(exposure_s)[0])
+    return (acc / frames).astype(np.float32)
+
+
+def _chart_table(images: dict[str, tuple[np.ndarray, float]], groups: list[dict]) -> dict:
+    """Per image: CTF of every group against the widest groups' contrast, bar counts, and the
+    finest line width such that it and every coarser width resolve in both orientations."""
+    from .restoration.superres import measure_bar_group
+    widest = max(g["width_um"] for g in groups)
+    out = {}
+    for name, (img, pixel_mm) in images.items():
+        ref = float(np.mean([measure_bar_group(img, g, pixel_mm).contrast or 0.0
+                             for g in groups if g["width_um"] == widest]))
+        rows = [measure_bar_group(img, g, pixel_mm, reference_contrast=ref) for g in groups]
+        by_width: dict[float, list] = {}
+        for r in rows:
+            by_width.setdefault(r.width_um, []).append(r)
+        limit = None
+        for w in sorted(by_width, reverse=True):
+            if not all(r.resolved for r in by_width[w]):
+                break
+            limit = w
+        out[name] = {"reference_contrast": ref, "finest_resolved_um": limit,
+                     "resolved_widths_um": sorted(w for w, rs in by_width.items()
+                                                  if all(r.resolved for r in rs)),
+                     "groups": [dataclasses_asdict(r) for r in rows]}
+    return out
+
+
+def dataclasses_asdict(obj) -> dict:
+    from dataclasses import asdict
+    return asdict(obj)
+
+
+@dataclass
+class SRBench:
+    profile: str
+    factor: int
+    device: str
+    frames: int
+    exposure_s: float
+    chart_px: int
+    pixel_um: float             # camera pixel at the object (chart line widths are at the object)
+    output_pixel_um: float
+    chart: dict                 # method -> _chart_table entry
+    chart_scores: dict          # method -> (PSNR dB, SSIM) on the chart frame
+    pcb_scores: dict            # method -> list of (PSNR dB, SSIM), one per held-out PCB frame
+    seconds: dict               # method -> restoration wall time of the chart frame, s
+    notes: list[str] = field(default_factory=list)
+
+
+def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px: int = 256,
+                 pcb_samples: int = 4, frames: int | None = None, exposure_s: float = 1.0,
+                 seed: int = SR_TEST_SEED, device: str | None = None,
+                 progress=None) -> SRBench:
+    """Super-resolution against bicubic and deblur-only restoration on held-out twin frames.
+
+    The twin bench has ``profile``'s screens (working screen imaged, reference screen = truth).
+    Frames: resolution chart (``chart_px`` camera px) and ``pcb_samples`` PCB frames, averaged
+    over ``frames`` exposures (default: the profile's ``calibration.sr_frames_averaged``, else
+    1), flat/dark corrected. Every method is compared on the ``factor`` x finer grid of the
+    twin's fine-grid ground truth (noise-free reference screen rendered with ``factor`` x
+    smaller camera pixels): raw (its own grid for the CTF, pixel replication for PSNR/SSIM),
+    bicubic, deblur-only (wiener; unet when the profile has weights) then bicubic, and
+    ``sr_x<factor>``; the truth and the noise-free reference screen on the camera grid are
+    measured too (the CTF ceiling and the camera pixel's own limit).
+    """
+    import torch
+
+    from .restoration import Restorer, psnr, ssim
+    from .restoration._fourier import default_device
+    from .restoration.cli import bench_for_profile, bench_kw_for_profile
+    from .restoration.superres import bicubic_upsample, centred_config, fine_grid_config, sr_method
+    from .sim import BENCHES, Twin, make_sample
+    from .sim.samples import chart_groups, resolution_chart
+
+    say = progress or (lambda msg: None)
+    method = sr_method(factor)
+    dev = default_device(device)
+    try:
+        sr = Restorer(profile, method, device=dev)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    bench = bench_for_profile(profile)
+    if bench != "lens-yag":
+        raise UserError(f"profile {profile.name!r}: the SR benchmark images the resolution chart on "
+                        f"the lens-coupled bench; this profile's bench is {bench!r}")
+    kw = bench_kw_for_profile(profile, bench)
+    if frames is None:
+        frames = int((getattr(profile, "calibration", None) or {}).get("sr_frames_averaged", 1))
+    if frames < 1:
+        raise UserError(f"frames averaged must be >= 1, got {frames}")
+    deblur = {"wiener": Restorer(profile, "wiener", device=dev)}
+    if "unet" in (getattr(profile, "weights", None) or {}):
+        deblur["unet"] = Restorer(profile, "unet", device=dev)
+    f = factor
+
+    def bicubic(x):
+        return bicubic_upsample(x, f)
+
+    fns = {"bicubic": bicubic}
+    for name, r in deblur.items():
+        fns[f"{name}+bicubic"] = (lambda r: lambda x: bicubic_upsample(r.restore(x), f))(r)
+    fns[method] = sr.restore
+    seconds: dict[str, float] = {}
+
+    def run_all(frame: np.ndarray, timed: bool) -> dict[str, np.ndarray]:
+        out = {"raw": frame}
+        for name, fn in fns.items():
+            fn(frame[:64, :64])                      # warm-up: plans, caches, allocations
+            t0 = time.perf_counter()
+            out[name] = np.asarray(fn(frame), np.float32)
+            if timed:
+                seconds[name] = time.perf_counter() - t0
+        return out
+
+    cfg = centred_config(BENCHES[bench](sensor_px=chart_px, **kw))
+    fine = fine_grid_config(cfg, f)
+    chart = resolution_chart(cfg.fov_mm)
+    groups = chart_groups(cfg.fov_mm)
+    say(f"chart: {chart_px} px, {frames} frame(s) averaged")
+    twin = Twin(cfg, sample=chart, seed=seed)
+    frame = _sr_acquire(twin, exposure_s, frames)
+    truth = Twin(fine, sample=chart, seed=seed).ground_truth()
+    ref_camera = twin.ground_truth()
+    say("restoring the chart")
+    outs = run_all(frame, timed=True)
+    px_lr, px_hr = cfg.pixel_at_object_um / 1000, fine.pixel_at_object_um / 1000
+    images = {k: (v, px_lr if k == "raw" else px_hr) for k, v in outs.items()}
+    images["reference screen, camera px, noise-free"] = (ref_camera, px_lr)
+    images["truth (fine grid)"] = (truth, px_hr)
+    table = _chart_table(images, groups)
+    b = SR_BORDER_LR_PX * f
+
+    def scores(outputs: dict, gt: np.ndarray) -> dict:
+        res = {}
+        for k, v in outputs.items():
+            img = np.kron(v, np.ones((f, f), np.float32)) if k == "raw" else v
+            res[k] = (float(psnr(img[b:-b, b:-b], gt[b:-b, b:-b], 1.0)),
+                      float(ssim(img[b:-b, b:-b], gt[b:-b, b:-b], 1.0)))
+        return res
+
+    chart_scores = scores(outs, truth)
+    pcfg = centred_config(BENCHES[bench](sensor_px=pcb_px, **kw))
+    pfine = fine_grid_config(pcfg, f)
+    pcb_scores: dict[str, list] = {}
+    for i in range(pcb_samples):
+        say(f"PCB frame {i + 1}/{pcb_samples}")
+        sample = make_sample("pcb", pcfg.fov_mm * 2.0, seed + 1 + i)
+        fr = _sr_acquire(Twin(pcfg, sample=sample, seed=seed + 1 + i), exposure_s, frames)
+        gt = Twin(pfine, sample=sample, seed=seed + 1 + i).ground_truth()
+        for k, v in scores(run_all(fr, timed=False), gt).items():
+            pcb_scores.setdefault(k, []).append(v)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return SRBench(profile.name, f, str(dev), frames, exposure_s, chart_px,
+                   cfg.pixel_at_object_um, fine.pixel_at_object_um, table, chart_scores,
+                   pcb_scores, seconds)
+
+
+def format_sr_table(b: SRBench) -> str:
+    lines = [
+        f"super-resolution benchmark: profile {b.profile}, x{b.factor}, device {b.device}",
+        (f"held-out twin frames: chart {b.chart_px} camera px, {b.frames} x {b.exposure_s:g} s "
+         f"averaged; pixel at the object {b.pixel_um:.3f} um -> {b.output_pixel_um:.3f} um"),
+        ("resolved = CTF > 0.10 (vs the widest groups) and exactly 3 bars, 2 gaps, even spacing, "
+         "in both orientations; finest = it and every coarser group resolve"),
+        "",
+        (f"{'method':<40} {'finest':>7} {'1 um CTF v/h':>13} {'1 um bars':>9} "
+         f"{'chart PSNR/SSIM':>16} {'PCB PSNR/SSIM':>15} {'time s':>8} {'x bicubic':>9}"),
+    ]
+    t_bic = b.seconds.get("bicubic")
+    for k, t in b.chart.items():
+        one = [g for g in t["groups"] if g["width_um"] == 1.0]
+        ctf = "/".join("-" if g["ctf"] is None else f"{g['ctf']:.2f}" for g in one)
+        bars = "/".join(str(g["bars_found"]) for g in one)
+        fin = "none" if t["finest_resolved_um"] is None else f"{t['finest_resolved_um']:g} um"
+        cs = b.chart_scores.get(k)
+        ps = b.pcb_scores.get(k)
+        cs_s = f"{cs[0]:.2f}/{cs[1]:.3f}" if cs else "-"
+        ps_s = (f"{np.mean([s[0] for s in ps]):.2f}/{np.mean([s[1] for s in ps]):.3f}"
+                if ps else "-")
+        sec = b.seconds.get(k)
+        sec_s = "-" if sec is None else f"{sec:.3f}"
+        ratio = "-" if sec is None or not t_bic else f"{sec / t_bic:.1f}"
+        lines.append(f"{k:<40} {fin:>7} {ctf:>13} {bars:>9} {cs_s:>16} {ps_s:>15} {sec_s:>8} "
+                     f"{ratio:>9}")
+    widths = sorted({g["width_um"] for t in b.chart.values() for g in t["groups"]}, reverse=True)
+    lines += ["", "per-group CTF v/h (* resolved):",
+              f"{'method':<40} " + " ".join(f"{w:>10g}" for w in widths)]
+    for k, t in b.chart.items():
+        cells = []
+        for w in widths:
+            gs = [g for g in t["groups"] if g["width_um"] == w]
+            c = "/".join("-" if g["ctf"] is None else f"{g['ctf']:.2f}" for g in gs)
+            cells.append(f"{c}{'*' if all(g['resolved'] for g in gs) else ' '}")
+        lines.append(f"{k:<40} " + " ".join(f"{c:>10}" for c in cells))
+    lines.extend(b.notes)
+    return "\n".join(lines)
+
+
 # --- command line --------------------------------------------------------------------------------
 from .cliargs import positive_int as _positive_int
 from .cliargs import size_px as _size_px
@@ -325,6 +551,25 @@ def _cmd_restoration(a: argparse.Namespace) -> int:
             methods=a.method, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         print(format_restoration_table(res))
         print()
+    return 0
+
+
+def _cmd_sr(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .profiles import find_profile
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    prof = find_profile(a.profile)
+    res = sr_benchmark(prof, a.factor, chart_px=a.chart_px, pcb_px=a.pcb_px,
+                       pcb_samples=a.pcb_samples, frames=a.frames, exposure_s=a.exposure_s,
+                       device=a.device,
+                       progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    print(format_sr_table(res))
+    if a.json:
+        a.json.write_text(json.dumps(dataclasses_asdict(res), indent=1, default=float))
     return 0
 
 
@@ -379,6 +624,26 @@ def register(sub) -> None:
                    help="diffusion step counts to time, comma separated (default 2,10)")
     r.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
     r.set_defaults(func=_cmd_restoration)
+
+    sr = bs.add_parser("sr", help="super-resolution vs bicubic and deblur-only on twin charts",
+                       description="Finest resolution-chart group resolved (CTF > 10 %% with a "
+                       "bar-count check), PSNR/SSIM against the twin's fine-grid ground truth "
+                       "and restoration time relative to bicubic, for the raw frame, bicubic, "
+                       "deblur-only restoration then bicubic, and the profile's sr_x<factor> "
+                       "network, on held-out twin frames.")
+    sr.add_argument("--profile", default="sim-yag20-5x-sr", help="profile name or folder")
+    sr.add_argument("--factor", type=_positive_int, default=2, help="SR factor (2 or 4)")
+    sr.add_argument("--chart-px", type=_size_px, default=1024, help="chart frame side, camera px")
+    sr.add_argument("--pcb-px", type=_size_px, default=256, help="PCB frame side, camera px")
+    sr.add_argument("--pcb-samples", type=_positive_int, default=4, help="held-out PCB frames")
+    sr.add_argument("--frames", type=_positive_int, default=None,
+                    help="exposures averaged per frame (default: the profile's "
+                    "calibration.sr_frames_averaged, else 1)")
+    sr.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame, s")
+    sr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    sr.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    sr.add_argument("--json", type=Path, default=None, help="also write the full results here")
+    sr.set_defaults(func=_cmd_sr)
 
     s = bs.add_parser("storage", help="HDF5 write speed against the raw disk")
     s.add_argument("--dir", type=Path, default=None, help="folder on the disk under test")
