@@ -9,10 +9,13 @@ with a 33.91 mg/cm^2 reference) it:
     best focus) from the twin's transfer model, and their regularised ratio;
   * derives the PSF (thick = thin (*) psf) from the ratio on a fine 2-D grid, truncated to 61 x 61;
   * measures the thick screen's NNPS from twin flat-field frames with the IEC 62220-1 NNPS tool,
-    so the noise model comes through the same path a real detector's does;
+    so the noise model comes through the same path a real detector's does, with the pixel fixed
+    pattern removed from the flat stack as ``xinstrument calibrate nnps`` does (flat-field
+    correction removes it from images, so restoration and the fidelity guard must not count it);
   * measures the edge's Gaussian PSF sigma (ESF -> LSF -> fit) and the background noise sigma.
 Learned-model weights are added by scripts/train_profile_weights.py, which keeps this file's
-arrays untouched.
+arrays untouched. ``--nnps-only`` re-measures only the NNPS of existing profiles (everything else,
+weights included, stays as it is).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xinstrument.calibration.mtf import esf_gaussian_sigma  # noqa: E402
-from xinstrument.calibration.nnps import nnps, resample_curve  # noqa: E402
+from xinstrument.calibration.nnps import nnps, remove_fixed_pattern, resample_curve  # noqa: E402
 from xinstrument.profiles import DetectorProfile, find_profile  # noqa: E402
 from xinstrument.sim import Twin, lens_bench, panel_bench  # noqa: E402
 
@@ -58,6 +61,41 @@ def psf_from_ratio(freq: np.ndarray, ratio: np.ndarray, size: int = PSF_SIZE_PX,
     return (k / k.sum()).astype(np.float64)
 
 
+NNPS_FLATS = 8          # flats in the NNPS stack (the fixed pattern is their mean)
+
+
+def measure_nnps(twin: Twin, freq: np.ndarray) -> tuple[np.ndarray, float, list[np.ndarray]]:
+    """Temporal NNPS (px^2, on ``freq``) of the thick screen from twin flats at its best focus,
+    the flat's detected quanta per pixel, and the dark-subtracted flats."""
+    cfg, st = twin.config, twin.fixed_state
+    if cfg.kind == "lens":
+        twin.set_state(stage_um=twin.best_focus_um("thick", st.voltage_kv))
+    exposure_s = 1.0 if cfg.kind == "lens" else 0.05
+    flats = [twin.render(exposure_s)[0].astype(np.float64) - twin.offset_map_adu
+             for _ in range(NNPS_FLATS)]
+    res = nnps(remove_fixed_pattern(np.stack(flats)), cfg.pixel_at_screen_um,
+               roi_size_px=min(128, cfg.sensor.rows // 2))
+    nnps_lr = np.clip(resample_curve(res.frequency_cy_per_px, res.nnps_px2, freq), 0, None)
+    quanta = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())
+    return nnps_lr, quanta, flats
+
+
+def update_nnps(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfile:
+    """Re-measure only the NNPS of an existing profile."""
+    folder = out / name
+    prof = find_profile(str(folder))
+    twin = Twin(PROFILES[name]["factory"](sensor_px=sensor_px), sample="open", seed=seed)
+    old = prof.nnps_lr
+    prof.nnps_lr, prof.nnps_mean_signal, _ = measure_nnps(twin, prof.frequency_cy_per_px)
+    prof.calibration = {**prof.calibration, "nnps_date": datetime.date.today().isoformat(),
+                        "nnps_fixed_pattern_removed": True}
+    prof.save(folder)
+    if old is not None:
+        print(f"{name}: new NNPS / old NNPS {float(np.mean(prof.nnps_lr / np.maximum(old, 1e-30))):.3f} "
+              "on average")
+    return prof
+
+
 def build(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfile:
     spec = PROFILES[name]
     cfg = spec["factory"](sensor_px=sensor_px)
@@ -73,15 +111,7 @@ def build(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfil
     ratio = np.clip(np.minimum.accumulate(ratio), 0.0, 1.0)   # monotone, physical
     psf = psf_from_ratio(freq, ratio)
 
-    # NNPS of the thick screen from twin flats at its best focus
-    if cfg.kind == "lens":
-        twin.set_state(stage_um=twin.best_focus_um("thick", st.voltage_kv))
-    flats = [twin.render(1.0 if cfg.kind == "lens" else 0.05)[0].astype(np.float64)
-             - twin.offset_map_adu for _ in range(4)]
-    res = nnps(np.stack(flats), pixel_um, roi_size_px=min(128, sensor_px // 2))
-    nnps_lr = np.clip(resample_curve(res.frequency_cy_per_px, res.nnps_px2, freq), 0, None)
-    quanta = float(twin.expected_quanta("thick", exposure_s=1.0 if cfg.kind == "lens"
-                                        else 0.05).mean())
+    nnps_lr, quanta, flats = measure_nnps(twin, freq)
 
     # Gaussian sigma of the edge (super-resolution degradation model) and background noise
     edge_twin = Twin(cfg, sample="edge", seed=seed)
@@ -124,11 +154,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "profiles")
     p.add_argument("--sensor-px", type=int, default=512)
     p.add_argument("--only", choices=sorted(PROFILES))
+    p.add_argument("--nnps-only", action="store_true",
+                   help="re-measure only the NNPS of the existing profiles")
     a = p.parse_args(argv)
     for name in PROFILES:
         if a.only and name != a.only:
             continue
-        prof = build(name, a.out, a.sensor_px)
+        prof = (update_nnps if a.nnps_only else build)(name, a.out, a.sensor_px)
         i50 = lambda m: float(np.interp(0.5, m[::-1], prof.frequency_cy_per_px[::-1]))  # noqa
         print(f"{name}: MTF50 thin {i50(prof.mtf_hr):.3f} cy/px, thick {i50(prof.mtf_lr):.3f} "
               f"cy/px; ratio at Nyquist {prof.mtf_ratio[-1]:.3f}; ESF sigma "

@@ -272,3 +272,70 @@ def test_policy_without_dose_never_falls_back(profile):
     fr = inst.acquire(1, restore=True)
     assert not fr.fidelity.normalised and not fr.fidelity.fell_back
     assert fr.restoration_method == "sr3"
+
+
+def _smoothed(frames, sigma_px=0.5):
+    """A regularised 'restoration': the truth with a little detail removed."""
+    return np.stack([ndimage.gaussian_filter(f, sigma_px, mode="reflect") for f in frames]).astype(np.float32)
+
+
+def test_calibrated_tolerance_passes_smoothing_but_not_inventions(profile):
+    from xinstrument.restoration.fidelity import calibrate_tolerance
+
+    guard = FidelityGuard(profile, tile_px=16, false_alarm_rate=1e-3, border_px=0, device="cpu",
+                          tolerance={})
+    hr, lr = _pairs(profile, 8, seed=21)
+    pairs = list(zip(lr, _smoothed(hr)))
+    plain = [guard.check(y, x, dose_ratio=1.0, method="smooth") for y, x in pairs]
+    assert sum(int(r.flagged.sum()) for r in plain) > 0      # smoothing fails the plain null model
+    out = calibrate_tolerance(guard, pairs, method="smooth", dose_ratio=1.0)
+    assert out["tolerance"] > 0 and out["flagged_after"] == 0 and out["flagged_before"] > 0
+    assert guard.tolerances == {}                            # calibration leaves the guard as it was
+    tuned = FidelityGuard(profile, tile_px=16, false_alarm_rate=1e-3, border_px=0, device="cpu",
+                          tolerance={"smooth": out["tolerance"]})
+    # held-out frames of the same method pass at about the false-alarm rate
+    hr2, lr2 = _pairs(profile, 4, seed=22)
+    held = [tuned.check(y, x, dose_ratio=1.0, method="smooth") for y, x in zip(lr2, _smoothed(hr2))]
+    # conformal bound 1/(512 + 1) per tile: ~0.5 of these 256 tiles expected, 3 is far out
+    assert out["held_out_rate_bound"] == pytest.approx(1 / 513)
+    assert sum(int(r.flagged.sum()) for r in held) <= 3
+    assert held[0].tolerance == out["tolerance"] and "smooth" in held[0].tolerance_source
+    # an invented via on a held-out frame is still flagged where it is
+    noise_sd = np.sqrt(profile.nnps_lr.mean() * 0.85)
+    fake = _smoothed(hr2[:1])[0] + _disc(hr2[0].shape, 72, 40, 3, -8 * noise_sd)
+    r = tuned.check(lr2[0], fake, dose_ratio=1.0, method="smooth")
+    assert r.flagged[72 // 16, 40 // 16] and r.consistent is False
+
+
+def test_tolerance_comes_from_the_profile_by_method(profile):
+    profile.fidelity_tolerance = {"forward_model": 0.05, "unet": 0.3}
+    guard = FidelityGuard(profile, device="cpu")
+    assert guard.tolerance_for("unet") == (0.3, "calibrated for unet")
+    eps, source = guard.tolerance_for("wiener")
+    assert eps == 0.05 and "not calibrated" in source
+    assert FidelityGuard(profile, tolerance=0.1, device="cpu").tolerance_for("unet")[0] == 0.1
+    profile.fidelity_tolerance = {}
+    assert FidelityGuard(profile, device="cpu").tolerance_for("unet") == (0.0, "none calibrated")
+
+
+def test_calibration_refuses_frames_that_are_not_ordinary(profile):
+    from xinstrument.restoration.fidelity import calibrate_tolerance
+
+    guard = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu", tolerance={})
+    hr, lr = _pairs(profile, 1, seed=23)
+    wrong = np.roll(hr[0], 9, axis=1)          # a restoration of another place
+    with pytest.raises(ValueError, match="not ordinary"):
+        calibrate_tolerance(guard, [(lr[0], wrong)], method="unet", dose_ratio=1.0,
+                            max_tolerance=0.5)
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_tolerance(guard, [], method="unet", dose_ratio=1.0)
+
+
+def test_super_resolved_restoration_is_binned_to_the_measured_grid(profile):
+    guard = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu", tolerance={})
+    hr, lr = _pairs(profile, 1, seed=24)
+    fine = np.kron(hr[0], np.ones((2, 2), np.float32))      # the truth on a 2x finer grid
+    r = guard.check(lr[0], fine, dose_ratio=1.0, method="sr_x2")
+    same = guard.check(lr[0], hr[0], dose_ratio=1.0)
+    assert r.scale == 2 and r.map.shape == lr[0].shape
+    assert r.reduced_chi2 == pytest.approx(same.reduced_chi2, rel=1e-4) and r.consistent

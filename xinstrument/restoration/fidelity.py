@@ -507,8 +507,10 @@ class FidelityGuard:
         var = var * (var_unit / float(dose_ratio))
         # Zero transmission (fully opaque) carries no quantum noise; the quantum model does not
         # describe such pixels, so their variance is held at that of one detected quantum
-        # (T = 1 / quanta of the flat), the smallest non-zero level the model knows.
-        floor = var_unit / float(dose_ratio) / (float(dose_ratio) * float(self.physics.nnps_mean_signal))
+        # (T = 1 / quanta of the flat), the smallest non-zero level the model knows; never above
+        # the open-beam level (T = 1) when the flat itself holds less than one quantum per pixel.
+        quanta = float(dose_ratio) * float(self.physics.nnps_mean_signal)
+        floor = var_unit / float(dose_ratio) * min(1.0, 1.0 / quanta) / frames_averaged
         var = var.clamp(min=floor)
         if detail is not None:
             var = var + (eps * eps) * detail * detail
@@ -566,6 +568,12 @@ def calibrate_tolerance(
     consistent and at most ``floor(false_alarm_rate x tiles)`` tiles are flagged. Store it in the
     profile's ``fidelity_tolerance[method]``.
 
+    With fewer than ``1 / false_alarm_rate`` tiles no tile may be flagged, so ``eps`` is the
+    largest tolerance any calibration tile needs; a new tile of the same kind of frame then needs
+    more with probability at most ``1 / (tiles + 1)`` (a conformal bound: the tiles are
+    exchangeable), reported as ``"held_out_rate_bound"``. Calibrate on at least
+    ``1 / false_alarm_rate`` tiles for the bound to reach the false-alarm rate.
+
     Returns ``{"tolerance", "flagged_before", "flagged_after", "tiles", "frames",
     "reduced_chi2_before", "reduced_chi2_after"}``; raises ValueError when even
     ``max_tolerance`` does not make the frames consistent (they are not ordinary for this method,
@@ -616,6 +624,7 @@ def calibrate_tolerance(
             else:
                 lo = mid
     return {"tolerance": hi, "frames": len(pairs), "tiles": tiles,
+            "held_out_rate_bound": max(1.0 / (tiles + 1), guard.false_alarm_rate),
             "flagged_before": sum(int(r.flagged.sum()) for r in before),
             "flagged_after": sum(int(r.flagged.sum()) for r in after),
             "reduced_chi2_before": float(np.mean([r.reduced_chi2 for r in before])),
