@@ -92,48 +92,44 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
     assert t.recon.method == "saa"                          # the last good one stays
 
 
-@pytest.mark.parametrize("setup, match", [
+BAD_PLANS = [
     ({"n_angles": 1}, "n_angles must be an integer >= 2"),
     ({"arc_deg": 100}, "outside the rotation axis limits [-45, 45] deg"),
     ({"path": ""}, "choose an output HDF5 file"),
     ({"flats": 0, "flats_every": 2}, "flats_every needs flats"),
-])
-def test_bad_plans_show_the_error_and_start_nothing(qtbot, window, tmp_path, setup, match):
+]
+
+
+def test_bad_plans_show_the_error_and_start_nothing(qtbot, window, tmp_path):
     t = window.tomo
     out = tmp_path / "x.h5"
-    small_plan(t, out)
-    for name, value in setup.items():
-        if name == "path":
-            t.path.setText(value)
-        else:
-            getattr(t, name).setValue(value)
+    for setup, match in BAD_PLANS:
+        small_plan(t, out)
+        for name, value in setup.items():
+            if name == "path":
+                t.path.setText(value)
+            else:
+                getattr(t, name).setValue(value)
+        t.run_btn.click()
+        assert match in t.message.text(), setup
+        assert t.scan is None and window.instrument.busy is None and t.run_btn.isEnabled()
+        assert not out.exists()
+        assert any(match in line for line in window.log.lines())
+    # an existing file is kept unless overwrite is ticked
+    old = tmp_path / "old.h5"
+    old.write_bytes(b"keep me")
+    small_plan(t, old)
     t.run_btn.click()
-    assert match in t.message.text()
-    assert t.scan is None and window.instrument.busy is None and t.run_btn.isEnabled()
-    assert not out.exists()
-    assert any(match in line for line in window.log.lines())
-
-
-def test_missing_references_are_reported_by_the_scan(qtbot, window, tmp_path):
-    t = window.tomo
-    out = tmp_path / "x.h5"
+    assert "exists (tick overwrite" in t.message.text() and t.scan is None
+    assert old.read_bytes() == b"keep me"
+    # references the plan relies on but the instrument lacks: refused by the scan itself
     small_plan(t, out)
-    t.darks.setValue(0)                         # use the instrument's darks: there are none
+    t.darks.setValue(0)
     t.run_btn.click()
     qtbot.waitUntil(lambda: t.scan is None, timeout=10000)
     assert "missing darks" in t.message.text() and "scan failed" in t.phase.text()
     assert window.instrument.busy is None and not out.exists() and t.run_btn.isEnabled()
     qtbot.waitUntil(lambda: "missing darks" in window.error_banner.text(), timeout=5000)
-
-
-def test_existing_file_needs_overwrite(qtbot, window, tmp_path):
-    t = window.tomo
-    out = tmp_path / "old.h5"
-    out.write_bytes(b"keep me")
-    small_plan(t, out)
-    t.run_btn.click()
-    assert "exists (tick overwrite" in t.message.text() and t.scan is None
-    assert out.read_bytes() == b"keep me"
 
 
 def test_pause_resume_abort_and_closing_during_a_scan(qtbot, layered, tmp_path):

@@ -254,7 +254,8 @@ class LiveImagePanel(QWidget):
                       autoHistogramRange=auto or first, scale=self.scale_of(img))
         self._first_image[name] = False
         if auto or first:
-            view.autoRange()
+            # keeps fitting the image as the view is resized, until the operator zooms
+            view.getView().getViewBox().enableAutoRange()
 
     def _draw(self, auto: bool = False) -> None:
         f = self.frame
@@ -263,22 +264,20 @@ class LiveImagePanel(QWidget):
         corrected = self.is_corrected(f)
         data = np.asarray(f.data)
         self._set("frame", data, auto)
-        self.views["frame"].getView().setTitle("frame (corrected)" if corrected else
-                                               "frame (raw)")
+        # titles stay short: a title wider than the view widens the plot beyond what is shown
+        self.views["frame"].getView().setTitle("corrected" if corrected else "uncorrected")
         raw = raw_image(f)
         self._set("raw", raw, auto)
-        self.views["raw"].getView().setTitle(
-            "raw" if raw is not None else "raw: not carried by this frame")
+        self.views["raw"].getView().setTitle("raw" if raw is not None else "raw: none")
         rest = getattr(f, "restored", None)
         rest = None if rest is None else np.asarray(rest)
         self._set("restored", rest, auto)
         if rest is None:
-            self.views["restored"].getView().setTitle("restored: none for this frame")
+            self.views["restored"].getView().setTitle("restored: none")
         else:
             sx, _sy = self.scale_of(rest)
-            sr = f" ({1 / sx:g}x super-resolved)" if abs(sx - 1) > 1e-9 else ""
             self.views["restored"].getView().setTitle(
-                f"restored ({getattr(f, 'restoration_method', None) or '?'}){sr}")
+                f"restored {1 / sx:g}x" if abs(sx - 1) > 1e-9 else "restored")
         self._draw_fidelity()
         self._update_tools()
 
@@ -339,9 +338,10 @@ class LiveImagePanel(QWidget):
                 view.getView().getViewBox().setRange(rect=rect, padding=0)
 
     def auto_range(self) -> None:
+        """Fit every shown image to its view (and keep fitting it on resizes)."""
         for view in self.views.values():
             if view.isVisible() and view.getImageItem().image is not None:
-                view.autoRange()
+                view.getView().getViewBox().enableAutoRange()
 
     # --- tools ---------------------------------------------------------------------------------
     def image(self, which: str = "frame") -> np.ndarray | None:

@@ -143,8 +143,8 @@ class TomoPanel(Panel):
         # --- slice viewer
         self.viewer = make_image_view()
         self.viewer.getView().setTitle("slice")
-        self.viewer.getView().setLabel("bottom", "x", units="um")
-        self.viewer.getView().setLabel("left", "y", units="um")
+        self.viewer.getView().setLabel("bottom", "x (um)")
+        self.viewer.getView().setLabel("left", "y (um)")
         self.viewer.setMinimumHeight(300)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setEnabled(False)
@@ -486,7 +486,8 @@ class TomoPanel(Panel):
         self.slider.setValue(s.shape[0] // 2)
         self.slider.blockSignals(False)
         self.slider.setEnabled(s.shape[0] > 1)
-        self.show_slice(self.slider.value(), auto_range=True)
+        self.show_slice(self.slider.value())
+        self.viewer.getView().getViewBox().enableAutoRange()
         where = f" -> {view.path.name}:{view.stored_at}" if view.stored_at else ""
         text = (f"{view.method}: {s.shape[0]} slices of {s.shape[1]} x {s.shape[2]} voxels "
                 f"({1000 * view.voxel_mm:.2f} um), {view.units}{where}")
@@ -505,17 +506,17 @@ class TomoPanel(Panel):
         if w is not None:
             w.ensureWidgetVisible(self.slice_label, 0, 0)
             w.ensureWidgetVisible(self.viewer, 0, 0)
+            w.horizontalScrollBar().setValue(0)
 
-    def show_slice(self, index: int, auto_range: bool = False) -> None:
+    def show_slice(self, index: int) -> None:
         """Show slice ``index`` of the current reconstruction and its height."""
         view = self.recon
         if view is None:
             return
         k = int(np.clip(index, 0, view.slices.shape[0] - 1))
         vox_um = 1000.0 * view.voxel_mm
-        self.viewer.setImage(view.slices[k], autoRange=auto_range, autoLevels=False,
-                             levels=self._levels, autoHistogramRange=auto_range,
-                             scale=(vox_um, vox_um))
+        self.viewer.setImage(view.slices[k], autoRange=False, autoLevels=False,
+                             levels=self._levels, scale=(vox_um, vox_um))
         self.slice_index = k
         self.slice_label.setText(f"slice {k + 1} / {view.slices.shape[0]}: height "
                                  f"{1000.0 * view.heights_mm[k]:.1f} um above the sample base")
