@@ -16,8 +16,8 @@ def _cmd_gui(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     from ..cli import _sensor_px
     p = sub.add_parser(
-        "gui", help="operator console (PyQt6): live image, source, stage, acquisition, focus, "
-        "restoration, calibration",
+        "gui", help="operator console (PyQt6): live image (raw, corrected, restored), source, "
+        "stage, acquisition, focus, restoration, calibration, tomosynthesis",
         description="Desktop window for running the bench. Without --config it drives the "
         "simulated bench (every device emulated). X-rays off: the X-RAY OFF button, F12 or "
         "Ctrl+Shift+X; stop everything: Esc. Closing the window switches X-rays off.")
