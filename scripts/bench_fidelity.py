@@ -4,9 +4,9 @@
     python scripts/bench_fidelity.py [--sensor-px 256] [--frames 4] [--trials 20] [--device cpu]
 
 Prints, for held-out PCB frames of the lens-coupled twin (a sample seed that neither the profile,
-the tolerance calibration (scripts/calibrate_fidelity.py) nor the training saw) at 1 averaged
-frame (the calibration dose) and 4 (four times the dose: outside the 0.5-2x dose range the
-learned methods were trained on):
+the tolerance calibration (scripts/calibrate_fidelity.py) nor the training saw) at 1 and 4
+averaged exposures per frame (inside the 1-8 range the tolerances are calibrated over; 4 is
+outside the 0.5-2x dose range the learned methods were trained on):
   * reduced chi-square, flagged tile fraction and frame verdict of the noise-free truth
     (the forward/noise model alone) and of every available restoration method, with the
     profile's calibrated tolerances and without any tolerance;

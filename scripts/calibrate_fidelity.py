@@ -4,8 +4,9 @@
     python scripts/calibrate_fidelity.py [--profile sim-yag200-5x] [--frames 6] [--sensor-px 512]
 
 For each profile: twin frames of calibration samples (PCB seeds 101.., never the benchmark's
-held-out seed) at the calibration conditions, one exposure each, flat-field corrected with
-averaged darks and flats like the instrument does. Then, with
+held-out seed) at the calibration conditions, over the operating range of averaging (1, 2, 4 and
+8 exposures per frame, as many frames of each), flat-field corrected with averaged darks and
+flats like the instrument does. Then, with
 :func:`xinstrument.restoration.fidelity.calibrate_tolerance`:
   * ``forward_model``: the twin's noise-free thin-screen image (the truth) as the "restoration",
     i.e. the tolerance the profile's radial MTF-ratio model itself needs on this detector;
@@ -38,11 +39,16 @@ CALIBRATION_SEEDS = 101        # first sample seed; the benchmark's held-out see
 N_REFERENCE = 8                # frames averaged into the dark and the flat
 
 
+AVERAGING = (1, 2, 4, 8)        # exposures per frame: the range the instrument is used at
+
+
 def twin_frames(name: str, sensor_px: int, n_frames: int):
-    """(corrected frames, noise-free truths, dose ratio of the flat) at the profile's conditions."""
+    """(corrected frames, noise-free truths, exposures averaged per frame, quanta per pixel of
+    the flat) at the profile's conditions."""
     factory, exposure_s = BENCHES[name]
-    frames, truths, quanta = [], [], None
+    frames, truths, averaged, quanta = [], [], [], None
     for i in range(n_frames):
+        n = AVERAGING[i % len(AVERAGING)]
         twin = Twin(factory(sensor_px=sensor_px), sample="pcb", seed=CALIBRATION_SEEDS + i)
         if twin.config.kind == "lens":
             twin.set_state(stage_um=twin.best_focus_um("thick", twin.fixed_state.voltage_kv))
@@ -52,18 +58,19 @@ def twin_frames(name: str, sensor_px: int, n_frames: int):
         flat = np.mean([twin.render(exposure_s)[0] for _ in range(N_REFERENCE)], 0, dtype=np.float64)
         quanta = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())
         twin.set_state(sample_in=True)
-        raw = twin.render(exposure_s)[0].astype(np.float64)
+        raw = np.mean([twin.render(exposure_s)[0] for _ in range(n)], 0, dtype=np.float64)
         frames.append(((raw - dark) / (flat - dark)).astype(np.float32))
         truths.append(twin.ground_truth().astype(np.float32))
-    return frames, truths, quanta
+        averaged.append(n)
+    return frames, truths, averaged, quanta
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(BENCHES), action="append",
                    help="profile(s) to calibrate (default: both)")
-    p.add_argument("--frames", type=int, default=6)
-    # 6 frames of 512 px = 1536 tiles of 32 px: more than 1 / false-alarm rate (conformal bound)
+    # 8 frames of 512 px = 2048 tiles of 32 px: more than 1 / false-alarm rate (conformal bound)
+    p.add_argument("--frames", type=int, default=8)
     p.add_argument("--sensor-px", type=int, default=512)
     p.add_argument("--tile-px", type=int, default=32)
     p.add_argument("--false-alarm-rate", type=float, default=1e-3)
@@ -72,10 +79,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     for name in a.profile or sorted(BENCHES):
         prof = find_profile(str(ROOT / "profiles" / name))
-        frames, truths, quanta = twin_frames(name, a.sensor_px, a.frames)
+        frames, truths, averaged, quanta = twin_frames(name, a.sensor_px, a.frames)
         dose = quanta / prof.nnps_mean_signal
         guard = FidelityGuard(prof, a.tile_px, a.false_alarm_rate, tolerance={}, device="cpu")
-        print(f"{name}: {a.frames} frames of {a.sensor_px} px, dose ratio {dose:.3f}, "
+        print(f"{name}: {a.frames} frames of {a.sensor_px} px ({averaged} exposures averaged), "
+              f"flat dose ratio {dose:.3f}, "
               f"{a.tile_px} px tiles, false-alarm rate {a.false_alarm_rate:g}")
         tolerances = {}
         runs = [(FORWARD_MODEL_TOLERANCE_KEY, None)] + [(m, m) for m in available_methods(prof)]
@@ -83,11 +91,15 @@ def main(argv=None) -> int:
             if method is None:
                 pairs, label = list(zip(frames, truths)), "truth (forward model)"
             else:
-                opts = {"dose_ratio": dose} if method == "wiener" else None
-                r = Restorer(prof, method, device="cpu", options=opts)
-                pairs, label = [(y, r.restore(y)) for y in frames], method
+                r = Restorer(prof, method, device="cpu")
+                pairs, label = [], method
+                for y, n in zip(frames, averaged):
+                    if method == "wiener":       # the noise of n averaged exposures
+                        r.options = {"dose_ratio": dose * n}
+                    pairs.append((y, r.restore(y)))
             try:
                 out = calibrate_tolerance(guard, pairs, method=method or key, dose_ratio=dose,
+                                          frames_averaged=averaged,
                                           flat_frames_averaged=N_REFERENCE)
             except ValueError as exc:
                 print(f"  {label:24s} not calibrated: {exc}")

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 
 from xinstrument.cli import main
@@ -29,6 +30,11 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert sorted(keys.tolist()) == [0, 1, 2]
         assert f["entry/restored/data"].shape[0] == 1
         assert "focus_curve" in f["entry/analysis"]
+        # the fidelity guard's tile map and summary beside the restored frame
+        extras = f["entry/restored/extras"]
+        assert extras["consistency"].shape[0] == 1 and np.isfinite(extras["reduced_chi2"][0])
+        assert extras["fell_back"][0] in (0.0, 1.0)
+    assert "fidelity guard" in out
     # restored is closer to the ground truth than the input, per the summary line
     line = next(s for s in out.splitlines() if "SSIM" in s)
     ssim_in, ssim_out = float(line.split()[2]), float(line.split()[-1])

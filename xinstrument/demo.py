@@ -40,6 +40,9 @@ class DemoResult:
     psnr_restored: float
     frames_per_s: float
     restore_frames_per_s: float
+    fidelity: dict | None = None     # the last frame's fidelity summary (FidelityResult.summary)
+    fidelity_message: str = ""
+    fell_back: int = 0               # frames the guard re-restored with the classical method
 
 
 def check_output_folder(out: Path) -> Path:
@@ -84,6 +87,10 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
     if method is None:
         method = next(m for m in METHOD_PREFERENCE if m in methods)
     inst.set_restoration(method)
+    # every restored frame is checked against its measurement; a frame that disagrees is
+    # re-restored with Wiener and says so in the file
+    inst.set_fidelity_policy(True, fallback_method="wiener" if "wiener" in methods else None)
+    guard = inst._fidelity["guard"]
     with inst:
         twin = inst.twin
         kv, ua = twin.fixed_state.voltage_kv, twin.fixed_state.current_ua
@@ -124,7 +131,11 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
             best = curve.best_position_um
             truth = twin.focus_truth_um(high_frequency_energy, span_um=8.0, step_um=0.5)
 
+        from .acquisition.pipeline import FIDELITY_SUMMARY_KEYS
+        tiles = guard.tile_grid((sensor_px, sensor_px))
         writer = ScanWriter(h5_path, (sensor_px, sensor_px), "float32", restored=True,
+                            restored_extras={"consistency": tiles, "flagged": tiles,
+                                             **{k: () for k in FIDELITY_SUMMARY_KEYS}},
                             metadata={"instrument": "xinstrument simulated bench",
                                       "bench": bench, "sample": twin.sample.description,
                                       "pixel_size_um": twin.config.pixel_at_object_um,
@@ -135,7 +146,7 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
                           frames_averaged=n_ref, voltage_kv=0.0, current_ua=0.0)
             writer.append(inst.flat, image_key=1, exposure_s=inst.exposure_s,
                           frames_averaged=n_ref, voltage_kv=kv, current_ua=ua)
-            corrected, restored = [], []
+            corrected, restored, fell_back, fid = [], [], 0, None
             restorer = inst.restorer()
             bar = ProgressBar("acquire", n_frames)
             t0 = time.monotonic()
@@ -145,11 +156,20 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
                 t1 = time.monotonic()
                 rest = restorer.restore(fr.data)
                 restore_s += time.monotonic() - t1
+                rest, used, fid = inst.check_fidelity(
+                    fr.data, rest, method, frames_averaged=n_average, exposure_s=fr.exposure_s,
+                    voltage_kv=fr.voltage_kv, current_ua=fr.current_ua)
+                fell_back += int(fid.fell_back)
                 idx = writer.append(fr.data, image_key=0, theta_deg=fr.theta_deg,
                                     voltage_kv=fr.voltage_kv, current_ua=fr.current_ua,
                                     exposure_s=fr.exposure_s, frames_averaged=n_average,
                                     focus_z_um=fr.focus_z_um, timestamp_s=fr.timestamp_s)
-                writer.append_restored(rest, source_index=idx, method=method, profile=prof.name)
+                summary = fid.summary()
+                writer.append_restored(rest, source_index=idx, method=used, profile=prof.name,
+                                       extras={"consistency": fid.tile_chi2,
+                                               "flagged": fid.flagged.astype(np.float32),
+                                               **{k: float(summary[k])
+                                                  for k in FIDELITY_SUMMARY_KEYS}})
                 corrected.append(fr.data)
                 restored.append(rest)
                 bar.update(i + 1)
@@ -176,7 +196,10 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
     result = DemoResult(h5_path, png_path, n_frames, best, truth, method, float(s_in),
                         float(s_out), float(psnr(inp, gt, rng)), float(psnr(res, gt, rng)),
                         n_frames * n_average / elapsed,
-                        n_frames / restore_s if restore_s > 0 else float("inf"))
+                        n_frames / restore_s if restore_s > 0 else float("inf"),
+                        fidelity=fid.summary() if fid is not None else None,
+                        fidelity_message=fid.message if fid is not None else "",
+                        fell_back=fell_back)
     _figure(png_path, inp, res, gt, map_in, map_out, result)
     return result
 

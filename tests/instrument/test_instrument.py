@@ -179,3 +179,35 @@ def test_record_through_pipeline_and_live_view(inst, tmp_path):
     finally:
         inst.stop_stream()
     assert inst.busy is None
+
+
+def test_streamed_restorations_carry_the_fidelity_check_into_the_file(inst, tmp_path):
+    from xinstrument.storage import ScanReader
+    inst.xray_on()
+    inst.take_darks(2)
+    inst.take_flats(3)
+    assert inst.flat_frames_averaged == 3
+    inst.set_restoration("wiener")
+    inst.set_fidelity_policy(True, fallback_method=None, tile_px=32)
+    inst.record(tmp_path / "guarded.h5", n_frames=2, n_average=1, restore=True)
+    with ScanReader(tmp_path / "guarded.h5") as r:
+        extras = r.restored_extras
+        assert extras["consistency"].shape == (2, 4, 4) and extras["flagged"].shape == (2, 4, 4)
+        chi2 = extras["reduced_chi2"]
+        assert chi2.shape == (2,) and np.all(np.isfinite(chi2)) and np.all(chi2 > 0.2)
+        assert set(np.unique(extras["consistent"]).tolist()) <= {0.0, 1.0}
+        assert np.all(extras["fell_back"] == 0)
+    inst.set_fidelity_policy(False)
+
+
+def test_restoration_steps_and_device_reach_the_restorer(inst):
+    inst.set_restoration("wiener", device="cpu")
+    assert inst.restorer().device.type == "cpu"
+    assert inst.snapshot()["restoration_device"] == "cpu"
+    with pytest.raises(UserError, match="steps"):
+        inst.set_restoration("wiener", steps=0)
+    with pytest.raises(UserError, match="not a torch device|not supported"):
+        inst.set_restoration("wiener", device="tpu-ish")
+    assert inst.restoration_device == "cpu"      # a refused call changes nothing
+    inst.set_restoration("richardson_lucy", steps=3)
+    assert inst.restorer().steps == 3 and inst.snapshot()["restoration_steps"] == 3

@@ -280,6 +280,11 @@ class FidelityGuard:
                     "forward model" + (f" ({method} not calibrated)" if method else ""))
         return 0.0, "none calibrated"
 
+    def tile_grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the tile map of an (H, W) frame."""
+        return (_tile_edges(int(shape[0]), self.tile_px).size - 1,
+                _tile_edges(int(shape[1]), self.tile_px).size - 1)
+
     @property
     def has_noise_model(self) -> bool:
         return self.nnps_lr is not None and self.physics.nnps_mean_signal is not None
@@ -555,7 +560,7 @@ def calibrate_tolerance(
     *,
     method: str,
     dose_ratio: float | Sequence[float],
-    frames_averaged: int = 1,
+    frames_averaged: int | Sequence[int] = 1,
     flat_frames_averaged: int | None = None,
     max_tolerance: float = 2.0,
     iterations: int = 14,
@@ -563,7 +568,9 @@ def calibrate_tolerance(
     """Smallest relative tolerance ``eps`` for which ordinary frames of ``method`` pass the guard.
 
     ``pairs``: (measured corrected frame, its restoration by ``method``) of frames the operator
-    accepts as ordinary (or twin frames); use other frames than those you later judge. The result
+    accepts as ordinary (or twin frames), over the range of doses and averaging the method is used
+    at (``dose_ratio`` and ``frames_averaged``: one value or one per frame); use other frames than
+    those you later judge. The result
     is the smallest ``eps`` (bisection on [0, ``max_tolerance``]) at which every frame is
     consistent and at most ``floor(false_alarm_rate x tiles)`` tiles are flagged. Store it in the
     profile's ``fidelity_tolerance[method]``.
@@ -581,9 +588,14 @@ def calibrate_tolerance(
     """
     if not pairs:
         raise ValueError("calibrating a tolerance needs at least one (measured, restored) pair")
-    doses = list(dose_ratio) if isinstance(dose_ratio, (list, tuple, np.ndarray)) else [dose_ratio] * len(pairs)
-    if len(doses) != len(pairs):
-        raise ValueError(f"{len(doses)} dose ratios for {len(pairs)} frames")
+    def per_frame(value, label):
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * len(pairs)
+        if len(values) != len(pairs):
+            raise ValueError(f"{len(values)} values of {label} for {len(pairs)} frames")
+        return values
+
+    doses = per_frame(dose_ratio, "dose_ratio")
+    averaged = per_frame(frames_averaged, "frames_averaged")
     if not guard.has_noise_model:
         raise ValueError("the profile has no noise model (NNPS): a tolerance cannot be calibrated")
     forward = forward_model_for(method)
@@ -592,9 +604,9 @@ def calibrate_tolerance(
     def run(eps: float):
         guard.tolerances = {**saved, method: eps}
         try:
-            return [guard.check(y, x, dose_ratio=d, frames_averaged=frames_averaged,
+            return [guard.check(y, x, dose_ratio=d, frames_averaged=int(n),
                                 flat_frames_averaged=flat_frames_averaged, forward=forward,
-                                method=method) for (y, x), d in zip(pairs, doses)]
+                                method=method) for (y, x), d, n in zip(pairs, doses, averaged)]
         finally:
             guard.tolerances = saved
 
