@@ -199,12 +199,6 @@ def _tile_sums(a: torch.Tensor, ry: np.ndarray, rx: np.ndarray) -> torch.Tensor:
     return out.index_add_(1, col_tile, rows.double())
 
 
-def _inside_counts(edges: np.ndarray, border: int) -> np.ndarray:
-    """Pixels of each tile span (given by edges) that lie inside [border, length - border)."""
-    lo, hi = border, int(edges[-1]) - border
-    return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
-
-
 class FidelityGuard:
     """Check restored frames against their measurements with a profile's forward and noise model.
 
@@ -479,23 +473,31 @@ class FidelityGuard:
         else:
             border = self.border_for(x, None, forward)
         border = min(border, (min(h, w) - 1) // 2)
-        inside = torch.zeros((h, w), dtype=torch.bool, device=self.device)
-        inside[border:h - border, border:w - border] = True
-        counts = np.outer(_inside_counts(ry, border), _inside_counts(rx, border)).astype(np.float64)
+        # Statistics on the interior only (views, no masks): fewer full-frame passes.
+        inner = (slice(border, h - border), slice(border, w - border))
+        resid = resid[inner]
+        n_pix = int(resid.numel())
+        iry = np.clip(ry - border, 0, h - 2 * border)
+        irx = np.clip(rx - border, 0, w - 2 * border)
+        counts = np.outer(np.diff(iry), np.diff(irx)).astype(np.float64)
         tested = counts > 0
         safe_counts = np.where(tested, counts, 1.0)
-        resid_in = torch.where(inside, resid, torch.zeros_like(resid))
-        rms = float(torch.sqrt((resid_in.double() ** 2).sum() / inside.sum()))
-        map_out = torch.where(inside, resid, torch.full_like(resid, nan))
         common = {"tile_px": self.tile_px, "tile_edges": (ry, rx), "forward_model": forward,
                   "frames_averaged": int(frames_averaged), "border_px": int(border), "method": method,
                   "tolerance": eps, "tolerance_source": eps_source, "scale": scale}
 
+        def full_map(inner_map: torch.Tensor) -> np.ndarray:
+            out = np.full((h, w), np.nan, np.float32)
+            out[inner] = inner_map.float().cpu().numpy()
+            return out
+
         if reason is not None:
-            tile_ms = _tile_sums(resid_in * resid_in, ry, rx).cpu().numpy() / safe_counts
+            r2 = resid * resid
+            rms = math.sqrt(float(r2.sum(dtype=torch.float64)) / n_pix)
+            tile_ms = _tile_sums(r2, iry, irx).cpu().numpy() / safe_counts
             tile_ms = np.where(tested, tile_ms, nan).astype(np.float32)
             return FidelityResult(
-                map=map_out.float().cpu().numpy(), tile_chi2=tile_ms,
+                map=full_map(resid), tile_chi2=tile_ms,
                 flagged=np.zeros(tile_ms.shape, bool), reduced_chi2=nan, flagged_fraction=nan,
                 threshold=nan,
                 threshold_meaning="none: without a noise model no threshold can be derived",
@@ -505,30 +507,32 @@ class FidelityGuard:
                         f"(rms {rms:.3g} transmission)",
                 dose_ratio=dose_ratio, elapsed_s=time.perf_counter() - t0, **common)
 
-        t_local = model.clamp(min=0)
-        var = t_local / frames_averaged
+        rms = math.sqrt(float((resid * resid).sum(dtype=torch.float64)) / n_pix)
+        scale_var = var_unit / float(dose_ratio)
+        # var = scale (T / N + T^2 / N_flat), T the local transmission of A x_hat
+        t_local = model[inner].clamp(min=0)
         if flat_frames_averaged is not None:
-            var = var + t_local * t_local / flat_frames_averaged
-        var = var * (var_unit / float(dose_ratio))
+            var = t_local * (1.0 / flat_frames_averaged)
+            var.add_(1.0 / frames_averaged).mul_(t_local).mul_(scale_var)
+        else:
+            var = t_local.mul_(scale_var / frames_averaged)
         # Zero transmission (fully opaque) carries no quantum noise; the quantum model does not
         # describe such pixels, so their variance is held at that of one detected quantum
         # (T = 1 / quanta of the flat), the smallest non-zero level the model knows; never above
         # the open-beam level (T = 1) when the flat itself holds less than one quantum per pixel.
         quanta = float(dose_ratio) * float(self.physics.nnps_mean_signal)
-        floor = var_unit / float(dose_ratio) * min(1.0, 1.0 / quanta) / frames_averaged
-        var = var.clamp(min=floor)
+        var.clamp_(min=scale_var * min(1.0, 1.0 / quanta) / frames_averaged)
         if detail is not None:
-            var = var + (eps * eps) * detail * detail
-        z = resid * torch.rsqrt(var)
-        z_in = torch.where(inside, z, torch.zeros_like(z))
-        z2 = z_in * z_in
-        tile_chi2 = _tile_sums(z2, ry, rx).cpu().numpy() / safe_counts
+            d = detail[inner]
+            var.addcmul_(d, d, value=eps * eps)
+        z = var.rsqrt_().mul_(resid)
+        z2 = z * z
+        tile_chi2 = _tile_sums(z2, iry, irx).cpu().numpy() / safe_counts
         thresholds, strong_thresholds = self._thresholds(safe_counts, c)
         flagged = tested & (tile_chi2 > thresholds)
         strong = tested & (tile_chi2 > strong_thresholds)
         tile_chi2 = np.where(tested, tile_chi2, nan)
-        n_pix = int(inside.sum())
-        reduced = float(z2.double().sum()) / n_pix
+        reduced = float(tile_chi2[tested] @ counts[tested]) / n_pix
         nu_frame = n_pix / c
         frame_p = float(stats.chi2.sf(reduced * nu_frame, nu_frame))
         m, k = int(tested.sum()), int(flagged.sum())
@@ -544,8 +548,7 @@ class FidelityGuard:
                    f"{int(strong.sum())} beyond the frame-wise threshold; tolerance {eps:g} "
                    f"({eps_source})")
         return FidelityResult(
-            map=torch.where(inside, z, torch.full_like(z, nan)).float().cpu().numpy(),
-            tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
+            map=full_map(z), tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
             reduced_chi2=reduced, flagged_fraction=k / m, threshold=full, threshold_meaning=meaning,
             expected_false_alarm_rate=self.false_alarm_rate, frame_p_value=frame_p,
             flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
