@@ -12,7 +12,8 @@ best focus, from the digital twin's transfer model at the calibration conditions
 * the contrast of the chart's bars (1 um tungsten) on a noise-free twin frame with a perfect
   detector, and the expected modulation of the 1 um group's fundamental after the MTF;
 * the noise of a flat-field corrected frame (measured on twin flats at the calibration exposure)
-  averaged over N frames, and over the rows a bar-group profile averages;
+  averaged over N frames (corrected with max(16, N) averaged flats and darks), and over the
+  rows a bar-group profile averages;
 * the resulting signal-to-noise ratio of the 1 um group's modulation in that profile.
 
 A detail whose modulation is below the noise of the frame cannot be recovered by any network
@@ -111,8 +112,12 @@ def main(argv=None) -> int:
         print("  bar modulation ampl.  " + "  ".join(f"{x:8.5f}" for x in amp))
         print(f"  noise sigma, single corrected frame ({a.exposure_s:g} s): {b['noise_sigma_single_frame']:.4f}; "
               f"profile averages {b['rows_averaged_by_profile']} rows")
+        # the measured single frame carries the noise of its 16 averaged flats too; an N-frame
+        # average corrected with max(16, N) flats keeps 1/N + 1/refs of the per-frame variance
+        per_frame = b["noise_sigma_single_frame"] / math.sqrt(1 + 1 / 16)
         for n in frames:
-            noise = b["noise_sigma_single_frame"] / math.sqrt(n * b["rows_averaged_by_profile"])
+            refs = max(16, n)
+            noise = per_frame * math.sqrt((1 / n + 1 / refs) / b["rows_averaged_by_profile"])
             snr = amp[-1] / noise
             b["snr_1um_profile"][n] = snr
             print(f"  {n:4d} frames: profile noise {noise:.5f}, 1 um modulation SNR {snr:6.2f}"
