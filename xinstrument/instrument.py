@@ -50,6 +50,7 @@ class AveragedFrame:
     restored: np.ndarray | None = None
     restoration_method: str | None = None
     fidelity: Any = None             # restoration.fidelity result for the restored frame, if run
+    raw: np.ndarray | None = None    # the averaged frame before correction (when corrected)
 
 
 class Instrument:
@@ -75,6 +76,7 @@ class Instrument:
         self.restoration_steps: int | None = None       # sampler steps / RL iterations
         self.restoration_device: str | None = self.config.restoration.device
         self.flat_frames_averaged: int | None = None    # frames in the flat reference
+        self.dark_frames_averaged: int | None = None
         self.last_frame: AveragedFrame | None = None
         self._fidelity: dict[str, Any] | None = None    # set_fidelity_policy; None = off
         self.connected = False
@@ -417,6 +419,7 @@ class Instrument:
             time.sleep(0.1)
             dark, _ = self.grab_average(n_frames)
             self.dark = dark
+            self.dark_frames_averaged = int(n_frames)
             self._update_corrector()
             if was_on:
                 self.xray_on()
@@ -463,6 +466,7 @@ class Instrument:
                 if self.corrector is None:
                     raise InstrumentError("no dark/flat references: take darks and flats first, "
                                           "or acquire with correct=False")
+                frame.raw = data
                 frame.data = self.corrector(data)
                 frame.corrected = True
             if restore:
@@ -507,7 +511,12 @@ class Instrument:
                 meta = {"instrument": "xinstrument", "n_average": n_average,
                         "profile": self.profile.name if (restore and self.profile) else None}
                 meta.update(metadata or {})
-                all_sinks.append(HDF5Sink(record_path, metadata=meta, overwrite=overwrite))
+                # the references that corrected these frames go first (image_key 2, 1), so
+                # the file can be re-corrected and its dose known
+                refs = ([(self.dark, 2, self.dark_frames_averaged),
+                         (self.flat, 1, self.flat_frames_averaged)] if correct else [])
+                all_sinks.append(HDF5Sink(record_path, metadata=meta, overwrite=overwrite,
+                                          references=refs))
             self.pipeline = AcquisitionPipeline(
                 self.camera, n_average=n_average, corrector=self.corrector if correct else None,
                 restorer=(_RestoreFn(self.restorer(), self.profile.name,

@@ -80,6 +80,7 @@ class ProcessedFrame:
     restoration_method: str | None = None
     restoration_profile: str | None = None
     fidelity: Any = None              # restoration.fidelity.FidelityResult when the guard ran
+    raw: np.ndarray | None = None     # the averaged frame before correction (when corrected)
 
     @property
     def display(self) -> np.ndarray:
@@ -215,7 +216,7 @@ class HDF5Sink:
 
     def __init__(self, path: str | Path, metadata: dict | None = None, image_key: int = 0,
                  compression: str | None = "default", overwrite: bool = False,
-                 swmr: bool = True, name: str = "hdf5") -> None:
+                 swmr: bool = True, name: str = "hdf5", references=()) -> None:
         if image_key not in (0, 1, 2):
             raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
                              f"{image_key!r}")
@@ -224,6 +225,10 @@ class HDF5Sink:
         self.image_key, self.compression, self.overwrite, self.swmr = (
             int(image_key), compression, bool(overwrite), bool(swmr))
         self.name = name
+        # (frame, image_key, frames_averaged) written before the first frame: the dark and flat
+        # references that corrected the frames
+        self.references = [(np.asarray(f, np.float32), int(k), n) for f, k, n in references
+                           if f is not None]
         self.writer = None
         self.frames_written = 0
         self.bytes_written = 0
@@ -247,6 +252,12 @@ class HDF5Sink:
                                      restored_extras=self._fidelity_extras or None,
                                      swmr=self.swmr, compression=self.compression,
                                      overwrite=self.overwrite)
+            m = item.metadata
+            for ref, key, n in self.references:
+                self.writer.append(ref, image_key=key, exposure_s=item.exposure_s,
+                                   frames_averaged=int(n or 1),
+                                   voltage_kv=0.0 if key == 2 else _meta_float(m, "voltage_kv"),
+                                   current_ua=0.0 if key == 2 else _meta_float(m, "current_ua"))
         m = item.metadata
         index = self.writer.append(
             item.data, image_key=self.image_key,
@@ -691,6 +702,7 @@ class AcquisitionPipeline:
                     group = []
             elif name == "correct":
                 result = item
+                result.raw = item.data
                 result.data = np.asarray(self.corrector(item.data), dtype=np.float32)
             else:  # restore
                 result = item

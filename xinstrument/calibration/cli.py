@@ -14,6 +14,9 @@ Inputs are HDF5 files (``--dataset``, default ``/exchange/data``; all frames ave
   image pair of the same scene; fills psf.
 - ``ctf IMAGE --group LP_PER_MM R0 C0 ROWS COLS ...``: CTF per bar group, Coltman MTF; stored in
   the profile's [calibration] table.
+- ``fidelity SCAN --adu-per-quantum G``: the fidelity guard's model tolerance of each restoration
+  method in an instrument scan file (corrected projections, their restorations, the dark and
+  flat references) the operator accepts as ordinary; fills [fidelity_tolerance].
 Each writes a PNG plot (``--plot``, default ``<profile>/<measurement>.png``).
 """
 from __future__ import annotations
@@ -441,6 +444,76 @@ def _cmd_ctf(a: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# fidelity
+# --------------------------------------------------------------------------------------------
+def _cmd_fidelity(a: argparse.Namespace) -> int:
+    from xinstrument.restoration.fidelity import FidelityGuard, calibrate_tolerance
+    from xinstrument.storage import ScanReader
+    from xinstrument.storage.errors import StorageError
+
+    prof = _require_profile(a.profile, "fidelity tolerance")
+    if prof is None:
+        raise CalibrationInputError("fidelity needs --profile (the profile whose noise model and "
+                                    "forward model the guard uses)")
+    if prof.nnps_lr is None or prof.nnps_mean_signal is None:
+        raise CalibrationInputError(f"{a.profile}: the profile has no NNPS; measure it first "
+                                    "(xinstrument calibrate nnps)")
+    try:
+        with ScanReader(a.scan) as r:
+            meas, darks, flats = r.projections, r.darks, r.flats
+            restored, meta = r.restored, r.restored_metadata
+            averaged = r.frame_metadata.get("frames_averaged")
+            keys = r.frame_metadata.get("image_key")
+    except (OSError, StorageError, KeyError) as exc:
+        raise CalibrationInputError(f"{a.scan}: not a readable scan file ({exc})") from exc
+    if restored is None or not len(restored):
+        raise CalibrationInputError(f"{a.scan}: no restored frames (record with restoration on)")
+    if not len(darks) or not len(flats):
+        raise CalibrationInputError(f"{a.scan}: needs the dark and flat references (image_key 2 "
+                                    "and 1) to know the dose")
+    level = float(np.mean(flats[-1].astype(np.float64) - darks[-1]))
+    if not level > 0:
+        raise CalibrationInputError(f"{a.scan}: flat minus dark is {level:.4g} ADU, not positive")
+    dose = level / a.adu_per_quantum / float(prof.nnps_mean_signal)
+    proj_index = np.flatnonzero(keys == 0) if keys is not None else np.arange(len(meas))
+    n_avg = (averaged[proj_index] if averaged is not None else np.ones(len(meas))).astype(int)
+    flat_avg = int(averaged[np.flatnonzero(keys == 1)[-1]]) if averaged is not None else None
+    guard = FidelityGuard(prof, a.tile_px, a.false_alarm_rate, tolerance={}, device="cpu")
+    by_method: dict[str, list[int]] = {}
+    for i, (src, method) in enumerate(zip(meta["source_index"], meta["method"])):
+        by_method.setdefault(method, []).append(i)
+    pos = {int(f): k for k, f in enumerate(proj_index)}
+    print(f"{a.scan}: {len(restored)} restored frames; flat {level:.5g} ADU = "
+          f"{level / a.adu_per_quantum:.5g} quanta/px (dose ratio {dose:.3f})")
+    tolerances = dict(prof.fidelity_tolerance)
+    for method, rows in sorted(by_method.items()):
+        pairs, navg = [], []
+        for i in rows:
+            k = pos.get(int(meta["source_index"][i]))
+            if k is None:
+                raise CalibrationInputError(f"{a.scan}: restored frame {i} does not come from a "
+                                            "projection")
+            pairs.append((meas[k], restored[i]))
+            navg.append(max(1, int(n_avg[k])))
+        out = _measure(calibrate_tolerance, guard, pairs, method=method, dose_ratio=dose,
+                       frames_averaged=navg, flat_frames_averaged=flat_avg)
+        tolerances[method] = round(out["tolerance"], 4)
+        bound = out["held_out_rate_bound"]
+        print(f"  {method:16s} tolerance {out['tolerance']:.4f} from {out['frames']} frames, "
+              f"{out['tiles']} tiles (flagged {out['flagged_before']} -> {out['flagged_after']}); "
+              f"held-out tile false-alarm rate <= {bound:.1e}"
+              + ("" if bound <= a.false_alarm_rate else
+                 f" (record more frames: {int(1 / a.false_alarm_rate)} tiles reach "
+                 f"{a.false_alarm_rate:g})"))
+    prof.fidelity_tolerance = tolerances
+    prof.calibration = {**prof.calibration, "fidelity_date": datetime.date.today().isoformat(),
+                        "fidelity_source": str(a.scan)}
+    prof.save(a.profile)
+    print(f"profile {a.profile}: [fidelity_tolerance] written")
+    return 0
+
+
 def register(sub) -> None:
     """Add ``calibrate`` with its four measurements to the ``xinstrument`` command."""
     p = sub.add_parser("calibrate", help="measure MTF, NNPS, CTF, PSF into a detector profile",
@@ -505,3 +578,15 @@ def register(sub) -> None:
     c.add_argument("--screen", choices=["thick", "thin"], default="thick", help="which screen took the image")
     _add_profile_options(c, "ctf")
     c.set_defaults(func=_cmd_ctf)
+
+    f = csub.add_parser("fidelity", help="fidelity guard tolerance of each restoration method "
+                        "from a scan of ordinary frames")
+    f.add_argument("scan", type=Path, help="instrument scan file (HDF5) with corrected "
+                   "projections, their restorations and the dark/flat references")
+    f.add_argument("--adu-per-quantum", type=_positive_float, required=True,
+                   help="mean ADU per absorbed X-ray quantum (as for nnps), for the dose")
+    f.add_argument("--tile-px", type=int, default=32, help="tile edge of the guard (default 32)")
+    f.add_argument("--false-alarm-rate", type=_positive_float, default=1e-3,
+                   help="tile false-alarm rate of the guard (default 1e-3)")
+    f.add_argument("--profile", type=Path, required=True, help="profile folder to update")
+    f.set_defaults(func=_cmd_fidelity)
