@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 from PyQt6.QtCore import QRectF
 
+from xinstrument.acquisition.correction import FlatFieldCorrector
+from xinstrument.acquisition.pipeline import ProcessedFrame
 from xinstrument.instrument import AveragedFrame
 
 from .conftest import ready, references
@@ -72,8 +74,10 @@ def test_raw_next_to_corrected_in_acquire_and_live_view(qtbot, window):
     assert f.corrected and f.raw is not None
     shown_raw = w.image.views["raw"].getImageItem().image
     assert np.array_equal(shown_raw, f.raw)
-    # the raw average really is what was corrected into the frame
-    assert np.array_equal(inst.corrector.inner(f.raw), f.data)
+    # the raw average really is what was corrected into the frame, by the instrument's own
+    # corrector (the console does not replace it)
+    assert type(inst.corrector) is FlatFieldCorrector
+    assert np.array_equal(inst.corrector(f.raw), f.data)
     assert float(np.mean(f.raw)) > 20 * float(np.mean(f.data))        # ADU vs transmission
     assert w.image.views["raw"].getView().titleLabel.text == "raw"
     assert w.image.views["restored"].getView().titleLabel.text == "restored: none"
@@ -84,9 +88,46 @@ def test_raw_next_to_corrected_in_acquire_and_live_view(qtbot, window):
     g = w.image.frame
     assert g is not f and g.raw is not None and g.raw.shape == g.data.shape
     assert np.array_equal(w.image.views["raw"].getImageItem().image, g.raw)
-    assert np.array_equal(inst.corrector.inner(g.raw), g.data)
+    assert isinstance(g, ProcessedFrame)                               # a stream frame
+    assert w.image.views["raw"].getView().titleLabel.text == "raw"
+    assert np.array_equal(inst.corrector(g.raw), g.data)
     w.acquisition.stop()
     qtbot.waitUntil(lambda: inst.busy is None, timeout=10000)
+
+
+def test_raw_view_shows_the_frames_own_raw_or_none(qtbot, window):
+    w = window
+    w.image.mode.setCurrentText("raw | frame")
+    rng = np.random.default_rng(1)
+    ctx = {"frames_averaged": 2, "exposure_s": 0.02, "voltage_kv": 50, "current_ua": 80,
+           "focus_z_um": 0, "theta_deg": 0, "timestamp_s": 0}
+    raw = (1000 + 50 * rng.random((32, 32))).astype(np.float32)
+
+    def show(frame):
+        w.instrument._emit("frame", frame)            # the instrument's own event path
+        qtbot.waitUntil(lambda: w.image.frame is frame, timeout=5000)
+        return w.image.views["raw"].getImageItem().image, \
+            w.image.views["raw"].getView().titleLabel.text
+
+    # a corrected frame that carries its raw average shows exactly that
+    with_raw = AveragedFrame(data=raw / 1000, corrected=True, raw=raw, **ctx)
+    img, title = show(with_raw)
+    assert title == "raw" and np.array_equal(img, raw)
+    # a corrected frame without one: "raw: none", and the previous raw image is not kept
+    img, title = show(AveragedFrame(data=raw / 1000, corrected=True, **ctx))
+    assert title == "raw: none" and img is None
+    # an uncorrected frame is its own raw average
+    plain = AveragedFrame(data=raw + 1, **ctx)
+    img, title = show(plain)
+    assert title == "raw" and np.array_equal(img, plain.data)
+    # stream frames likewise: their raw when they carry one, else none when corrected
+    w.image.stream_corrected = True
+    pf = {"first_frame_number": 0, "last_frame_number": 1, "frames_averaged": 2,
+          "timestamp_s": 0, "exposure_s": 0.02}
+    img, title = show(ProcessedFrame(index=0, data=raw / 1000, raw=raw - 1, **pf))
+    assert title == "raw" and np.array_equal(img, raw - 1)
+    img, title = show(ProcessedFrame(index=1, data=raw / 1000, **pf))
+    assert title == "raw: none" and img is None
 
 
 def test_super_resolved_restoration_covers_the_same_field(qtbot, window):

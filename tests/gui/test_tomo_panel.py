@@ -48,6 +48,7 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
     t.height_start_um.setValue(0)
     t.height_stop_um.setValue(1600)
     t.n_slices.setValue(4)
+    w.image.mode.setCurrentText("raw | frame")
     t.run_btn.click()
     assert not t.run_btn.isEnabled() and t.abort_btn.isEnabled()
     # the scan holds the instrument: the other panels say so
@@ -59,6 +60,14 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
     with ScanReader(out) as r:
         assert r.complete and r.theta_deg == pytest.approx(np.linspace(-2, 2, 5), abs=1e-3)
     assert w.image.frames_shown >= 1                       # projections reached the live view
+    # ... with their raw average: the projection as stored, before correction
+    last = w.instrument.last_frame
+    qtbot.waitUntil(lambda: w.image.frame is last, timeout=5000)
+    assert last.corrected and last.theta_deg == pytest.approx(2, abs=1e-3)
+    with ScanReader(out) as r:
+        assert np.array_equal(last.raw, r.projections[-1])
+    assert np.array_equal(w.image.views["raw"].getImageItem().image, last.raw)
+    assert w.image.views["raw"].getView().titleLabel.text == "raw"
     # the slices are stored in the file and shown
     slices, heights, _attrs = read_reconstruction(out, "sirt")
     assert slices.shape[0] == 4 and heights == pytest.approx(np.linspace(0, 1.6, 4))

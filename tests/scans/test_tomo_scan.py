@@ -28,8 +28,9 @@ def inst():
 
 
 def test_scan_stores_every_frame_with_its_angle_and_the_geometry(inst, tmp_path):
-    events = []
-    unsub = inst.subscribe(lambda k, p: events.append(p) if k == "progress" else None)
+    events, shown = [], []
+    unsub = inst.subscribe(lambda k, p: events.append(p) if k == "progress"
+                           else shown.append(p) if k == "frame" else None)
     reports = []
     out = tmp_path / "t.h5"
     res = tomosynthesis(inst, arc_deg=2, n_angles=5, frames_per_angle=2, darks=1, flats=1,
@@ -44,6 +45,13 @@ def test_scan_stores_every_frame_with_its_angle_and_the_geometry(inst, tmp_path)
         assert r.theta_deg == pytest.approx(res.theta_deg)
         assert r.complete and r.n_restored == 5
         assert TomoGeometry.from_attrs(r.metadata) == res.geometry
+        # each projection's frame event carries its raw average (as stored) and the corrected,
+        # restored frame
+        assert [f.theta_deg for f in shown] == pytest.approx(list(r.theta_deg))
+        for f, stored in zip(shown, r.projections):
+            assert f.corrected and f.restored is not None
+            assert f.raw is not None and np.array_equal(f.raw, stored)
+            assert float(f.raw.mean()) > 20 * float(f.data.mean())      # ADU vs transmission
     import h5py
     with h5py.File(out, "r") as f:
         assert f["/exchange/theta"][()] == pytest.approx(res.theta_deg)

@@ -149,12 +149,8 @@ class AcquisitionPanel(Panel):
     def acquire(self) -> None:
         n, c, r = self.n_average.value(), self.correct.isChecked(), self.restore.isChecked()
 
-        def work():
-            if c:
-                self.bridge.keep_raw()      # the raw average shown next to the corrected one
-            return self.instrument.acquire(n, correct=c, restore=r)
-
-        self.run(work, None, "acquire", [self.acquire_btn])
+        self.run(lambda: self.instrument.acquire(n, correct=c, restore=r), None, "acquire",
+                 [self.acquire_btn])
 
     def _stream_args(self) -> dict:
         if self.image_panel is not None:
@@ -171,12 +167,8 @@ class AcquisitionPanel(Panel):
                 self.live_btn.setChecked(False)
                 self.live_btn.blockSignals(False)
 
-            def start():
-                if args["correct"]:
-                    self.bridge.keep_raw()
-                self.instrument.start_stream(**args)
-
-            task = self.bridge.run(start, None, failed_back, what="live view")
+            task = self.bridge.run(lambda: self.instrument.start_stream(**args), None,
+                                   failed_back, what="live view")
             task.signals.failed.connect(lambda exc: self.say(f"live view: {exc}"))
         else:
             self.bridge.run(self.instrument.stop_stream, what="stop live view")

@@ -7,7 +7,6 @@ GUI thread, so widgets are only ever touched there. Blocking Instrument calls ru
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import traceback
@@ -15,8 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from PyQt6.QtCore import QObject, QRunnable, QThreadPool, QTimer, pyqtSignal
-
-from ..errors import InstrumentError
 
 log = logging.getLogger("xinstrument.gui")
 
@@ -41,39 +38,6 @@ class _Task(QRunnable):
             self.signals.failed.emit(exc)
         else:
             self.signals.done.emit(result)
-
-
-class RawKeepingCorrector:
-    """The instrument's flat-field corrector, remembering the raw average behind each of its
-    latest outputs so that the display can show raw next to corrected.
-
-    Neither the Instrument's frames nor the pipeline's carry the raw average once corrected;
-    the bridge installs this transparent wrapper (same outputs, same attributes) and attaches
-    ``raw`` to the frame events whose data it produced. Only the last ``keep`` pairs are held.
-    """
-
-    def __init__(self, inner: Callable[[Any], Any], keep: int = 4) -> None:
-        self.inner = inner
-        self._recent: collections.deque = collections.deque(maxlen=keep)
-        self._lock = threading.Lock()
-
-    def __call__(self, raw):
-        out = self.inner(raw)
-        with self._lock:
-            self._recent.append((out, raw))
-        return out
-
-    def raw_for(self, corrected):
-        """The raw input whose output is the very object ``corrected`` (None if not seen)."""
-        with self._lock:
-            for i, (out, raw) in enumerate(self._recent):
-                if out is corrected:
-                    del self._recent[i]
-                    return raw
-        return None
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -107,7 +71,6 @@ class InstrumentBridge(QObject):
         self._tasks: set[_Task] = set()
         self._latest_frame = None
         self._frame_lock = threading.Lock()
-        self._raw_tap: RawKeepingCorrector | None = None
         self.frames_seen = 0
         self._snapshot_pending = False
         self._closed = False
@@ -123,11 +86,6 @@ class InstrumentBridge(QObject):
         if self._closed:
             return
         if kind == "frame":
-            tap = self._raw_tap
-            if tap is not None and getattr(payload, "raw", None) is None:
-                raw = tap.raw_for(getattr(payload, "data", None))
-                if raw is not None:
-                    payload.raw = raw
             # only a reference is stored: the display timer picks the latest one, so a slow
             # display never holds up the pipeline and intermediate frames are simply skipped
             with self._frame_lock:
@@ -146,25 +104,6 @@ class InstrumentBridge(QObject):
             self.log_line.emit(str(payload))
         elif kind == "error":
             self.error.emit(str(payload))
-
-    def keep_raw(self) -> None:
-        """Make the instrument's current corrector remember raw averages (see
-        :class:`RawKeepingCorrector`); call before an acquisition or stream starts."""
-        inst = self.instrument
-        if inst.corrector is None or isinstance(inst.corrector, RawKeepingCorrector):
-            return
-        # new references replace the corrector inside an operation; holding one for the swap
-        # keeps a just-replaced corrector from being wrapped and put back
-        try:
-            with inst.operation("display setup"):
-                corrector = inst.corrector
-                if corrector is None or isinstance(corrector, RawKeepingCorrector):
-                    return
-                tap = RawKeepingCorrector(corrector)
-                inst.corrector = tap
-                self._raw_tap = tap
-        except InstrumentError:
-            return      # busy: the operation that follows is refused anyway
 
     def take_latest_frame(self):
         """The newest frame since the last call (None if nothing new)."""

@@ -473,7 +473,7 @@ class TomoScan:
                         writer.append_restored(restored, source_index=idx,
                                                method=restorer.method, profile=profile_name)
                     self._angles_done = i + 1
-                    self._emit_frame(corrected, restored, ctx, measured, restorer)
+                    self._emit_frame(corrected, restored, ctx, measured, restorer, raw)
                     self._report("projections")
                     left = self._progress_left()
                     inst._log(f"tomosynthesis: projection {i + 1}/{len(self._angles)} at "
@@ -498,10 +498,10 @@ class TomoScan:
         done = max(self._frames_done, 1)
         return self._elapsed() / done * (self._frames_total - self._frames_done)
 
-    def _emit_frame(self, corrected, restored, ctx, theta, restorer) -> None:
+    def _emit_frame(self, corrected, restored, ctx, theta, restorer, raw=None) -> None:
         from ..instrument import AveragedFrame
         fr = AveragedFrame(data=corrected, corrected=True, restored=restored,
-                           restoration_method=restorer.method if restorer else None,
+                           restoration_method=restorer.method if restorer else None, raw=raw,
                            **{**ctx, "theta_deg": theta})
         self.inst.last_frame = fr
         self.inst._emit("frame", fr)
