@@ -510,6 +510,10 @@ class Instrument:
             if record_path is not None:
                 meta = {"instrument": "xinstrument", "n_average": n_average,
                         "profile": self.profile.name if (restore and self.profile) else None}
+                if restore and self.profile is not None:
+                    # the profile's pixel (at the scintillator); restored frames of a
+                    # super-resolving method get it divided by their scale in the file
+                    meta["pixel_size_um"] = float(self.profile.pixel_size_um)
                 meta.update(metadata or {})
                 # the references that corrected these frames go first (image_key 2, 1), so
                 # the file can be re-corrected and its dose known
@@ -712,8 +716,13 @@ class Instrument:
             text = f"{method} restoration disagrees with the measurement: " + "; ".join(reasons)
             if fallback is not None and fallback != method:
                 result.fell_back = True
-                result.fallback_reason = f"{text}; restored with {fallback} instead"
                 restored = self.restore(measured, fallback)
+                if result.scale > 1:
+                    # keep the super-resolved grid: the fallback, bicubic-interpolated onto it
+                    from .restoration.superres import bicubic_upsample
+                    restored = bicubic_upsample(restored, result.scale)
+                    fallback = f"{fallback}+bicubic_x{result.scale}"
+                result.fallback_reason = f"{text}; restored with {fallback} instead"
                 method = fallback
                 text = result.fallback_reason
             self._log(f"fidelity guard: {text}", logging.WARNING)
@@ -845,6 +854,8 @@ class _RestoreFn:
         self._restorer = restorer
         self.method = restorer.method
         self.profile = profile_name
+        self.scale = int(getattr(restorer, "scale", 1))     # super-resolution factor
+        self.output_pixel_size_um = getattr(restorer, "output_pixel_size_um", None)
         if guarded is not None:    # the pipeline runs the fidelity policy after each restore
             self.check_fidelity = functools.partial(_check_processed, guarded)
 

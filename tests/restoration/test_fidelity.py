@@ -339,3 +339,25 @@ def test_super_resolved_restoration_is_binned_to_the_measured_grid(profile):
     same = guard.check(lr[0], hr[0], dose_ratio=1.0)
     assert r.scale == 2 and r.map.shape == lr[0].shape
     assert r.reduced_chi2 == pytest.approx(same.reduced_chi2, rel=1e-4) and r.consistent
+
+
+class _InventingSR(_Inventing):
+    """A 2x super-resolving restorer that adds a via that is not in the data."""
+
+    scale = 2
+
+    def restore(self, frame):
+        return np.kron(super().restore(frame), np.ones((2, 2), np.float32))
+
+
+def test_policy_falls_back_on_the_super_resolved_grid(profile):
+    hr, lr = _pairs(profile, 1, seed=25)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst.restoration_method = "sr_x2"
+    inst._restorers[_key(inst, "sr_x2")] = _InventingSR(hr[0])
+    inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.fidelity.scale == 2 and fr.fidelity.fell_back
+    assert fr.restoration_method == "wiener+bicubic_x2"
+    assert fr.restored.shape == (2 * lr[0].shape[0], 2 * lr[0].shape[1])
+    assert fr.fidelity.flagged[64 // 16, 64 // 16]
