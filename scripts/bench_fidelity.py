@@ -158,10 +158,12 @@ def main(argv=None) -> int:
                 rs = [guard.check(y, x, dose_ratio=dose, frames_averaged=n, method=method,
                                   flat_frames_averaged=N_FLAT, forward=fwd) for y, x in zip(fr, outs)]
                 chi = np.array([r.reduced_chi2 for r in rs])
+                chi_t = np.array([r.reduced_chi2_tolerant for r in rs])
                 ff = np.array([r.flagged_fraction for r in rs])
                 bad = sum(not r.consistent for r in rs)
                 print(f"  [{label}, N={n}] {name:16s} tol {rs[0].tolerance:6.3f}  chi2 "
-                      f"{chi.mean():.3f} +- {chi.std():.3f}  flagged {ff.mean():.4f} "
+                      f"{chi.mean():.3f} +- {chi.std():.3f} (tolerant {chi_t.mean():.3f})  "
+                      f"flagged {ff.mean():.4f} "
                       f"(expected {a.false_alarm_rate:g})  inconsistent {bad}/{len(rs)}")
 
     guard = guards["calibrated tolerance"]

@@ -114,12 +114,16 @@ class FidelityResult:
     tile_chi2 : (rows, cols) float32 per-tile reduced chi-square (mean of z^2 over the tile);
         without normalisation the tile's mean squared raw residual (transmission^2).
     flagged : (rows, cols) bool, tiles above their threshold (all False when not normalised).
-    reduced_chi2 : frame mean of z^2 (NaN when not normalised).
+    reduced_chi2 : frame mean of (residual / noise sigma)^2, the noise alone (NaN when not
+        normalised); about 1 for a restoration that agrees with the data to the noise.
+    reduced_chi2_tolerant : the same with the model tolerance in the variance (what the tiles
+        are tested with).
     flagged_fraction : flagged tiles / tiles (NaN when not normalised).
     threshold : reduced chi-square above which a full ``tile_px`` x ``tile_px`` tile is flagged
         (NaN when not normalised); ``threshold_meaning`` says how it was derived.
     expected_false_alarm_rate : fraction of tiles flagged on pure noise (the chosen rate).
-    frame_p_value : probability under consistency of a frame reduced chi-square this large.
+    frame_p_value : probability under consistency of a frame ``reduced_chi2_tolerant`` this
+        large.
     flagged_p_value : probability under consistency of at least this many flagged tiles.
     strong_tiles : (rows, cols) bool, tiles above the frame-wise (Bonferroni) threshold.
     consistent : False when a tile is above the Bonferroni threshold or
@@ -164,6 +168,7 @@ class FidelityResult:
     fallback_reason: str | None = None
     tolerance: float = 0.0
     tolerance_source: str = "none"
+    reduced_chi2_tolerant: float = float("nan")
     scale: int = 1
 
     def summary(self) -> dict[str, Any]:
@@ -180,6 +185,7 @@ class FidelityResult:
             "rms_residual": float(self.rms_residual),
             "fell_back": int(self.fell_back),
             "tolerance": float(self.tolerance),
+            "reduced_chi2_tolerant": float(self.reduced_chi2_tolerant),
         }
 
 
@@ -507,7 +513,8 @@ class FidelityGuard:
                         f"(rms {rms:.3g} transmission)",
                 dose_ratio=dose_ratio, elapsed_s=time.perf_counter() - t0, **common)
 
-        rms = math.sqrt(float((resid * resid).sum(dtype=torch.float64)) / n_pix)
+        r2 = resid * resid
+        rms = math.sqrt(float(r2.sum(dtype=torch.float64)) / n_pix)
         scale_var = var_unit / float(dose_ratio)
         # var = scale (T / N + T^2 / N_flat), T the local transmission of A x_hat
         t_local = model[inner].clamp(min=0)
@@ -522,6 +529,8 @@ class FidelityGuard:
         # the open-beam level (T = 1) when the flat itself holds less than one quantum per pixel.
         quanta = float(dose_ratio) * float(self.physics.nnps_mean_signal)
         var.clamp_(min=scale_var * min(1.0, 1.0 / quanta) / frames_averaged)
+        # the measurement against the noise alone (the conventional goodness of fit)
+        reduced_noise = float(r2.div_(var).sum(dtype=torch.float64)) / n_pix
         if detail is not None:
             d = detail[inner]
             var.addcmul_(d, d, value=eps * eps)
@@ -543,13 +552,15 @@ class FidelityGuard:
         meaning = (f"tile reduced chi-square above the upper {self.false_alarm_rate:g} quantile of "
                    f"chi2(nu)/nu, nu = pixels / {c:.3f} (Satterthwaite, coloured NNPS noise)")
         verdict = "consistent with the measurement" if consistent else "NOT consistent with the measurement"
-        message = (f"{verdict}: reduced chi2 {reduced:.3f}, {k}/{m} tiles flagged "
+        message = (f"{verdict}: reduced chi2 {reduced_noise:.3f} against the noise ({reduced:.3f} "
+                   f"with the model tolerance), {k}/{m} tiles flagged "
                    f"(expected {self.false_alarm_rate * m:.2g} by chance), "
                    f"{int(strong.sum())} beyond the frame-wise threshold; tolerance {eps:g} "
                    f"({eps_source})")
         return FidelityResult(
             map=full_map(z), tile_chi2=tile_chi2.astype(np.float32), flagged=flagged,
-            reduced_chi2=reduced, flagged_fraction=k / m, threshold=full, threshold_meaning=meaning,
+            reduced_chi2=reduced_noise, reduced_chi2_tolerant=reduced,
+            flagged_fraction=k / m, threshold=full, threshold_meaning=meaning,
             expected_false_alarm_rate=self.false_alarm_rate, frame_p_value=frame_p,
             flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
             rms_residual=rms, message=message, dose_ratio=float(dose_ratio),
@@ -643,7 +654,7 @@ def calibrate_tolerance(
             "flagged_before": sum(int(r.flagged.sum()) for r in before),
             "flagged_after": sum(int(r.flagged.sum()) for r in after),
             "reduced_chi2_before": float(np.mean([r.reduced_chi2 for r in before])),
-            "reduced_chi2_after": float(np.mean([r.reduced_chi2 for r in after]))}
+            "reduced_chi2_after": float(np.mean([r.reduced_chi2_tolerant for r in after]))}
 
 
 # ---------------------------------------------------------------------------------------------
