@@ -60,7 +60,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     print(f"  SSIM  input {r.ssim_input:.3f} -> restored {r.ssim_restored:.3f}")
     print(f"  PSNR  input {r.psnr_input:.2f} dB -> restored {r.psnr_restored:.2f} dB")
     if r.fidelity is not None:
-        print(f"  fidelity guard   last frame {r.fidelity_message}; "
+        f = r.fidelity
+        verdict = {1: "consistent", 0: "NOT consistent", -1: "not normalised"}[f["consistent"]]
+        print(f"  fidelity guard   {verdict}: reduced chi2 {f['reduced_chi2']:.3f} against the "
+              f"noise, {100 * f['flagged_fraction']:.1f} % of tiles flagged (last frame); "
               f"{r.fell_back} of {r.n_frames} frames re-restored with Wiener")
     print(f"  acquisition      {r.frames_per_s:.2f} camera frames/s; restoration "
           f"{r.restore_frames_per_s:.1f} frames/s")

@@ -20,8 +20,8 @@ from .instrument import Instrument
 from .progress import ProgressBar
 
 # Preference order of restoration methods for the demo, from `xinstrument bench restoration` on
-# the held-out twin set (sim-yag200-5x SSIM: unet 0.961, wiener 0.945, sde 0.943, cold 0.943;
-# sim-gos134: unet 0.929, wiener 0.923): the U-Net when the profile ships its weights, else Wiener,
+# the held-out twin set (sim-yag200-5x SSIM: unet 0.961, wiener 0.937, sde 0.943, cold 0.943;
+# sim-gos134: unet 0.929, wiener 0.919): the U-Net when the profile ships its weights, else Wiener,
 # which every profile with a noise model supports.
 METHOD_PREFERENCE = ("unet", "wiener", "inverse")
 
