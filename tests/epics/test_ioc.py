@@ -263,7 +263,7 @@ def test_references_and_restoration(ca):
         md = ca.pv(name).get_with_metadata(form="time")
         assert md["severity"] == 3 and np.isnan(md["value"])   # the guard is off: no check
     ca.put("RESTORE:Guard", 1)                # the fidelity guard checks every restored frame
-    assert ca.get("RESTORE:Guard") == 1
+    assert ca.get("RESTORE:Guard") == 1, ca.get("StatusMessage_RBV", as_string=True)
     ca.put("CAM:Acquire", 1, timeout=120)
     chi2 = ca.pv("RESTORE:Consistency_RBV").get_with_metadata(form="time")
     flagged = ca.pv("RESTORE:FlaggedFraction_RBV").get_with_metadata(form="time")
