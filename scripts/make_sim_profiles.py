@@ -96,20 +96,29 @@ def update_nnps(name: str, out: Path, sensor_px: int, seed: int = 0) -> Detector
     return prof
 
 
+def transfer_arrays(twin: Twin) -> dict[str, np.ndarray]:
+    """Frequency grid (cy/px), thin (HR) and thick (LR) system MTFs at the twin's calibration
+    conditions, their regularised ratio and the PSF derived from it."""
+    st = twin.fixed_state
+    freq = np.linspace(0.0, 0.5, 129)
+    f_mm = freq * 1000.0 / twin.config.pixel_at_screen_um
+    kw = dict(voltage_kv=st.voltage_kv, current_ua=st.current_ua, focus_mode=st.focus_mode)
+    mtf_hr = twin.mtf(f_mm, "thin", **kw)
+    mtf_lr = twin.mtf(f_mm, "thick", **kw)
+    ratio = np.where(mtf_hr > RATIO_FLOOR, mtf_lr / np.maximum(mtf_hr, RATIO_FLOOR), 0.0)
+    ratio = np.clip(np.minimum.accumulate(ratio), 0.0, 1.0)   # monotone, physical
+    return dict(frequency_cy_per_px=freq, mtf_hr=mtf_hr, mtf_lr=mtf_lr, mtf_ratio=ratio,
+                psf=psf_from_ratio(freq, ratio))
+
+
 def build(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfile:
     spec = PROFILES[name]
     cfg = spec["factory"](sensor_px=sensor_px)
     twin = Twin(cfg, sample="open", seed=seed)
     st = twin.fixed_state
     pixel_um = cfg.pixel_at_screen_um
-    freq = np.linspace(0.0, 0.5, 129)
-    f_mm = freq * 1000.0 / pixel_um
-    kw = dict(voltage_kv=st.voltage_kv, current_ua=st.current_ua, focus_mode=st.focus_mode)
-    mtf_hr = twin.mtf(f_mm, "thin", **kw)
-    mtf_lr = twin.mtf(f_mm, "thick", **kw)
-    ratio = np.where(mtf_hr > RATIO_FLOOR, mtf_lr / np.maximum(mtf_hr, RATIO_FLOOR), 0.0)
-    ratio = np.clip(np.minimum.accumulate(ratio), 0.0, 1.0)   # monotone, physical
-    psf = psf_from_ratio(freq, ratio)
+    arrays = transfer_arrays(twin)
+    freq = arrays["frequency_cy_per_px"]
 
     nnps_lr, quanta, flats = measure_nnps(twin, freq)
 
@@ -142,8 +151,7 @@ def build(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfil
         calibration={"voltage_kv": float(st.voltage_kv), "current_ua": float(st.current_ua),
                      "focus_mode": int(st.focus_mode), "source": "digital twin",
                      "date": datetime.date.today().isoformat()},
-        frequency_cy_per_px=freq, mtf_hr=mtf_hr, mtf_lr=mtf_lr, mtf_ratio=ratio, psf=psf,
-        nnps_lr=nnps_lr, nnps_mean_signal=quanta, esf_sigma_um=float(sig.sigma_um),
+        **arrays, nnps_lr=nnps_lr, nnps_mean_signal=quanta, esf_sigma_um=float(sig.sigma_um),
         noise_sigma=noise_sigma, weights=weights)
     prof.save(folder)
     return prof

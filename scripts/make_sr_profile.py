@@ -20,7 +20,6 @@ stand above the noise.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import sys
 from pathlib import Path
@@ -31,11 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from make_sim_profiles import RATIO_FLOOR, psf_from_ratio  # noqa: E402
+from make_sim_profiles import measure_nnps, transfer_arrays  # noqa: E402
 
 from xinstrument.acquisition.correction import FlatFieldCorrector  # noqa: E402
 from xinstrument.calibration.mtf import esf_gaussian_sigma  # noqa: E402
-from xinstrument.calibration.nnps import nnps, resample_curve  # noqa: E402
 from xinstrument.profiles import DetectorProfile, find_profile  # noqa: E402
 from xinstrument.restoration.superres import background_noise_sigma  # noqa: E402
 from xinstrument.sim import Twin, lens_bench  # noqa: E402
@@ -55,20 +53,9 @@ def build(out: Path, sensor_px: int, frames: int, seed: int = 0) -> DetectorProf
     twin = Twin(cfg, sample="open", seed=seed)
     st = twin.fixed_state
     pixel_um = cfg.pixel_at_screen_um
-    freq = np.linspace(0.0, 0.5, 129)
-    f_mm = freq * 1000.0 / pixel_um
-    kw = dict(voltage_kv=st.voltage_kv, current_ua=st.current_ua, focus_mode=st.focus_mode)
-    mtf_hr = twin.mtf(f_mm, "thin", **kw)
-    mtf_lr = twin.mtf(f_mm, "thick", **kw)
-    ratio = np.where(mtf_hr > RATIO_FLOOR, mtf_lr / np.maximum(mtf_hr, RATIO_FLOOR), 0.0)
-    ratio = np.clip(np.minimum.accumulate(ratio), 0.0, 1.0)
-    psf = psf_from_ratio(freq, ratio)
-
-    twin.set_state(stage_um=twin.best_focus_um("thick", st.voltage_kv))
-    flats = [twin.render(EXPOSURE_S)[0].astype(np.float64) - twin.offset_map_adu for _ in range(4)]
-    res = nnps(np.stack(flats), pixel_um, roi_size_px=min(128, sensor_px // 2))
-    nnps_lr = np.clip(resample_curve(res.frequency_cy_per_px, res.nnps_px2, freq), 0, None)
-    quanta = float(twin.expected_quanta("thick", exposure_s=EXPOSURE_S).mean())
+    arrays = transfer_arrays(twin)
+    # temporal NNPS of the working screen (fixed pattern removed, as flat-field correction does)
+    nnps_lr, quanta, _ = measure_nnps(twin, arrays["frequency_cy_per_px"])
 
     edge_twin = Twin(cfg, sample="edge", seed=seed)
     edge_twin.set_state(stage_um=edge_twin.best_focus_um("thick", st.voltage_kv))
@@ -103,8 +90,7 @@ def build(out: Path, sensor_px: int, frames: int, seed: int = 0) -> DetectorProf
                      "focus_mode": int(st.focus_mode), "source": "digital twin",
                      "date": datetime.date.today().isoformat(), "exposure_s": EXPOSURE_S,
                      "sr_frames_averaged": int(frames)},
-        frequency_cy_per_px=freq, mtf_hr=mtf_hr, mtf_lr=mtf_lr, mtf_ratio=ratio, psf=psf,
-        nnps_lr=nnps_lr, nnps_mean_signal=quanta, esf_sigma_um=float(sig.sigma_um),
+        **arrays, nnps_lr=nnps_lr, nnps_mean_signal=quanta, esf_sigma_um=float(sig.sigma_um),
         noise_sigma=float(noise_sigma), weights=weights)
     prof.save(folder)
     return prof

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from .bench import Twin, WorldState
+from .bench import Twin
 from .samples import Grid, Sample
 
 
