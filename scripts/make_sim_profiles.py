@@ -80,11 +80,14 @@ def measure_nnps(twin: Twin, freq: np.ndarray) -> tuple[np.ndarray, float, list[
     return nnps_lr, quanta, flats
 
 
-def update_nnps(name: str, out: Path, sensor_px: int, seed: int = 0) -> DetectorProfile:
-    """Re-measure only the NNPS of an existing profile."""
+def update_nnps(name: str, out: Path, sensor_px: int, seed: int = 0,
+                factory=None) -> DetectorProfile:
+    """Re-measure only the NNPS of an existing profile (``factory``: its bench, default the
+    one in PROFILES)."""
     folder = out / name
     prof = find_profile(str(folder))
-    twin = Twin(PROFILES[name]["factory"](sensor_px=sensor_px), sample="open", seed=seed)
+    factory = factory or PROFILES[name]["factory"]
+    twin = Twin(factory(sensor_px=sensor_px), sample="open", seed=seed)
     old = prof.nnps_lr
     prof.nnps_lr, prof.nnps_mean_signal, _ = measure_nnps(twin, prof.frequency_cy_per_px)
     prof.calibration = {**prof.calibration, "nnps_date": datetime.date.today().isoformat(),

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from make_sim_profiles import measure_nnps, transfer_arrays  # noqa: E402
+from make_sim_profiles import measure_nnps, transfer_arrays, update_nnps  # noqa: E402
 
 from xinstrument.acquisition.correction import FlatFieldCorrector  # noqa: E402
 from xinstrument.calibration.mtf import esf_gaussian_sigma  # noqa: E402
@@ -101,7 +101,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "profiles")
     p.add_argument("--sensor-px", type=int, default=512)
     p.add_argument("--frames", type=int, default=256, help="frames averaged by SR's input frames")
+    p.add_argument("--nnps-only", action="store_true",
+                   help="re-measure only the NNPS of the existing profile")
     a = p.parse_args(argv)
+    if a.nnps_only:
+        update_nnps(NAME, a.out, a.sensor_px, factory=bench)
+        return 0
     prof = build(a.out, a.sensor_px, a.frames)
     i50 = lambda m: float(np.interp(0.5, m[::-1], prof.frequency_cy_per_px[::-1]))  # noqa: E731
     print(f"{NAME}: MTF50 reference {i50(prof.mtf_hr):.3f} cy/px, working {i50(prof.mtf_lr):.3f} "
