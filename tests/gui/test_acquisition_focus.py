@@ -30,7 +30,10 @@ def test_acquire_without_references_is_an_error_in_the_window(qtbot, window):
     w = window
     ready(qtbot, w)
     w.acquisition.acquire_btn.click()
-    qtbot.waitUntil(lambda: w.error_banner.isVisible(), timeout=5000)
+    # the banner (instrument error event) and the panel line (the worker's failure) arrive as
+    # two queued signals: wait for both
+    qtbot.waitUntil(lambda: w.error_banner.isVisible() and w.acquisition.message.text(),
+                    timeout=5000)
     assert "take darks and flats first" in w.error_banner.text()
     assert "take darks and flats first" in w.acquisition.message.text()
 
