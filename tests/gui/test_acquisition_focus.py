@@ -32,7 +32,7 @@ def test_acquire_without_references_is_an_error_in_the_window(qtbot, window):
     w.acquisition.acquire_btn.click()
     # the banner (instrument error event) and the panel line (the worker's failure) arrive as
     # two queued signals: wait for both
-    qtbot.waitUntil(lambda: w.error_banner.isVisible() and w.acquisition.message.text(),
+    qtbot.waitUntil(lambda: w.error_banner.isVisible() and bool(w.acquisition.message.text()),
                     timeout=5000)
     assert "take darks and flats first" in w.error_banner.text()
     assert "take darks and flats first" in w.acquisition.message.text()
