@@ -244,6 +244,8 @@ def test_focus_scan_reports_best_focus(ca):
 
 
 def test_references_and_restoration(ca):
+    # enough quanta per pixel for the fidelity guard's noise model (>= 10 in the open beam)
+    ca.put("CAM:AcquireTime", 0.5)
     ca.put("CAM:NumAverage", 2)
     ca.put("TUBE:XrayOn", 0)
     ca.put("CAM:TakeDarks", 1, timeout=60)    # busy until the dark reference exists
@@ -278,6 +280,7 @@ def test_references_and_restoration(ca):
         ca.put("RESTORE:Method", "no-such-method")
     assert ca.get("RESTORE:Method", as_string=True) == "wiener"
     ca.put("RESTORE:Enable", 0)
+    ca.put("CAM:AcquireTime", 0.01)
 
 
 def test_losing_the_tube_turns_xrays_off_and_raises_alarms(ca, tube_emulator, wait_for):

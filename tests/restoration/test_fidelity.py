@@ -361,3 +361,13 @@ def test_policy_falls_back_on_the_super_resolved_grid(profile):
     assert fr.restoration_method == "wiener+bicubic_x2"
     assert fr.restored.shape == (2 * lr[0].shape[0], 2 * lr[0].shape[1])
     assert fr.fidelity.flagged[64 // 16, 64 // 16]
+
+
+def test_photon_starved_frames_are_not_normalised(profile):
+    hr, lr = _pairs(profile, 1, seed=26)
+    guard = FidelityGuard(profile, tile_px=16, border_px=0, device="cpu")
+    starved = 2.0 / profile.nnps_mean_signal          # 2 quanta per pixel in the open beam
+    r = guard.check(lr[0], hr[0], dose_ratio=starved)
+    assert not r.normalised and r.consistent is None and "quanta per pixel" in r.message
+    # averaging 8 such frames gives 16 quanta: normalised again
+    assert guard.check(lr[0], hr[0], dose_ratio=starved, frames_averaged=8).normalised

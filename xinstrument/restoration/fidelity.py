@@ -90,6 +90,9 @@ __all__ = [
 ]
 
 FORWARD_MODELS = ("mtf_ratio", "psf")
+# Below this many detected quanta per pixel (open beam, all frames averaged) Poisson counts are
+# too far from Gaussian for chi-square statistics (and flat-field correction itself breaks down).
+MIN_QUANTA_PER_PIXEL = 10.0
 # Profile [fidelity_tolerance] key of the tolerance used by methods without their own.
 FORWARD_MODEL_TOLERANCE_KEY = "forward_model"
 # Methods whose restoration inverts the measured PSF rather than the radial MTF ratio.
@@ -469,6 +472,11 @@ class FidelityGuard:
             reason = "the profile has no nnps_mean_signal"
         elif dose_ratio is None:
             reason = "the dose of the frame is unknown (give dose_ratio or quanta_per_pixel)"
+        else:
+            open_quanta = float(dose_ratio) * float(self.physics.nnps_mean_signal) * frames_averaged
+            if open_quanta < MIN_QUANTA_PER_PIXEL:
+                reason = (f"the frame holds {open_quanta:.2g} detected quanta per pixel in the open "
+                          f"beam; the chi-square test needs >= {MIN_QUANTA_PER_PIXEL:g}")
 
         if reason is None:
             var_unit, c = self.noise_statistics((h, w))
