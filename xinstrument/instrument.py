@@ -678,6 +678,11 @@ class Instrument:
         self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
                   f"max reduced chi2 {max_reduced_chi2}, fallback {fallback_method})")
 
+    @property
+    def fidelity_guard(self):
+        """The FidelityGuard of the current policy, or None when the guard is off."""
+        return None if self._fidelity is None else self._fidelity["guard"]
+
     def check_fidelity(self, measured: np.ndarray, restored: np.ndarray, method: str, *,
                        frames_averaged: int, exposure_s: float, voltage_kv: float,
                        current_ua: float):

@@ -60,10 +60,6 @@ class CameraStalled(RuntimeError):
     """The camera delivered no frame within the timeout (or stopped acquiring by itself)."""
 
 
-# Frame summary of the fidelity guard stored per restored frame (FidelityResult.summary() keys).
-FIDELITY_SUMMARY_KEYS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back")
-
-
 @dataclass
 class ProcessedFrame:
     """One output of the pipeline: an averaged, corrected and possibly restored frame."""
@@ -243,9 +239,9 @@ class HDF5Sink:
             restored_shape = item.restored.shape if self._with_restored else None
             fid = item.fidelity if self._with_restored else None
             # the fidelity guard's tile map and frame summary, beside each restored frame
-            self._fidelity_extras = {} if fid is None else {
-                "consistency": tuple(fid.tile_chi2.shape), "flagged": tuple(fid.flagged.shape),
-                **{k: () for k in FIDELITY_SUMMARY_KEYS}}
+            if fid is not None:
+                from ..restoration.fidelity import hdf5_extras_layout
+                self._fidelity_extras = hdf5_extras_layout(fid.tile_chi2.shape)
             self.writer = ScanWriter(self.path, item.data.shape, dtype="float32",
                                      metadata=self.metadata, restored=self._with_restored,
                                      restored_shape=restored_shape,
@@ -274,9 +270,7 @@ class HDF5Sink:
             fid = item.fidelity
             if self._fidelity_extras and fid is not None \
                     and tuple(fid.tile_chi2.shape) == self._fidelity_extras["consistency"]:
-                summary = fid.summary()
-                extras = {"consistency": fid.tile_chi2, "flagged": fid.flagged.astype(np.float32),
-                          **{k: float(summary[k]) for k in FIDELITY_SUMMARY_KEYS}}
+                extras = fid.hdf5_extras()
             self.writer.append_restored(item.restored, source_index=index,
                                         method=item.restoration_method or "unknown",
                                         profile=item.restoration_profile or "", extras=extras)

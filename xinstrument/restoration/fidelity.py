@@ -86,10 +86,22 @@ __all__ = [
     "UncertaintyResult",
     "calibrate_tolerance",
     "forward_model_for",
+    "hdf5_extras_layout",
     "sampler_uncertainty",
 ]
 
 FORWARD_MODELS = ("mtf_ratio", "psf")
+# Frame summary stored per restored frame in HDF5 (keys of FidelityResult.summary()).
+HDF5_SUMMARY_KEYS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back")
+
+
+def hdf5_extras_layout(tile_grid: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """ScanWriter ``restored_extras`` for the guard's results: tile map, flagged tiles (both
+    ``tile_grid``) and the frame summary scalars."""
+    grid = tuple(int(n) for n in tile_grid)
+    return {"consistency": grid, "flagged": grid, **{k: () for k in HDF5_SUMMARY_KEYS}}
+
+
 # Below this many detected quanta per pixel (open beam, all frames averaged) Poisson counts are
 # too far from Gaussian for chi-square statistics (and flat-field correction itself breaks down).
 MIN_QUANTA_PER_PIXEL = 10.0
@@ -173,6 +185,12 @@ class FidelityResult:
     tolerance_source: str = "none"
     reduced_chi2_tolerant: float = float("nan")
     scale: int = 1
+
+    def hdf5_extras(self) -> dict[str, Any]:
+        """The arrays stored beside the restored frame (see :func:`hdf5_extras_layout`)."""
+        summary = self.summary()
+        return {"consistency": self.tile_chi2, "flagged": self.flagged.astype(np.float32),
+                **{k: float(summary[k]) for k in HDF5_SUMMARY_KEYS}}
 
     def summary(self) -> dict[str, Any]:
         """Scalars for PVs, logs and HDF5 attributes (NaN where not normalised)."""
