@@ -37,6 +37,7 @@ from torch import nn
 from ._fourier import as_batch, default_device
 from .metrics import psnr, ssim
 from .stage import blend_window
+from .training import _as_source, _check_int, _draw_hr
 
 __all__ = [
     "SR_BLURS",
@@ -441,33 +442,8 @@ class SRTrainResult:
     seconds: float = 0.0
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _as_source(src: Any) -> Callable[[np.random.Generator, int, int], np.ndarray]:
-    from .training import crop_source
-
-    if callable(src):
-        return src
-    if isinstance(src, (np.ndarray, list, tuple)):
-        return crop_source(src)
-    raise TypeError(f"hr_source: expected a callable (rng, count, patch_px) or HR images, got {type(src).__name__}")
-
-
 def _draw(source, rng: np.random.Generator, count: int, patch: int, augment: bool) -> torch.Tensor:
-    hr = np.asarray(source(rng, count, patch), dtype=np.float32)
-    if hr.shape != (count, patch, patch):
-        raise ValueError(f"HR source returned shape {hr.shape}, expected {(count, patch, patch)}")
-    if not np.isfinite(hr).all():
-        raise ValueError("HR source returned non-finite values")
-    if augment:
-        for k in range(count):
-            im = np.rot90(hr[k], int(rng.integers(4)))
-            hr[k] = im[:, ::-1] if rng.random() < 0.5 else im
-    return torch.from_numpy(np.ascontiguousarray(hr))
+    return torch.from_numpy(np.ascontiguousarray(_draw_hr(source, rng, count, patch, augment)))
 
 
 def train_sr(
@@ -522,7 +498,7 @@ def train_sr(
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     degradation = SRDegradation.from_profile(profile, factor, noise_sigma, background, blur)
-    source = _as_source(hr_source)
+    source = _as_source(hr_source, "hr_source")
     dev = default_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -532,7 +508,7 @@ def train_sr(
     gen = torch.Generator(device=dev).manual_seed(seed)
     val_set = None
     if val_source is not None:
-        v_hr = _draw(_as_source(val_source), np.random.default_rng(seed + 1), val_patches, patch, False).to(dev)
+        v_hr = _draw(_as_source(val_source, "val_source"), np.random.default_rng(seed + 1), val_patches, patch, False).to(dev)
         v_gen = torch.Generator(device=dev).manual_seed(seed + 1)
         val_set = (v_hr, degradation(v_hr, v_gen))
     result = SRTrainResult(model=model, weights={}, degradation=degradation)
