@@ -165,6 +165,9 @@ def test_super_resolved_restoration_covers_the_same_field(qtbot, window):
 def test_fidelity_overlay_shows_the_flagged_tiles(qtbot, window):
     w = window
     ready(qtbot, w)
+    # enough quanta per pixel for the guard's noise model (>= 10 in the open beam)
+    w.acquisition.exposure.setValue(0.2)
+    qtbot.waitUntil(lambda: abs(w.instrument.exposure_s - 0.2) < 1e-9, timeout=5000)
     references(qtbot, w)
     r = load_profile(qtbot, w)
     r.fidelity.setChecked(True)
