@@ -1,4 +1,6 @@
 """Operator console tests: real widgets (offscreen) over the simulated Instrument."""
+import contextlib
+
 import pytest
 from PyQt6.QtCore import QSettings
 
@@ -26,16 +28,25 @@ def settings(tmp_path):
     return QSettings(str(tmp_path / "gui.ini"), QSettings.Format.IniFormat)
 
 
-@pytest.fixture
-def window(qtbot, inst, settings):
+@contextlib.contextmanager
+def open_window(qtbot, inst, settings):
+    """The console on ``inst``, shown and polling; closed (X-rays off) on the way out."""
     from xinstrument.gui.mainwindow import MainWindow
     w = MainWindow(inst, settings, poll_ms=100)
     qtbot.addWidget(w)
     w.show()
     qtbot.waitUntil(lambda: w.source.state_label.text() not in ("-", ""), timeout=5000)
-    yield w
-    if w.isVisible():
-        w.close()
+    try:
+        yield w
+    finally:
+        if w.isVisible():
+            w.close()
+
+
+@pytest.fixture
+def window(qtbot, inst, settings):
+    with open_window(qtbot, inst, settings) as w:
+        yield w
 
 
 def ready(qtbot, w, kv=50, ua=80, xray=True):

@@ -5,7 +5,7 @@ import pytest
 from xinstrument.recon import read_reconstruction
 from xinstrument.storage import ScanReader
 
-from .conftest import make_instrument, ready
+from .conftest import make_instrument, open_window, ready
 
 
 def small_plan(t, path, n_angles=5, frames=1):
@@ -23,17 +23,13 @@ def small_plan(t, path, n_angles=5, frames=1):
 @pytest.fixture
 def layered(qtbot, settings):
     """A window on the layered board (the sample with structure at several heights)."""
-    from xinstrument.gui.mainwindow import MainWindow
     inst = make_instrument(sensor_px=64, sample="pcb-layers")
     inst.connect()
-    w = MainWindow(inst, settings, poll_ms=100)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.source.state_label.text() not in ("-", ""), timeout=5000)
-    yield w
-    if w.isVisible():
-        w.close()
-    inst.disconnect()
+    try:
+        with open_window(qtbot, inst, settings) as w:
+            yield w
+    finally:
+        inst.disconnect()
 
 
 def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, tmp_path):
