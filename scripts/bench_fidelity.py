@@ -107,6 +107,50 @@ def inject(guard, y_list, x_list, base_name, dose, trials, method=None):
 
 
 
+def cost(prof, frame: np.ndarray, dose: float, a) -> None:
+    """Guard time against restoration time on the same device and frame, interleaved (restore,
+    guard, restore, ...) so that machine load drifts hit both alike; medians of ``a.reps``."""
+    methods = [m for m in available_methods(prof)
+               if m in ("wiener", "inverse", "richardson_lucy", "unet")]
+    restorers = {m: Restorer(prof, m, device=a.device) for m in methods}
+    guards = {"calibrated": FidelityGuard(prof, a.tile_px, a.false_alarm_rate, device=a.device),
+              "none": FidelityGuard(prof, a.tile_px, a.false_alarm_rate, tolerance={},
+                                    device=a.device)}
+    device = guards["none"].device
+    print(f"\n== cost on {device} ({a.timing_px} x {a.timing_px} px, torch threads "
+          f"{torch.get_num_threads()}, median of {a.reps} interleaved runs) ==")
+    big = np.tile(frame, (a.timing_px // frame.shape[0] + 1,) * 2)[:a.timing_px, :a.timing_px]
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for m in methods:
+        r = restorers[m]
+        r.options = {"dose_ratio": dose} if m == "wiener" else {}
+        reps = 3 if m == "unet" else a.reps
+        xr = r.restore(big)
+        checks = {tol: (lambda g=g: g.check(big, xr, dose_ratio=dose, forward=forward_model_for(m),
+                                            method=m)) for tol, g in guards.items()}
+        for fn in checks.values():
+            fn()
+        t_restore, t_guard = [], {tol: [] for tol in checks}
+        for _ in range(reps):
+            t_restore.append(timed(lambda: r.restore(big)))
+            for tol, fn in checks.items():
+                t_guard[tol].append(timed(fn))
+        tr = float(np.median(t_restore))
+        for tol, ts in t_guard.items():
+            tg = float(np.median(ts))
+            print(f"  {m:16s} restore {tr * 1e3:8.2f} ms   guard ({tol:10s} tolerance) "
+                  f"{tg * 1e3:8.2f} ms   guard / restore {tg / tr:6.3f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="sim-yag200-5x")
@@ -117,11 +161,16 @@ def main(argv=None) -> int:
     p.add_argument("--false-alarm-rate", type=float, default=1e-3)
     p.add_argument("--device", default=None)
     p.add_argument("--timing-px", type=int, default=1024, help="frame size for the cost figures")
+    p.add_argument("--reps", type=int, default=15, help="timed runs per method for the cost")
+    p.add_argument("--cost-only", action="store_true", help="only the cost figures")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     prof = find_profile(a.profile)
     twin, frames, quanta, temporal = bench_frames(a.sensor_px, [1, 4], a.frames)
     dose = quanta / prof.nnps_mean_signal
+    if a.cost_only:
+        cost(prof, frames[1][0], dose, a)
+        return 0
     gt = twin.ground_truth()
     temporal_nnps = np.clip(resample_curve(temporal.frequency_cy_per_px, temporal.nnps_px2,
                                            prof.frequency_cy_per_px), 0, None)
@@ -171,35 +220,7 @@ def main(argv=None) -> int:
     for m in ("wiener", "unet"):
         if m in methods:
             inject(guard, frames[1], restored[(m, 1)], m, dose, a.trials, method=m)
-    print(f"\n== cost on {guard.device} ({a.timing_px} x {a.timing_px} px, torch threads "
-          f"{torch.get_num_threads()}) ==")
-    reps = 5
-    big = np.tile(frames[1][0], (a.timing_px // a.sensor_px + 1,) * 2)[:a.timing_px, :a.timing_px]
-    times = {}
-    for m in [m for m in methods if m in ("wiener", "inverse", "richardson_lucy")]:
-        restorers[m].options = {"dose_ratio": dose} if m == "wiener" else {}
-        xr = restorers[m].restore(big)
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            restorers[m].restore(big)
-            ts.append(time.perf_counter() - t0)
-        times[m] = (float(np.median(ts)), xr)
-    if "unet" in methods:
-        t0 = time.perf_counter()
-        xr = restorers["unet"].restore(big)
-        times["unet"] = (time.perf_counter() - t0, xr)
-    for m, (tr, xr) in times.items():
-        for g, tol in ((guard, "calibrated"), (guards["no tolerance"], "none")):
-            g.check(big, xr, dose_ratio=dose, forward=forward_model_for(m), method=m)
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                g.check(big, xr, dose_ratio=dose, forward=forward_model_for(m), method=m)
-                ts.append(time.perf_counter() - t0)
-            tg = float(np.median(ts))
-            print(f"  {m:16s} restore {tr * 1e3:8.2f} ms   guard ({tol:10s}) {tg * 1e3:8.2f} ms   "
-                  f"guard / restore {tg / tr:6.3f}")
+    cost(prof, frames[1][0], dose, a)
     return 0
 
 
