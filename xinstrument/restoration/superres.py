@@ -392,7 +392,10 @@ def fine_grid_config(config: Any, factor: int) -> Any:
     sr_method(factor)
     s = config.sensor
     sensor = dataclasses.replace(s, pixel_um=s.pixel_um / factor, rows=s.rows * factor, cols=s.cols * factor)
-    return centred_config(dataclasses.replace(config, sensor=sensor, pad_px=config.pad_px * factor))
+    # the same rendering resolution: the fine pixels are already factor x smaller
+    oversample = max(1, int(getattr(config, "oversample", 1)) // factor)
+    return centred_config(dataclasses.replace(config, sensor=sensor, pad_px=config.pad_px * factor,
+                                              oversample=oversample))
 
 
 def twin_hr_source(factor: int, bench: str = "lens-yag",

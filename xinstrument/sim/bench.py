@@ -47,6 +47,11 @@ class BenchConfig:
     pad_px: int = 48                          # margin rendered around the field (blur tails)
     filter_al_mm: float = 0.25                # added beam filter: removes the soft photons that
     #                                           a 1.6 mm board would absorb anyway (dose, contrast)
+    oversample: int = 1                       # sample rendered on an N x finer grid, blurred
+    #   there by the optics, then integrated over each camera pixel: the camera samples what the
+    #   optics pass, aliasing included. 1: rasterised on the camera grid (area coverage) and
+    #   blurred there - fast, and exact for structure below the camera's Nyquist frequency only
+    #   (finer structure aliases before the blur, at the alias frequency's higher MTF).
 
     @property
     def pixel_at_screen_um(self) -> float:
@@ -136,6 +141,9 @@ class Twin:
     def __init__(self, config: BenchConfig | None = None, sample: Sample | str = "pcb",
                  seed: int = 0, state: StateProvider | None = None) -> None:
         self.config = config or lens_bench()
+        k = self.config.oversample
+        if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 1 <= k <= 8):
+            raise ValueError(f"bench oversample must be an integer 1..8, got {k!r}")
         self.seed = int(seed)
         self._fixed_state = WorldState()
         if self.config.kind == "panel":     # GOS panel operated at 70 kV (shared/papers/001)
@@ -178,9 +186,10 @@ class Twin:
         return (sfft.next_fast_len(self.config.sensor.rows + 2 * p, real=True),
                 sfft.next_fast_len(self.config.sensor.cols + 2 * p, real=True))
 
-    def _grid(self) -> Grid:
+    def _grid(self, k: int = 1) -> Grid:
+        """Padded camera grid at the sample base, each pixel split into k x k."""
         hp, wp = self.padded_shape
-        return Grid.centred(hp, wp, self.config.pixel_at_object_um / 1000)
+        return Grid.centred(hp * k, wp * k, self.config.pixel_at_object_um / 1000 / k)
 
     def _crop(self, a: np.ndarray) -> np.ndarray:
         hp, wp = self.padded_shape
@@ -196,22 +205,24 @@ class Twin:
                                                         filter_al_mm=self.config.filter_al_mm), e)
         return e, n_sr / self.config.source_detector_mm ** 2
 
-    def _quanta_maps(self, voltage_kv: float, which: str, sample_in: bool, theta_deg: float = 0.0):
+    def _quanta_maps(self, voltage_kv: float, which: str, sample_in: bool, theta_deg: float = 0.0,
+                     k: int = 1):
         """Absorbed quanta per pixel per s per uA and mean deposited energy (keV) per quantum,
-        on the padded grid."""
+        on the padded grid (each camera pixel split into k x k)."""
         theta_deg = round(float(theta_deg), 4) if sample_in else 0.0
-        key = ("q", round(voltage_kv, 2), which, sample_in, theta_deg)
+        key = ("q", round(voltage_kv, 2), which, sample_in, theta_deg, k)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
         e, fluence_mm2 = self.spectrum(voltage_kv, 1.0)
-        pixel_area_mm2 = (self.config.pixel_at_screen_um / 1000) ** 2
+        pixel_area_mm2 = (self.config.pixel_at_screen_um / 1000 / k) ** 2
         scint = self.config.screen(which)
         absorbed_per_bin = fluence_mm2 * pixel_area_mm2 * scint.absorption(e)   # quanta/s/uA
         hp, wp = self.padded_shape
+        hp, wp = hp * k, wp * k
         if sample_in and self._sample.layers + [0] and (self._sample.layers or
                                                         self._sample.uniform_mm):
-            thick = self._thickness_maps(theta_deg)
+            thick = self._thickness_maps(theta_deg, k)
             q = np.zeros((hp, wp), np.float32)
             edep = np.zeros((hp, wp), np.float32)
             # group energy bins to bound the cost (polychromatic Beer-Lambert)
@@ -233,33 +244,80 @@ class Twin:
             edep = np.full((hp, wp), (absorbed_per_bin * e).sum(), np.float32)
         e_mean_map = np.divide(edep, q, out=np.zeros_like(q), where=q > 0)
         with self._lock:
+            if k > 1:       # fine maps are large: keep only the latest few
+                for old in [c for c in self._cache if c[0] == "q" and c[-1] > 1][:-2]:
+                    del self._cache[old]
             self._cache[key] = (q, e_mean_map)
         return q, e_mean_map
 
-    def _thickness_maps(self, theta_deg: float = 0.0) -> dict[str, np.ndarray]:
-        key = ("thick", self._sample.name, id(self._sample), theta_deg)
+    def _camera_maps(self, voltage_kv: float, which: str, sample_in: bool, theta_deg: float = 0.0):
+        """:meth:`_quanta_maps` on the padded camera grid; with ``oversample`` the fine maps
+        summed over each camera pixel (energy weighted for the mean energy)."""
+        k = self.config.oversample
+        if k == 1 or not sample_in:
+            return self._quanta_maps(voltage_kv, which, sample_in, theta_deg)
+        key = ("qcam", round(voltage_kv, 2), which, round(float(theta_deg), 4))
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        q_f, e_f = self._quanta_maps(voltage_kv, which, True, theta_deg, k)
+        q = _bin_sum(q_f, k)
+        e_mean = np.divide(_bin_sum(q_f * e_f, k), q, out=np.zeros_like(q), where=q > 0)
+        with self._lock:
+            self._cache[key] = (q, e_mean)
+        return q, e_mean
+
+    def _blurred_energy(self, voltage_kv: float, spectral: str, which: str, sample_in: bool,
+                        theta_deg: float, stage_um: float, current_ua: float, focus_mode: int
+                        ) -> np.ndarray:
+        """Noise-free absorbed energy (keV per s per uA) of screen ``spectral`` blurred by the
+        optics of screen ``which``, on the padded camera grid. With ``oversample`` k the blur
+        acts on the k x finer grid and each camera pixel then integrates its k x k sub-pixels
+        (the pixel aperture itself); otherwise blur and pixel aperture act on the camera grid."""
+        k = self.config.oversample if sample_in else 1
+        if k == 1:
+            q, e_mean = self._quanta_maps(voltage_kv, spectral, sample_in, theta_deg)
+            otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode)
+            return sfft.irfft2(sfft.rfft2(q * e_mean, workers=2) * otf, s=q.shape, workers=2)
+        key = ("blur", round(voltage_kv, 2), spectral, which, round(float(theta_deg), 4),
+               round(stage_um, 3), round(current_ua, 1), focus_mode)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        q_f, e_f = self._quanta_maps(voltage_kv, spectral, True, theta_deg, k)
+        otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode, k)
+        fine = sfft.irfft2(sfft.rfft2(q_f * e_f, workers=2) * otf, s=q_f.shape, workers=2)
+        out = _bin_sum(fine.astype(np.float32), k)
+        with self._lock:
+            for old in [c for c in self._cache if c[0] == "blur"][:-3]:
+                del self._cache[old]
+            self._cache[key] = out
+        return out
+
+    def _thickness_maps(self, theta_deg: float = 0.0, k: int = 1) -> dict[str, np.ndarray]:
+        key = ("thick", self._sample.name, id(self._sample), theta_deg, k)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
         if theta_deg == 0.0:
             sod = self.config.source_object_mm
             maps = self._sample.thickness_maps(
-                self._grid(), magnification_of_height=lambda h: sod / (sod - h))
+                self._grid(k), magnification_of_height=lambda h: sod / (sod - h))
         else:
             maps = self._sample.thickness_maps(
-                self._detector_grid(), projection_of_height=lambda h: self.layer_projection(
+                self._detector_grid(k), projection_of_height=lambda h: self.layer_projection(
                     h, theta_deg), path_factor=1.0 / np.cos(np.deg2rad(theta_deg)))
         with self._lock:
             # projections at many angles: keep the cache bounded
-            old = [k for k in self._cache if k[0] == "thick" and k[3] != 0.0]
-            for k in old[:-4]:
-                del self._cache[k]
+            old = [c for c in self._cache if c[0] == "thick" and (c[3] != 0.0 or c[4] > 1)]
+            for c in old[:-4]:
+                del self._cache[c]
             self._cache[key] = maps
         return maps
 
-    def _detector_grid(self) -> Grid:
+    def _detector_grid(self, k: int = 1) -> Grid:
         hp, wp = self.padded_shape
-        return Grid.centred(hp, wp, self.config.pixel_at_screen_um / 1000)
+        return Grid.centred(hp * k, wp * k, self.config.pixel_at_screen_um / 1000 / k)
 
     def layer_projection(self, height_mm: float, theta_deg: float) -> tuple[float, float]:
         """Magnification and lateral shift (mm, on the scintillator, along x) of a sample layer
@@ -363,15 +421,17 @@ class Twin:
         return float(stages[i])
 
     def _otf_grid(self, which: str, stage_um: float, voltage_kv: float, current_ua: float,
-                  focus_mode: int) -> np.ndarray:
-        """System OTF on the padded rfft2 grid (pixel aperture separable, the rest radial)."""
+                  focus_mode: int, k: int = 1) -> np.ndarray:
+        """System OTF on the padded rfft2 grid (pixel aperture separable, the rest radial).
+        ``k`` > 1: the optics alone (no pixel aperture) on the k x finer grid."""
         key = ("otf", which, round(stage_um, 3), round(voltage_kv, 2),
-               round(current_ua, 1), focus_mode)
+               round(current_ua, 1), focus_mode, k)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
         hp, wp = self.padded_shape
-        p_mm = self.config.pixel_at_screen_um / 1000
+        hp, wp = hp * k, wp * k
+        p_mm = self.config.pixel_at_screen_um / 1000 / k
         fy = sfft.fftfreq(hp, d=p_mm)[:, None]
         fx = sfft.rfftfreq(wp, d=p_mm)[None, :]
         fr = np.hypot(fx, fy)
@@ -379,12 +439,14 @@ class Twin:
         f1 = np.linspace(0, fr.max() * 1.0001, 2048)
         radial = self.mtf(f1, which, stage_um if self.config.kind == "lens" else None,
                           voltage_kv, current_ua, focus_mode, include_pixel=False)
-        otf = np.interp(fr, f1, radial) * np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
+        otf = np.interp(fr, f1, radial)
+        if k == 1:
+            otf = otf * np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
         otf = otf.astype(np.float32)
         with self._lock:
-            if len([k for k in self._cache if k[0] == "otf"]) > 16:
-                for k in [k for k in self._cache if k[0] == "otf"]:
-                    del self._cache[k]
+            if len([c for c in self._cache if c[0] == "otf"]) > 16 or k > 1:
+                for c in [c for c in self._cache if c[0] == "otf" and (c[-1] > 1 or k == 1)]:
+                    del self._cache[c]
             self._cache[key] = otf
         return otf
 
@@ -406,7 +468,7 @@ class Twin:
         st = state or self.state_provider()
         if not st.xray_on:
             return np.zeros((self.config.sensor.rows, self.config.sensor.cols), np.float32)
-        q, _ = self._quanta_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
+        q, _ = self._camera_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
         return self._crop(q) * np.float32(st.current_ua * exposure_s)
 
     def render(self, exposure_s: float, roi: tuple[int, int, int, int] | None = None,
@@ -418,12 +480,24 @@ class Twin:
         rng = rng or self._rng
         e_per_kev = cfg.electrons_per_kev(which)
         if st.xray_on and st.current_ua > 0:
-            q, e_mean = self._quanta_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
-            n = rng.poisson(q * np.float32(st.current_ua * exposure_s)).astype(np.float32)
-            energy = n * e_mean
+            q, e_mean = self._camera_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
+            dose = np.float32(st.current_ua * exposure_s)
+            n = rng.poisson(q * dose).astype(np.float32)
             otf = self._otf_grid(which, st.stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
-            blurred = sfft.irfft2(sfft.rfft2(energy, workers=2) * otf, s=energy.shape,
-                                  workers=2)
+            if cfg.oversample > 1 and st.sample_in:
+                # mean image from the fine grid; the quantum fluctuations (zero mean) blurred on
+                # the camera grid, as in the direct path - the blur is linear, so the sum is the
+                # blurred image of the detected quanta
+                energy = (n - q * dose) * e_mean
+                blurred = sfft.irfft2(sfft.rfft2(energy, workers=2) * otf, s=energy.shape,
+                                      workers=2)
+                blurred += dose * self._blurred_energy(
+                    st.voltage_kv, which, which, True, st.theta_deg, st.stage_um, st.current_ua,
+                    st.focus_mode)
+            else:
+                energy = n * e_mean
+                blurred = sfft.irfft2(sfft.rfft2(energy, workers=2) * otf, s=energy.shape,
+                                      workers=2)
             mean_e = self._crop(blurred) * np.float32(e_per_kev) * self.gain_map
             np.clip(mean_e, 0, None, out=mean_e)
         else:
@@ -466,13 +540,12 @@ class Twin:
         """
         st = state or self.state_provider()
         spectral = spectral_screen or which
-        q, e_mean = self._quanta_maps(st.voltage_kv, spectral, True, st.theta_deg)
         q0, e0 = self._quanta_maps(st.voltage_kv, spectral, False)
         if stage_um is None:
             stage_um = (self.best_focus_um(which, st.voltage_kv) if self.config.kind == "lens"
                         else st.stage_um)
-        otf = self._otf_grid(which, stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
-        signal = sfft.irfft2(sfft.rfft2(q * e_mean, workers=2) * otf, s=q.shape, workers=2)
+        signal = self._blurred_energy(st.voltage_kv, spectral, which, True, st.theta_deg,
+                                      stage_um, st.current_ua, st.focus_mode)
         flat = float((q0 * e0).mean())
         return (self._crop(signal) / flat).astype(np.float32)
 
@@ -505,6 +578,12 @@ class Twin:
                  + signal_e                                              # optical quanta (Poisson)
                  + s.dark_current_e_per_s * exposure_s + s.read_noise_e ** 2)
         return var_e / s.gain_e_per_adu ** 2
+
+
+def _bin_sum(a: np.ndarray, k: int) -> np.ndarray:
+    """Sum over k x k blocks: fine sub-pixels into camera pixels."""
+    h, w = a.shape
+    return a.reshape(h // k, k, w // k, k).sum(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
 def _bin_groups(n: int, n_groups: int) -> list[slice]:
