@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from xinstrument.restoration.superres import SRDegradation, SuperResolutionError, bicubic_downsample
+from xinstrument.restoration.superres import (SRDegradation, SuperResolutionError, area_downsample,
+                                              bicubic_downsample)
 
 
 @dataclass
@@ -63,5 +64,37 @@ def test_mtf_ratio_blur_needs_no_esf_sigma_but_the_arrays():
                                    blur="mtf_ratio")
     with pytest.raises(SuperResolutionError, match="blur must be one of"):
         SRDegradation.from_profile(RatioProfile(), 2, blur="box")
+    with pytest.raises(SuperResolutionError, match="downsample must be one of"):
+        SRDegradation.from_profile(RatioProfile(), 2, blur="mtf_ratio", downsample="nearest")
     with pytest.raises(SuperResolutionError, match="transfer must be"):
         SRDegradation(2, 0.0, 0.0, transfer=((0.0, 0.2, 0.1, 0.5), (1.0, 0.9, 0.8, 0.7)))
+
+
+def _amplitude(row: np.ndarray, f_cy_per_px: float) -> float:
+    x = np.arange(row.size)
+    a = np.stack([np.ones(row.size), np.cos(2 * np.pi * f_cy_per_px * x),
+                  np.sin(2 * np.pi * f_cy_per_px * x)], 1)
+    c = np.linalg.lstsq(a, row.astype(np.float64), rcond=None)[0]
+    return float(np.hypot(c[1], c[2]))
+
+
+def test_area_downsampling_integrates_camera_pixels_and_keeps_their_aliasing():
+    # a fine-grid grating at 0.35 cy/HR px = 0.7 cy/LR px, above the LR Nyquist frequency
+    f_hr = 0.35
+    x = np.arange(128)
+    hr = torch.from_numpy(np.tile(0.5 + 0.2 * np.cos(2 * np.pi * f_hr * x), (4, 32, 1))
+                          .astype(np.float32))
+    area = area_downsample(hr, 2)
+    np.testing.assert_allclose(area.numpy(), hr.numpy().reshape(4, 16, 2, 64, 2).mean((2, 4)),
+                               atol=1e-6)
+    alias = 1 - 2 * f_hr                               # LR cy/px where the grating lands
+    # a 2-px box passes cos(pi f) of the modulation, aliased or not: what a camera records
+    assert _amplitude(area[0, 8].numpy(), alias) == pytest.approx(0.2 * np.cos(np.pi * f_hr),
+                                                                  rel=0.02)
+    # the anti-aliased bicubic decimation removes most of it: a network trained on it never
+    # sees the aliasing of real frames
+    assert _amplitude(bicubic_downsample(hr, 2)[0, 8].numpy()[8:-8], alias) < \
+        0.5 * _amplitude(area[0, 8].numpy()[8:-8], alias)
+    d = SRDegradation.from_profile(RatioProfile(), 2, blur="mtf_ratio", downsample="area")
+    ones = torch.full((1, 32, 32), 0.6)
+    assert torch.allclose(d(ones, noise=False), torch.full((1, 16, 16), 0.6), atol=1e-5)

@@ -156,8 +156,9 @@ def test_train_task_sr_on_user_hr_images(tmp_path):
     hr = np.clip(0.7 + 0.2 * rng.standard_normal((3, 64, 64)), 0, 1).astype(np.float32)
     np.save(tmp_path / "hr.npy", hr)
     assert main(["train", "--profile", str(prof.path), "--task", "sr", "--factor", "4",
-                 "--hr-images", str(tmp_path / "hr.npy"), *TINY]) == 0
+                 "--hr-images", str(tmp_path / "hr.npy"), "--downsample", "area", *TINY]) == 0
     rec = json.loads((prof.path / "weights" / "sr_x4.json").read_text())
+    assert rec["downsample"] == "area"
     assert "user HR images" in rec["hr_source"] and rec["factor"] == 4
     assert Restorer(find_profile(str(prof.path)), "sr_x4", device="cpu").scale == 4
 

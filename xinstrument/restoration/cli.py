@@ -262,8 +262,9 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
                      bench: str | None = None, hr_images: Path | None = None, patch: int = 64,
                      batch: int = 16, lr: float = 1e-3, channels: int = 32, layers: int = 8,
                      pool_images: int = 64, pool_px: int = 192, val_patches: int = 16,
-                     blur: str = "gaussian", device: str | None = None,
-                     threads: int | None = None, progress=None) -> dict:
+                     blur: str = "gaussian", downsample: str = "bicubic",
+                     device: str | None = None, threads: int | None = None,
+                     progress=None) -> dict:
     """Train the ``sr_x<factor>`` network of ``profile`` and save weights + a record.
 
     HR images: noise-free twin ground truth on a ``factor`` x finer grid (a pool of
@@ -316,7 +317,8 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         res = train_sr(profile, factor, train_src, steps, seed, patch=patch, batch=batch, lr=lr,
                        channels=channels, layers=layers, device=device, val_source=val_src,
                        val_patches=val_patches, steps_per_epoch=max(1, steps // 10),
-                       blur=blur, progress=progress, save_to_profile=False)
+                       blur=blur, downsample=downsample, progress=progress,
+                       save_to_profile=False)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     final = res.validation[-1] if res.validation else {}
@@ -324,7 +326,8 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         "method": method, "profile": profile.name, "factor": factor, "bench": bench,
         "steps": steps, "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
         "optimizer": "AdamW", "loss": "L1", "channels": channels, "layers": layers,
-        "hr_source": hr_desc, "bench_kw": bench_kw, "blur": blur, "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
+        "hr_source": hr_desc, "bench_kw": bench_kw, "blur": blur, "downsample": downsample,
+        "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
         "noise_sigma": res.degradation.noise_sigma,
         "parameters": int(sum(x.numel() for x in res.model.parameters())),
         "validation": res.validation,
@@ -385,7 +388,8 @@ def _cmd_train_sr(a: argparse.Namespace, profile: Any, t0: float) -> int:
     rec = train_sr_profile(profile, a.factor, steps=a.steps, seed=a.seed, bench=a.bench,
                            hr_images=a.hr_images, patch=a.patch, batch=a.batch, lr=a.lr,
                            channels=a.channels, layers=a.layers, pool_images=a.pool_images,
-                           pool_px=a.pool_px, blur=a.blur, device=a.device,
+                           pool_px=a.pool_px, blur=a.blur, downsample=a.downsample,
+                           device=a.device,
                            threads=a.threads, progress=progress)
     print(f"trained sr_x{a.factor} for {profile.name}: {a.steps} steps, val PSNR "
           f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f} (bicubic "
@@ -437,6 +441,10 @@ def register(sub) -> None:
     p.add_argument("--blur", choices=["gaussian", "mtf_ratio"], default="gaussian",
                    help="--task sr degradation blur: the profile's ESF Gaussian sigma (paper "
                    "003) or its measured MTF ratio on the fine grid (default gaussian)")
+    p.add_argument("--downsample", choices=["bicubic", "area"], default="bicubic",
+                   help="--task sr down-sampling: anti-aliased bicubic (paper 003) or area, the "
+                   "camera pixel's integration, which keeps the aliasing real frames carry "
+                   "(default bicubic)")
     p.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--bench", choices=list(TWIN_BENCHES), default=None,

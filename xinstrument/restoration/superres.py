@@ -41,6 +41,7 @@ from .training import _as_source, _check_int, _draw_hr
 
 __all__ = [
     "SR_BLURS",
+    "SR_DOWNSAMPLES",
     "SR_FACTORS",
     "BarGroupResult",
     "SRDegradation",
@@ -67,6 +68,9 @@ __all__ = [
 SR_FACTORS = (2, 4)
 # Blur models of the degradation: paper 003's ESF Gaussian, or the profile's measured MTF ratio.
 SR_BLURS = ("gaussian", "mtf_ratio")
+# "bicubic": anti-aliased bicubic decimation (paper 003); "area": the mean of each factor x factor
+# block, i.e. what a camera pixel integrates - it passes the aliasing a real frame carries
+SR_DOWNSAMPLES = ("bicubic", "area")
 _WEIGHTS_FORMAT = 1
 _META = "meta."
 # Distinguishes SR weights from the restoration U-Net family's (which store meta.method_id).
@@ -118,6 +122,14 @@ def bicubic_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
         raise ValueError(f"image {tuple(x.shape[-2:])} is not a multiple of the SR factor {factor}")
     return F.interpolate(x[:, None], scale_factor=1.0 / factor, mode="bicubic",
                          align_corners=False, antialias=True)[:, 0]
+
+
+def area_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, H, W) -> (B, H/factor, W/factor): the mean of each factor x factor block, the camera
+    pixel's own integration of the image on the fine grid (H, W multiples of factor)."""
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"image {tuple(x.shape[-2:])} is not a multiple of the SR factor {factor}")
+    return F.avg_pool2d(x[:, None], factor)[:, 0]
 
 
 def _bicubic_up(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -187,9 +199,13 @@ class SRDegradation:
     # Optional measured blur instead of the Gaussian: (frequency LR cy/px, MTF_LR / MTF_HR),
     # applied on the HR grid before down-sampling (see ``from_profile(blur="mtf_ratio")``).
     transfer: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    downsample: str = "bicubic"
 
     def __post_init__(self) -> None:
         sr_method(self.factor)
+        if self.downsample not in SR_DOWNSAMPLES:
+            raise SuperResolutionError(f"downsample must be one of {SR_DOWNSAMPLES}, got "
+                                       f"{self.downsample!r}")
         if self.transfer is not None:
             f, r = (np.asarray(v, dtype=np.float64) for v in self.transfer)
             if f.ndim != 1 or f.shape != r.shape or f.size < 4 or not np.all(np.diff(f) > 0) \
@@ -207,7 +223,8 @@ class SRDegradation:
 
     @classmethod
     def from_profile(cls, profile: Any, factor: int, noise_sigma: float | None = None,
-                     background: Any = None, blur: str = "gaussian") -> SRDegradation:
+                     background: Any = None, blur: str = "gaussian",
+                     downsample: str = "bicubic") -> SRDegradation:
         """The degradation of ``profile``'s detector.
 
         ``blur="gaussian"`` (paper 003): sigma ``profile.esf_sigma_um / profile.pixel_size_um``
@@ -219,6 +236,7 @@ class SRDegradation:
         Gaussian fitted to it.
         Noise sigma: ``noise_sigma`` if given, else measured from the ``background`` region
         (:func:`background_noise_sigma`), else ``profile.noise_sigma``.
+        ``downsample``: one of :data:`SR_DOWNSAMPLES`.
         """
         sr_method(factor)
         if blur not in SR_BLURS:
@@ -250,7 +268,8 @@ class SRDegradation:
                 "background region was given"
             )
         pixel_um = float(profile.pixel_size_um)
-        return cls(int(factor), float(esf) / pixel_um, float(noise_sigma), transfer=transfer)
+        return cls(int(factor), float(esf) / pixel_um, float(noise_sigma), transfer=transfer,
+                   downsample=downsample)
 
     def transfer_hr(self, shape: tuple[int, int]) -> torch.Tensor:
         """The ``transfer`` on the rfft2 grid of an HR image of ``shape`` (float32)."""
@@ -284,7 +303,8 @@ class SRDegradation:
             raise ValueError(f"HR patches must be (B, H, W), got {tuple(hr.shape)}")
         if self.transfer is not None:
             hr = self._apply_transfer(hr)
-        lr = gaussian_blur(bicubic_downsample(hr, self.factor), self.blur_sigma_lr_px)
+        down = area_downsample if self.downsample == "area" else bicubic_downsample
+        lr = gaussian_blur(down(hr, self.factor), self.blur_sigma_lr_px)
         if noise and self.noise_sigma > 0:
             lo, hi = (math.log(v) for v in self.noise_scale_range)
             u = torch.rand(hr.shape[0], generator=generator, device=hr.device)
@@ -465,6 +485,7 @@ def train_sr(
     noise_sigma: float | None = None,
     background: Any = None,
     blur: str = "gaussian",
+    downsample: str = "bicubic",
     device: str | torch.device | None = None,
     val_source: Any = None,
     val_patches: int = 8,
@@ -488,6 +509,7 @@ def train_sr(
         with clipping, Kim et al. 2016).
     channels, layers : network size.
     blur : "gaussian" (ESF sigma, paper 003) or "mtf_ratio" (see :meth:`SRDegradation.from_profile`).
+    downsample : "bicubic" (paper 003) or "area" (camera pixel integration).
     val_source : HR source for validation PSNR/SSIM of SR and bicubic every ``steps_per_epoch``.
     """
     sr_method(factor)
@@ -500,7 +522,8 @@ def train_sr(
         raise ValueError(f"patch {patch} px must be a multiple of the SR factor {factor}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    degradation = SRDegradation.from_profile(profile, factor, noise_sigma, background, blur)
+    degradation = SRDegradation.from_profile(profile, factor, noise_sigma, background, blur,
+                                             downsample)
     source = _as_source(hr_source, "hr_source")
     dev = default_device(device)
     with torch.random.fork_rng(devices=[]):
