@@ -523,8 +523,8 @@ class Instrument:
                                           references=refs))
             self.pipeline = AcquisitionPipeline(
                 self.camera, n_average=n_average, corrector=self.corrector if correct else None,
-                restorer=(_RestoreFn(self.restorer(), self.profile.name,
-                                     self if self._fidelity is not None else None)
+                restorer=(_RestoreFn(self, guarded=self._fidelity is not None,
+                                     follow=record_path is None)
                           if restore else None),
                 sinks=all_sinks,
                 n_outputs=n_outputs)
@@ -853,19 +853,53 @@ class _UmAxis:
 
 
 class _RestoreFn:
-    """A Restorer as the pipeline's frame -> frame callable, carrying method and profile."""
+    """A Restorer as the pipeline's frame -> frame callable, carrying method and profile.
 
-    def __init__(self, restorer, profile_name: str, guarded: "Instrument | None" = None) -> None:
-        self._restorer = restorer
-        self.method = restorer.method
-        self.profile = profile_name
-        self.scale = int(getattr(restorer, "scale", 1))     # super-resolution factor
-        self.output_pixel_size_um = getattr(restorer, "output_pixel_size_um", None)
-        if guarded is not None:    # the pipeline runs the fidelity policy after each restore
-            self.check_fidelity = functools.partial(_check_processed, guarded)
+    With ``follow`` (a live view that records nothing) every frame uses the instrument's current
+    restoration settings, so a method chosen while the view runs applies from the next frame. A
+    recording keeps the restorer it started with: one method per file. A new setting that
+    cannot serve the running stream (it fails to load, or changes the frame size) leaves the
+    stream on its restorer and is reported once."""
+
+    def __init__(self, inst: Instrument, guarded: bool = False, follow: bool = False) -> None:
+        self._inst = inst
+        self._restorer = inst.restorer()
+        self._follow = follow
+        self._refused: tuple | None = None
+        self.method = self._restorer.method
+        self.profile = inst.profile.name
+        self.scale = int(getattr(self._restorer, "scale", 1))     # super-resolution factor
+        self.output_pixel_size_um = getattr(self._restorer, "output_pixel_size_um", None)
+        if guarded:    # the pipeline runs the fidelity policy after each restore
+            self.check_fidelity = functools.partial(_check_processed, inst)
+
+    def _current(self):
+        inst = self._inst
+        if not self._follow or inst.profile is None or inst.profile.name != self.profile:
+            return self._restorer
+        key = (inst.restoration_method, inst.restoration_steps, inst.restoration_device)
+        if key == self._refused:
+            return self._restorer
+        try:
+            r = inst.restorer()
+        except Exception as exc:  # the stream must go on with what it has
+            reason = f"{key[0]} failed to load: {exc}"
+        else:
+            if int(getattr(r, "scale", 1)) == self.scale:
+                self._restorer = r
+                return r
+            reason = (f"{key[0]} changes the frame size (x{getattr(r, 'scale', 1)}); restart the "
+                      "live view to use it")
+        self._refused = key
+        inst._log(f"live view keeps restoring with {self._restorer.method}: {reason}",
+                  logging.WARNING)
+        return self._restorer
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        return self._restorer.restore(frame)
+        r = self._current()
+        out = r.restore(frame)
+        self.method = r.method      # read by the pipeline right after this call, same thread
+        return out
 
 
 def _check_processed(inst: Instrument, item) -> None:

@@ -211,3 +211,46 @@ def test_restoration_steps_and_device_reach_the_restorer(inst):
     assert inst.restoration_device == "cpu"      # a refused call changes nothing
     inst.set_restoration("richardson_lucy", steps=3)
     assert inst.restorer().steps == 3 and inst.snapshot()["restoration_steps"] == 3
+
+
+def _live_method(inst, want: str, timeout_s: float = 20.0) -> str | None:
+    """Restoration method of the live frames once it is ``want`` (or the last seen)."""
+    import time
+    seen = None
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        item = inst.live_frame()
+        if item is not None:
+            seen = item.restoration_method
+            if seen == want:
+                break
+        time.sleep(0.05)
+    return seen
+
+
+def test_live_view_follows_restoration_settings_a_recording_keeps_its_own(inst, tmp_path):
+    from xinstrument.storage import ScanReader
+    inst.xray_on()
+    inst.take_darks(2)
+    inst.take_flats(2)
+    inst.set_restoration("wiener")
+    inst.start_stream(n_average=1, correct=True, restore=True)
+    try:
+        assert _live_method(inst, "wiener") == "wiener"
+        inst.set_restoration("inverse")                    # applies from the next frame
+        assert _live_method(inst, "inverse") == "inverse"
+        item = inst.live_frame()
+        np.testing.assert_allclose(item.restored, inst.restore(item.data, "inverse"), atol=1e-5)
+    finally:
+        inst.stop_stream()
+    # a recording is one method per file, whatever is chosen while it runs
+    inst.set_restoration("wiener")
+    inst.start_stream(n_average=1, correct=True, restore=True, record_path=tmp_path / "r.h5",
+                      n_outputs=4)
+    try:
+        assert _live_method(inst, "wiener") == "wiener"
+        inst.set_restoration("inverse")
+    finally:
+        inst.wait_stream(60)
+    with ScanReader(tmp_path / "r.h5") as r:
+        assert set(r.restored_metadata["method"]) == {"wiener"}

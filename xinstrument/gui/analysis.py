@@ -147,11 +147,12 @@ class RestorationPanel(Panel):
         if not m:
             self.say("load a profile first")
             return
-        running = self.instrument.busy == "live"
+        busy = self.instrument.busy
 
         def done(_=None) -> None:
             self._show_applied()
-            note = "; restart the live view to use it there" if running else ""
+            note = {"live": "; the live view uses it from its next frame",
+                    "recording": "; the running recording keeps its method"}.get(busy, "")
             self.say(f"restoration {self._describe(m, steps, dev)} (used by acquire, live view "
                      f"and scans){note}", error=False)
 
