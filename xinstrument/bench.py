@@ -11,6 +11,7 @@ resolution-chart and PCB frames (finest group resolved, PSNR/SSIM on the fine gr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -328,13 +329,14 @@ def _sr_acquire(twin, exposure_s: float, frames: int) -> np.ndarray:
 
 
 def _chart_table(images: dict[str, tuple[np.ndarray, float]], groups: list[dict]) -> dict:
-    """Per image: CTF of every group against the widest groups' contrast, bar counts, and the
+    """Per image: CTF of every group against the widest groups' contrast (at the known bar and
+    gap centres: :func:`bar_group_contrast_at_centres`), bar counts, and the
     finest line width such that it and every coarser width resolve in both orientations."""
-    from .restoration.superres import measure_bar_group
+    from .restoration.superres import bar_group_contrast_at_centres, measure_bar_group
     widest = max(g["width_um"] for g in groups)
     out = {}
     for name, (img, pixel_mm) in images.items():
-        ref = float(np.mean([measure_bar_group(img, g, pixel_mm).contrast or 0.0
+        ref = float(np.mean([bar_group_contrast_at_centres(img, g, pixel_mm)
                              for g in groups if g["width_um"] == widest]))
         rows = [measure_bar_group(img, g, pixel_mm, reference_contrast=ref) for g in groups]
         by_width: dict[float, list] = {}
@@ -445,6 +447,14 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     groups = chart_groups(cfg.fov_mm)
     say(f"chart: {chart_px} px, {frames} frame(s) averaged")
     twin = Twin(cfg, sample=chart, seed=seed)
+    # Wiener's noise model at the dose of these frames: quanta of the flat over the profile's
+    # NNPS level, times the frames averaged (256-frame averages hold 1/256 of one frame's noise)
+    nnps_level = getattr(profile, "nnps_mean_signal", None)
+    if nnps_level:
+        open_beam = dataclasses.replace(twin.fixed_state, sample_in=False, xray_on=True)
+        quanta = float(twin.expected_quanta("thick", open_beam, exposure_s).mean())
+        deblur["wiener"].options = {"dose_ratio": frames * quanta / float(nnps_level)}
+        say(f"wiener dose ratio {deblur['wiener'].options['dose_ratio']:.4g}")
     frame = _sr_acquire(twin, exposure_s, frames)
     truth = Twin(fine, sample=chart, seed=seed).ground_truth()
     ref_camera = twin.ground_truth()

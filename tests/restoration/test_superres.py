@@ -16,6 +16,7 @@ from xinstrument.restoration.superres import (
     SuperResolutionError,
     SuperResolver,
     background_noise_sigma,
+    bar_group_contrast_at_centres,
     bicubic_downsample,
     bicubic_upsample,
     count_bars,
@@ -260,3 +261,21 @@ def test_measure_bar_group_flags_sub_nyquist_and_invented_bars():
     fine = dict(group, width_um=0.8, width_mm=0.0008)     # period 1.6 px: beyond Nyquist
     r = measure_bar_group(img, fine, px_mm)
     assert not r.resolved and "Nyquist" in r.note
+
+
+def test_reference_contrast_at_known_centres_ignores_ripple_inside_wide_bars():
+    px_mm = 0.001
+    group = {"width_um": 16.0, "width_mm": 0.016, "cx": 0.0, "cy": 0.0, "length_mm": 0.06,
+             "orientation": "horizontal"}
+    img = np.ones((160, 160), np.float32)
+    rows = np.arange(160) + 0.5 - 80                      # pixel centres in um
+    for k in (-1, 0, 1):
+        img[np.abs(rows - 32 * k) < 8] = 0.9
+    truth = 0.1 / 1.9
+    assert bar_group_contrast_at_centres(img, group, px_mm) == pytest.approx(truth, rel=1e-6)
+    # ripple across bars and gaps (as a restoration leaves): the extrema a peak search takes
+    # are the ripple's; the means over the known bar and gap centres are not
+    rippled = img + 0.03 * np.cos(2 * np.pi * rows / 5.0)[:, None].astype(np.float32)
+    assert bar_group_contrast_at_centres(rippled, group, px_mm) == pytest.approx(truth, rel=0.1)
+    with pytest.raises(ValueError, match="too fine"):
+        bar_group_contrast_at_centres(img, dict(group, width_um=1.0, width_mm=0.001), px_mm)
