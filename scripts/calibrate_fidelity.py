@@ -5,8 +5,9 @@
 
 For each profile: twin frames of calibration samples (PCB seeds 101.., never the benchmark's
 held-out seed) at the calibration conditions, over the operating range of averaging (1, 2, 4 and
-8 exposures per frame, as many frames of each), flat-field corrected with averaged darks and
-flats like the instrument does. Then, with
+8 exposures per frame, as many frames of each; the super-resolution profile: 256, with
+references of 256), flat-field corrected with averaged darks and flats like the instrument
+does. Then, with
 :func:`xinstrument.restoration.fidelity.calibrate_tolerance`:
   * ``forward_model``: the twin's noise-free thin-screen image (the truth) as the "restoration",
     i.e. the tolerance the profile's radial MTF-ratio model itself needs on this detector;
@@ -34,28 +35,44 @@ from xinstrument.restoration.fidelity import (  # noqa: E402
 )
 from xinstrument.sim import Twin, lens_bench, panel_bench  # noqa: E402
 
-BENCHES = {"sim-yag200-5x": (lens_bench, 1.0), "sim-gos134": (panel_bench, 0.05)}
 CALIBRATION_SEEDS = 101        # first sample seed; the benchmark's held-out seed is 90210
 N_REFERENCE = 8                # frames averaged into the dark and the flat
-
-
 AVERAGING = (1, 2, 4, 8)        # exposures per frame: the range the instrument is used at
+
+
+def _sr_bench(sensor_px: int):
+    # the super-resolution bench as `xinstrument bench sr` renders it: 20 um working screen,
+    # 5 um reference, camera-like pixel sampling
+    from xinstrument.bench import SR_OVERSAMPLE
+    from xinstrument.restoration.superres import centred_config
+    return centred_config(lens_bench(sensor_px, thick_um=20.0, thin_um=5.0,
+                                     oversample=SR_OVERSAMPLE))
+
+
+# profile -> (bench factory, exposure s, exposures averaged per frame, frames in each reference)
+BENCHES = {
+    "sim-yag200-5x": (lens_bench, 1.0, AVERAGING, N_REFERENCE),
+    "sim-gos134": (panel_bench, 0.05, AVERAGING, N_REFERENCE),
+    # used on 256-exposure averages (calibration.sr_frames_averaged), corrected with references
+    # averaged as often, as the SR benchmark does
+    "sim-yag20-5x-sr": (_sr_bench, 1.0, (256,), 256),
+}
 
 
 def twin_frames(name: str, sensor_px: int, n_frames: int):
     """(corrected frames, noise-free truths, exposures averaged per frame, quanta per pixel of
     the flat) at the profile's conditions."""
-    factory, exposure_s = BENCHES[name]
+    factory, exposure_s, averaging, n_reference = BENCHES[name]
     frames, truths, averaged, quanta = [], [], [], None
     for i in range(n_frames):
-        n = AVERAGING[i % len(AVERAGING)]
+        n = averaging[i % len(averaging)]
         twin = Twin(factory(sensor_px=sensor_px), sample="pcb", seed=CALIBRATION_SEEDS + i)
         if twin.config.kind == "lens":
             twin.set_state(stage_um=twin.best_focus_um("thick", twin.fixed_state.voltage_kv))
         twin.set_state(xray_on=False)
-        dark = np.mean([twin.render(exposure_s)[0] for _ in range(N_REFERENCE)], 0, dtype=np.float64)
+        dark = np.mean([twin.render(exposure_s)[0] for _ in range(n_reference)], 0, dtype=np.float64)
         twin.set_state(xray_on=True, sample_in=False)
-        flat = np.mean([twin.render(exposure_s)[0] for _ in range(N_REFERENCE)], 0, dtype=np.float64)
+        flat = np.mean([twin.render(exposure_s)[0] for _ in range(n_reference)], 0, dtype=np.float64)
         quanta = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())
         twin.set_state(sample_in=True)
         raw = np.mean([twin.render(exposure_s)[0] for _ in range(n)], 0, dtype=np.float64)
@@ -68,7 +85,7 @@ def twin_frames(name: str, sensor_px: int, n_frames: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(BENCHES), action="append",
-                   help="profile(s) to calibrate (default: both)")
+                   help="profile(s) to calibrate (default: all)")
     # 8 frames of 512 px = 2048 tiles of 32 px: more than 1 / false-alarm rate (conformal bound)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--sensor-px", type=int, default=512)
@@ -100,7 +117,7 @@ def main(argv=None) -> int:
             try:
                 out = calibrate_tolerance(guard, pairs, method=method or key, dose_ratio=dose,
                                           frames_averaged=averaged,
-                                          flat_frames_averaged=N_REFERENCE)
+                                          flat_frames_averaged=BENCHES[name][3])
             except ValueError as exc:
                 print(f"  {label:24s} not calibrated: {exc}")
                 continue
