@@ -74,6 +74,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from . import registry
 from ._fourier import as_batch, crop_frames, default_device, pad_frames, radial_transfer_rfft2
 from .classical import psf_otf_rfft2
 from .physics import BLUR_PAD_PX, DetectorPhysics
@@ -114,6 +115,8 @@ _PSF_METHODS = ("richardson_lucy",)
 def forward_model_for(method: str) -> str:
     """The forward model a restoration method inverts: ``"psf"`` for Richardson-Lucy (it
     deconvolves the profile's PSF), ``"mtf_ratio"`` for every other method."""
+    if registry.is_registered(method):
+        return registry.get(method).forward_model
     return "psf" if method in _PSF_METHODS else "mtf_ratio"
 
 

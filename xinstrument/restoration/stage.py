@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import registry
 from ._fourier import as_batch, default_device
 from .classical import mtf_ratio_inverse, richardson_lucy, wiener
 from .physics import DetectorPhysics
@@ -39,10 +40,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLASSICAL_METHODS = ("wiener", "inverse", "richardson_lucy")
-LEARNED_METHODS = ("unet", "cold_diffusion", "sde", "sr3")
+# The method table lives in .registry; these tuples are views of it for existing callers.
+CLASSICAL_METHODS = registry.methods("classical")
+LEARNED_METHODS = registry.methods(("regression", "diffusion"))
 # Super-resolution networks, one per trained factor (superres.SR_FACTORS).
-SR_METHODS = ("sr_x2", "sr_x4")
+SR_METHODS = registry.methods("super_resolution")
 METHODS = CLASSICAL_METHODS + LEARNED_METHODS + SR_METHODS
 MIN_TILE_PX = 128
 # Frames/s is averaged over this many recent calls so the figure follows load changes quickly.
@@ -52,15 +54,7 @@ _RATE_WINDOW = 20
 def available_methods(profile: Any) -> list[str]:
     """Methods that can run with ``profile``: classical ones its arrays allow, learned and
     super-resolution ones it has weights for."""
-    out = []
-    has_nnps = getattr(profile, "nnps_lr", None) is not None
-    for m in CLASSICAL_METHODS:
-        if m == "wiener" and not has_nnps:
-            continue
-        out.append(m)
-    weights = getattr(profile, "weights", None) or {}
-    out.extend(m for m in LEARNED_METHODS + SR_METHODS if m in weights)
-    return out
+    return [m for m in registry.available(profile) if m in METHODS]
 
 
 def sr_factor(method: str) -> int | None:
