@@ -122,8 +122,15 @@ def test_reconnect_after_peer_drop():
         # the retry policy reconnects transparently for an idempotent query
         assert t.query("STS") == ["STS 2"]
         emu.inject("disconnect")
+        # a drop seen before the command is sent costs no retry: the command goes out once
+        # on a fresh connection
+        assert t.query("STS", retries=0) == ["STS 2"]
+        emu.close()
         with pytest.raises(TransportClosed):
             t.query("STS", retries=0)
+        emu = TubeEmulator(warmup_needed=False)
+        t = Transport(emu.serve_tcp(), device="tube", framing=CR_FRAMING, timeout_s=0.3)
+        t.open()
         t.reconnect()
         assert t.query("TYP") == ["TYP L9181-02"]
         t.close()
