@@ -9,6 +9,9 @@ Conventions used throughout :mod:`xinstrument.restoration`:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -20,11 +23,39 @@ __all__ = [
     "as_batch",
     "crop_frames",
     "default_device",
+    "float64_reference",
     "pad_frames",
     "radial_frequency_rfft2",
     "radial_transfer_rfft2",
     "restore_type",
+    "trusted_frames",
 ]
+
+# Opt-in switches of as_batch, per thread/task: the real-time stage's reference and hot path.
+_KEEP_FLOAT64: contextvars.ContextVar[bool] = contextvars.ContextVar("keep_float64", default=False)
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("trusted_frames", default=False)
+
+
+@contextlib.contextmanager
+def float64_reference() -> Iterator[None]:
+    """Inside, :func:`as_batch` keeps float64 input in float64 (the CPU float64 reference that a
+    fast path is checked against); elsewhere every frame becomes float32."""
+    token = _KEEP_FLOAT64.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_FLOAT64.reset(token)
+
+
+@contextlib.contextmanager
+def trusted_frames() -> Iterator[None]:
+    """Inside, :func:`as_batch` skips its non-finite check: on a GPU that reduction is a
+    device-to-host synchronisation per call. The caller checks the output instead."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -59,8 +90,11 @@ def as_batch(
     single = tensor.ndim == 2
     if single:
         tensor = tensor.unsqueeze(0)
+    dtype = torch.float64 if (_KEEP_FLOAT64.get() and tensor.dtype == torch.float64) else torch.float32
     tensor = tensor.to(device=default_device(device) if device is not None else tensor.device,
-                       dtype=torch.float32)
+                       dtype=dtype)
+    if _TRUSTED.get():
+        return tensor, single
     # A NaN or inf anywhere makes the sum non-finite: one reduction instead of a mask pass;
     # only a non-finite sum (or a finite-value overflow) pays for the per-pixel check.
     if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):

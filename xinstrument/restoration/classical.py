@@ -323,7 +323,7 @@ def mtf_ratio_inverse(
     ratio = radial_transfer_rfft2(frequency_cy_per_px, mtf_ratio, shape, x.device, "mtf_ratio")
     gain = ratio / (ratio * ratio + float(regularization))
     # The frame mean is not noise-limited; regularising it would bias transmission by 1/(1 + a).
-    gain[0, 0] = 1.0 / max(float(ratio[0, 0]), _EPS)
+    gain[0, 0] = 1.0 / ratio[0, 0].clamp(min=_EPS)   # on the device: no host sync per frame
     out = torch.fft.irfft2(torch.fft.rfft2(xp) * gain, s=shape)
     return restore_type(crop_frames(out, pad_px, tuple(x.shape[-2:])), frames, single)
 
