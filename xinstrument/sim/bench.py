@@ -177,7 +177,8 @@ class Twin:
             value = make_sample(value, self.config.fov_mm, self.seed)
         with self._lock:
             self._sample = value
-            self._cache = {k: v for k, v in self._cache.items() if k[0] in ("otf", "fp")}
+            # optics, fixed pattern and best focus do not depend on the sample
+            self._cache = {k: v for k, v in self._cache.items() if k[0] in ("otf", "fp", "best")}
 
     # --- geometry helpers
     @property

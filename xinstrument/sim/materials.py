@@ -113,6 +113,12 @@ ALUMINIUM = Material("aluminium", (("Al", 1.0),), 2.699)
 YAG = Material("YAG:Ce", _by_mass({"Y": 3, "Al": 5, "O": 12}), 4.56)
 GOS = Material("Gd2O2S:Tb", _by_mass({"Gd": 2, "O": 2, "S": 1}), 7.34)
 
+# Sample materials of the broad families (sim/families.py): soda-lime glass approximated by
+# fused silica (2.2 g/cm^3, CRC), epoxy polymer C18H20O3 at 1.2 g/cm^3 (typical cured epoxy).
+GLASS = Material("glass (SiO2)", _by_mass({"Si": 1, "O": 2}), 2.2)
+POLYMER = Material("epoxy polymer", _by_mass({"C": 18, "H": 20, "O": 3}), 1.2)
+
 SAMPLE_MATERIALS: dict[str, Material] = {
     "copper": COPPER, "tungsten": TUNGSTEN, "solder": SOLDER, "fr4": FR4,
+    "aluminium": ALUMINIUM, "glass": GLASS, "polymer": POLYMER,
 }
