@@ -27,9 +27,11 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
-from drivers.camera.base import BufferMode, Camera, Frame
+from drivers.camera.base import BufferMode, Camera
+from drivers.camera.base import Frame as CameraFrame
 
 from .averaging import FrameAverager, average_frames
+from .frame import Frame, ReferenceSet
 
 __all__ = [
     "AcquisitionPipeline",
@@ -60,28 +62,8 @@ class CameraStalled(RuntimeError):
     """The camera delivered no frame within the timeout (or stopped acquiring by itself)."""
 
 
-@dataclass
-class ProcessedFrame:
-    """One output of the pipeline: an averaged, corrected and possibly restored frame."""
-
-    index: int                        # output counter, 0-based
-    data: np.ndarray                  # corrected (or averaged) frame, float32
-    first_frame_number: int           # device frame numbers of the averaged group
-    last_frame_number: int
-    frames_averaged: int
-    timestamp_s: float                # epoch time of the last frame of the group
-    exposure_s: float
-    metadata: dict[str, Any] = field(default_factory=dict)  # snapshot of the last raw frame
-    restored: np.ndarray | None = None
-    restoration_method: str | None = None
-    restoration_profile: str | None = None
-    fidelity: Any = None              # restoration.fidelity.FidelityResult when the guard ran
-    raw: np.ndarray | None = None     # the averaged frame before correction (when corrected)
-
-    @property
-    def display(self) -> np.ndarray:
-        """What a live view shows: the restored frame if there is one."""
-        return self.restored if self.restored is not None else self.data
+# The pipeline's output is the product's one Frame type (kept under its former name too).
+ProcessedFrame = Frame
 
 
 @runtime_checkable
@@ -91,7 +73,7 @@ class Sink(Protocol):
     name: str
     lossless: bool
 
-    def write(self, item: ProcessedFrame) -> None: ...
+    def write(self, item: Frame) -> None: ...
 
     def close(self, complete: bool, reason: str | None) -> None: ...
 
@@ -289,6 +271,7 @@ class StageStats:
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
+    dropped_at_pause: int = 0     # camera frames past the boundary a pause stopped at
     bytes_out: int = 0
     busy_s: float = 0.0
     elapsed_s: float = 0.0
@@ -374,7 +357,7 @@ class AcquisitionPipeline:
                  sinks: Iterable[Sink] = (), n_outputs: int | None = None,
                  queue_frames: int = 4, camera_buffer_frames: int = 32,
                  frame_timeout_s: float | None = None, stage_timeout_s: float | None = 60.0,
-                 emit_partial: bool = True) -> None:
+                 emit_partial: bool = True, image_key: int = 0) -> None:
         # validates n_average / reject_outliers with a clear message
         self._averager = FrameAverager(n_average, reject_outliers, z_threshold)
         if n_outputs is not None and (int(n_outputs) != n_outputs or n_outputs < 1):
@@ -401,6 +384,13 @@ class AcquisitionPipeline:
                                 else 2.0 + 3.0 * float(camera.exposure_s))
         self.stage_timeout_s = stage_timeout_s
         self.emit_partial = bool(emit_partial)
+        if image_key not in (0, 1, 2) or isinstance(image_key, bool):
+            raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
+                             f"{image_key!r}")
+        self.image_key = int(image_key)    # what the output frames are, for the sinks
+        self._pause_req = threading.Event()
+        self._resume_evt = threading.Event()
+        self._paused = threading.Event()
 
         self._lock = threading.Lock()
         self._started = False
@@ -463,6 +453,22 @@ class AcquisitionPipeline:
             self._stages[name].thread.start()
         threading.Thread(target=self._supervise, name="acq-supervisor", daemon=True).start()
 
+    def pause(self) -> None:
+        """Hold at the next averaged-frame boundary: the camera stops after the last frame of
+        the current group (frames it took beyond it are discarded, not counted as drops) and
+        restarts on :meth:`resume`."""
+        self._resume_evt.clear()
+        self._pause_req.set()
+
+    def resume(self) -> None:
+        self._pause_req.clear()
+        self._resume_evt.set()
+
+    @property
+    def paused(self) -> bool:
+        """True while the camera is held at a frame boundary."""
+        return self._paused.is_set()
+
     def stop(self) -> None:
         """Stop acquiring; frames already taken from the camera still flow to the sinks."""
         self._stop_req.set()
@@ -477,6 +483,7 @@ class AcquisitionPipeline:
             if self._error is None:
                 self._abort_reason = reason
         self._abort.set()
+        self._resume_evt.set()
         self._stop_camera()
 
     def wait(self, timeout_s: float | None = None) -> PipelineStats:
@@ -647,7 +654,11 @@ class AcquisitionPipeline:
                             f"{st.stats.frames_in} frames")
                     continue
                 last_frame_t = time.monotonic()
+                at_boundary = False
                 for frame in pending:
+                    if at_boundary:
+                        st.stats.dropped_at_pause = st.stats.dropped_at_pause + 1
+                        continue
                     st.stats.frames_in += 1
                     if last_number is not None and frame.frame_number > last_number + 1:
                         self._gaps += frame.frame_number - last_number - 1
@@ -658,7 +669,13 @@ class AcquisitionPipeline:
                         return
                     st.stats.frames_out += 1
                     st.stats.bytes_out += frame.data.nbytes
+                    if self._pause_req.is_set() and st.stats.frames_out % self.n_average == 0:
+                        at_boundary = True
                 self._camera_skipped = cam.status().skipped
+                if at_boundary and not stopped:
+                    self._hold(cam, st)
+                    last_number = None       # numbering across a pause is not a gap
+                    last_frame_t = time.monotonic()
                 st.stats.dropped = max(self._gaps, self._camera_skipped)
         finally:
             try:
@@ -668,10 +685,25 @@ class AcquisitionPipeline:
                 st.stats.dropped = max(self._gaps, self._camera_skipped)
         self._put(out_q, _END)
 
+    def _hold(self, cam: Camera, st: _Stage) -> None:
+        """Paused at a group boundary: stop the camera, wait for resume (or abort/stop)."""
+        cam.stop()
+        st.stats.dropped_at_pause += len(cam.read_new())
+        self._camera_skipped = max(self._camera_skipped, cam.status().skipped)
+        self._paused.set()
+        try:
+            while not (self._resume_evt.wait(0.05) or self._abort.is_set()
+                       or self._stop_req.is_set()):
+                pass
+        finally:
+            self._paused.clear()
+        if not (self._abort.is_set() or self._stop_req.is_set()):
+            cam.start()
+
     # -- averaging / correction / restoration
     def _run_map(self, name: str, in_q: queue.Queue, out_q: queue.Queue | None) -> None:
         st = self._stages[name]
-        group: list[Frame] = []
+        group: list[CameraFrame] = []
         index = 0
         while True:
             item = self._get(in_q)
@@ -686,7 +718,7 @@ class AcquisitionPipeline:
             st.stats.frames_in += 1
             st.busy_since = time.monotonic()
             if name == "average":
-                frame: Frame = item
+                frame: CameraFrame = item
                 group.append(frame)
                 avg = self._averager.add(frame.data)
                 result = None
@@ -698,12 +730,18 @@ class AcquisitionPipeline:
                 result = item
                 result.raw = item.data
                 result.data = np.asarray(self.corrector(item.data), dtype=np.float32)
+                result.corrected = True
+                if isinstance(self.corrector, ReferenceSet):
+                    result.references = self.corrector
             else:  # restore
                 result = item
                 result.restored = np.asarray(self.restorer(item.data), dtype=np.float32)
                 result.restoration_method = str(getattr(self.restorer, "method",
                                                         type(self.restorer).__name__))
                 result.restoration_profile = str(getattr(self.restorer, "profile", ""))
+                result.restoration_scale = int(getattr(self.restorer, "scale", 1) or 1)
+                result.restored_pixel_size_um = getattr(self.restorer, "output_pixel_size_um",
+                                                        None)
                 check = getattr(self.restorer, "check_fidelity", None)
                 if check is not None:     # fills result.fidelity; may re-restore with a fallback
                     check(result)
@@ -712,7 +750,7 @@ class AcquisitionPipeline:
             if result is not None and not self._emit(st, result, out_q):
                 return
 
-    def _finish_group(self, group: list[Frame], partial: bool, index: int) -> ProcessedFrame:
+    def _finish_group(self, group: list[CameraFrame], partial: bool, index: int) -> ProcessedFrame:
         """Average an incomplete last group (on stop) so no acquired frame is discarded."""
         reject = self._averager.reject_outliers and len(group) >= 3
         avg = average_frames([f.data for f in group], reject_outliers=reject,
@@ -720,12 +758,13 @@ class AcquisitionPipeline:
         self._averager.reset()
         return self._make_output(group, avg, index)
 
-    def _make_output(self, group: list[Frame], avg: np.ndarray, index: int) -> ProcessedFrame:
+    def _make_output(self, group: list[CameraFrame], avg: np.ndarray, index: int) -> ProcessedFrame:
         last = group[-1]
-        return ProcessedFrame(index=index, data=avg, first_frame_number=group[0].frame_number,
-                              last_frame_number=last.frame_number, frames_averaged=len(group),
-                              timestamp_s=last.timestamp_s, exposure_s=last.exposure_s,
-                              metadata=dict(last.metadata))
+        return Frame(index=index, data=avg, first_frame_number=group[0].frame_number,
+                     last_frame_number=last.frame_number, frames_averaged=len(group),
+                     frame_numbers=[f.frame_number for f in group],
+                     timestamp_s=last.timestamp_s, exposure_s=last.exposure_s,
+                     image_key=self.image_key, metadata=dict(last.metadata))
 
     def _emit(self, st: _Stage, item: Any, out_q: queue.Queue | None) -> bool:
         if out_q is not None:

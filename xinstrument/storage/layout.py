@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_NAME = "xinstrument-scan"
-FORMAT_VERSION = 1
+# 2: every stack says whether it is corrected (@corrected); measured frames are always the raw
+# (averaged) camera signal; corrected frames live in their own stack with their references.
+FORMAT_VERSION = 2
 
 ENTRY = "/entry"
 DETECTOR = "/entry/instrument/detector"
@@ -22,6 +24,8 @@ SOURCE = "/entry/instrument/source"
 SAMPLE = "/entry/sample"
 NXDATA = "/entry/data"
 RESTORED = "/entry/restored"
+CORRECTED = "/entry/corrected"
+FOCUS_CURVE = "/entry/focus_curve"
 EXCHANGE = "/exchange"
 DATA = DETECTOR + "/data"
 # Commit counters: [measured frames, restored frames] fully flushed. A frame counts for readers
@@ -64,6 +68,7 @@ FRAME_FIELDS: tuple[FrameField, ...] = (
 )
 FIELD_BY_NAME = {f.name: f for f in FRAME_FIELDS}
 
+CORRECTED_FIELDS = ("source_index", "dark_index", "flat_index")
 RESTORED_SOURCE_INDEX = RESTORED + "/source_index"
 RESTORED_METHOD = RESTORED + "/method"
 RESTORED_PROFILE = RESTORED + "/profile"

@@ -79,6 +79,8 @@ class ScanReader:
             self._fields = {fld.name: self._file[fld.path] for fld in L.FRAME_FIELDS}
             self._progress = self._file[L.PROGRESS]
             self._has_restored = L.RESTORED in self._file
+            self._has_corrected = L.CORRECTED in self._file
+            self._version = version
         except KeyError as exc:
             self._file.close()
             raise StorageError(self._path, f"scan file is missing a required object: {exc}") \
@@ -107,6 +109,9 @@ class ScanReader:
             ds.refresh()
         if self._has_restored:
             for ds in self._restored_datasets():
+                ds.refresh()
+        if self._has_corrected:
+            for ds in self._corrected_datasets():
                 ds.refresh()
         self._entry.attrs.get("xi_complete")  # attributes are re-read on access
 
@@ -237,6 +242,61 @@ class ScanReader:
             if image_key is None or md["image_key"] == image_key:
                 yield i, self._data[i], md
             i += 1
+
+    # ------------------------------------------------------------------ raw or corrected
+    def is_corrected(self, stack: str = "measured") -> bool:
+        """Whether ``stack`` ("measured", "corrected" or "restored") holds flat-field corrected
+        frames, from the ``@corrected`` attribute the writer puts on every stack. A file that
+        does not say (written before format version 2) raises StorageError: the dtype does not
+        tell raw from corrected, so this reader refuses to guess."""
+        paths = {"measured": L.DATA, "corrected": L.CORRECTED + "/data",
+                 "restored": L.RESTORED + "/data"}
+        if stack not in paths:
+            raise ValueError(f"stack must be one of {sorted(paths)}, got {stack!r}")
+        ds = self._file.get(paths[stack])
+        if ds is None:
+            raise StorageError(self._path, f"the file has no {stack} stack")
+        value = ds.attrs.get("corrected")
+        if value is None:
+            raise StorageError(self._path, f"the {stack} frames do not say whether they are "
+                                           "flat-field corrected (file format version "
+                                           f"{self._version}, written before the @corrected "
+                                           "attribute); refusing to guess from the dtype")
+        return bool(value)
+
+    def _corrected_datasets(self) -> list[h5py.Dataset]:
+        cor = self._file[L.CORRECTED]
+        return [cor["data"], *(cor[name] for name in L.CORRECTED_FIELDS)]
+
+    @property
+    def has_corrected(self) -> bool:
+        """True when the file carries a stack of flat-field corrected frames."""
+        return self._has_corrected
+
+    @property
+    def n_corrected(self) -> int:
+        if not self._has_corrected:
+            return 0
+        prog = self._progress
+        committed = int(prog[2]) if prog.shape[0] > 2 else 0
+        return min([committed, *(ds.shape[0] for ds in self._corrected_datasets())])
+
+    @property
+    def corrected(self) -> np.ndarray | None:
+        """Flat-field corrected frames (transmission), shape (m, rows, cols), or None."""
+        if not self._has_corrected:
+            return None
+        return self._file[L.CORRECTED + "/data"][:self.n_corrected]
+
+    @property
+    def corrected_metadata(self) -> dict[str, np.ndarray]:
+        """``source_index``, ``dark_index``, ``flat_index`` (write-order indices of the raw
+        frame and the references that corrected it) per corrected frame; {} without any."""
+        if not self._has_corrected:
+            return {}
+        m = self.n_corrected
+        cor = self._file[L.CORRECTED]
+        return {name: cor[name][:m] for name in L.CORRECTED_FIELDS}
 
     # ------------------------------------------------------------------ restored frames
     @property

@@ -48,13 +48,14 @@ def recover(path: str | Path) -> int:
                 raise StorageError(path, "not an xinstrument scan file")
             n_frames = int(f[L.PROGRESS][0])
             n_restored = int(f[L.PROGRESS][1])
+            n_corrected = int(f[L.PROGRESS][2]) if f[L.PROGRESS].shape[0] > 2 else 0
             finished = "end_time" in entry
             if finished and not left_open:
                 return n_frames
             finalize(f, complete=False,
                      reason=f"recording interrupted: writer stopped without closing; "
                             f"{n_frames} measured and {n_restored} restored frames recovered",
-                     n_frames=n_frames, n_restored=n_restored)
+                     n_frames=n_frames, n_restored=n_restored, n_corrected=n_corrected)
         _fsync(path)
     except OSError as exc:
         if isinstance(exc, StorageError):

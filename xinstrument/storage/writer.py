@@ -174,8 +174,9 @@ class ScanWriter:
     def __init__(self, path: str | Path, frame_shape: tuple[int, int], dtype: Any = "float32",
                  *, metadata: dict | None = None, restored: bool = False,
                  restored_extras: dict | None = None, restored_shape: tuple[int, int] | None = None,
-                 restored_pixel_size_um: float | None = None, swmr: bool = True,
-                 compression: str | None = "default", overwrite: bool = False) -> None:
+                 restored_pixel_size_um: float | None = None, corrected: bool = False,
+                 swmr: bool = True, compression: str | None = "default",
+                 overwrite: bool = False) -> None:
         self._path = Path(path)
         self._file: h5py.File | None = None
         self._closed = False
@@ -237,6 +238,8 @@ class ScanWriter:
                 raise ValueError(f"restored_pixel_size_um must be a positive number of um, got "
                                  f"{restored_pixel_size_um!r}")
             self._rpixel_um = val
+        self._corrected = bool(corrected)
+        self._n_corrected = 0
         self._swmr = bool(swmr)
         self._metadata = dict(metadata or {})
         self._metadata_json = _jsonable(self._metadata, self._path)
@@ -298,9 +301,10 @@ class ScanWriter:
         entry.create_dataset("title", data=str(md.get("title", self._path.stem)))
         entry.create_dataset("start_time", data=_now_iso())
         entry.create_dataset("xi_metadata", data=self._metadata_json)
-        prog = entry.create_dataset("xi_progress", shape=(2,), chunks=(2,), dtype="int64",
-                                    data=np.zeros(2, dtype="int64"))
-        prog.attrs["columns"] = "measured frames, restored frames (fully written and flushed)"
+        prog = entry.create_dataset("xi_progress", shape=(3,), chunks=(3,), dtype="int64",
+                                    data=np.zeros(3, dtype="int64"))
+        prog.attrs["columns"] = ("measured frames, restored frames, corrected frames (fully "
+                                 "written and flushed)")
 
         inst = entry.create_group("instrument")
         _set_nx(inst, "NXinstrument")
@@ -342,6 +346,10 @@ class ScanWriter:
             "data", shape=(0, rows, cols), maxshape=(None, rows, cols), chunks=(1, rows, cols),
             dtype=self._dtype, **self._filters)
         data.attrs["interpretation"] = "image"
+        # what readers rely on (never the dtype): these are the camera's averaged counts
+        data.attrs["corrected"] = False
+        data.attrs["units"] = "counts"
+        data.attrs["target"] = L.DATA     # NeXus: the link source names itself
         for fld in L.FRAME_FIELDS:
             ds = f.create_dataset(fld.path, shape=(0,), maxshape=(None,),
                                   chunks=(L.META_CHUNK_ROWS,), dtype=fld.dtype, fillvalue=fld.fill)
@@ -351,10 +359,13 @@ class ScanWriter:
         det["number_of_cycles"] = det["frames_averaged"]  # NeXus name for summed exposures
         det["timestamp"].attrs["epoch"] = "1970-01-01T00:00:00Z"
 
+        theta_ds = f[L.FIELD_BY_NAME["theta_deg"].path]
+        theta_ds.attrs["target"] = L.FIELD_BY_NAME["theta_deg"].path
+        det["image_key"].attrs["target"] = L.FIELD_BY_NAME["image_key"].path
         nxdata = entry.create_group("data")
         _set_nx(nxdata, "NXdata")
         nxdata["data"] = data
-        nxdata["rotation_angle"] = f[L.FIELD_BY_NAME["theta_deg"].path]
+        nxdata["rotation_angle"] = theta_ds
         nxdata["image_key"] = det["image_key"]
         nxdata.attrs["signal"] = "data"
         nxdata.attrs["axes"] = ["rotation_angle", ".", "."]
@@ -365,6 +376,29 @@ class ScanWriter:
             "Data Exchange view; data, data_white, data_dark and theta are added when the file "
             "is finalised and map onto /entry/instrument/detector/data")
 
+        if self._corrected:
+            cor = entry.create_group("corrected")
+            _set_nx(cor, "NXdata")
+            cd = cor.create_dataset(
+                "data", shape=(0, rows, cols), maxshape=(None, rows, cols),
+                chunks=(1, rows, cols), dtype="float32", fillvalue=np.nan, **self._filters)
+            cd.attrs["interpretation"] = "image"
+            cd.attrs["corrected"] = True
+            cd.attrs["units"] = "transmission"
+            cd.attrs["correction"] = ("(raw - dark) / (flat - dark), defective pixels replaced "
+                                      "by their neighbourhood median")
+            cor.attrs["signal"] = "data"
+            for name in L.CORRECTED_FIELDS:
+                ds = cor.create_dataset(name, shape=(0,), maxshape=(None,),
+                                        chunks=(L.META_CHUNK_ROWS,), dtype="int64", fillvalue=-1)
+            cor["source_index"].attrs["description"] = (
+                "index into /entry/instrument/detector/data of the raw frame corrected")
+            cor["dark_index"].attrs["description"] = (
+                "index into /entry/instrument/detector/data of the dark (image_key 2) used")
+            cor["flat_index"].attrs["description"] = (
+                "index into /entry/instrument/detector/data of the flat (image_key 1) used")
+            exchange["data_corrected"] = cd
+
         if self._restored:
             rest = entry.create_group("restored")
             _set_nx(rest, "NXdata")
@@ -373,6 +407,8 @@ class ScanWriter:
                 "data", shape=(0, rrows, rcols), maxshape=(None, rrows, rcols),
                 chunks=(1, rrows, rcols), dtype="float32", fillvalue=np.nan, **self._filters)
             rd.attrs["interpretation"] = "image"
+            rd.attrs["corrected"] = True     # restorations start from corrected frames
+            rd.attrs["units"] = "transmission"
             rest.attrs["signal"] = "data"
             if self._rscale is not None:
                 rest.attrs["scale"] = self._rscale
@@ -404,6 +440,10 @@ class ScanWriter:
         self._h_data = f[L.DATA]
         self._h_fields = [(fld.name, f[fld.path]) for fld in L.FRAME_FIELDS]
         self._h_progress = f[L.PROGRESS]
+        if self._corrected:
+            cor = f[L.CORRECTED]
+            self._h_cdata = cor["data"]
+            self._h_cmeta = [cor[name] for name in L.CORRECTED_FIELDS]
         if self._restored:
             rest = f[L.RESTORED]
             self._h_rdata = rest["data"]
@@ -502,6 +542,49 @@ class ScanWriter:
             raise self._fault(exc, f"writing frame {i}") from exc
         self._n = i + 1
         return i
+
+    def append_corrected(self, frame: np.ndarray, *, source_index: int, dark_index: int,
+                         flat_index: int) -> int:
+        """Write one flat-field corrected frame (transmission) beside the raw frame
+        ``source_index`` it came from, naming the dark and flat (their indices) that corrected
+        it; return its index in ``/entry/corrected/data``."""
+        f = self._require_open()
+        if not self._corrected:
+            raise StorageError(self._path, "this file was created without a corrected stack; "
+                                           "pass corrected=True to ScanWriter")
+        keys = self._h_fields[0][1]
+        for what, idx, key in (("source_index", source_index, 0), ("dark_index", dark_index, 2),
+                               ("flat_index", flat_index, 1)):
+            if isinstance(idx, bool) or int(idx) != idx or not 0 <= idx < self._n:
+                raise ValueError(f"{what} must index a frame already written, in [0, {self._n}),"
+                                 f" got {idx!r}")
+            if int(keys[int(idx)]) != key:
+                raise ValueError(f"{what} {idx} is a frame with image_key {int(keys[int(idx)])}, "
+                                 f"expected {key}")
+        arr = _cast_frame(frame, self._shape, np.dtype("float32"),
+                          f"corrected frame {self._n_corrected}")
+        j = self._n_corrected
+        try:
+            for ds, value in zip(self._h_cmeta, (source_index, dark_index, flat_index)):
+                ds.resize((j + 1,))
+                ds[j] = int(value)
+            cd = self._h_cdata
+            cd.resize(j + 1, axis=0)
+            if self._filters:
+                cd[j] = arr
+            else:
+                cd.id.write_direct_chunk((j, 0, 0), arr.data)
+            f.flush()
+            self._h_progress[2] = j + 1
+            self._h_progress.flush()
+        except (OSError, RuntimeError) as exc:
+            raise self._fault(exc, f"writing corrected frame {j}") from exc
+        self._n_corrected = j + 1
+        return j
+
+    @property
+    def n_corrected(self) -> int:
+        return self._n_corrected
 
     def append_restored(self, frame: np.ndarray, *, source_index: int, method: str, profile: str,
                         extras: dict[str, np.ndarray | float] | None = None) -> int:
@@ -657,7 +740,7 @@ class ScanWriter:
                 f.close()
                 f = open_for_update(self._path)
             finalize(f, complete=complete, reason=reason, n_frames=self._n,
-                     n_restored=self._n_restored)
+                     n_restored=self._n_restored, n_corrected=self._n_corrected)
             for name, (arr, attrs) in self._pending_arrays.items():
                 self._write_array_now(f, name, arr, attrs)
             self._pending_arrays = {}
@@ -729,7 +812,7 @@ def _exchange_view(f: h5py.File, key: int, image_keys: np.ndarray, name: str) ->
 
 
 def finalize(f: h5py.File, *, complete: bool, reason: str | None, n_frames: int,
-             n_restored: int) -> None:
+             n_restored: int, n_corrected: int = 0) -> None:
     """Mark completeness, trim to committed frames, build the Data Exchange views.
 
     Used by ``ScanWriter.close`` and by ``recover`` on a file a writer left behind.
@@ -749,7 +832,12 @@ def finalize(f: h5py.File, *, complete: bool, reason: str | None, n_frames: int,
         for ds in rest["extras"].values():
             if ds.shape[0] > n_restored:
                 ds.resize(n_restored, axis=0)
-    f[L.PROGRESS][...] = [n_frames, n_restored]
+    if L.CORRECTED in f:
+        cor = f[L.CORRECTED]
+        for name in ("data", *L.CORRECTED_FIELDS):
+            if cor[name].shape[0] > n_corrected:
+                cor[name].resize(n_corrected, axis=0)
+    f[L.PROGRESS][...] = [n_frames, n_restored, n_corrected]
 
     keys = f[L.FIELD_BY_NAME["image_key"].path][:n_frames]
     for key, name in L.EXCHANGE_NAMES.items():
