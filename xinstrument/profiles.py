@@ -209,6 +209,12 @@ class DetectorProfile:
     # Fidelity guard: relative forward-model / method tolerance per restoration method
     # ("forward_model" for methods without their own), calibrated on ordinary frames.
     fidelity_tolerance: dict[str, float] = field(default_factory=dict)
+    # Fidelity report: scale of the null-space uncertainty band per method, calibrated so the
+    # actual error lies inside the band in the chosen fraction of tiles.
+    fidelity_uncertainty: dict[str, float] = field(default_factory=dict)
+    # Beam hardening in an energy-integrating screen: the mean absorbed energy per quantum grows
+    # as the sample attenuates, ~ T^-beta, so the noise variance goes as T^(1 - beta), not T.
+    noise_hardening_exponent: float = 0.0
     path: Path | None = None
 
     # ---------------------------------------------------------------- derived quantities
@@ -327,6 +333,20 @@ class DetectorProfile:
                 raise ProfileError(f"{where}: fidelity_tolerance.{method} must be a number in "
                                    f"[0, 10) (relative), got {tol!r}")
 
+        if not isinstance(self.fidelity_uncertainty, dict):
+            raise ProfileError(f"{where}: [fidelity_uncertainty] must be a table, got "
+                               f"{type(self.fidelity_uncertainty).__name__}")
+        for method, k in self.fidelity_uncertainty.items():
+            if not isinstance(method, str) or not _METHOD_NAME.match(method):
+                raise ProfileError(f"{where}: fidelity_uncertainty name {method!r} is not a plain identifier")
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k < 100):
+                raise ProfileError(f"{where}: fidelity_uncertainty.{method} must be a number in "
+                                   f"(0, 100), got {k!r}")
+        beta = self.noise_hardening_exponent
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
+            raise ProfileError(f"{where}: noise_hardening_exponent must be a number in [0, 1), "
+                               f"got {beta!r}")
+
         if not isinstance(self.weights, dict):
             raise ProfileError(f"{where}: [weights] must be a table, got {type(self.weights).__name__}")
         for method, file_name in self.weights.items():
@@ -345,6 +365,8 @@ class DetectorProfile:
             data["noise_sigma"] = float(self.noise_sigma)
         if self.nnps_mean_signal is not None:
             data["nnps_mean_signal"] = float(self.nnps_mean_signal)
+        if self.noise_hardening_exponent:
+            data["noise_hardening_exponent"] = float(self.noise_hardening_exponent)
         data["detector"] = {
             "id": self.detector_id,
             "description": self.description,
@@ -358,6 +380,8 @@ class DetectorProfile:
         data["weights"] = dict(self.weights)
         if self.fidelity_tolerance:
             data["fidelity_tolerance"] = {k: float(v) for k, v in self.fidelity_tolerance.items()}
+        if self.fidelity_uncertainty:
+            data["fidelity_uncertainty"] = {k: float(v) for k, v in self.fidelity_uncertainty.items()}
         return data
 
     def _write_toml(self, folder: Path) -> None:
@@ -473,6 +497,8 @@ class DetectorProfile:
             noise_sigma=data.get("noise_sigma"),
             weights=dict(weights),
             fidelity_tolerance=dict(table("fidelity_tolerance", required=False)),
+            fidelity_uncertainty=dict(table("fidelity_uncertainty", required=False)),
+            noise_hardening_exponent=data.get("noise_hardening_exponent", 0.0),
             path=folder,
         )
         profile.validate()
