@@ -220,13 +220,18 @@ class Transport:
         Retry policy: how many times an idempotent command is re-sent after a timeout, a
         protocol error or a dropped connection (reconnecting first). Callers pass
         ``retries=0`` for commands that must not be repeated (relative moves).
+    on_fault : callable, optional
+        Called with the exception of every failed attempt, before any retry, with the lock
+        held (the tube driver switches X-rays off here: a violation is acted on at once,
+        not after the retries).
     """
 
     _POLL_S = 0.02   # granularity of the read loop; bounds the latency of timeouts
 
     def __init__(self, url: str, *, device: str, framing: Framing,
                  settings: SerialSettings | None = None, timeout_s: float = 1.0,
-                 retries: int = 1) -> None:
+                 retries: int = 1, on_fault: Callable[[TransportError], None] | None = None
+                 ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"{device}: url must be a non-empty string, got {url!r}")
         if not (timeout_s > 0):
@@ -239,6 +244,7 @@ class Transport:
         self.settings = settings or SerialSettings()
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
+        self.on_fault = on_fault
         self._port: _SocketPort | _SerialPort | None = None
         self._buf = bytearray()
         self._wanted = False          # opened by the user and not closed since
@@ -465,6 +471,7 @@ class Transport:
                         validate(lines)
                     return lines
                 except TransportClosed as exc:
+                    self._notify(exc)
                     if attempt >= n_retries:
                         raise
                     log.warning("%s: %s; reconnecting and retrying", self.device, exc)
@@ -475,10 +482,18 @@ class Transport:
                 except (TransportTimeout, ProtocolError) as exc:
                     if isinstance(exc, FramingError):
                         self._drop()     # drop the junk still in flight; the retry reopens
+                    self._notify(exc)
                     if attempt >= n_retries:
                         raise
                     log.warning("%s: %s; retrying", self.device, exc)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _notify(self, exc: TransportError) -> None:
+        if self.on_fault is not None:
+            try:
+                self.on_fault(exc)
+            except Exception:      # the hook must never mask the fault itself
+                log.exception("%s: fault hook failed", self.device)
 
     def send(self, command: str | bytes, *, terminate: bool = True) -> None:
         """Send a command that has no reply."""

@@ -248,10 +248,20 @@ class GcsAxis:
         controller's ``TMN?``/``TMX?``.
     scale : float
         ``unit`` per controller unit (1000 for a controller configured in mm driven in um).
+    velocity_limits : (float, float), optional
+        Plausible velocity range in ``unit``/s (from the stage data sheet). Expected move
+        times use the controller's ``VEL?`` only inside this range: a controller that reports
+        1e-30 cannot make a move wait for 1e14 s. Velocities set outside it are refused.
+    max_wait_s : float
+        Upper bound of every wait (move, reference), whatever the expected time says.
     """
 
+    SETTLE_S = 2.0    # settling margin added to every expected move time
+
     def __init__(self, controller: GcsController, axis_id: str, unit: str = "um",
-                 soft_limits: tuple[float, float] | None = None, scale: float = 1.0) -> None:
+                 soft_limits: tuple[float, float] | None = None, scale: float = 1.0,
+                 velocity_limits: tuple[float, float] | None = None,
+                 max_wait_s: float = 120.0) -> None:
         self.ctl = controller
         self.axis_id = str(axis_id)
         self.unit = unit
@@ -265,6 +275,18 @@ class GcsAxis:
                                  f"min < max, got {soft_limits!r}")
             soft_limits = (lo, hi)
         self.soft_limits = soft_limits
+        if velocity_limits is not None:
+            vlo, vhi = (float(v) for v in velocity_limits)
+            if not (math.isfinite(vlo) and math.isfinite(vhi) and 0 < vlo < vhi):
+                raise ValueError(f"axis {axis_id}: velocity_limits must be (min, max) with "
+                                 f"0 < min < max, got {velocity_limits!r}")
+            velocity_limits = (vlo, vhi)
+        self.velocity_limits = velocity_limits
+        if not (isinstance(max_wait_s, (int, float)) and math.isfinite(max_wait_s)
+                and max_wait_s > 0):
+            raise ValueError(f"axis {axis_id}: max_wait_s must be a positive number of "
+                             f"seconds, got {max_wait_s!r}")
+        self.max_wait_s = float(max_wait_s)
         self._hw_limits: tuple[float, float] | None = None
         self.name = f"axis {self.axis_id} of {controller.name}"
 
@@ -324,6 +346,11 @@ class GcsAxis:
         v = self._finite("velocity", value)
         if v <= 0:
             raise ValueError(f"{self.name}: velocity must be > 0 {self.unit}/s, got {value!r}")
+        if self.velocity_limits is not None and not \
+                self.velocity_limits[0] <= v <= self.velocity_limits[1]:
+            lo, hi = self.velocity_limits
+            raise StageLimitError(f"{self.name}: velocity {v:g} {self.unit}/s outside the "
+                                  f"configured range {lo:g}..{hi:g} {self.unit}/s")
         self.ctl.command(f"VEL {self.axis_id} {_num(v / self.scale)}")
 
     # --- motion
@@ -345,8 +372,10 @@ class GcsAxis:
             raise StageLimitError(f"{self.name}: target {target:g} {self.unit} above the upper "
                                   f"limit {hi:g} {self.unit}")
 
-    def reference(self, timeout_s: float = 120.0) -> None:
-        """Servo on, reference move (``FRF``), wait until referenced."""
+    def reference(self, timeout_s: float | None = None) -> None:
+        """Servo on, reference move (``FRF``), wait until referenced (at most
+        :attr:`max_wait_s`)."""
+        timeout_s = self.max_wait_s if timeout_s is None else min(timeout_s, self.max_wait_s)
         if not self.servo:
             self.servo = True
         self.ctl.command(f"FRF {self.axis_id}")
@@ -379,11 +408,23 @@ class GcsAxis:
                                 else self._expected_s(abs(d)))
 
     def _expected_s(self, distance: float) -> float:
-        # twice the nominal travel time plus settling margin
-        return 2.0 * distance / max(self.velocity, 1e-12) + 2.0
+        """Twice the nominal travel time plus settling, bounded by :attr:`max_wait_s`; the
+        controller's velocity counts only inside the configured plausible range."""
+        v = self.velocity
+        if self.velocity_limits is not None:
+            lo, hi = self.velocity_limits
+            if not lo <= v <= hi:
+                log.warning("%s: controller reports velocity %g %s/s, outside the configured "
+                            "%g..%g; timing the move with %g", self.name, v, self.unit, lo, hi,
+                            min(max(v, lo), hi))
+                v = min(max(v, lo), hi)
+        if not v > 0:
+            return self.max_wait_s
+        return min(2.0 * distance / v + self.SETTLE_S, self.max_wait_s)
 
     def wait_on_target(self, timeout_s: float, poll_s: float = 0.02) -> None:
         """Poll ``ONT?`` until on target; on timeout stop the axis and raise StageTimeout."""
+        timeout_s = min(float(timeout_s), self.max_wait_s)
         deadline = time.monotonic() + timeout_s
         while not self.on_target:
             if time.monotonic() > deadline:

@@ -1,6 +1,7 @@
 """X-ray tube drivers (Hamamatsu microfocus sources)."""
 from ..transport import ProtocolError, TransportClosed, TransportError, TransportTimeout
 from .hamamatsu import (
+                        TubeFault,
                         HamamatsuTube,
                         TubeCommandError,
                         TubeError,
@@ -13,6 +14,6 @@ from .hamamatsu import (
 from .tables import DIALECTS, MODELS, Dialect, TubeLimitError, TubeLimits, TubeModel, TubeState
 
 __all__ = ["DIALECTS", "MODELS", "Dialect", "HamamatsuTube", "ProtocolError", "TransportClosed",
-           "TransportError", "TransportTimeout", "TubeCommandError", "TubeError",
+           "TransportError", "TransportTimeout", "TubeCommandError", "TubeError", "TubeFault",
            "TubeLimitError", "TubeLimits", "TubeModel", "TubeState", "TubeStatus",
            "all_xray_off", "parse_ints", "parse_reply", "parse_state"]

@@ -7,8 +7,14 @@ Safety rules implemented here:
 * X-rays are switched off on a driver fault (timeout, garbage, lost connection), on
   :meth:`HamamatsuTube.close`, at interpreter exit (``atexit``) and on SIGTERM/SIGINT (the
   handlers chain to whatever was installed before);
-* a heartbeat thread polls ``STS`` while connected, which keeps the controller's communication
-  watchdog fed and detects a dead link within one heartbeat period.
+* a heartbeat thread polls the state and outputs (``SAR``, or ``STS`` + ``SHV``/``SCU``) while
+  connected, which keeps the controller's communication watchdog fed and detects a dead link
+  or an implausible output within one heartbeat period;
+* every link or protocol violation (timeout, over-long line, flood, garbage, a value outside
+  its range such as ``SWE 250``) sends ``XOF`` at once, before any retry;
+* readbacks are checked for plausibility: outside the model's envelope at any time, or far
+  from the setpoint once the output has had ``ramp_allowance_s`` to settle, is a
+  :class:`TubeFault` (X-rays off, reason logged).
 """
 from __future__ import annotations
 
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 
 class TubeError(RuntimeError):
     """The tube refused a command or is in a state that does not allow it."""
+
+
+class TubeFault(TubeError):
+    """An implausible readback or a device fault: X-rays were switched off."""
 
 
 class TubeCommandError(TubeError):
@@ -191,12 +201,25 @@ class HamamatsuTube:
         Site limits narrower than the model's (they must lie inside the model envelope).
     heartbeat : bool
         Run the heartbeat thread (disable only to test the controller-side watchdog).
+    baudrate : int, optional
+        Serial line speed (default: the dialect's, 38400 numeric / 9600 text).
+    ramp_allowance_s : float
+        Time after X-ray on or a setpoint change during which the output may still be ramping;
+        afterwards a readback far from the setpoint is a fault.
     """
+
+    # Readback tolerances: a supply regulates kV to within about a percent and the emission
+    # current to a few percent; these margins only catch the implausible, not drift.
+    KV_TOLERANCE = (2.0, 0.05)      # (absolute kV, fraction of the setpoint), the larger applies
+    UA_TOLERANCE = (5.0, 0.10)
+    ENVELOPE_MARGIN = 1.05          # readbacks above 105 % of the model maximum are impossible
+    EMERGENCY_CONFIRM_S = 0.5       # how long the emergency XOF waits for its echo
 
     def __init__(self, url: str, dialect: str = "numeric", model: str = "L9181-02",
                  timeout_s: float = 1.0, watchdog_s: float | None = 5.0,
                  limits: TubeLimits | None = None, heartbeat: bool = True,
-                 retries: int = 1) -> None:
+                 retries: int = 1, baudrate: int | None = None,
+                 ramp_allowance_s: float = 5.0) -> None:
         self.dialect = get_dialect(dialect)
         self.model = get_model(model)
         self.name = f"X-ray tube {self.model.name} at {url}"
@@ -205,9 +228,15 @@ class HamamatsuTube:
             raise ValueError(f"{self.name}: watchdog_s must be > 0 or None, got {watchdog_s!r}")
         self.watchdog_s = watchdog_s
         self.heartbeat_s = min(1.0, watchdog_s / 3.0) if watchdog_s else 1.0
+        if not (ramp_allowance_s >= 0 and math.isfinite(ramp_allowance_s)):
+            raise ValueError(f"{self.name}: ramp_allowance_s must be >= 0, got "
+                             f"{ramp_allowance_s!r}")
+        self.ramp_allowance_s = float(ramp_allowance_s)
         self._transport = Transport(url, device=self.name, framing=CR_FRAMING,
-                                    settings=SerialSettings(baudrate=self.dialect.baudrate),
-                                    timeout_s=timeout_s, retries=retries)
+                                    settings=SerialSettings(
+                                        baudrate=baudrate or self.dialect.baudrate),
+                                    timeout_s=timeout_s, retries=retries,
+                                    on_fault=self._on_link_violation)
         self._heartbeat_enabled = heartbeat
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -217,6 +246,8 @@ class HamamatsuTube:
         self._ua_set = self.model.ua_min
         self._focus = min(self.model.focus_modes)
         self._in_emergency = threading.Lock()
+        self._changed_at = time.monotonic()     # last XON or setpoint change (ramp start)
+        self._last_off: tuple[float, bool] | None = None   # (time, confirmed) of emergency XOF
 
     def _validate_limits(self, lim: TubeLimits) -> TubeLimits:
         m = self.model.limits
@@ -242,6 +273,7 @@ class HamamatsuTube:
             self._kv_set = self._kv("SPV")
             self._ua_set = self._ua("SPC")
             (self._focus,) = self._ints("CFS", 1)
+            self._changed_at = time.monotonic()
         except BaseException:
             self._transport.close()
             raise
@@ -257,14 +289,19 @@ class HamamatsuTube:
 
     def close(self) -> None:
         """Switch X-rays off, stop the heartbeat and release the port; idempotent."""
-        if self._connected:
-            try:
-                self.xray_off()
-            except (TransportError, TubeError) as exc:
-                log.error("%s: X-ray off at close failed (%s); the controller watchdog applies",
-                          self.name, exc)
-        self._connected = False
         self._hb_stop.set()
+        if self._connected:
+            recent = self._last_off is not None and time.monotonic() - self._last_off[0] < 2.0
+            if recent:
+                # a fault just sent XOF; on a bad link a full exchange would only add delay
+                self._emergency_off("close after a link fault")
+            else:
+                try:
+                    self.xray_off()
+                except (TransportError, TubeError) as exc:
+                    log.error("%s: X-ray off at close failed (%s); the controller watchdog "
+                              "applies", self.name, exc)
+        self._connected = False
         t = self._hb_thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=2.0 + self._transport.timeout_s)
@@ -291,11 +328,63 @@ class HamamatsuTube:
     def _heartbeat(self) -> None:
         while not self._hb_stop.wait(self.heartbeat_s):
             try:
-                self._fields("STS")
+                self._poll_outputs()
             except (TransportError, TubeError) as exc:
                 if self._hb_stop.is_set():
                     return
                 log.error("%s: heartbeat failed: %s", self.name, exc)
+
+    def _poll_outputs(self) -> tuple[TubeState, float, float]:
+        """State and actual outputs, checked for plausibility (heartbeat and status)."""
+        if "SAR" in self.dialect.commands:
+            fields = self._fields("SAR", retries=0)
+            line = " ".join(["SAR", *fields])
+            st_code, kv_c, ua_c = self._parsed(parse_ints, fields, 3, "SAR", line, self.name)
+            state = self._parsed(parse_state, self.dialect, [str(st_code)], line, self.name)
+            kv = kv_c * self.dialect.kv_per_count
+            ua = ua_c * self.dialect.ua_per_count
+        else:
+            fields = self._fields("STS", retries=0)
+            state = self._parsed(parse_state, self.dialect, fields, " ".join(fields), self.name)
+            if state in (TubeState.XRAY_ON, TubeState.WARMING_UP):
+                kv, ua = self._kv("SHV"), self._ua("SCU")
+            else:
+                kv = ua = 0.0
+        self._check_outputs(kv, ua, state)
+        return state, kv, ua
+
+    def _check_outputs(self, voltage_kv: float, current_ua: float,
+                       state: TubeState | None = None) -> None:
+        """Raise :class:`TubeFault` (X-rays off first) for an implausible readback."""
+        m = self.model
+        why = None
+        if not -0.5 <= voltage_kv <= m.kv_max * self.ENVELOPE_MARGIN:
+            why = (f"voltage readback {voltage_kv:g} kV outside the {m.name} envelope "
+                   f"0..{m.kv_max:g} kV")
+        elif not -0.5 <= current_ua <= m.ua_max * self.ENVELOPE_MARGIN:
+            why = (f"current readback {current_ua:g} uA outside the {m.name} envelope "
+                   f"0..{m.ua_max:g} uA")
+        elif state is TubeState.XRAY_ON and \
+                time.monotonic() - self._changed_at > self.ramp_allowance_s:
+            tol_kv = max(self.KV_TOLERANCE[0], self.KV_TOLERANCE[1] * self._kv_set)
+            tol_ua = max(self.UA_TOLERANCE[0], self.UA_TOLERANCE[1] * self._ua_set)
+            if abs(voltage_kv - self._kv_set) > tol_kv:
+                why = (f"voltage readback {voltage_kv:g} kV is {voltage_kv - self._kv_set:+g} kV "
+                       f"from the setpoint {self._kv_set:g} kV (tolerance {tol_kv:g} kV)")
+            elif abs(current_ua - self._ua_set) > tol_ua:
+                why = (f"current readback {current_ua:g} uA is {current_ua - self._ua_set:+g} "
+                       f"uA from the setpoint {self._ua_set:g} uA (tolerance {tol_ua:g} uA)")
+        if why is not None:
+            self._emergency_off(f"implausible readback: {why}")
+            raise TubeFault(f"{self.name}: {why}; X-rays switched off")
+
+    def _parsed(self, parser, *args):
+        """Run a reply parser; a malformed value is a protocol fault (X-rays off)."""
+        try:
+            return parser(*args)
+        except ProtocolError as exc:
+            self._on_fault(exc)
+            raise
 
     # --- exchanges
     def _fields(self, command: str, *args: str, retries: int | None = None) -> list[str]:
@@ -328,7 +417,8 @@ class HamamatsuTube:
 
     def _ints(self, command: str, n: int | None, *args: str) -> list[int]:
         fields = self._fields(command, *args)
-        return parse_ints(fields, n, command, " ".join((command, *fields)), self.name)
+        return self._parsed(parse_ints, fields, n, command, " ".join((command, *fields)),
+                            self.name)
 
     def _kv(self, command: str) -> float:
         return self._ints(command, 1)[0] * self.dialect.kv_per_count
@@ -336,25 +426,44 @@ class HamamatsuTube:
     def _ua(self, command: str) -> float:
         return self._ints(command, 1)[0] * self.dialect.ua_per_count
 
-    def _on_fault(self, exc: BaseException) -> None:
+    def _on_link_violation(self, exc: TransportError) -> None:
+        # called by the transport on every failed attempt, before any retry
         self._fault = exc
         self._emergency_off(f"link fault: {exc}")
 
+    def _on_fault(self, exc: BaseException) -> None:
+        self._fault = exc
+        last = self._last_off
+        if last is not None and time.monotonic() - last[0] < 1.0:
+            return      # the transport's fault hook sent XOF for this very fault
+        self._emergency_off(f"fault: {exc}")
+
     def _emergency_off(self, why: str) -> None:
-        """Best-effort XOF outside the normal error path; never raises."""
+        """XOF now, outside the normal error path: write first, then look for the echo within
+        :attr:`EMERGENCY_CONFIRM_S`. Never raises."""
         if not self._in_emergency.acquire(blocking=False):
             return   # already in progress (a fault during the emergency XOF itself)
+        confirmed = False
         try:
             log.error("%s: switching X-rays off (%s)", self.name, why)
             t = self._transport
             with t.transaction():
                 try:
-                    if not t.is_open:
-                        t.open()
-                    t.query("XOF", timeout_s=min(t.timeout_s, 0.5), retries=0)
+                    t._buf.clear()          # whatever was pending is not the XOF echo
+                    t.write("XOF")          # reopens a connection dropped by the fault
+                    deadline = time.monotonic() + self.EMERGENCY_CONFIRM_S
+                    for _ in range(t.framing.max_stale_lines):
+                        if t.read_line(command="XOF", deadline=deadline) == "XOF":
+                            confirmed = True
+                            break
+                    if not confirmed:
+                        log.error("%s: emergency XOF sent, no echo among the replies",
+                                  self.name)
                 except TransportError as exc:
-                    log.error("%s: emergency XOF not confirmed (%s)", self.name, exc)
+                    log.error("%s: emergency XOF sent but not confirmed (%s); the controller "
+                              "watchdog applies", self.name, exc)
         finally:
+            self._last_off = (time.monotonic(), confirmed)
             self._in_emergency.release()
 
     # --- limits and setpoints
@@ -380,6 +489,7 @@ class HamamatsuTube:
         self._limits.check(v_wire, self._ua_set, self._focus, self.name)
         self._fields("HIV", wire)
         self._kv_set = v_wire
+        self._changed_at = time.monotonic()
 
     def set_current_ua(self, current_ua: float) -> None:
         """Set the tube current; refused before sending if outside the uA or power limit."""
@@ -389,6 +499,7 @@ class HamamatsuTube:
         self._limits.check(self._kv_set, i_wire, self._focus, self.name)
         self._fields("CUR", wire)
         self._ua_set = i_wire
+        self._changed_at = time.monotonic()
 
     def set_focus_mode(self, mode: int) -> None:
         """Select the focus mode; refused if the present setpoints exceed its power limit."""
@@ -397,6 +508,7 @@ class HamamatsuTube:
         self._limits.check(self._kv_set, self._ua_set, mode, self.name)
         self._fields("CFS", str(mode))
         self._focus = mode
+        self._changed_at = time.monotonic()
 
     @property
     def voltage_setpoint_kv(self) -> float:
@@ -410,23 +522,29 @@ class HamamatsuTube:
     @property
     def state(self) -> TubeState:
         fields = self._fields("STS")
-        return parse_state(self.dialect, fields, " ".join(fields), self.name)
+        return self._parsed(parse_state, self.dialect, fields, " ".join(fields), self.name)
 
     @property
     def voltage_kv(self) -> float:
         """Actual output voltage (0 when X-rays are off)."""
-        return self._kv("SHV")
+        kv = self._kv("SHV")
+        self._check_outputs(kv, 0.0)
+        return kv
 
     @property
     def current_ua(self) -> float:
         """Actual output current (0 when X-rays are off)."""
-        return self._ua("SCU")
+        ua = self._ua("SCU")
+        self._check_outputs(0.0, ua)
+        return ua
 
     @property
     def power_w(self) -> float:
         if "SVI" in self.dialect.commands:
             kv_c, ua_c = self._ints("SVI", 2)
-            return kv_c * self.dialect.kv_per_count * ua_c * self.dialect.ua_per_count * 1e-3
+            kv, ua = kv_c * self.dialect.kv_per_count, ua_c * self.dialect.ua_per_count
+            self._check_outputs(kv, ua)
+            return kv * ua * 1e-3
         return self.voltage_kv * self.current_ua * 1e-3
 
     @property
@@ -434,10 +552,12 @@ class HamamatsuTube:
         fields = self._fields("SIN")
         if self.dialect.interlock_words is not None:
             return self.dialect.interlock_words[fields[0]]
-        (v,) = parse_ints(fields, 1, "SIN", " ".join(["SIN", *fields]), self.name)
+        (v,) = self._parsed(parse_ints, fields, 1, "SIN", " ".join(["SIN", *fields]), self.name)
         if v not in (0, 1):
-            raise ProtocolError(f"{self.name}: SIN reply {v} is not 0 or 1", device=self.name,
+            exc = ProtocolError(f"{self.name}: SIN reply {v} is not 0 or 1", device=self.name,
                                 command="SIN", received=str(v).encode())
+            self._on_fault(exc)
+            raise exc
         return bool(v)
 
     @property
@@ -451,8 +571,10 @@ class HamamatsuTube:
         if "SWE" in self.dialect.commands:
             (pct,) = self._ints("SWE", 1)
             if not 0 <= pct <= 100:
-                raise ProtocolError(f"{self.name}: warm-up progress {pct}% outside 0..100",
+                exc = ProtocolError(f"{self.name}: warm-up progress {pct}% outside 0..100",
                                     device=self.name, command="SWE", received=str(pct).encode())
+                self._on_fault(exc)
+                raise exc
             return pct / 100.0
         st = self.state
         return 0.0 if st in (TubeState.WARMUP_NEEDED, TubeState.WARMING_UP) else 1.0
@@ -465,15 +587,11 @@ class HamamatsuTube:
     def status(self) -> TubeStatus:
         """One consistent snapshot of state, outputs, setpoints, interlock and faults."""
         if "SAR" in self.dialect.commands:
-            fields = self._fields("SAR")
-            line = " ".join(["SAR", *fields])
-            st_code, kv_c, ua_c = parse_ints(fields, 3, "SAR", line, self.name)
-            state = parse_state(self.dialect, [str(st_code)], line, self.name)
-            kv = kv_c * self.dialect.kv_per_count
-            ua = ua_c * self.dialect.ua_per_count
+            state, kv, ua = self._poll_outputs()
         else:
             state = self.state
-            kv, ua = self.voltage_kv, self.current_ua
+            kv, ua = self._kv("SHV"), self._ua("SCU")
+            self._check_outputs(kv, ua, state)
         progress: float | None
         if "SWE" in self.dialect.commands:
             progress = self.warmup_progress
@@ -494,6 +612,7 @@ class HamamatsuTube:
         self._limits.check(self._kv_set, self._ua_set, self._focus, self.name)
         try:
             self._fields("XON")
+            self._changed_at = time.monotonic()
         except TubeCommandError as exc:
             if exc.code == 5:
                 raise TubeError(f"{self.name}: X-ray on refused: interlock open") from exc
@@ -503,7 +622,8 @@ class HamamatsuTube:
             raise
 
     def xray_off(self) -> None:
-        self._fields("XOF")
+        """X-rays off; a failed exchange has already re-sent XOF as an emergency."""
+        self._fields("XOF", retries=0)
 
     def start_warm_up(self) -> None:
         try:
