@@ -140,7 +140,11 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
                                 guard.tile_grid((sensor_px, sensor_px))),
                             metadata={"instrument": "xinstrument simulated bench",
                                       "bench": bench, "sample": twin.sample.description,
-                                      "pixel_size_um": twin.config.pixel_at_object_um,
+                                      # the detector's pixel (at the screen), as the profile
+                                      # and every other writer give it; the sample-plane pixel
+                                      # (cone-beam magnification) is recorded beside it
+                                      "pixel_size_um": twin.config.pixel_at_screen_um,
+                                      "sample_pixel_size_um": twin.config.pixel_at_object_um,
                                       "profile": prof.name, "restoration_method": method,
                                       "seed": seed})
         try:

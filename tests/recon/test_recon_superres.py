@@ -54,7 +54,8 @@ def lens_x2(tmp_path_factory):
 
 
 def test_recon_super_resolves_every_slice_onto_a_finer_grid(scan_file, lens_x2, capsys):
-    args = ["recon", str(scan_file), "--method", "saa", "--heights", "0:1.6:3", "--device", "cpu"]
+    args = ["recon", str(scan_file), "--method", "saa", "--heights", "0:1.6:3", "--device", "cpu",
+            "--in-place"]
     assert main(args) == 0
     assert main([*args, "--super-resolve", "sr_x2", "--profile", str(lens_x2.path)]) == 0
     assert "super-resolved sr_x2" in capsys.readouterr().out

@@ -65,9 +65,9 @@ def test_scan_stores_every_frame_with_its_angle_and_the_geometry(inst, tmp_path)
     truth = inst.twin.noise_free_transmission("thick", state=WorldState(theta_deg=0.0))
     assert float(data.transmission[2].mean()) == pytest.approx(float(truth.mean()), abs=0.01)
     assert inst.rotation_deg == pytest.approx(0.0, abs=1e-3)
-    # recon command writes the slices into the file
+    # recon --in-place writes the slices into the scan file
     assert main(["recon", str(out), "--method", "saa", "sirt", "--heights", "0:1.6:4",
-                 "--iterations", "2"]) == 0
+                 "--iterations", "2", "--in-place"]) == 0
     slices, heights, attrs = read_reconstruction(out, "sirt")
     assert slices.shape[0] == 4 and heights == pytest.approx(np.linspace(0, 1.6, 4))
     assert attrs["units"] == "1/mm" and np.isfinite(slices).all()

@@ -30,7 +30,7 @@ def _cmd_restore(a: argparse.Namespace) -> int:
     profile = find_profile(a.profile)
     opts = {"steps": a.steps} if a.steps is not None else None
     try:
-        rep = run_batch(a.files, profile, a.method, out_dir=a.out, scheduler=a.scheduler,
+        rep = run_batch(a.files, profile, a.method, out_dir=a.out or Path.cwd(), scheduler=a.scheduler,
                         workers=a.workers, retries=a.retries, batch_frames=a.batch_frames,
                         device=a.device, restorer_options=opts, force=a.force,
                         progress=_progress)
@@ -44,7 +44,7 @@ def _cmd_recon(a: argparse.Namespace) -> int:
     from .tasks import InputError
     try:
         rep = run_recon_batch(a.files, a.method, heights=a.heights, restored=a.restored,
-                              iterations=a.iterations, out_dir=a.out, scheduler=a.scheduler,
+                              iterations=a.iterations, out_dir=a.out or Path.cwd(), scheduler=a.scheduler,
                               workers=a.workers, retries=a.retries, device=a.device,
                               force=a.force, progress=_progress)
     except InputError as exc:
@@ -56,7 +56,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.h5", help="input scan files "
                    "(never modified)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: beside each input)")
+                   help="output folder (default: the working directory); outputs are "
+                        "<stem>_restored-<method>.h5 or <stem>_recon-<method>.h5")
     p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="existing Dask scheduler; default: a local cluster on 127.0.0.1")
     p.add_argument("--workers", type=positive_int, default=None,

@@ -1,5 +1,7 @@
 """``xinstrument recon FILE --method saa|fbp|sirt --heights ... [--super-resolve sr_x2 --profile P]``:
-slices into the scan file, optionally super-resolved onto a finer grid."""
+slices, optionally super-resolved onto a finer grid, into a new file (a copy of the scan with the
+slices added: ``<stem>_recon-<method>.h5`` in the working directory or ``--out``), or into the
+scan file itself with ``--in-place``."""
 from __future__ import annotations
 
 import argparse
@@ -56,7 +58,11 @@ def super_resolve_slices(rec: Any, profile: Any, method: str, device: str | None
 
 def run_recon(path: Path, method: str, heights: str, restored: bool = False,
               iterations: int = 20, name: str | None = None, device: str | None = None,
-              super_resolve: str | None = None, profile: Any = None) -> str:
+              super_resolve: str | None = None, profile: Any = None,
+              target: Path | None = None, shown_as: Path | None = None) -> str:
+    """Reconstruct scan ``path`` and store the slices in ``target`` (default: ``path``);
+    ``shown_as``: the name the message gives the target (a file written under a temporary
+    name)."""
     from ..progress import ProgressBar
     from .io import load_scan, save_reconstruction
     from .methods import ReconError, parse_heights, reconstruct
@@ -84,11 +90,12 @@ def run_recon(path: Path, method: str, heights: str, restored: bool = False,
                    "voxels")
     name = name or (method + ("_restored" if restored else "")
                     + (f"_{super_resolve}" if super_resolve else ""))
-    where = save_reconstruction(path, rec, name)
+    target = path if target is None else target
+    where = save_reconstruction(target, rec, name)
     note = "" if data.complete else f" (scan incomplete: {data.reason})"
     print(f"{method}: {rec.slices.shape[0]} slices of {rec.slices.shape[1]}x"
           f"{rec.slices.shape[2]} from {rec.n_projections} projections in {rec.elapsed_s:.1f} s"
-          f"{sr_note} -> {path}:{where}{note}")
+          f"{sr_note} -> {shown_as or target}:{where}{note}")
     return where
 
 
@@ -103,17 +110,55 @@ def _cmd(a: argparse.Namespace) -> int:
         profile = find_profile(a.profile)
     elif a.profile is not None:
         raise UserError("--profile is only used with --super-resolve")
-    for m in a.method:
-        run_recon(a.file, m, a.heights, a.restored, a.iterations, device=a.device,
-                  super_resolve=a.super_resolve, profile=profile)
+    target = _target(a)
+    partial = None
+    if target != a.file:
+        # the new file is the scan plus its slices; it appears under its name only when done
+        import os
+        import shutil
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(a.file, partial)
+        os.chmod(partial, 0o644)
+    try:
+        for m in a.method:
+            run_recon(a.file, m, a.heights, a.restored, a.iterations, device=a.device,
+                      super_resolve=a.super_resolve, profile=profile,
+                      target=partial if partial is not None else target, shown_as=target)
+    except BaseException:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise
+    if partial is not None:
+        partial.replace(target)
     return 0
+
+
+def _target(a: argparse.Namespace) -> Path:
+    """The file the slices go to (see the module docstring); refuses to replace files."""
+    from ..outputs import derived_output
+    if a.in_place:
+        if a.out is not None:
+            raise UserError("--in-place and --out exclude each other")
+        return a.file
+    target = a.out if a.out is not None else derived_output(
+        a.file, "recon", "-".join(dict.fromkeys(a.method)))
+    if target.exists() and target.resolve() == a.file.resolve():
+        raise UserError(f"--out {target} is the input scan; use --in-place to add the slices "
+                        "to it")
+    if target.exists() and not a.overwrite:
+        raise UserError(f"{target} exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise UserError(f"output folder {target.parent} does not exist")
+    return target
 
 
 def register(sub) -> None:
     p = sub.add_parser("recon", help="tomosynthesis reconstruction of a scan file",
                        description="Reconstruct slices at given heights above the sample base "
-                                   "from a tomosynthesis scan file and store them in it under "
-                                   "/entry/recon/<method>.")
+                                   "from a tomosynthesis scan file. They go under "
+                                   "/entry/recon/<method> of a new file, a copy of the scan "
+                                   "(default <stem>_recon-<method>.h5 in the working "
+                                   "directory), or of the scan itself with --in-place.")
     p.add_argument("file", type=Path, help="scan file written by `xinstrument scan tomo`")
     p.add_argument("--method", choices=["saa", "fbp", "sirt"], nargs="+", default=["sirt"],
                    help="shift-and-add, limited-arc filtered back-projection, SIRT (default)")
@@ -129,4 +174,10 @@ def register(sub) -> None:
                         "sr_x4); stored as /entry/recon/<method>_<SR_METHOD> with the finer "
                         "voxel size")
     p.add_argument("--profile", default=None, help="detector profile for --super-resolve")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output file (default: <stem>_recon-<method>.h5 in the working "
+                        "directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--in-place", action="store_true",
+                   help="add the slices to the scan file itself instead of a new file")
     p.set_defaults(func=_cmd)

@@ -167,7 +167,8 @@ def _copy_and_restore(reader, writer, frames, restorer, method, profile_name, fm
 def _cmd_restore(a: argparse.Namespace) -> int:
     from ..progress import ProgressBar
     profile = _load_profile(a.profile)
-    out = a.out or a.input.with_name(f"{a.input.stem}_restored_{a.method}.h5")
+    from ..outputs import derived_output
+    out = a.out or derived_output(a.input, "restored", a.method)
     bar = ProgressBar(f"restore {a.method}")
     summary = restore_file(a.input, out, profile, a.method, steps=a.steps, device=a.device,
                            overwrite=a.overwrite, progress=lambda k, n: bar.update(k / n))
@@ -409,12 +410,14 @@ def register(sub) -> None:
                        "modified.")
     p.add_argument("input", type=Path, metavar="IN.h5", help="scan file to restore")
     p.add_argument("--profile", required=True, help="detector profile name or folder")
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="restoration method (the profile must hold what it needs: NNPS for "
+                        "wiener, weights for the learned ones)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps (diffusion) or iterations (richardson_lucy)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output file (default IN_restored_METHOD.h5 beside the input)")
+                   help="output file (default: IN_restored-METHOD.h5 in the working directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_restore)
 

@@ -24,7 +24,8 @@ _SECTIONS = {"scan", "geometry", "bench", "recon"}
 
 
 def load_plan_file(path: Path) -> tuple[Any, dict, dict]:
-    """(TomoPlan, bench section, recon section); a relative ``out`` is relative to the plan."""
+    """(TomoPlan, bench section, recon section); a relative ``out`` is relative to the working
+    directory (as on the command line), never to the plan's folder."""
     from .tomo import TomoPlan
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -40,8 +41,9 @@ def load_plan_file(path: Path) -> tuple[Any, dict, dict]:
         raise UserError(f"plan {path}: no [scan] section")
     scan = dict(raw["scan"])
     scan["geometry"] = dict(raw.get("geometry", {}))
-    if "out" in scan and not Path(scan["out"]).is_absolute():
-        scan["out"] = str(Path(path).parent / scan["out"])
+    if "out" in scan:
+        from ..outputs import resolve_output
+        scan["out"] = str(resolve_output(scan["out"]))
     plan = TomoPlan.from_dict(scan, where=f"plan {path} [scan]")
     plan.validate()
     return plan, dict(raw.get("bench", {})), dict(raw.get("recon", {}))
