@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -107,10 +110,13 @@ def _instrument(a):
 def _add_device_options(p) -> None:
     p.add_argument("--config", type=Path, help="instrument config (TOML); default: simulated bench")
     p.add_argument("--sensor-px", type=_sensor_px, default=512,
-                   help="simulated bench only: sensor size in pixels")
-    p.add_argument("--kv", type=_positive_float, help="tube voltage (kV)")
-    p.add_argument("--ua", type=_positive_float, help="tube current (uA)")
-    p.add_argument("--exposure-s", type=_positive_float, help="camera exposure (s)")
+                   help="simulated bench only: sensor size in pixels, 64..4096 (default 512)")
+    p.add_argument("--kv", type=_positive_float,
+                   help="tube voltage (kV; default: the tube's current setpoint)")
+    p.add_argument("--ua", type=_positive_float,
+                   help="tube current (uA; default: the tube's current setpoint)")
+    p.add_argument("--exposure-s", type=_positive_float,
+                   help="camera exposure (s; default: the configured one)")
 
 
 def _prepare(inst, a, xray: bool = True) -> None:
@@ -130,11 +136,20 @@ def _prepare(inst, a, xray: bool = True) -> None:
         inst.xray_on()
 
 
-def _cmd_acquire(a) -> int:
+def _check_new_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output before any device is touched (no warm-up for a file that exists)."""
     from .demo import check_output_folder
+    check_output_folder(path.parent)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the HDF5 file to write")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _cmd_acquire(a) -> int:
     from .progress import ProgressBar
     from .storage import ScanWriter
-    check_output_folder(a.output.parent)
+    _check_new_output(a.output, a.overwrite)
     inst = _instrument(a)
     with inst:
         _prepare(inst, a)
@@ -184,9 +199,8 @@ def _cmd_focus(a) -> int:
 
 def _cmd_reference(a) -> int:
     """Average a dark (X-rays off) or flat (sample out) series into a reference file."""
-    from .demo import check_output_folder
     from .storage import ScanWriter
-    check_output_folder(a.output.parent)
+    _check_new_output(a.output, a.overwrite)
     kind = a.command
     inst = _instrument(a)
     with inst:
@@ -218,32 +232,43 @@ def _add_acquisition(sub) -> None:
                        help="camera frames averaged per reference (default 10)")
         p.add_argument("--series", type=_positive_int, default=1,
                        help="number of averaged references (default 1)")
-        p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output file (refused otherwise, before the "
+                            "tube is touched)")
         p.set_defaults(func=_cmd_reference)
 
     p = sub.add_parser("acquire", help="acquire averaged (corrected) frames into an HDF5 file")
     _add_device_options(p)
     p.add_argument("output", type=Path, help="HDF5 file to write")
-    p.add_argument("--frames", type=_positive_int, default=1)
+    p.add_argument("--frames", type=_positive_int, default=1,
+                   help="number of averaged frames to store (default 1)")
     p.add_argument("--average", type=_positive_int, default=10,
                    help="camera frames averaged per stored frame (default 10)")
     p.add_argument("--references", type=_positive_int, default=10,
-                   help="frames averaged for the dark and flat references")
+                   help="frames averaged for the dark and flat references (default 10)")
     p.add_argument("--raw", dest="correct", action="store_false",
                    help="store averaged raw frames, no dark/flat correction")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (refused otherwise, before the tube "
+                        "is touched)")
     p.set_defaults(func=_cmd_acquire)
 
     p = sub.add_parser("focus", help="axial focus scan and report the best focus")
     _add_device_options(p)
-    p.add_argument("--start-um", type=float, required=True)
-    p.add_argument("--stop-um", type=float, required=True)
-    p.add_argument("--step-um", type=_positive_float, default=1.0)
+    p.add_argument("--start-um", type=float, required=True,
+                   help="first focus position (um, within the stage's travel)")
+    p.add_argument("--stop-um", type=float, required=True,
+                   help="last focus position (um, above --start-um)")
+    p.add_argument("--step-um", type=_positive_float, default=1.0,
+                   help="step of the (fine) scan in um (default 1)")
     p.add_argument("--coarse-step-um", type=_positive_float, default=None,
                    help="coarse pass step; then a fine pass in --step-um steps")
-    p.add_argument("--frames-per-step", type=_positive_int, default=2)
+    p.add_argument("--frames-per-step", type=_positive_int, default=2,
+                   help="camera frames averaged at each position (default 2)")
     p.add_argument("--metric", choices=["hf_energy", "normalized_variance", "brenner"],
-                   default="hf_energy")
+                   default="hf_energy",
+                   help="sharpness metric: high-frequency energy (default), normalised "
+                        "variance or Brenner gradient")
     p.add_argument("--raw", dest="correct", action="store_false",
                    help="score raw frames (no dark/flat references)")
     p.set_defaults(func=_cmd_focus)
@@ -275,19 +300,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log at INFO for routine work (Dask starts a cluster with ~30 lines): WARNING
+# and above unless --verbose.
+QUIET_LOGGERS = ("distributed", "dask", "bokeh", "tornado", "asyncio", "matplotlib", "PIL",
+                 "h5py", "numexpr", "torch", "urllib3", "fsspec")
+
+
+class _InterruptFilter(logging.Filter):
+    """Without --verbose, drop the tube driver's emergency-off records on Ctrl-C or exit: the
+    command's own last line says that X-rays were switched off. A failed switch-off ("not
+    confirmed") is a different record and always shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("drivers.xray"):
+            return True
+        msg = record.getMessage()
+        return not ("switching X-rays off" in msg
+                    and ("(process exit)" in msg or _interrupted.is_set()))
+
+
+def _configure_logging(verbose: int) -> None:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # Dask reads its logging levels from its config when it is imported, in this process
+        # and in the worker processes it starts (they inherit the environment)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _InterruptFilter) for f in handler.filters):
+                handler.addFilter(_InterruptFilter())
+
+
+_interrupted = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def user_message(exc: BaseException) -> str:
+    """An error's text in the command line's words (its flags, not the API's arguments)."""
+    return str(exc).replace("pass overwrite=True", "pass --overwrite")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.verbose)
+    _interrupted.clear()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # the tube driver chains to this handler after its own X-rays off
+        previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("xinstrument: interrupted (X-rays switched off)", file=sys.stderr)
         return 130
     except _user_error_types() as exc:
-        print(f"xinstrument {args.command}: error: {exc}", file=sys.stderr)
+        if _interrupted.is_set():
+            # Ctrl-C during a device wait surfaces as that wait's failure (e.g. a warm-up
+            # ended by the X-rays off): it is the interruption, not a second error
+            print("xinstrument: interrupted (X-rays switched off)", file=sys.stderr)
+            return 130
+        print(f"xinstrument {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

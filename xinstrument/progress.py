@@ -19,11 +19,13 @@ class ProgressBar:
             return    # logs and CI: a few lines, not hundreds
         self._last = frac
         elapsed = time.monotonic() - self.t0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        # no estimate before the first step is done (nothing to extrapolate from)
+        left = (f", ~{elapsed * (1 - frac) / frac:4.0f} s left" if frac > 0 else
+                ", time left not known yet")
         bar = "#" * int(frac * self.width)
         end = "\r" if self._tty and frac < 1.0 else "\n"
         self.stream.write(f"{self.label:<14} [{bar:<{self.width}}] {100 * frac:5.1f}% "
-                          f"{elapsed:5.1f} s, ~{eta:4.0f} s left{end}" if frac < 1.0 else
+                          f"{elapsed:5.1f} s{left}{end}" if frac < 1.0 else
                           f"{self.label:<14} [{bar:<{self.width}}] done in {elapsed:.1f} s{end}")
         self.stream.flush()
 
