@@ -2,34 +2,51 @@
 restored frames with a chosen method, on the best available device.
 
 Classical methods run on whole frames; learned methods run tiled (overlapping tiles, raised-
-cosine blending) in batches, with mixed precision and ``torch.compile`` on CUDA only.
+cosine blending) in fixed-shape batches, with mixed precision and ``torch.compile`` on CUDA only.
 Super-resolution methods (``sr_x2``, ``sr_x4``: :mod:`.superres`) return frames ``scale`` times
 larger per axis with a pixel ``scale`` times smaller (``Restorer.output_pixel_size_um``). A GPU
 out-of-memory halves the tile size down to ``MIN_TILE_PX`` and then moves to the CPU; every
 fallback is logged and listed in ``Restorer.fallbacks``.
+
+The hot path (:meth:`Restorer.stream`) keeps frames on the device from upload to result: each
+frame is copied into a pinned host buffer, uploaded on a copy stream while the previous frame
+is computed, restored without any host synchronisation, and downloaded on a second copy stream
+into a pinned buffer; the only synchronisation is the hand-off of each result. On the CPU the
+same loop runs without streams or pinned memory. :meth:`Restorer.reference` evaluates the same
+method in float64 on the CPU, the reference every fast path is checked against.
+
+:class:`LiveRestoration` is the policy of the live pipeline: restoration never holds up the
+camera; when it cannot keep up, frames are restored at a lower rate, newest first, and every
+frame still reaches the recording.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import registry
-from ._fourier import as_batch, default_device
+from ._fourier import as_batch, default_device, float64_reference, trusted_frames
 from .classical import mtf_ratio_inverse, richardson_lucy, wiener
 from .physics import DetectorPhysics
 
 __all__ = [
     "CLASSICAL_METHODS",
     "LEARNED_METHODS",
+    "LiveRestoration",
     "METHODS",
+    "PRECISIONS",
     "SR_METHODS",
     "Restorer",
     "available_methods",
@@ -47,6 +64,12 @@ LEARNED_METHODS = registry.methods(("regression", "diffusion"))
 SR_METHODS = registry.methods("super_resolution")
 METHODS = CLASSICAL_METHODS + LEARNED_METHODS + SR_METHODS
 MIN_TILE_PX = 128
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Mixed precision is used only where its result differs from float32 by at most this RMS,
+# relative to the float32 result's RMS: 1e-3 of a transmission ~0.5 is 5e-4, 20x below the
+# ~1 % quantum noise of a single frame at the shipped profiles' doses, so it cannot be seen.
+AMP_MAX_REL_RMS = 1e-3
 # Frames/s is averaged over this many recent calls so the figure follows load changes quickly.
 _RATE_WINDOW = 20
 
@@ -94,46 +117,70 @@ def _tile_starts(length: int, tile: int, step: int) -> list[int]:
     return starts
 
 
+@functools.lru_cache(maxsize=16)
+def _tile_plan(h: int, w: int, th: int, tw: int, overlap: int, scale: int,
+               device: str) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor]:
+    """Tile origins, per-tile blend weights (n_y, n_x, scale th, scale tw) and their normalised
+    sum's reciprocal over the output frame: fixed per frame shape, built once per shape."""
+    ys = _tile_starts(h, th, th - overlap if th < h else th)
+    xs = _tile_starts(w, tw, tw - overlap if tw < w else tw)
+    f = scale
+    wts = torch.empty((len(ys), len(xs), f * th, f * tw), dtype=torch.float32)
+    norm = torch.zeros((f * h, f * w), dtype=torch.float32)
+    for a, y in enumerate(ys):
+        wy = blend_window(f * th, f * overlap, y > 0, y + th < h)
+        for b, x in enumerate(xs):
+            wx = blend_window(f * tw, f * overlap, x > 0, x + tw < w)
+            wts[a, b] = wy[:, None] * wx[None, :]
+            norm[f * y:f * (y + th), f * x:f * (x + tw)] += wts[a, b]
+    return ys, xs, wts.to(device), (1.0 / norm).to(device)
+
+
 def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
     frames: torch.Tensor,
     tile: int = 512,
     overlap: int = 32,
     batch: int = 4,
+    scale: int = 1,
+    fixed_batch: bool = False,
 ) -> torch.Tensor:
-    """Apply an image-to-image ``fn`` ((N, h, w) -> (N, h, w)) on overlapping tiles of (B, H, W)
-    frames and blend the results with raised-cosine weights.
+    """Apply an image-to-image ``fn`` ((N, h, w) -> (N, scale h, scale w)) on overlapping tiles
+    of (B, H, W) frames and blend the results with raised-cosine weights.
 
-    Tiles are ``tile`` x ``tile`` (clipped to the frame), neighbours overlap by ``overlap`` px,
-    and ``batch`` tiles go through ``fn`` at once. For a translation-equivariant ``fn`` whose
-    receptive field is smaller than the overlap the result equals ``fn(frames)`` up to rounding.
+    Tiles are ``tile`` x ``tile`` (clipped to the frame; the last row/column of tiles is moved
+    inward, so every tile has the same shape), neighbours overlap by ``overlap`` px, and
+    ``batch`` tiles go through ``fn`` at once. With ``fixed_batch`` the last, partial batch is
+    padded with copies so ``fn`` always sees one shape (CUDA graphs, compiled kernels). For a
+    translation-equivariant ``fn`` whose receptive field is smaller than the overlap the result
+    equals ``fn(frames)`` up to rounding. Blend weights are cached per frame shape, and nothing
+    here synchronises the host with the device.
     """
-    if tile < 1 or overlap < 0 or overlap >= tile or batch < 1:
-        raise ValueError(f"need tile >= 1, 0 <= overlap < tile, batch >= 1; got {tile}, {overlap}, {batch}")
+    if tile < 1 or overlap < 0 or overlap >= tile or batch < 1 or scale < 1:
+        raise ValueError(f"need tile >= 1, 0 <= overlap < tile, batch >= 1, scale >= 1; got "
+                         f"{tile}, {overlap}, {batch}, {scale}")
     b, h, w = frames.shape
     th, tw = min(tile, h), min(tile, w)
-    ys = _tile_starts(h, th, th - overlap if th < h else th)
-    xs = _tile_starts(w, tw, tw - overlap if tw < w else tw)
-    def window(start: int, size: int, length: int) -> torch.Tensor:
-        return blend_window(size, overlap, start > 0, start + size < length).to(frames.device)
-
-    out = torch.zeros_like(frames)
-    norm = torch.zeros((h, w), dtype=frames.dtype, device=frames.device)
-    weights = {}
-    for y in ys:
-        for x in xs:
-            weights[y, x] = window(y, th, h)[:, None] * window(x, tw, w)[None, :]
-            norm[y:y + th, x:x + tw] += weights[y, x]
-    jobs = [(i, y, x) for i in range(b) for y in ys for x in xs]
+    ys, xs, wts, inv_norm = _tile_plan(h, w, th, tw, overlap, scale, str(frames.device))
+    f = scale
+    wts, inv_norm = wts.to(frames.dtype), inv_norm.to(frames.dtype)
+    out = torch.zeros((b, f * h, f * w), dtype=frames.dtype, device=frames.device)
+    jobs = [(i, a, c) for i in range(b) for a in range(len(ys)) for c in range(len(xs))]
     for k in range(0, len(jobs), batch):
         chunk = jobs[k:k + batch]
-        tiles = torch.stack([frames[i, y:y + th, x:x + tw] for i, y, x in chunk])
-        res = fn(tiles).to(frames.dtype)
-        if res.shape != tiles.shape:
-            raise RuntimeError(f"tile function returned shape {tuple(res.shape)} for {tuple(tiles.shape)}")
-        for (i, y, x), r in zip(chunk, res):
-            out[i, y:y + th, x:x + tw] += r * weights[y, x]
-    return out / norm
+        tiles = [frames[i, ys[a]:ys[a] + th, xs[c]:xs[c] + tw] for i, a, c in chunk]
+        if fixed_batch and len(tiles) < batch:
+            tiles += [tiles[-1]] * (batch - len(tiles))
+        tiles_t = torch.stack(tiles)
+        res = fn(tiles_t).to(frames.dtype)
+        want = (tiles_t.shape[0], f * th, f * tw)
+        if tuple(res.shape) != want:
+            raise RuntimeError(f"tile function returned shape {tuple(res.shape)} for "
+                               f"{tuple(tiles_t.shape)} (expected {want})")
+        for (i, a, c), r in zip(chunk, res):
+            y, x = f * ys[a], f * xs[c]
+            out[i, y:y + f * th, x:x + f * tw] += r * wts[a, c]
+    return out * inv_norm
 
 
 def _float_output(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -144,6 +191,29 @@ def _float_output(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
         return model(x, t).float()
 
     return run
+
+
+def _float64_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU float64 copy of ``model`` whose every submodule casts floating inputs to float64
+    (time embeddings are built in float32 inside the network)."""
+    ref = copy.deepcopy(model).to("cpu").double().eval()
+
+    def cast(_mod: torch.nn.Module, args: tuple) -> tuple:
+        return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for mod in ref.modules():
+        mod.register_forward_pre_hook(cast)
+    return ref
+
+
+def relative_rms_error(result: Any, reference: Any) -> float:
+    """RMS of ``result - reference`` over the RMS of ``reference`` (float64)."""
+    r = np.asarray(result, np.float64)
+    ref = np.asarray(reference, np.float64)
+    if r.shape != ref.shape:
+        raise ValueError(f"shapes differ: {r.shape} vs {ref.shape}")
+    den = math.sqrt(float(np.mean(ref * ref))) or 1.0
+    return math.sqrt(float(np.mean((r - ref) ** 2))) / den
 
 
 class Restorer:
@@ -157,7 +227,14 @@ class Restorer:
     steps : sampler steps for diffusion methods (default per method), RL iterations for
         "richardson_lucy" (default 8, paper 004).
     tile, overlap, batch : tiling of learned methods (px, px, tiles per forward pass).
-    amp : mixed precision (float16 autocast) on CUDA; ignored on the CPU.
+    amp : allow mixed precision for the networks (False: float32 everywhere).
+    precision : "fp32", "bf16", "fp16" or None. None with ``amp``: on CUDA the networks run in
+        float16 autocast when, on the first frame, its result is within
+        :data:`AMP_MAX_REL_RMS` of float32 (else bfloat16 under the same test, else float32);
+        on the CPU float32. Classical (FFT) methods always run in float32.
+    compile_mode : None (``torch.compile`` default mode on CUDA, eager on the CPU), "off", or a
+        ``torch.compile`` mode, e.g. "reduce-overhead" (CUDA graphs of the fixed-shape tile
+        batches). A compile failure falls back to eager and is listed in ``fallbacks``.
     options : extra keyword arguments of the classical function (e.g. ``dose_ratio`` for
         Wiener, ``regularization`` for the inverse, ``damping_threshold`` for RL).
 
@@ -165,10 +242,12 @@ class Restorer:
     ----------
     scale : output pixels per input pixel along each axis (1; N for ``sr_xN``).
     output_pixel_size_um : restored pixel pitch (profile pixel size / ``scale``).
+    precision : precision in use ("auto" until the first frame has decided it).
+    precision_errors : relative RMS error of each tried mixed precision against float32.
     frames_per_second : recent throughput (frames / wall s), NaN before the first call.
     latency_s : wall time of the last ``restore`` call.
     frames_restored : total frames restored.
-    fallbacks : human-readable list of fallbacks taken (smaller tiles, CPU).
+    fallbacks : human-readable list of fallbacks taken (smaller tiles, CPU, eager, float32).
     """
 
     def __init__(
@@ -182,6 +261,8 @@ class Restorer:
         batch: int = 4,
         amp: bool = True,
         options: dict[str, Any] | None = None,
+        precision: str | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         factor = sr_factor(method)
         if method not in METHODS and factor is None:
@@ -194,6 +275,13 @@ class Restorer:
             raise ValueError(f"overlap must be an integer in [0, tile/2), got {overlap!r}")
         if not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)} or None, got {precision!r}")
+        if precision in _AUTOCAST_DTYPE and method in CLASSICAL_METHODS:
+            raise ValueError(f"{method!r} runs in float32 only: its FFTs in {precision} lose the "
+                             "filter's dynamic range (and cuFFT half precision needs power-of-two sizes)")
+        if compile_mode is not None and not isinstance(compile_mode, str):
+            raise ValueError(f"compile_mode must be None, 'off' or a torch.compile mode, got {compile_mode!r}")
         self.profile = profile
         self.method = method
         # output pixels per input pixel along each axis (1: same grid as the input)
@@ -207,13 +295,23 @@ class Restorer:
         self.overlap = overlap
         self.batch = batch
         self.amp = bool(amp)
+        self.compile_mode = compile_mode
         self.options = dict(options or {})
         self.fallbacks: list[str] = []
+        self.precision_errors: dict[str, float] = {}
         self.latency_s = float("nan")
         self.frames_restored = 0
         self._times: deque[tuple[int, float]] = deque(maxlen=_RATE_WINDOW)
         self._model = None
+        self._runner: Callable[..., torch.Tensor] | None = None
+        self._compiled = False
         self._predict: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if method in CLASSICAL_METHODS or precision == "fp32" or (precision is None and not self.amp):
+            self.precision = "fp32"
+        elif precision is not None:
+            self.precision = precision
+        else:
+            self.precision = "auto" if self.device.type == "cuda" else "fp32"
         if method == "wiener" and not self.physics.has_noise_model:
             raise ValueError(
                 f"profile {getattr(profile, 'name', '?')!r} has no NNPS; 'wiener' needs it"
@@ -225,6 +323,19 @@ class Restorer:
             self._load_sr(factor)
 
     # ------------------------------------------------------------------ set-up
+    def _compile(self, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        mode = self.compile_mode
+        if self.device.type != "cuda" or mode == "off":
+            return model
+        try:
+            self._compiled = True
+            return torch.compile(model) if mode is None else torch.compile(model, mode=mode)
+        except Exception as exc:  # noqa: BLE001 - compile is an optimisation only
+            log.warning("torch.compile unavailable (%s); running eager", exc)
+            self.fallbacks.append(f"torch.compile failed: {exc}")
+            self._compiled = False
+            return model
+
     def _load_model(self) -> None:
         weights = getattr(self.profile, "weights", None) or {}
         if self.method not in weights:
@@ -233,7 +344,6 @@ class Restorer:
                 f" (has {sorted(weights) or 'none'}); train them with `xinstrument train`"
             )
         from .networks import unet_from_weights
-        from .samplers import make_restore_fn
 
         state = self.profile.load_weights(self.method)
         model, method = unet_from_weights(state)
@@ -241,14 +351,14 @@ class Restorer:
             raise ValueError(f"weights stored for {self.method!r} were trained for {method!r}")
         model.eval().to(self.device)
         self._model = model
-        runner = model
-        if self.device.type == "cuda":
-            try:
-                runner = torch.compile(model)
-            except Exception as exc:  # noqa: BLE001 - compile is an optimisation only
-                log.warning("torch.compile unavailable (%s); running eager", exc)
-                self.fallbacks.append(f"torch.compile failed: {exc}")
-        self._predict = make_restore_fn(self.method, _float_output(runner), self.physics, steps=self.steps)
+        self._runner = self._compile(model)
+        self._bind_sampler()
+
+    def _bind_sampler(self) -> None:
+        from .samplers import make_restore_fn
+
+        self._predict = make_restore_fn(self.method, _float_output(self._runner), self.physics,
+                                        steps=self.steps)
 
     def _load_sr(self, factor: int) -> None:
         from .superres import SR_FACTORS, SuperResolver
@@ -272,6 +382,7 @@ class Restorer:
                                  batch=self.batch)
         self._sr.overlap = self._sr_overlap()
         self._model = self._sr.model
+        self._runner = self._compile(self._model)
 
     def _sr_tile(self) -> int:
         return max(16, self.tile // self.scale)
@@ -311,47 +422,110 @@ class Restorer:
         iterations = self.steps if self.steps is not None else 8
         return richardson_lucy(x, p.psf, iterations=iterations, **self.options)
 
-    def _learned(self, x: torch.Tensor) -> torch.Tensor:
+    def _autocast(self, precision: str):
+        if precision not in _AUTOCAST_DTYPE:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPE[precision])
+
+    def _network(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        """Learned or SR method on (B, H, W) device frames at ``precision``, tiled at fixed shape."""
+        fixed = self._compiled
+        if self._sr is not None:
+            runner = self._runner
+
+            def sr_fn(tiles: torch.Tensor) -> torch.Tensor:
+                with self._autocast(precision):
+                    return runner(tiles[:, None])[:, 0].float()
+
+            return tiled_apply(sr_fn, x, tile=self._sr_tile(), overlap=self._sr_overlap(),
+                               batch=self.batch, scale=self.scale, fixed_batch=fixed)
         assert self._predict is not None
-        use_amp = self.amp and self.device.type == "cuda"
+        predict = self._predict
 
         def fn(tiles: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                return self._predict(tiles).float()
+            with self._autocast(precision):
+                return predict(tiles).float()
 
-        return tiled_apply(fn, x, tile=self.tile, overlap=self.overlap, batch=self.batch)
+        return tiled_apply(fn, x, tile=self.tile, overlap=self.overlap, batch=self.batch,
+                           fixed_batch=fixed)
+
+    def _choose_precision(self, x: torch.Tensor) -> None:
+        """Decide "auto" on the first frame: the lowest precision within AMP_MAX_REL_RMS of
+        float32 on that frame (one tile-batch's worth of extra work, once)."""
+        probe = x[:1]
+        ref = self._network(probe, "fp32")
+        chosen = "fp32"
+        for candidate in ("fp16", "bf16"):
+            err = float(((self._network(probe, candidate) - ref).pow(2).mean().sqrt()
+                         / ref.pow(2).mean().sqrt().clamp(min=1e-30)))
+            self.precision_errors[candidate] = err
+            if math.isfinite(err) and err <= AMP_MAX_REL_RMS:
+                chosen = candidate
+                break
+        if chosen == "fp32":
+            self.fallbacks.append(f"mixed precision off: errors against float32 "
+                                  f"{self.precision_errors} above {AMP_MAX_REL_RMS}")
+        log.info("%s: precision %s (errors against float32: %s)", self.method, chosen,
+                 self.precision_errors)
+        self.precision = chosen
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self._sr is not None:
-                return self._sr._tiled(x)
             if self.method in CLASSICAL_METHODS:
                 if x.shape[0] <= self.batch:
                     return self._classical(x)   # the live path: no concatenation copy
                 outs = [self._classical(x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)]
                 return torch.cat(outs)
-            return self._learned(x)
+            if self.precision == "auto":
+                self._choose_precision(x)
+            try:
+                return self._network(x, self.precision)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                if not self._compiled:
+                    raise
+                # compiled kernels are built lazily, on the first call: fall back to eager once
+                msg = f"torch.compile failed at run time ({type(exc).__name__}: {exc}); running eager"
+                log.warning(msg)
+                self.fallbacks.append(msg)
+                self._compiled = False
+                self._runner = self._model
+                if self._sr is None:
+                    self._bind_sampler()
+                return self._network(x, self.precision)
+
+    def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path on a (B, H, W) float32 tensor already on :attr:`device`: returns the
+        restored tensor on the device, without any host synchronisation (no NaN check of the
+        input, no device-to-host copy, no OOM fallback). Callers check the output."""
+        with trusted_frames():
+            return self._run(x)
 
     def _to_cpu(self, reason: str) -> None:
         msg = f"{reason}; falling back to the CPU"
         log.warning(msg)
         self.fallbacks.append(msg)
         self.device = torch.device("cpu")
+        if self.precision != "fp32":
+            self.precision = "fp32"
         if self._sr is not None:
             self._sr.model.to(self.device)
             self._sr.device = self.device
+            self._runner = self._sr.model
+            self._compiled = False
         elif self._model is not None:
-            from .samplers import make_restore_fn
-
             self._model.to(self.device)
-            self._predict = make_restore_fn(
-                self.method, _float_output(self._model), self.physics, steps=self.steps
-            )
+            self._runner = self._model
+            self._compiled = False
+            self._bind_sampler()
 
     def restore(self, frame_or_batch: Any) -> np.ndarray:
         """Restore one (H, W) frame or a (B, H, W) batch; returns float32 numpy of the same
         shape, or ``scale`` times larger per axis for super-resolution methods."""
         x, single = as_batch(frame_or_batch, "frame_or_batch")
+        if self._sr is not None and min(x.shape[-2:]) < 2:
+            raise ValueError(f"frames must be at least 2 x 2 px, got {tuple(x.shape[-2:])}")
         t0 = time.perf_counter()
         while True:
             try:
@@ -372,14 +546,311 @@ class Restorer:
                     self._to_cpu("GPU out of memory at the smallest tile")
                 else:
                     raise
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         # One reduction detects any NaN/inf (a mask pass over 4 Mpx costs as much as a filter).
         if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
             raise FloatingPointError(f"{self.method} produced non-finite output")
         result = out.float().cpu().numpy()
-        dt = time.perf_counter() - t0
-        self.latency_s = dt
-        self._times.append((x.shape[0], dt))
-        self.frames_restored += x.shape[0]
+        self._account(x.shape[0], time.perf_counter() - t0)
         return result[0] if single else result
+
+    def _account(self, frames: int, seconds: float) -> None:
+        self.latency_s = seconds
+        self._times.append((frames, seconds))
+        self.frames_restored += frames
+
+    def __call__(self, frame_or_batch: Any) -> np.ndarray:
+        return self.restore(frame_or_batch)
+
+    # ------------------------------------------------------------------ hot path
+    def warm_up(self, frame_shape: tuple[int, int], batch: int = 1) -> None:
+        """Run once on a flat frame of ``frame_shape`` so kernel selection, compilation, CUDA
+        graph capture and the "auto" precision decision happen before live frames arrive."""
+        rows, cols = (int(n) for n in frame_shape)
+        x = torch.full((int(batch), rows, cols), 0.5, dtype=torch.float32, device=self.device)
+        x = x + 0.01 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        out = self.restore_tensor(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"{self.method} produced non-finite output on the warm-up frame")
+
+    def stream(self, frames: Iterable[Any], depth: int = 2) -> Iterator[np.ndarray]:
+        """Restore a sequence of equally shaped (H, W) frames or (B, H, W) batches, yielding
+        float32 numpy results in order, ``depth`` items in flight.
+
+        On CUDA each item is copied into a pinned host buffer, uploaded on a copy stream while
+        the previous item is restored on the compute stream, restored entirely on the device,
+        and downloaded into a pinned buffer on a second copy stream; the one host wait per item
+        is the hand-off of its result. A non-finite result raises FloatingPointError at its
+        hand-off. On the CPU the same loop runs without streams or pinned memory.
+        """
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        cuda = self.device.type == "cuda"
+        in_shape: tuple[int, ...] | None = None
+        single = False
+        slots: list[dict[str, Any]] = []
+        pending: deque[tuple[dict[str, Any], float, int]] = deque()
+        if cuda:
+            compute = torch.cuda.current_stream(self.device)
+            up = torch.cuda.Stream(self.device)
+            down = torch.cuda.Stream(self.device)
+
+        def hand_off() -> np.ndarray:
+            slot, t0, n = pending.popleft()
+            if cuda:
+                slot["ready"].synchronize()
+            if not bool(slot["finite"][0]):
+                raise FloatingPointError(f"{self.method} produced non-finite output")
+            result = slot["out"].numpy().copy()
+            self._account(n, time.perf_counter() - t0)
+            return result[0] if single else result
+
+        for k, item in enumerate(frames):
+            arr = np.asarray(item)
+            if in_shape is None:
+                x0, single = as_batch(arr, "frame")    # checks type and shape once
+                in_shape = tuple(arr.shape)
+                b, h, w = x0.shape
+                out_shape = (b, h * self.scale, w * self.scale)
+                for _ in range(depth):
+                    slot = {"in": torch.empty((b, h, w), dtype=torch.float32, pin_memory=cuda),
+                            "out": torch.empty(out_shape, dtype=torch.float32, pin_memory=cuda),
+                            "finite": torch.ones(1, dtype=torch.bool, pin_memory=cuda)}
+                    if cuda:
+                        slot["dev_in"] = torch.empty((b, h, w), dtype=torch.float32, device=self.device)
+                        slot["uploaded"] = torch.cuda.Event()
+                        slot["computed"] = torch.cuda.Event()
+                        slot["ready"] = torch.cuda.Event()
+                    slots.append(slot)
+            elif tuple(arr.shape) != in_shape:
+                raise ValueError(f"stream: frame {k} has shape {tuple(arr.shape)}, the stream "
+                                 f"started with {in_shape}")
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"stream: frame {k} has dtype {arr.dtype}, not a real number type")
+            if len(pending) == depth:
+                yield hand_off()
+            slot = slots[k % depth]
+            t0 = time.perf_counter()
+            host_in = slot["in"]
+            host_in.numpy()[...] = arr.reshape(host_in.shape)     # into the pinned buffer
+            if cuda:
+                with torch.cuda.stream(up):
+                    slot["dev_in"].copy_(host_in, non_blocking=True)
+                    slot["uploaded"].record(up)
+                compute.wait_event(slot["uploaded"])
+                out = self.restore_tensor(slot["dev_in"])
+                finite = torch.isfinite(out.sum()).reshape(1)
+                slot["computed"].record(compute)
+                with torch.cuda.stream(down):
+                    down.wait_event(slot["computed"])
+                    out.record_stream(down)
+                    finite.record_stream(down)
+                    slot["out"].copy_(out, non_blocking=True)
+                    slot["finite"].copy_(finite, non_blocking=True)
+                    slot["ready"].record(down)
+            else:
+                out = self.restore_tensor(host_in)
+                slot["out"].copy_(out)
+                slot["finite"][0] = bool(torch.isfinite(out.sum()))
+            pending.append((slot, t0, int(host_in.shape[0])))
+        while pending:
+            yield hand_off()
+
+    def reference(self, frame_or_batch: Any) -> np.ndarray:
+        """The same method evaluated on the CPU in float64: the correctness reference of the
+        fast path (networks as float64 copies, the same tiling, no autocast, no compile).
+        Returns float64 numpy of the shape :meth:`restore` returns."""
+        arr = np.asarray(frame_or_batch, dtype=np.float64)
+        single = arr.ndim == 2
+        x = torch.from_numpy(np.ascontiguousarray(arr if not single else arr[None]))
+        with torch.inference_mode(), float64_reference():
+            if self.method in CLASSICAL_METHODS:
+                out = self._classical(x)
+            else:
+                ref_model = _float64_model(self._model)
+                if self._sr is not None:
+                    out = tiled_apply(lambda t: ref_model(t[:, None])[:, 0], x,
+                                      tile=self._sr_tile(), overlap=self._sr_overlap(),
+                                      batch=self.batch, scale=self.scale)
+                else:
+                    from .samplers import make_restore_fn
+
+                    def model64(z: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+                        return ref_model(z, t).double()
+
+                    predict = make_restore_fn(self.method, model64, self.physics, steps=self.steps)
+                    out = tiled_apply(lambda t: predict(t).double(), x, tile=self.tile,
+                                      overlap=self.overlap, batch=self.batch)
+        res = out.double().numpy()
+        return res[0] if single else res
+
+
+# ------------------------------------------------------------------------ live policy
+@dataclasses.dataclass
+class _Held:
+    item: Any
+    state: str = "new"            # new, busy, done, skip
+    restored_item: Any = None
+
+
+class LiveRestoration:
+    """Non-blocking restoration of a live frame stream: the policy of the pipeline's
+    restoration stage, independent of the camera and the sinks.
+
+    ``push(item)`` never waits for the restorer; ``poll()`` returns the decisions made since
+    the last call, in order, as ``(item, route)`` with route ``"all"`` (restored in time: every
+    sink), ``"lossless"`` (not restored: the recording gets the frame without a restoration)
+    or ``"lossy"`` (a late restoration of a frame already passed on: live displays only).
+    Items are objects with a ``data`` array; the worker thread restores a shallow copy
+    (``dataclasses.replace`` for dataclasses) through ``restore_item(copy)``, which fills it.
+
+    Every frame is restored while at most ``backlog_frames`` frames wait; when more wait, the
+    restorer has fallen behind: all waiting frames but the newest go on unrestored and the
+    newest is restored next (latest first). A frame whose restoration has ``max_lag_frames``
+    newer frames waiting behind it goes on unrestored, and its restoration, when done, goes
+    to the lossy route only. The first restoration (warm-up, compilation) is always waited for;
+    meanwhile ``accepting`` is False once ``max_lag_frames`` frames wait, so the caller stops
+    taking frames (the camera buffer absorbs them) rather than holding them all in memory.
+    An exception in ``restore_item`` is re-raised by the next ``poll()``.
+    """
+
+    def __init__(self, restore_item: Callable[[Any], Any], backlog_frames: int = 2,
+                 max_lag_frames: int = 32, on_busy: Callable[[float | None], None] | None = None) -> None:
+        if not callable(restore_item):
+            raise TypeError("restore_item must be callable")
+        for name, v in (("backlog_frames", backlog_frames), ("max_lag_frames", max_lag_frames)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if max_lag_frames <= backlog_frames:
+            raise ValueError(f"max_lag_frames ({max_lag_frames}) must exceed backlog_frames "
+                             f"({backlog_frames})")
+        self._restore_item = restore_item
+        self.backlog_frames = backlog_frames
+        self.max_lag_frames = max_lag_frames
+        self._on_busy = on_busy
+        self._held: deque[_Held] = deque()
+        self._busy: _Held | None = None
+        self._abandoned = False       # the frame being restored was already passed on
+        self._first_done = False
+        self._cond = threading.Condition()
+        self._job: _Held | None = None
+        self._result: tuple[_Held, Any, BaseException | None] | None = None
+        self._closed = False
+        self.frames_in = 0
+        self.frames_restored = 0
+        self.frames_not_restored = 0
+        self.restored_late = 0
+        self._thread = threading.Thread(target=self._work, name="live-restoration", daemon=True)
+        self._thread.start()
+
+    # -- worker
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._job
+            item = job.item
+            cp = dataclasses.replace(item) if dataclasses.is_dataclass(item) else copy.copy(item)
+            err: BaseException | None = None
+            if self._on_busy is not None:
+                self._on_busy(time.monotonic())
+            try:
+                out = self._restore_item(cp)
+                cp = cp if out is None else out
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                err = exc
+            finally:
+                if self._on_busy is not None:
+                    self._on_busy(None)
+            with self._cond:
+                self._job = None
+                self._result = (job, cp, err)
+                self._cond.notify_all()
+
+    # -- caller side
+    @property
+    def idle(self) -> bool:
+        return self._busy is None
+
+    @property
+    def pending(self) -> int:
+        """Frames taken in and not yet passed on."""
+        return len(self._held)
+
+    @property
+    def accepting(self) -> bool:
+        return self._first_done or len(self._held) < self.max_lag_frames
+
+    def push(self, item: Any) -> None:
+        if self._closed:
+            raise RuntimeError("live restoration is closed")
+        self._held.append(_Held(item))
+        self.frames_in += 1
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the worker has a result or ``timeout_s`` passes."""
+        with self._cond:
+            if self._result is None and self._busy is not None:
+                self._cond.wait(timeout_s)
+
+    def poll(self) -> list[tuple[Any, str]]:
+        out: list[tuple[Any, str]] = []
+        with self._cond:
+            res, self._result = self._result, None
+        if res is not None:
+            entry, cp, err = res
+            self._busy = None
+            if err is not None:
+                raise err
+            self._first_done = True
+            if self._abandoned:
+                self._abandoned = False
+                self.restored_late += 1
+                out.append((cp, "lossy"))
+            else:
+                entry.state, entry.restored_item = "done", cp
+                self.frames_restored += 1
+        new = [e for e in self._held if e.state == "new"]
+        if len(new) > self.backlog_frames:      # fallen behind: only the newest will be restored
+            for e in new[:-1]:
+                e.state = "skip"
+            new = new[-1:]
+        if self._busy is None and new:
+            pick = new[0]
+            pick.state = "busy"
+            self._busy = pick
+            with self._cond:
+                self._job = pick
+                self._cond.notify_all()
+        self._pass_on(out)
+        if (self._first_done and self._held and self._held[0].state == "busy"
+                and len(self._held) > self.max_lag_frames):
+            e = self._held.popleft()
+            self._abandoned = True
+            self.frames_not_restored += 1
+            out.append((e.item, "lossless"))
+            self._pass_on(out)
+        return out
+
+    def _pass_on(self, out: list[tuple[Any, str]]) -> None:
+        while self._held and self._held[0].state in ("done", "skip"):
+            e = self._held.popleft()
+            if e.state == "done":
+                out.append((e.restored_item, "all"))
+            else:
+                self.frames_not_restored += 1
+                out.append((e.item, "lossless"))
+
+    @property
+    def finished(self) -> bool:
+        """Nothing held and nothing being restored."""
+        return not self._held and self._busy is None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
