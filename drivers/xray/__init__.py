@@ -1,10 +1,10 @@
 """X-ray tube drivers (Hamamatsu microfocus sources)."""
 from ..transport import ProtocolError, TransportClosed, TransportError, TransportTimeout
 from .hamamatsu import (
-                        TubeFault,
                         HamamatsuTube,
                         TubeCommandError,
                         TubeError,
+                        TubeFault,
                         TubeStatus,
                         all_xray_off,
                         parse_ints,

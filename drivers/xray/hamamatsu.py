@@ -291,8 +291,10 @@ class HamamatsuTube:
         """Switch X-rays off, stop the heartbeat and release the port; idempotent."""
         self._hb_stop.set()
         if self._connected:
-            recent = self._last_off is not None and time.monotonic() - self._last_off[0] < 2.0
-            if recent:
+            since = time.monotonic() - self._last_off[0] if self._last_off else math.inf
+            if since < 1.0:
+                log.info("%s: X-ray off was sent %.2f s ago; closing", self.name, since)
+            elif since < 5.0:
                 # a fault just sent XOF; on a bad link a full exchange would only add delay
                 self._emergency_off("close after a link fault")
             else:
@@ -429,6 +431,9 @@ class HamamatsuTube:
     def _on_link_violation(self, exc: TransportError) -> None:
         # called by the transport on every failed attempt, before any retry
         self._fault = exc
+        last = self._last_off
+        if last is not None and time.monotonic() - last[0] < 0.5:
+            return      # XOF went out a moment ago (nothing since can have switched X-rays on)
         self._emergency_off(f"link fault: {exc}")
 
     def _on_fault(self, exc: BaseException) -> None:
@@ -470,6 +475,12 @@ class HamamatsuTube:
     @property
     def limits(self) -> TubeLimits:
         return self._limits
+
+    @limits.setter
+    def limits(self, lim: TubeLimits) -> None:
+        """Replace the site limits (validated inside the model envelope); setpoints already
+        sent stay until the next command, which is checked against the new limits."""
+        self._limits = self._validate_limits(lim)
 
     @staticmethod
     def _finite(name: str, value: float) -> float:
@@ -613,6 +624,7 @@ class HamamatsuTube:
         try:
             self._fields("XON")
             self._changed_at = time.monotonic()
+            self._last_off = None
         except TubeCommandError as exc:
             if exc.code == 5:
                 raise TubeError(f"{self.name}: X-ray on refused: interlock open") from exc
@@ -622,7 +634,18 @@ class HamamatsuTube:
             raise
 
     def xray_off(self) -> None:
-        """X-rays off; a failed exchange has already re-sent XOF as an emergency."""
+        """X-rays off; a failed exchange has already re-sent XOF as an emergency.
+
+        Within 5 s of a link fault the link is not trusted with a full exchange: XOF goes out
+        as an emergency write, confirmed by its echo within :attr:`EMERGENCY_CONFIRM_S`.
+        """
+        last = self._last_off
+        if last is not None and time.monotonic() - last[0] < 5.0:
+            self._emergency_off("X-ray off requested on a faulted link")
+            if not self._last_off[1]:
+                raise TubeError(f"{self.name}: X-ray off sent after a link fault but not "
+                                "confirmed; the controller watchdog applies")
+            return
         self._fields("XOF", retries=0)
 
     def start_warm_up(self) -> None:
