@@ -666,6 +666,9 @@ def register(sub) -> None:
     s.add_argument("--dtype", choices=["uint16", "float32"], default="uint16")
     s.set_defaults(func=_cmd_storage)
 
+    from .calibration.bench_metrology import register as _register_metrology
+    _register_metrology(bs)
+
     q = bs.add_parser("acquisition", help="acquisition pipeline on the simulated sCMOS")
     q.add_argument("--seconds", type=float, default=3.0, help="camera time per run")
     q.add_argument("--shape", type=_size_px, default=2048)

@@ -80,6 +80,9 @@ def test_mtf_creates_a_profile_from_hdf5(scans, tmp_path, capsys) -> None:
     assert prof.calibration["mtf50_thick_cy_per_mm"] < prof.calibration["mtf50_thin_cy_per_mm"]
     assert (prof_dir / "mtf.png").stat().st_size > 10_000
     assert "thick ESF Gaussian sigma" in out
+    assert "ISO 12233:2023 (edition 4)" in out and "edge angle" in out
+    assert prof.calibration["mtf_standard"] == "ISO 12233:2023 (edition 4)"
+    assert "1/cos" in prof.calibration["mtf_method"]
 
 
 def test_mtf_from_tiff_matches_hdf5(scans, tmp_path, capsys) -> None:

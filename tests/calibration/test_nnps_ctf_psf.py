@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from tests.calibration.synthetic import gaussian_kernel
+from .synthetic import gaussian_kernel
 from xinstrument.calibration.ctf import (
     ctf_from_bar_groups,
     ctf_from_mtf,

@@ -247,11 +247,12 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
             continue
         f50 = "n/a" if r.mtf50_cy_per_mm is None else f"{r.mtf50_cy_per_mm:.2f} cy/mm"
         f10 = "n/a" if r.mtf10_cy_per_mm is None else f"{r.mtf10_cy_per_mm:.2f} cy/mm"
-        print(f"{label:8s} MTF50 {f50}, MTF10 {f10}, edge angle {r.edge_angle_deg:+.2f} deg, "
-              f"contrast {r.contrast:.2f}")
+        print(f"{label:8s} MTF50 {f50}, MTF10 {f10}, edge angle {r.edge_angle_deg:+.2f} deg "
+              f"({r.orientation} edge, {r.rows_used} rows), contrast {r.contrast:.2f}")
         for w in r.warnings:
             print(f"  warning ({label}): {w}")
     print(f"thick ESF Gaussian sigma {sigma.sigma_um:.3f} um; MTF ratio at Nyquist {ratio[-1]:.3f}")
+    print(f"method: {r_lr.standard}, {r_lr.method}")
 
     record = {
         "mtf_date": datetime.date.today().isoformat(),
@@ -259,6 +260,8 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
         "mtf_thick_source": thick.label,
         "mtf_edge_angle_thin_deg": float(r_hr.edge_angle_deg),
         "mtf_edge_angle_thick_deg": float(r_lr.edge_angle_deg),
+        "mtf_standard": r_lr.standard,
+        "mtf_method": r_lr.method,
     }
     for key, r in (("thin", r_hr), ("thick", r_lr), ("restored", r_re)):
         if r is not None and r.mtf50_cy_per_mm is not None:
@@ -295,7 +298,10 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
     if r_re is not None:
         curves.append((f"restored (MTF50 {r_re.mtf50_cy_per_mm or float('nan'):.1f} cy/mm)",
                        r_re.frequency_cy_per_mm, r_re.mtf))
-    out = plot_mtf(_plot_path(a, "mtf"), curves, nyq)
+    angles = ", ".join(f"{lbl} {r.edge_angle_deg:+.1f} deg" for r, lbl in
+                       ((r_hr, "thin"), (r_lr, "thick"), (r_re, "restored")) if r is not None)
+    out = plot_mtf(_plot_path(a, "mtf"), curves, nyq,
+                   title=f"MTF (slanted edge, {r_lr.standard})", note=f"edge angle: {angles}")
     print(f"plot {out}")
     return 0
 

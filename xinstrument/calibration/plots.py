@@ -29,6 +29,7 @@ def plot_mtf(
     curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
     nyquist_cy_per_mm: float,
     title: str = "MTF (slanted edge)",
+    note: str | None = None,
 ) -> Path:
     """``curves``: (label, frequency in cycles/mm, MTF); frequencies beyond 1.2 x Nyquist are cut."""
     fig, (ax,) = _figure()
@@ -43,6 +44,8 @@ def plot_mtf(
     ax.set_ylim(0, 1.05)
     ax.set_xlim(0, 1.2 * nyquist_cy_per_mm)
     ax.set_title(title)
+    if note:
+        ax.text(0.98, 0.6, note, transform=ax.transAxes, ha="right", fontsize=8, color="0.3")
     ax.legend()
     return _save(fig, path)
 
