@@ -339,9 +339,9 @@ class DetectorProfile:
         for method, k in self.fidelity_uncertainty.items():
             if not isinstance(method, str) or not _METHOD_NAME.match(method):
                 raise ProfileError(f"{where}: fidelity_uncertainty name {method!r} is not a plain identifier")
-            if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k < 100):
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 <= k < 1e4):
                 raise ProfileError(f"{where}: fidelity_uncertainty.{method} must be a number in "
-                                   f"(0, 100), got {k!r}")
+                                   f"[0, 1e4), got {k!r}")
         beta = self.noise_hardening_exponent
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
             raise ProfileError(f"{where}: noise_hardening_exponent must be a number in [0, 1), "
