@@ -89,13 +89,16 @@ def test_super_resolved_frames_are_published_binned_to_fit(ca):
     assert ca.get("CAM:ArrayBinning_RBV") == 1 and ca.get("CAM:ImageScale_RBV") == 1
 
 
-def test_capture_keeps_super_resolved_frames_on_their_grid(ca, tmp_path):
+def test_capture_keeps_super_resolved_frames_on_their_grid(ca, tmp_path, wait_for):
     ca.put("RESTORE:Enable", 1)
-    ca.put("HDF:FilePath", str(tmp_path))
-    ca.put("HDF:FileName", "sr.h5")
-    ca.put("HDF:Capture", 1)
+    ca.put("HDF1:FilePath", str(tmp_path))
+    ca.put("HDF1:FileName", "sr")
+    ca.put("HDF1:FileTemplate", "%s%s.h5")
+    ca.put("HDF1:Capture", 1, wait=False)     # completes when the capture ends
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10)
     ca.put("CAM:Acquire", 1, timeout=60)
-    ca.put("HDF:Capture", 0)
+    ca.put("HDF1:Capture", 0)
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 0, 10)
     ca.put("RESTORE:Enable", 0)
     assert "not stored" not in ca.get("StatusMessage_RBV", as_string=True)
     from xinstrument.storage import ScanReader

@@ -12,15 +12,18 @@ import h5py
 import numpy as np
 import pytest
 
-TUBE = ["Voltage", "Voltage_RBV", "Current", "Current_RBV", "Power_RBV", "FocusMode",
-        "FocusMode_RBV", "XrayOn", "XrayOn_RBV", "WarmUp", "State_RBV", "Interlock_RBV",
-        "Error_RBV", "ErrorText_RBV"]
-AXIS = ["", "_RBV", "_DMOV", "_STOP", "_VELO", "_HLM", "_LLM"]
+TUBE = ["Voltage", "Voltage_RBV", "VoltageActual_RBV", "Current", "Current_RBV",
+        "CurrentActual_RBV", "PowerActual_RBV", "FocusMode", "FocusMode_RBV", "XrayOn",
+        "XrayOn_RBV", "WarmUp", "State_RBV", "Interlock_RBV", "Error_RBV", "ErrorText_RBV",
+        "FaultReset"]
+AXIS = ["", "_RBV", "_DMOV", "_STOP", "_VELO", "_HLM", "_LLM", ".VAL", ".RBV", ".DMOV",
+        ".MOVN", ".STOP", ".HLM", ".LLM", ".VELO", ".EGU", ".DIR", ".OFF", ".SET"]
 CAM = ["Acquire", "Acquire_RBV", "AcquireTime", "AcquireTime_RBV", "NumImages",
        "NumImages_RBV", "NumAverage", "NumAverage_RBV", "ImageMode", "ArrayCounter_RBV",
        "ArraySizeX_RBV", "ArraySizeY_RBV", "DetectorState_RBV", "Image", "DroppedFrames_RBV",
        "ArrayBinning_RBV", "ImageScale_RBV"]
-HDF = ["FilePath", "FileName", "FullFileName_RBV", "Capture", "NumCaptured_RBV"]
+HDF = ["FilePath", "FileName", "FileTemplate", "FullFileName_RBV", "FileWriteMode", "Capture",
+       "Capture_RBV", "NumCapture", "NumCaptured_RBV"]
 RESTORE = ["Enable", "Method", "Profile", "Fps_RBV", "Latency_RBV", "Consistency_RBV",
            "FlaggedFraction_RBV", "FellBack_RBV", "Guard"]
 SCAN = ["FocusStart", "FocusRange", "FocusStep", "FocusBest_RBV", "Abort", "TomoStart",
@@ -31,7 +34,7 @@ SCAN = ["FocusStart", "FocusRange", "FocusStep", "FocusBest_RBV", "Abort", "Tomo
         "TomoFullFileName_RBV"]
 ALL_PVS = ([f"TUBE:{p}" for p in TUBE] + [f"FOCUS:Z{s}" for s in AXIS]
            + [f"ROT:Theta{s}" for s in AXIS] + [f"CAM:{p}" for p in CAM]
-           + [f"HDF:{p}" for p in HDF] + [f"RESTORE:{p}" for p in RESTORE]
+           + [f"HDF1:{p}" for p in HDF] + [f"RESTORE:{p}" for p in RESTORE]
            + [f"SCAN:{p}" for p in SCAN] + ["Heartbeat_RBV"])
 
 
@@ -118,10 +121,11 @@ def test_voltage_put_changes_the_emulated_tube(ca, tube_emulator, wait_for):
     ca.put("TUBE:XrayOn", 1)                  # completes when the output has reached the setpoint
     assert emu.xray_on
     assert emu.output_voltage_kv == pytest.approx(70.0, abs=0.5)
-    assert wait_for(lambda: abs(ca.get("TUBE:Voltage_RBV") - 70.0) < 0.5, 5)
+    assert ca.get("TUBE:Voltage_RBV") == pytest.approx(70.0)      # the setpoint in force
+    assert wait_for(lambda: abs(ca.get("TUBE:VoltageActual_RBV") - 70.0) < 0.5, 5)
     assert wait_for(lambda: ca.get("TUBE:XrayOn_RBV") == 1, 5)
-    assert ca.get("TUBE:Power_RBV") == pytest.approx(70.0 * emu.output_current_ua * 1e-3,
-                                                     rel=0.05)
+    assert ca.get("TUBE:PowerActual_RBV") == pytest.approx(
+        70.0 * emu.output_current_ua * 1e-3, rel=0.05)
 
 
 def test_out_of_limit_puts_are_rejected_and_readbacks_stay_true(ca, tube_emulator, wait_for):
@@ -129,13 +133,15 @@ def test_out_of_limit_puts_are_rejected_and_readbacks_stay_true(ca, tube_emulato
     n_cmds = len([c for c in emu.commands_received if c.startswith(("HIV", "CUR"))])
     ca.put("TUBE:Voltage", 500)               # beyond the model's 130 kV
     assert ca.get("TUBE:Voltage") == pytest.approx(70.0)
-    assert "rejected" in ca.get("StatusMessage_RBV", as_string=True)
+    msg = ca.get("StatusMessage_RBV", as_string=True)
+    assert "refused" in msg and "500" in msg and "130" in msg, msg
     ca.put("TUBE:Current", 300)               # inside 10..300 uA, but 21 W > 4 W in focus 0
     assert ca.get("TUBE:Current") == pytest.approx(10.0)
+    assert "300" in ca.get("StatusMessage_RBV", as_string=True)
     assert len([c for c in emu.commands_received if c.startswith(("HIV", "CUR"))]) == n_cmds
     assert emu.output_voltage_kv == pytest.approx(70.0, abs=0.5)
     time.sleep(0.6)                           # a poll later the readbacks still tell the truth
-    assert ca.get("TUBE:Voltage_RBV") == pytest.approx(70.0, abs=0.5)
+    assert ca.get("TUBE:VoltageActual_RBV") == pytest.approx(70.0, abs=0.5)
     z = ca.get("FOCUS:Z_RBV")
     ca.put("FOCUS:Z", 1000)                   # beyond the 400 um travel
     assert ca.get("FOCUS:Z") == pytest.approx(z)
@@ -209,16 +215,23 @@ def test_continuous_acquisition_stops_on_acquire_0(ca, wait_for):
     ca.put("CAM:ImageMode", 0)
 
 
-def test_hdf_capture_writes_acquired_frames(ca, tmp_path):
-    ca.put("HDF:FilePath", str(tmp_path))
-    ca.put("HDF:FileName", "capture.h5")
-    ca.put("HDF:Capture", 1)
-    assert ca.get("HDF:FullFileName_RBV", as_string=True) == str(tmp_path / "capture.h5")
+def test_hdf_capture_writes_acquired_frames(ca, tmp_path, wait_for):
+    ca.put("HDF1:FilePath", str(tmp_path))
+    ca.put("HDF1:FileName", "capture")
+    ca.put("HDF1:FileTemplate", "%s%s.h5")
+    ca.put("HDF1:FileWriteMode", "Stream")
+    ca.put("HDF1:NumCapture", 0)
+    capture = ca.pv("HDF1:Capture")
+    capture.put(1, use_complete=True)         # completes when the capture has ended
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10)
+    assert ca.get("HDF1:FullFileName_RBV", as_string=True) == str(tmp_path / "capture.h5")
     ca.put("CAM:ImageMode", 1)
     ca.put("CAM:NumImages", 2)
     ca.put("CAM:Acquire", 1, timeout=60)
-    assert ca.get("HDF:NumCaptured_RBV") == 2
-    ca.put("HDF:Capture", 0)
+    assert ca.get("HDF1:NumCaptured_RBV") == 2
+    assert not capture.put_complete
+    ca.put("HDF1:Capture", 0)
+    assert wait_for(lambda: capture.put_complete, 10)
     with h5py.File(tmp_path / "capture.h5", "r") as f:
         shapes = [d.shape for d in _datasets(f) if d.ndim == 3 and d.shape[1:] == (64, 64)]
     assert (2, 64, 64) in shapes

@@ -27,7 +27,7 @@ def test_stopping_the_ioc_mid_scan_closes_the_file_and_switches_xrays_off(
     from xinstrument.storage import ScanReader
     emu, url = tube_emulator
     ioc = ioc_factory(url)
-    for name, value in (("TUBE:WarmUp", 1), ("HDF:FilePath", str(tmp_path)),
+    for name, value in (("TUBE:WarmUp", 1), ("HDF1:FilePath", str(tmp_path)),
                         ("SCAN:TomoFileName", "stopped.h5"), ("SCAN:TomoArc", 20.0),
                         ("SCAN:TomoNumAngles", 40), ("SCAN:TomoFramesPerAngle", 3)):
         assert epics.caput(ioc.pv(name), value, wait=True, timeout=30) == 1, name

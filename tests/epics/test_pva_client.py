@@ -57,4 +57,4 @@ def test_a_bad_pva_put_is_rejected_and_the_value_stays(ioc, pva, epics):
     before = epics.caget(ioc.pv("FOCUS:Z_HLM"), timeout=5)
     pva.put(ioc.pv("FOCUS:Z_HLM"), 900.0, wait=True, timeout=10)   # beyond the 400 um travel
     assert epics.caget(ioc.pv("FOCUS:Z_HLM"), timeout=5) == pytest.approx(before)
-    assert "rejected" in epics.caget(ioc.pv("StatusMessage_RBV"), as_string=True, timeout=5)
+    assert "refused" in epics.caget(ioc.pv("StatusMessage_RBV"), as_string=True, timeout=5)

@@ -25,7 +25,7 @@ def test_limits_within_the_travel_narrow_the_moves(ca):
     assert ctrl_limits(ca, "FOCUS:Z") == pytest.approx((50.0, 300.0), abs=1e-6)
     ca.put("FOCUS:Z", 350.0)          # inside the 400 um travel, beyond the soft limit
     msg = ca.get("StatusMessage_RBV", as_string=True)
-    assert "soft limits 50..300" in msg and "rejected" in msg
+    assert "soft limits 50..300" in msg and "refused" in msg
     assert ca.get("FOCUS:Z") == pytest.approx(100.0)
     time.sleep(0.4)
     assert ca.get("FOCUS:Z_RBV") == pytest.approx(100.0, abs=0.01)
@@ -50,7 +50,7 @@ def test_bad_limits_are_rejected_and_readbacks_stay_true(ca, name, value, reason
     before = ca.get(name)
     ca.put(name, value)
     msg = ca.get("StatusMessage_RBV", as_string=True)
-    assert reason in msg and "rejected" in msg, msg
+    assert reason in msg and "refused" in msg, msg
     assert ca.get(name) == pytest.approx(before)
 
 
@@ -59,9 +59,9 @@ def test_rotation_limits_bound_the_moves_and_the_tomosynthesis_arc(ca, tmp_path)
     ca.put("ROT:Theta_HLM", 10.0)
     assert ctrl_limits(ca, "ROT:Theta") == pytest.approx((-10.0, 10.0), abs=1e-6)
     ca.put("ROT:Theta", 20.0)
-    assert "rejected" in ca.get("StatusMessage_RBV", as_string=True)
+    assert "refused" in ca.get("StatusMessage_RBV", as_string=True)
     assert ca.get("ROT:Theta_RBV") == pytest.approx(0.0, abs=0.01)
-    ca.put("HDF:FilePath", str(tmp_path))
+    ca.put("HDF1:FilePath", str(tmp_path))
     ca.put("SCAN:TomoFileName", "wide.h5")
     ca.put("SCAN:TomoArc", 30.0)     # inside the -45..45 travel, beyond -10..10
     ca.put("SCAN:TomoNumAngles", 3)

@@ -14,7 +14,7 @@ def ca(ioc_factory, tube_emulator, make_ca, tmp_path_factory):
     ca.put("TUBE:WarmUp", 1, timeout=30)
     ca.put("TUBE:Voltage", 60)
     ca.put("TUBE:Current", 50)
-    ca.put("HDF:FilePath", str(tmp_path_factory.mktemp("tomo")))
+    ca.put("HDF1:FilePath", str(tmp_path_factory.mktemp("tomo")))
     return ca
 
 
@@ -31,7 +31,7 @@ def small_plan(ca, name, n_angles=5, arc_deg=4.0, frames=2):
 
 def output(ca, name):
     from pathlib import Path
-    return Path(ca.get("HDF:FilePath", as_string=True)) / name
+    return Path(ca.get("HDF1:FilePath", as_string=True)) / name
 
 
 def test_tomo_start_completes_when_the_scan_has_ended(ca):

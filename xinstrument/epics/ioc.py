@@ -1,803 +1,1541 @@
-"""The EPICS IOC: PVs mapped onto the Instrument API (pythonSoftIOC, Channel Access + PV Access).
+"""The EPICS IOC: PVs mapped onto the Instrument API, in facility conventions.
 
-A thin client of :class:`xinstrument.instrument.Instrument`. Records hold no instrument logic:
-a put calls the matching Instrument method, a poll thread copies ``Instrument.snapshot()`` into
-the readbacks. Blocking instrument calls run in worker threads; the asyncio dispatcher loop
-only awaits them, so it stays free to serve puts (stop, abort) while a move or an acquisition
-runs. Output records that start an action are "blocking" records: the put-callback (caput -c,
-ophyd ``put_complete``) finishes when the action has finished.
+A thin client of :class:`xinstrument.instrument.Instrument`. The PVs live in one table
+(:mod:`xinstrument.epics.pvdb`) served over Channel Access (caproto) and PV Access (p4p):
 
-The network configuration (:mod:`xinstrument.epics.network`) must be applied before this
-module is imported, because importing it loads the EPICS libraries.
+* ``X_RBV`` is the readback of setpoint ``X``; measured values have their own PVs
+  (``TUBE:VoltageActual_RBV``). Setpoints follow the instrument (a trip sets ``TUBE:XrayOn``
+  to 0; a setpoint changed by another client shows).
+* A put the instrument refuses fails as a put: the client's put-callback reports an error, the
+  PV goes to a MAJOR WRITE alarm and ``StatusMessage_RBV`` names the value asked for and the
+  limit. Put-completion finishes when the action has finished (a move, an acquisition).
+* Axes are motor records (``FOCUS:Z.VAL``, ``.RBV``, ``.DMOV`` ...): every move put ends with
+  ``DMOV`` back at 1 and a true readback; a refused move pulses ``DMOV`` and leaves the
+  readback in a MINOR alarm so motor clients report the failure instead of waiting.
+* The camera is an areaDetector driver (``CAM:``, ADBase PVs), with an NDStdArrays plugin
+  (``image1:``), an NDFileHDF5 plugin (``HDF1:``) recording to HDF5, and ``Pva1:Image``
+  (NTNDArray over PV Access).
 
-PV names and semantics: docs/epics.md.
+Blocking instrument calls run in worker threads; the event loop only awaits them, so it keeps
+serving puts (stop, abort) while a move or an acquisition runs.
+
+PV names and semantics: docs/epics.md (generated from :func:`InstrumentIOC.table`).
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import logging
 import math
+import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from softioc import alarm, builder, fields, imports
 
 from .frames import fit_image, image_elements
+from .pvdb import INVALID, MAJOR, MINOR, NO_ALARM, PV, PutRefused, PVTable
 
 log = logging.getLogger("xinstrument.epics")
 
 DETECTOR_STATES = ("Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting", "Error",
                    "Waiting", "Initializing", "Disconnected", "Aborted")
 IMAGE_MODES = ("Single", "Multiple", "Continuous")
+TRIGGER_MODES = ("Internal",)
+DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+              "Float32", "Float64")
+COLOR_MODES = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444", "YUV422", "YUV421")
+FILE_WRITE_MODES = ("Single", "Capture", "Stream")
+NO_YES = ("No", "Yes")
+DISABLE_ENABLE = ("Disable", "Enable")
 TUBE_STATES = ("WARMUP_NEEDED", "WARMING_UP", "STANDBY", "XRAY_ON", "OVERLOAD", "NOT_READY",
                "SELF_TEST")
-_TUBE_STATE_SEVERITY = {"WARMUP_NEEDED": "MINOR", "OVERLOAD": "MAJOR", "NOT_READY": "MINOR",
-                        "SELF_TEST": "MINOR"}
+_TUBE_STATE_SEVERITY = {"WARMUP_NEEDED": MINOR, "OVERLOAD": MAJOR, "NOT_READY": MINOR,
+                        "SELF_TEST": MINOR}
 TOMO_STATES = ("Idle", "Darks", "Flats", "Projections", "Paused", "Done", "Aborted", "Failed",
                "Rejected")
-_TOMO_STATE_SEVERITY = {"Aborted": "MINOR", "Failed": "MAJOR", "Rejected": "MAJOR"}
+_TOMO_STATE_SEVERITY = {"Aborted": MINOR, "Failed": MAJOR, "Rejected": MAJOR}
 POLL_S = 0.25
+MOVE_POLL_S = 0.05
 MAX_MESSAGE = 256
-
-
-def _outward(lo: float, hi: float) -> tuple[float, float]:
-    """Drive limits a hair (1e-12 relative, at least 1e-9) outside the true limits.
-
-    ao records clamp a put to DRVL..DRVH before device support sees it, which would turn a
-    put of 1300 kV into 130 kV. With the limits just outside, a put beyond them is clamped to
-    a value outside the true range, which validation then rejects, while clients still read
-    the true limits (to far below display precision) as control limits."""
-    return (lo - max(abs(lo) * 1e-12, 1e-9), hi + max(abs(hi) * 1e-12, 1e-9))
-
-
-def _put_field(record_name: str, field: str, value: float) -> None:
-    """Write a record field without processing the record (a processed setpoint would move)."""
-    data = (ctypes.c_char * 40)()
-    data.value = repr(float(value)).encode()
-    imports.db_put_field_process(f"{record_name}.{field}", fields.DBF_STRING,
-                                 ctypes.addressof(data), 1, False)
-
-
-def _sev(severity: str) -> int:
-    return {"NO_ALARM": alarm.NO_ALARM, "MINOR": alarm.MINOR_ALARM, "MAJOR": alarm.MAJOR_ALARM,
-            "INVALID": alarm.INVALID_ALARM}[severity]
+# the areaDetector release whose PV interface the camera, image1: and HDF1: follow
+AD_CORE_VERSION = "3.12.1"
+CAM_PORT = "XICAM"
+MOTOR_FIELDS_DOC = "motor record"
 
 
 class InstrumentIOC:
-    """PVs of one Instrument under ``prefix``.
-
-    Create it (records are built in the constructor), then ``builder.LoadDatabase()`` and
-    ``softioc.iocInit(dispatcher)``, then :meth:`start`. :meth:`stop` ends the threads; it
-    does not disconnect the instrument (the owner does, which switches X-rays off).
-    """
+    """PVs of one Instrument under ``prefix``: build, then :meth:`start` in a running loop
+    (``xinstrument.epics.server.run_ioc`` does both). :meth:`stop` ends the threads; it does
+    not disconnect the instrument (the owner does, which switches X-rays off)."""
 
     def __init__(self, instrument, prefix: str = "XI:", workers: int = 4) -> None:
         if not instrument.connected:
             raise RuntimeError("connect the instrument before building its IOC")
         self.inst = instrument
         self.prefix = prefix
+        self.table = PVTable(prefix)
+        self.table.on_refused = self._on_refused
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="xi-ioc")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._acq_stop = threading.Event()
+        self._acquiring = False
         self._moving: dict[str, int] = {"focus": 0, "rotation": 0}
-        self._soft: dict[str, tuple[float, float]] = {}   # settable soft limits per axis
+        self._axes: dict[str, dict[str, Any]] = {}
         self._writer = None
         self._writer_lock = threading.Lock()
         self._writer_restored = False
         self._writer_rshape: tuple[int, int] | None = None
+        self._capture_done: asyncio.Event | None = None
         self._counter = 0
         self._publish_lock = threading.Lock()
         self._captured = 0
-        self._not_stored = 0            # restored frames the capture file could not hold
+        self._not_stored = 0
         self._heartbeat = 0
-        self._tomo = None               # the running TomoScan
+        self._last_frame = None
+        self._rate_t: list[float] = []
+        self._tomo = None
         self._tomo_abort = False
+        self._xray_requested = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._handlers: dict[str, Callable] = {}
-        self._names: dict[int, str] = {}
         self._build()
 
     # --- helpers -------------------------------------------------------------------------------
-    def _n(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
     async def _run(self, fn: Callable, *args, **kw) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
 
     def _message(self, text: str, error: bool = False) -> None:
         (log.error if error else log.info)("%s", text)
-        self.status_msg.set(text[:MAX_MESSAGE - 1],
-                            severity=alarm.MINOR_ALARM if error else alarm.NO_ALARM,
-                            alarm=alarm.STATE_ALARM if error else alarm.NO_ALARM)
+        self.status_msg.set(text[:MAX_MESSAGE - 1], severity=MINOR if error else NO_ALARM,
+                            status="STATE" if error else 0)
 
-    def _action(self, what: str, fn: Callable, record=None, revert: Callable[[], Any] | None = None,
-                after: Callable[[], None] | None = None):
-        """An on_update handler running ``fn(value)`` in a worker thread. On failure the
-        setpoint goes back to ``revert()`` (the device's true value) and the error is reported
-        in StatusMessage_RBV."""
-        async def handler(value):
-            try:
-                await self._run(fn, value)
-            except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-                self._message(f"{what} {value!r} refused: {exc}", error=True)
-                if record is not None and revert is not None:
-                    with contextlib.suppress(Exception):
-                        record.set(await self._run(revert), process=False)
-            else:
-                self._message(f"{what} {value!r}: done")
-            finally:
-                if after is not None:
-                    with contextlib.suppress(Exception):
-                        await self._run(after)
-        return handler
+    def _on_refused(self, pv: PV, raw, why: str) -> None:
+        shown = raw if not isinstance(raw, np.ndarray) or raw.size <= 4 else f"<{raw.size} values>"
+        if isinstance(shown, (np.ndarray, np.generic)):
+            shown = shown.tolist()
+        if why.startswith(pv.name):
+            why = why[len(pv.name):].lstrip(": ")
+        self._message(f"{pv.name} <- {shown!r} refused: {why}", error=True)
+
+    def pv(self, name: str, kind: str, value, doc: str, on_put=None, **kw) -> PV:
+        return self.table.add(PV(name, kind, value, doc=doc, on_put=on_put, **kw))
+
+    def ro(self, name: str, kind: str, value, doc: str, **kw) -> PV:
+        return self.pv(name, kind, value, doc, **kw)
+
+    def pair(self, name: str, kind: str, value, doc: str, apply=None, **kw) -> tuple[PV, PV]:
+        """Setpoint ``name`` and its readback ``name_RBV``. ``apply(value)`` (sync, in a worker
+        thread) carries the setting out and returns the value in force (None: as asked)."""
+        rbv = self.ro(f"{name}_RBV", kind, value, f"readback of {self.prefix}{name}",
+                      **{k: v for k, v in kw.items() if k in ("units", "precision", "choices",
+                                                               "length", "limits")})
+
+        async def on_put(v):
+            result = await self._run(apply, v) if apply is not None else None
+            result = v if result is None else result
+            rbv.set(result)
+            return result
+        sp = self.pv(name, kind, value, doc, on_put=on_put, **kw)
+        return sp, rbv
+
+    def fixed(self, name: str, kind: str, value, doc: str, rbv: bool = True, **kw) -> PV:
+        """A setting this instrument has only one value of: puts of that value succeed, others
+        are refused with the reason."""
+        async def on_put(v):
+            if v != sp.value:
+                shown = sp.enum_string() if kind == "enum" else sp.value
+                raise PutRefused(f"{sp.name}: only {shown!r} is supported ({doc})")
+        sp = self.pv(name, kind, value, doc, on_put=on_put, **kw)
+        if rbv:
+            self.ro(f"{name}_RBV", kind, value, f"readback of {self.prefix}{name}",
+                    **{k: v for k, v in kw.items() if k in ("units", "precision", "choices",
+                                                             "length")})
+        return sp
 
     # --- records -------------------------------------------------------------------------------
     def _build(self) -> None:
         inst = self.inst
-        n = self._n
-        self.heartbeat = builder.longIn(n("Heartbeat_RBV"), initial_value=0)
-        self.status_msg = builder.longStringIn(n("StatusMessage_RBV"), initial_value="",
-                                               length=MAX_MESSAGE)
-        self.busy = builder.stringIn(n("Busy_RBV"), initial_value="")
+        self.heartbeat = self.ro("Heartbeat_RBV", "int", 0, "counts up once a second while "
+                                 "the IOC serves", group="IOC")
+        self.status_msg = self.ro("StatusMessage_RBV", "char", "", "last action or refusal, "
+                                  "with the value asked for and the limit; MINOR alarm after a "
+                                  "refusal", length=MAX_MESSAGE, group="IOC")
+        self.busy = self.ro("Busy_RBV", "string", "", "the instrument operation running "
+                            "(any client), empty when idle", group="IOC")
         self._build_tube()
-        self._build_axis("FOCUS:", "Z", "focus", inst.focus_axis, "um", 3, inst.move_focus_um)
+        self._build_motor("FOCUS:Z", "focus", inst.focus_axis, "um", 3, inst.move_focus_um,
+                          "focus stage (axial)")
         if inst.rotation_axis is not None:
-            self._build_axis("ROT:", "Theta", "rotation", inst.rotation_axis, "deg", 3,
-                             inst.move_rotation_deg)
+            self._build_motor("ROT:Theta", "rotation", inst.rotation_axis, "deg", 3,
+                              inst.move_rotation_deg, "sample rotation (tomosynthesis)")
         self._build_camera()
+        self._build_image_plugin()
         self._build_hdf()
         self._build_restoration()
         self._build_scans()
 
+    # --- tube ----------------------------------------------------------------------------------
     def _build_tube(self) -> None:
-        inst, n = self.inst, self._n
+        inst = self.inst
         lim = inst.tube.limits
         cfg = inst.config.tube
         kv_hi = min(lim.kv_max, cfg.kv_max) if cfg.kv_max is not None else lim.kv_max
         ua_hi = min(lim.ua_max, cfg.ua_max) if cfg.ua_max is not None else lim.ua_max
-        self.kv_range = (lim.kv_min, kv_hi)
-        self.ua_range = (lim.ua_min, ua_hi)
+        self.kv_range = (float(lim.kv_min), float(kv_hi))
+        self.ua_range = (float(lim.ua_min), float(ua_hi))
         st = inst.tube_status()
-        self._tube_sp = {"kv": st.voltage_setpoint_kv, "ua": st.current_setpoint_ua,
-                         "focus": st.focus_mode}
         self.focus_modes = sorted(lim.max_power_w_by_focus)
         spots = inst.tube.model.focus_modes
+        g = "Tube"
 
-        def check(kv=None, ua=None, mode=None) -> bool:
-            kv = self._tube_sp["kv"] if kv is None else kv
-            ua = self._tube_sp["ua"] if ua is None else ua
-            mode = self._tube_sp["focus"] if mode is None else mode
-            if not (self.kv_range[0] <= kv <= self.kv_range[1]
-                    and self.ua_range[0] <= ua <= self.ua_range[1]):
-                self._message(f"tube setpoint {kv:g} kV / {ua:g} uA outside "
-                              f"{self.kv_range[0]:g}..{self.kv_range[1]:g} kV, "
-                              f"{self.ua_range[0]:g}..{self.ua_range[1]:g} uA: rejected",
-                              error=True)
-                return False
+        def check_power(kv, ua, mode) -> None:
             try:
                 lim.check(kv, ua, mode)
             except ValueError as exc:
-                self._message(f"rejected: {exc}", error=True)
-                return False
-            return True
-
-        def set_kv(v):
-            inst.set_voltage_kv(v)
-            self._tube_sp["kv"] = inst.tube.voltage_setpoint_kv
-
-        def set_ua(v):
-            inst.set_current_ua(v)
-            self._tube_sp["ua"] = inst.tube.current_setpoint_ua
-
-        def set_mode(index):
-            inst.set_focus_mode(self.focus_modes[index])
-            self._tube_sp["focus"] = self.focus_modes[index]
-
-        lo, hi = _outward(*self.kv_range)
-        self.kv = self._out("aOut", "TUBE:Voltage", initial_value=st.voltage_setpoint_kv,
-                               EGU="kV", PREC=1, DRVL=lo, DRVH=hi, LOPR=self.kv_range[0],
-                               HOPR=self.kv_range[1], always_update=True,
-                               blocking=True, validate=lambda r, v: check(kv=v))
-        lo, hi = _outward(*self.ua_range)
-        self.ua = self._out("aOut", "TUBE:Current", initial_value=st.current_setpoint_ua,
-                               EGU="uA", PREC=1, DRVL=lo, DRVH=hi, LOPR=self.ua_range[0],
-                               HOPR=self.ua_range[1], always_update=True,
-                               blocking=True, validate=lambda r, v: check(ua=v))
-        self.kv_rbv = builder.aIn(n("TUBE:Voltage_RBV"), EGU="kV", PREC=1,
-                                  LOPR=0, HOPR=self.kv_range[1])
-        self.ua_rbv = builder.aIn(n("TUBE:Current_RBV"), EGU="uA", PREC=1,
-                                  LOPR=0, HOPR=self.ua_range[1])
-        self.power_rbv = builder.aIn(n("TUBE:Power_RBV"), EGU="W", PREC=2, LOPR=0,
-                                     HOPR=max(lim.max_power_w_by_focus.values()))
-        labels = [f"{m}: {spots[m].focal_spot_um:g} um" if m in spots else str(m)
-                  for m in self.focus_modes]
-        self.focus_mode = self._out(
-            "mbbOut", "TUBE:FocusMode", *labels,
-            initial_value=self.focus_modes.index(st.focus_mode), blocking=True, always_update=True,
-            validate=lambda r, v: 0 <= v < len(self.focus_modes) and check(
-                mode=self.focus_modes[v]))
-        self.focus_mode_rbv = builder.mbbIn(n("TUBE:FocusMode_RBV"), *labels)
-        self.xray = self._out("boolOut", "TUBE:XrayOn", ZNAM="Off", ONAM="On", initial_value=0,
-                                    blocking=True, always_update=True)
-        self.xray_rbv = builder.boolIn(n("TUBE:XrayOn_RBV"), ZNAM="Off", ONAM="On",
-                                       OSV="MINOR")
-        self.warmup = self._out("boolOut", "TUBE:WarmUp", ZNAM="Done", ONAM="Warming up",
-                                      initial_value=0, blocking=True, always_update=True)
-        self.warmup_rbv = builder.aIn(n("TUBE:WarmUpProgress_RBV"), EGU="%", PREC=0, LOPR=0,
-                                      HOPR=100)
-        self.state_rbv = builder.mbbIn(n("TUBE:State_RBV"), *[
-            (s, _TUBE_STATE_SEVERITY[s]) if s in _TUBE_STATE_SEVERITY else s
-            for s in TUBE_STATES])
-        self.interlock_rbv = builder.boolIn(n("TUBE:Interlock_RBV"), ZNAM="Open",
-                                            ONAM="Closed", ZSV="MAJOR")
-        self.error_rbv = builder.longIn(n("TUBE:Error_RBV"), initial_value=0)
-        self.error_text_rbv = builder.longStringIn(n("TUBE:ErrorText_RBV"), initial_value="",
-                                                   length=MAX_MESSAGE)
+                raise PutRefused(str(exc)) from None
 
         async def on_kv(v):
-            await self._action("tube voltage", set_kv, self.kv,
-                               lambda: inst.tube.voltage_setpoint_kv, self.poll_once)(v)
+            check_power(v, self.ua.value, self.focus_modes[self.focus_mode.value])
+            await self._run(inst.set_voltage_kv, v)
+            got = float(inst.tube.voltage_setpoint_kv)
+            self.kv_rbv.set(got)
+            self.poll_soon()
+            return got
 
         async def on_ua(v):
-            await self._action("tube current", set_ua, self.ua,
-                               lambda: inst.tube.current_setpoint_ua, self.poll_once)(v)
+            check_power(self.kv.value, v, self.focus_modes[self.focus_mode.value])
+            await self._run(inst.set_current_ua, v)
+            got = float(inst.tube.current_setpoint_ua)
+            self.ua_rbv.set(got)
+            self.poll_soon()
+            return got
 
-        async def on_mode(v):
-            await self._action("focus mode", set_mode, self.focus_mode,
-                               lambda: self.focus_modes.index(inst.tube.focus_mode),
-                               self.poll_once)(v)
+        async def on_mode(i):
+            check_power(self.kv.value, self.ua.value, self.focus_modes[i])
+            await self._run(inst.set_focus_mode, self.focus_modes[i])
+            self.focus_mode_rbv.set(i)
+            self.poll_soon()
 
         async def on_xray(v):
-            fn = inst.xray_on if v else inst.xray_off
-            await self._action("X-rays " + ("on" if v else "off"), lambda _: fn(), self.xray,
-                               lambda: int(inst.tube.state.name == "XRAY_ON"),
-                               self.poll_once)(v)
+            if v:
+                if not self.interlock_rbv.value:
+                    raise PutRefused("X-rays on refused: interlock open (TUBE:Interlock_RBV)")
+                self._xray_requested = True
+                try:
+                    await self._run(inst.xray_on)
+                except Exception:
+                    self._xray_requested = False
+                    raise
+            else:
+                self._xray_requested = False
+                self.xray.set(0)          # asked for: not a trip when the poll sees it off
+                await self._run(inst.xray_off)
+            self.xray_rbv.set(int(bool(v)))
+            await self._run(self.poll_once)
 
         async def on_warmup(v):
-            if not v:
-                return
-            await self._action("warm-up", lambda _: inst.warm_up(), None, None,
-                               self.poll_once)(v)
-            self.warmup.set(0, process=False)
+            if v:
+                state = TUBE_STATES[self.state_rbv.value]
+                if state not in ("WARMUP_NEEDED", "STANDBY", "WARMING_UP"):
+                    raise PutRefused(f"warm-up refused in state {state}")
+                try:
+                    await self._run(inst.warm_up)
+                finally:
+                    await self._run(self.poll_once)
+            return 0
 
-        for rec, fn in ((self.kv, on_kv), (self.ua, on_ua), (self.focus_mode, on_mode),
-                        (self.xray, on_xray), (self.warmup, on_warmup)):
-            self._bind(rec, fn)
+        async def on_reset(v):
+            if v:
+                await self._run(self._reset_fault)
+            return 0
 
-    def _out(self, kind: str, name: str, *args, **kw):
-        """Output record ``builder.<kind>`` named ``prefix + name``, whose puts go to the
-        handler bound to it with :meth:`_bind`."""
-        name = self._n(name)
-        ctor = getattr(builder, kind)
-        async def on_update(value):
-            handler = self._handlers.get(name)
-            if handler is not None:
-                await handler(value)
-        rec = ctor(name, *args, on_update=on_update, **kw)
-        self._names[id(rec)] = name
-        return rec
+        kw_kv = dict(units="kV", precision=1, limits=self.kv_range, group=g)
+        self.kv = self.pv("TUBE:Voltage", "float", st.voltage_setpoint_kv,
+                          "tube voltage setpoint; refused beyond the limits or the focus mode's "
+                          "power", on_put=on_kv, **kw_kv)
+        self.kv_rbv = self.ro("TUBE:Voltage_RBV", "float", st.voltage_setpoint_kv,
+                              "voltage setpoint in force (the tube's SPV)", **kw_kv)
+        self.kv_act = self.ro("TUBE:VoltageActual_RBV", "float", st.voltage_kv,
+                              "measured output voltage (0 with X-rays off)", units="kV",
+                              precision=1, limits=(0.0, self.kv_range[1]), group=g)
+        kw_ua = dict(units="uA", precision=1, limits=self.ua_range, group=g)
+        self.ua = self.pv("TUBE:Current", "float", st.current_setpoint_ua,
+                          "tube current setpoint; refused beyond the limits or the focus mode's "
+                          "power", on_put=on_ua, **kw_ua)
+        self.ua_rbv = self.ro("TUBE:Current_RBV", "float", st.current_setpoint_ua,
+                              "current setpoint in force (the tube's SPC)", **kw_ua)
+        self.ua_act = self.ro("TUBE:CurrentActual_RBV", "float", st.current_ua,
+                              "measured output current (0 with X-rays off)", units="uA",
+                              precision=1, limits=(0.0, self.ua_range[1]), group=g)
+        self.power_act = self.ro("TUBE:PowerActual_RBV", "float", 0.0, "measured output "
+                                 "power", units="W", precision=2,
+                                 limits=(0.0, float(max(lim.max_power_w_by_focus.values()))),
+                                 group=g)
+        labels = tuple(f"{m}: {spots[m].focal_spot_um:g} um" if m in spots else str(m)
+                       for m in self.focus_modes)
+        self.focus_mode = self.pv("TUBE:FocusMode", "enum", self.focus_modes.index(
+            st.focus_mode), "focus mode (focal spot); refused if the power exceeds its limit",
+            on_put=on_mode, choices=labels, group=g)
+        self.focus_mode_rbv = self.ro("TUBE:FocusMode_RBV", "enum", self.focus_modes.index(
+            st.focus_mode), "focus mode in force", choices=labels, group=g)
+        self.xray = self.pv("TUBE:XrayOn", "enum", 0, "X-rays on (completes when the output "
+                            "has reached the setpoints) / off; goes to Off by itself on a trip",
+                            on_put=on_xray, choices=("Off", "On"), group=g)
+        self.xray_rbv = self.ro("TUBE:XrayOn_RBV", "enum", 0, "X-ray output on", choices=(
+            "Off", "On"), group=g)
+        self.warmup = self.pv("TUBE:WarmUp", "enum", 0, "1: run the warm-up; completes when it "
+                              "has finished", on_put=on_warmup, choices=("Done", "Warm up"),
+                              group=g)
+        self.warmup_rbv = self.ro("TUBE:WarmUpProgress_RBV", "float", 0.0, "warm-up progress",
+                                  units="%", limits=(0.0, 100.0), group=g)
+        self.state_rbv = self.ro("TUBE:State_RBV", "enum", 0, "tube controller state",
+                                 choices=TUBE_STATES, group=g)
+        self.interlock_rbv = self.ro("TUBE:Interlock_RBV", "enum", 1, "door interlock "
+                                     "(Open: MAJOR alarm, X-rays cannot go on)",
+                                     choices=("Open", "Closed"), group=g)
+        self.error_rbv = self.ro("TUBE:Error_RBV", "int", 0, "latched fault code (0: none; -1 "
+                                 "tube not responding)", group=g)
+        self.error_text_rbv = self.ro("TUBE:ErrorText_RBV", "char", "", "latched fault text",
+                                      length=MAX_MESSAGE, group=g)
+        self.fault_reset = self.pv("TUBE:FaultReset", "enum", 0, "1: clear latched faults "
+                                   "(overload; re-open a lost link); X-rays stay off",
+                                   on_put=on_reset, choices=("Done", "Reset"), group=g)
 
-    def _bind(self, record, handler) -> None:
-        """Make ``handler(value)`` (async) the action of a put to ``record``."""
-        self._handlers[self._names[id(record)]] = handler
+    def _reset_fault(self) -> None:
+        tube = self.inst.tube
+        if getattr(tube, "fault", None) is not None or not getattr(tube, "connected", True):
+            tube.reconnect()
+        tube.reset_overload()
+        self.poll_once()
+        if self.error_rbv.value:
+            raise PutRefused(f"fault {self.error_rbv.value} still latched after reset: "
+                             f"{self.error_text_rbv.value}")
+        self._message("tube faults reset")
 
-    def _build_axis(self, group: str, field: str, key: str, axis, egu: str, prec: int,
-                    move: Callable[[float], None]) -> None:
-        n = self._n
+    # --- axes as motor records -----------------------------------------------------------------
+    def _build_motor(self, base: str, key: str, axis, egu: str, prec: int,
+                     move: Callable[[float], None], what: str) -> None:
+        """Motor-record fields of ``base`` (user = DIR-signed dial + OFF). HLM/LLM are the
+        axis's soft limits (the driver enforces them before a command is sent)."""
+        g = f"Axis {base}"
+        # the configured travel (controller range within the bench's soft limits) bounds HLM/LLM
         travel = tuple(float(x) for x in axis.limits)
-        self._soft[key] = travel
+        soft = travel
         pos = float(axis.position)
-        base = f"{group}{field}"
+        m: dict[str, Any] = {"axis": axis, "travel": travel, "egu": egu, "off": 0.0, "dir": 0,
+                             "set": 0, "stop_req": False}
+        self._axes[key] = m
 
-        def valid(v) -> bool:
-            lo, hi = self._soft[key]
-            if not lo <= v <= hi:
-                self._message(f"{base}: target {v:g} {egu} outside the soft limits "
-                              f"{lo:g}..{hi:g} {egu}: rejected", error=True)
-                return False
-            return True
+        def sign() -> int:
+            return -1 if m["dir"] else 1
 
-        def valid_limit(which: str, v) -> bool:
-            lo, hi = self._soft[key]
-            if not travel[0] <= v <= travel[1]:
-                why = f"outside the stage travel {travel[0]:g}..{travel[1]:g} {egu}"
-            elif which == "HLM" and not v > lo:
-                why = f"not above the low limit {lo:g} {egu}"
-            elif which == "LLM" and not v < hi:
-                why = f"not below the high limit {hi:g} {egu}"
+        def user(dial: float) -> float:
+            return sign() * dial + m["off"]
+
+        def dial_of(u: float) -> float:
+            return (u - m["off"]) * sign()
+
+        def user_limits() -> tuple[float, float]:
+            a, b = user(m["dlo"]), user(m["dhi"])
+            return (min(a, b), max(a, b))
+        m["dlo"], m["dhi"] = soft
+        m["user"], m["dial_of"], m["user_limits"] = user, dial_of, user_limits
+
+        def f(field: str, kind: str, value, doc: str, on_put=None, **kw) -> PV:
+            kw.setdefault("group", g)
+            return self.pv(f"{base}.{field}", kind, value, doc, on_put=on_put, **kw)
+
+        num = dict(units=egu, precision=prec)
+        val = f("VAL", "float", pos, f"{what}: user setpoint; the put completes when the move "
+                "has ended (DMOV 1)", on_put=lambda v: self._on_move(key, v), store=False,
+                limits=soft, enforce_limits=False, **num)
+        self.table.alias(base, val)
+        rbv = f("RBV", "float", pos, "user readback (where the axis is, also after a stop)",
+                **num)
+        dval = f("DVAL", "float", pos, "dial setpoint", on_put=lambda v: self._on_move(
+            key, user(v)), store=False, **num)
+        drbv = f("DRBV", "float", pos, "dial readback", **num)
+        dmov = f("DMOV", "int", 1, "done moving: 0 during every move put, 1 when it has ended "
+                 "(also after a refused or stopped move)")
+        movn = f("MOVN", "int", 0, "moving")
+        m_stop = f("STOP", "int", 0, "1: stop now (the move put completes, readback true)",
+                   on_put=lambda v: self._on_stop(key, v))
+        spmg = f("SPMG", "enum", 3, "Stop / Pause / Move / Go: Stop and Pause stop the axis",
+                 choices=("Stop", "Pause", "Move", "Go"),
+                 on_put=lambda v: self._on_stop(key, 1 if v < 2 else 0))
+
+        async def on_limit(which: str, v: float):
+            d = dial_of(v)
+            lo_t, hi_t = travel
+            if not lo_t - 1e-9 <= d <= hi_t + 1e-9:
+                raise PutRefused(f"{base}.{which} {v:g} {egu} outside the stage travel "
+                                 f"{user(lo_t):g}..{user(hi_t):g} {egu}")
+            ulo, uhi = user_limits()
+            if which == "HLM" and not v > ulo:
+                raise PutRefused(f"{base}.HLM {v:g} {egu} not above the low limit {ulo:g} {egu}")
+            if which == "LLM" and not v < uhi:
+                raise PutRefused(f"{base}.LLM {v:g} {egu} not below the high limit {uhi:g} {egu}")
+            # user limit -> dial limit; with DIR reversed the user high limit is the dial low one
+            if (which == "HLM") != bool(m["dir"]):
+                await self._run(self._set_soft, key, m["dlo"], d)
             else:
-                return True
-            self._message(f"{base}_{which} {v:g} {egu} {why}: rejected", error=True)
-            return False
+                await self._run(self._set_soft, key, d, m["dhi"])
+            self._message(f"{base} soft limits now {user_limits()[0]:g}..{user_limits()[1]:g} "
+                          f"{egu}")
 
-        dlo, dhi = _outward(*travel)
-        sp = self._out("aOut", base, initial_value=pos, EGU=egu, PREC=prec, DRVL=dlo, DRVH=dhi,
-                       LOPR=travel[0], HOPR=travel[1], always_update=True, blocking=True,
-                       validate=lambda r, v: valid(v))
-        rbv = builder.aIn(n(f"{base}_RBV"), initial_value=pos, EGU=egu, PREC=prec,
-                          LOPR=travel[0], HOPR=travel[1])
-        dmov = builder.boolIn(n(f"{base}_DMOV"), initial_value=1, ZNAM="Moving", ONAM="Done")
-        stop = self._out("Action", f"{base}_STOP", ZNAM="", ONAM="Stop", initial_value=0)
-        velo = self._out("aOut", f"{base}_VELO", initial_value=float(axis.velocity),
-                            EGU=f"{egu}/s", PREC=prec, DRVL=0.0, blocking=True,
-                            validate=lambda r, v: v > 0)
-        # blocking: a put completes once the new limit is in force for the next move
-        hlm = self._out("aOut", f"{base}_HLM", initial_value=travel[1], EGU=egu, PREC=prec,
-                        DRVL=dlo, DRVH=dhi, LOPR=travel[0], HOPR=travel[1], blocking=True,
-                        validate=lambda r, v: valid_limit("HLM", v))
-        llm = self._out("aOut", f"{base}_LLM", initial_value=travel[0], EGU=egu, PREC=prec,
-                        DRVL=dlo, DRVH=dhi, LOPR=travel[0], HOPR=travel[1], blocking=True,
-                        validate=lambda r, v: valid_limit("LLM", v))
-        setattr(self, f"{key}_rec", {"sp": sp, "rbv": rbv, "dmov": dmov, "stop": stop, "velo": velo,
-                                         "hlm": hlm, "llm": llm, "axis": axis, "egu": egu})
+        async def on_dial_limit(which: str, v: float):
+            await on_limit("HLM" if (which == "DHLM") != bool(m["dir"]) else "LLM", user(v))
 
-        def set_limit(which: str, v: float) -> None:
-            lo, hi = self._soft[key]
-            lo, hi = (lo, float(v)) if which == "HLM" else (float(v), hi)
-            self._soft[key] = (lo, hi)
-            # control limits of the setpoint follow; DRVL/DRVH a hair outside (see _outward)
-            name = self._names[id(sp)]
-            for fld, val in zip(("DRVL", "DRVH", "LOPR", "HOPR"), (*_outward(lo, hi), lo, hi)):
-                _put_field(name, fld, val)
-            self._message(f"{base} soft limits now {lo:g}..{hi:g} {egu}")
-
-        def limit_handler(which: str):
-            async def on(v):
-                set_limit(which, v)
-            return on
-
-        self._bind(hlm, limit_handler("HLM"))
-        self._bind(llm, limit_handler("LLM"))
-
-        async def on_move(v):
-            self._moving[key] += 1
-            dmov.set(0)
-            try:
-                await self._run(move, v)
-                self._message(f"{base} on target at {v:g} {egu}")
-            except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-                self._message(f"{base} move to {v:g} {egu} failed: {exc}", error=True)
-            finally:
-                with contextlib.suppress(Exception):
-                    p = await self._run(lambda: float(axis.position))
-                    rbv.set(p)
-                self._moving[key] -= 1
-                dmov.set(1)
-
-        async def on_stop(v):
-            await self._run(axis.stop)
-            self._message(f"{base}: stopped")
+        hlm = f("HLM", "float", soft[1], "user high soft limit (within the travel); moves beyond "
+                "are refused", on_put=lambda v: on_limit("HLM", v), store=False, **num)
+        llm = f("LLM", "float", soft[0], "user low soft limit", on_put=lambda v: on_limit(
+            "LLM", v), store=False, **num)
+        dhlm = f("DHLM", "float", soft[1], "dial high soft limit",
+                 on_put=lambda v: on_dial_limit("DHLM", v), store=False, **num)
+        dllm = f("DLLM", "float", soft[0], "dial low soft limit",
+                 on_put=lambda v: on_dial_limit("DLLM", v), store=False, **num)
+        hls = f("HLS", "int", 0, "at the high limit of travel")
+        lls = f("LLS", "int", 0, "at the low limit of travel")
+        lvio = f("LVIO", "int", 0, "1: the last move asked for a target outside the soft limits")
+        tdir = f("TDIR", "int", 1, "direction of the last move (1 positive)")
 
         async def on_velo(v):
-            await self._action(f"{base} velocity", lambda x: setattr(axis, "velocity", x), velo,
-                               lambda: float(axis.velocity))(v)
+            if not v > 0:
+                raise PutRefused(f"{base}.VELO {v:g} {egu}/s: must be > 0")
+            if v > vmax.value:
+                raise PutRefused(f"{base}.VELO {v:g} {egu}/s above VMAX {vmax.value:g} {egu}/s")
+            await self._run(setattr, axis, "velocity", v)
+            return float(await self._run(lambda: axis.velocity))
+        vlim = getattr(axis, "velocity_limits", None)
+        vmax_v = float(vlim[1]) if vlim else float(axis.velocity) * 10.0
+        velo = f("VELO", "float", float(axis.velocity), "velocity", on_put=on_velo,
+                 units=f"{egu}/s", precision=prec)
+        vmax = f("VMAX", "float", vmax_v, "highest velocity the controller accepts",
+                 units=f"{egu}/s", precision=prec)
+        vbas = f("VBAS", "float", 0.0, "base velocity (the controller ramps from rest)",
+                 units=f"{egu}/s", precision=prec)
 
-        self._bind(sp, on_move)
-        self._bind(stop, on_stop)
-        self._bind(velo, on_velo)
+        async def on_accl(v):
+            if not v > 0:
+                raise PutRefused(f"{base}.ACCL {v:g} s: must be > 0")
+        f("ACCL", "float", 0.1, "acceleration time to VELO, used by clients to plan fly scans; "
+          "the controller applies its own ramp", on_put=on_accl, units="s", precision=3)
+        f("EGU", "string", egu, "engineering units")
+        f("PREC", "int", prec, "display precision")
+        f("DESC", "string", what[:39], "description")
 
+        def recompute():
+            """User-coordinate readbacks and limits after OFF/DIR changed."""
+            d = float(drbv.value)
+            rbv.set(user(d))
+            val.set(user(d))
+            ulo, uhi = user_limits()
+            hlm.set(uhi)
+            llm.set(ulo)
+            val.set_limits(ulo, uhi)
+
+        async def on_off(v):
+            m["off"] = float(v)
+            recompute()
+
+        async def on_dir(v):
+            m["dir"] = int(v)
+            recompute()
+
+        f("OFF", "float", 0.0, "user offset: user = DIR-signed dial + OFF", on_put=on_off, **num)
+        f("DIR", "enum", 0, "user direction", on_put=on_dir, choices=("Pos", "Neg"))
+        f("FOFF", "enum", 0, "offset-freeze switch", on_put=self._stored,
+          choices=("Variable", "Frozen"))
+
+        async def on_set(v):
+            m["set"] = int(v)
+        f("SET", "enum", 0, "Use / Set: in Set, a VAL put redefines the user position (OFF) "
+          "without moving", on_put=on_set, choices=("Use", "Set"))
+        for name, doc in (("HOMF", "home forward: the stage is referenced at connection; a "
+                           "put of 1 is refused"), ("HOMR", "home reverse (see HOMF)")):
+            f(name, "int", 0, doc, on_put=functools.partial(self._refuse_home, base))
+        res = 10.0 ** -max(prec, 1)
+        f("MRES", "float", res, "motor resolution (closed-loop controller: the readback's "
+          "resolution)", units=egu, precision=prec + 2)
+        f("ERES", "float", res, "encoder resolution", units=egu, precision=prec + 2)
+        f("RDBD", "float", res * 10, "retry deadband: on-target window of the controller",
+          units=egu, precision=prec + 1)
+        f("UREV", "float", 1.0, "units per revolution (linear/rotary closed-loop axis)",
+          units=egu, precision=prec)
+        f("SREV", "int", int(round(1.0 / res)), "steps per revolution (1/MRES)")
+        f("OUT", "string", f"{getattr(axis, 'name', base)}"[:39], "controller axis")
+        msta = f("MSTA", "int", 0, "status bits (bit 2 done, bit 10 moving, bit 9 problem)")
+        for alias, field in (("_RBV", "RBV"), ("_DMOV", "DMOV"), ("_STOP", "STOP"),
+                             ("_VELO", "VELO"), ("_HLM", "HLM"), ("_LLM", "LLM"),
+                             ("_MOVN", "MOVN")):
+            self.table.alias(base + alias, self.table.pvs[f"{self.prefix}{base}.{field}"])
+        m.update(val=val, rbv=rbv, dval=dval, drbv=drbv, dmov=dmov, movn=movn, stop=m_stop,
+                 spmg=spmg, hlm=hlm, llm=llm, dhlm=dhlm, dllm=dllm, hls=hls, lls=lls,
+                 lvio=lvio, tdir=tdir, velo=velo, msta=msta, base=base)
+
+    async def _stored(self, v):
+        return None
+
+    async def _refuse_home(self, base: str, v):
+        if v:
+            raise PutRefused(f"{base}: homing is not offered (the stage is referenced when the "
+                             "instrument connects)")
+
+    def _set_soft(self, key: str, dlo: float, dhi: float) -> None:
+        m = self._axes[key]
+        axis = m["axis"]
+        setter = getattr(self.inst, "set_soft_limits", None)
+        if callable(setter):
+            setter(key, (dlo, dhi))
+        else:
+            axis.soft_limits = (dlo, dhi)
+        m["dlo"], m["dhi"] = dlo, dhi
+        ulo, uhi = m["user_limits"]()
+        m["hlm"].set(uhi)
+        m["llm"].set(ulo)
+        m["dhlm"].set(dhi)
+        m["dllm"].set(dlo)
+        m["val"].set_limits(ulo, uhi)
+
+    def _axis_readback(self, key: str) -> float:
+        m = self._axes[key]
+        d = float(m["axis"].position)
+        m["drbv"].set(d)
+        m["rbv"].set(m["user"](d))
+        lo_t, hi_t = m["travel"]
+        m["hls"].set(int(d >= hi_t - 1e-6))
+        m["lls"].set(int(d <= lo_t + 1e-6))
+        return d
+
+    async def _on_move(self, key: str, target: float):
+        m = self._axes[key]
+        base, egu = m["base"], m["egu"]
+        if m["set"]:
+            # Set mode: the user position becomes target, nothing moves (OFF absorbs it)
+            d = await self._run(self._axis_readback, key)
+            m["off"] = target - (-1 if m["dir"] else 1) * d
+            m["val"].set(target)
+            m["rbv"].set(target)
+            ulo, uhi = m["user_limits"]()
+            m["hlm"].set(uhi)
+            m["llm"].set(ulo)
+            m["val"].set_limits(ulo, uhi)
+            self._message(f"{base}: position redefined as {target:g} {egu} (OFF "
+                          f"{m['off']:g})")
+            return
+        dial = m["dial_of"](target)
+        self._moving[key] += 1
+        m["dmov"].set(0)
+        m["movn"].set(1)
+        m["msta"].set(1 << 10)
+        m["stop_req"] = False
+        m["lvio"].set(0)
+        m["val"].set(target)
+        refused: str | None = None
+        failed: str | None = None
+        try:
+            ulo, uhi = m["user_limits"]()
+            if not ulo <= target <= uhi:
+                m["lvio"].set(1)
+                refused = (f"{base}: target {target:g} {egu} outside the soft limits "
+                           f"{ulo:g}..{uhi:g} {egu}")
+            else:
+                m["tdir"].set(int(dial >= float(m["drbv"].value)))
+                fut = self._run(self._move_and_watch, key, dial)
+                await fut
+        except PutRefused as exc:
+            refused = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a failed move fails the put, readback true
+            failed = f"{base} move to {target:g} {egu} failed: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                d = await self._run(self._axis_readback, key)
+            where = float(m["rbv"].value)
+            if refused or failed:
+                # the setpoint tells the truth too: where the axis is
+                m["val"].set(where)
+                m["rbv"].set(where, severity=MINOR, status="SOFT" if refused else "STATE")
+                m["msta"].set(1 << 9 | 1 << 1)
+            else:
+                m["msta"].set(1 << 1)
+            self._moving[key] -= 1
+            m["movn"].set(0)
+            m["dmov"].set(1)
+        if refused:
+            raise PutRefused(refused)
+        if failed:
+            raise PutRefused(failed)
+        if m["stop_req"] and abs(where - target) > 1e-3:
+            m["val"].set(where)
+            self._message(f"{base} stopped at {where:g} {egu} (target {target:g} {egu})")
+        else:
+            self._message(f"{base} on target at {where:g} {egu}")
+
+    def _move_and_watch(self, key: str, dial: float) -> None:
+        """The move (blocking, in a worker) with the readback published while it runs."""
+        m = self._axes[key]
+        mover = self.inst.move_focus_um if key == "focus" else self.inst.move_rotation_deg
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(MOVE_POLL_S):
+                with contextlib.suppress(Exception):
+                    self._axis_readback(key)
+        t = threading.Thread(target=watch, daemon=True, name=f"xi-ioc-{key}-rbv")
+        t.start()
+        try:
+            mover(dial)
+        except Exception:
+            if not m["stop_req"]:
+                raise
+        finally:
+            done.set()
+            t.join(1.0)
+
+    async def _on_stop(self, key: str, v):
+        if not v:
+            return 0
+        m = self._axes[key]
+        m["stop_req"] = True
+        await self._run(m["axis"].stop)
+        return 0
+
+    # --- camera (areaDetector ADBase) ----------------------------------------------------------
     def _build_camera(self) -> None:
-        inst, n = self.inst, self._n
-        rows, cols = inst.camera.frame_shape
+        inst = self.inst
+        rows, cols = (int(x) for x in inst.camera.frame_shape)
         self.shape = (rows, cols)
-        exp = inst.exposure_s
-        self.acquire = self._out("boolOut", "CAM:Acquire", ZNAM="Done", ONAM="Acquire",
-                                       initial_value=0, blocking=True, always_update=True)
-        self.acquire_rbv = builder.boolIn(n("CAM:Acquire_RBV"), ZNAM="Done", ONAM="Acquiring")
-        self.acq_time = self._out("aOut", "CAM:AcquireTime", initial_value=exp, EGU="s", PREC=4,
-                                     blocking=True, validate=lambda r, v: v > 0)
-        self.acq_time_rbv = builder.aIn(n("CAM:AcquireTime_RBV"), initial_value=exp, EGU="s",
-                                        PREC=4)
-        self.num_images = self._out("longOut", "CAM:NumImages", initial_value=1, DRVL=1,
-                                          DRVH=1_000_000)
-        self.num_images_rbv = builder.longIn(n("CAM:NumImages_RBV"), initial_value=1)
-        self.num_average = self._out("longOut", "CAM:NumAverage", initial_value=1, DRVL=1,
-                                           DRVH=10_000)
-        self.num_average_rbv = builder.longIn(n("CAM:NumAverage_RBV"), initial_value=1)
-        self.image_mode = self._out("mbbOut", "CAM:ImageMode", *IMAGE_MODES, initial_value=0)
-        self.image_mode_rbv = builder.mbbIn(n("CAM:ImageMode_RBV"), *IMAGE_MODES)
-        self.counter = builder.longIn(n("CAM:ArrayCounter_RBV"), initial_value=0)
-        self.size_x = builder.longIn(n("CAM:ArraySizeX_RBV"), initial_value=cols)
-        self.size_y = builder.longIn(n("CAM:ArraySizeY_RBV"), initial_value=rows)
-        self.det_state = builder.mbbIn(n("CAM:DetectorState_RBV"), *[
-            (s, "MAJOR") if s in ("Error", "Disconnected") else s for s in DETECTOR_STATES])
-        self.dropped = builder.longIn(n("CAM:DroppedFrames_RBV"), initial_value=0)
-        self.binning = self._out("longOut", "CAM:ImageBinning", initial_value=1, DRVL=1, DRVH=16)
         self.image_elements = image_elements((rows, cols))
-        self.image = builder.WaveformIn(n("CAM:Image"), length=self.image_elements,
-                                        datatype=np.float32)
-        self.array_binning = builder.longIn(n("CAM:ArrayBinning_RBV"), initial_value=1)
-        self.image_scale = builder.aIn(n("CAM:ImageScale_RBV"), initial_value=1.0, PREC=2)
-        self.corrected_rbv = builder.boolIn(n("CAM:Corrected_RBV"), ZNAM="Raw",
-                                            ONAM="Corrected")
-        self.take_darks = self._out("boolOut", "CAM:TakeDarks", ZNAM="Done", ONAM="Busy",
-                                    initial_value=0, blocking=True, always_update=True)
-        self.take_flats = self._out("boolOut", "CAM:TakeFlats", ZNAM="Done", ONAM="Busy",
-                                    initial_value=0, blocking=True, always_update=True)
-        self.references_rbv = builder.mbbIn(n("CAM:References_RBV"), "None", "Dark", "Flat",
-                                            "Dark+Flat")
+        g = "Camera (areaDetector ADBase, prefix CAM:)"
+        c = "CAM:"
+        exp = float(inst.exposure_s)
+        cam = inst.camera
 
-        def reference(kind, record):
-            fn = inst.take_darks if kind == "dark" else inst.take_flats
+        def kw(**k):
+            k.setdefault("group", g)
+            return k
 
-            async def on(v):
-                if not v:
-                    return
-                self.det_state.set(DETECTOR_STATES.index("Acquire"))
-                await self._action(f"{kind} reference", lambda _: fn(
-                    int(self.num_average.get())), None, None, self.poll_once)(v)
-                self.det_state.set(DETECTOR_STATES.index("Idle"))
-                record.set(0, process=False)
-            return on
+        self.acquire = self.pv(c + "Acquire", "enum", 0, "1: acquire ImageMode frames; the put "
+                               "completes when the acquisition has ended; 0 stops it",
+                               on_put=self._on_acquire, store=False,
+                               choices=("Done", "Acquire"), group=g)
+        self.acquire_rbv = self.ro(c + "Acquire_RBV", "enum", 0, "acquiring",
+                                   choices=("Done", "Acquire"), group=g)
 
-        self._bind(self.take_darks, reference("dark", self.take_darks))
-        self._bind(self.take_flats, reference("flat", self.take_flats))
+        def set_exposure(v):
+            inst.set_exposure_s(v)
+            return float(inst.exposure_s)
+        self.acq_time, self.acq_time_rbv = self.pair(
+            c + "AcquireTime", "float", exp, "exposure time per camera frame", set_exposure,
+            **kw(units="s", precision=4, limits=(1e-6, 3600.0)))
+        self.acq_period, self.acq_period_rbv = self.pair(
+            c + "AcquirePeriod", "float", 0.0, "time between published frames (0: as fast as "
+            "exposure and averaging allow)", None, **kw(units="s", precision=4,
+                                                       limits=(0.0, 3600.0)))
+        self.num_images, self.num_images_rbv = self.pair(
+            c + "NumImages", "int", 1, "frames per acquisition in Multiple mode", None,
+            **kw(limits=(1, 1_000_000)))
+        self.num_images_counter = self.ro(c + "NumImagesCounter_RBV", "int", 0, "frames of the "
+                                          "running acquisition so far", group=g)
+        self.num_average, self.num_average_rbv = self.pair(
+            c + "NumAverage", "int", 1, "camera frames averaged into each published frame", None,
+            **kw(limits=(1, 10_000)))
+        self.num_exposures, _ = self.pair(
+            c + "NumExposures", "int", 1, "camera frames per published frame (areaDetector's "
+            "name; the same setting as NumAverage)", self._set_average_from_exposures,
+            **kw(limits=(1, 10_000)))
+        self.num_exposures_counter = self.ro(c + "NumExposuresCounter_RBV", "int", 0,
+                                             "camera frames of the frame in progress", group=g)
+        self.image_mode, self.image_mode_rbv = self.pair(
+            c + "ImageMode", "enum", 0, "Single / Multiple (NumImages) / Continuous", None,
+            **kw(choices=IMAGE_MODES))
+        self.fixed(c + "TriggerMode", "enum", 0, "frames are triggered by the camera's own "
+                   "clock", **kw(choices=TRIGGER_MODES))
+        self.counter, self.counter_rbv = self.pair(
+            c + "ArrayCounter", "int", 0, "published frames (a put resets the count)", None,
+            **kw())
+        self.array_rate = self.ro(c + "ArrayRate_RBV", "float", 0.0, "published frames per "
+                                  "second", units="Hz", precision=2, group=g)
+        self.size_x = self.ro(c + "ArraySizeX_RBV", "int", cols, "columns of the published "
+                              "image", group=g)
+        self.size_y = self.ro(c + "ArraySizeY_RBV", "int", rows, "rows of the published image",
+                              group=g)
+        self.ro(c + "ArraySizeZ_RBV", "int", 0, "third dimension (0: a 2-D mono image)", group=g)
+        self.array_size = self.ro(c + "ArraySize_RBV", "int", rows * cols * 4,
+                                  "bytes of the published image", group=g)
+        for i, v in enumerate((cols, rows, 0)):
+            setattr(self, f"cam_size{i}", self.ro(f"{c}ArraySize{i}_RBV", "int", v,
+                                                  f"size of dimension {i}", group=g))
+        self.ro(c + "MaxSizeX_RBV", "int", cols, "sensor columns", group=g)
+        self.ro(c + "MaxSizeY_RBV", "int", rows, "sensor rows", group=g)
+        binning = int(getattr(cam, "binning", 1) or 1)
+        self.fixed(c + "MinX", "int", 0, "region of interest: the full sensor is read", **kw())
+        self.fixed(c + "MinY", "int", 0, "region of interest: the full sensor is read", **kw())
+        self.fixed(c + "SizeX", "int", cols * binning, "region of interest: the full sensor "
+                   "is read", **kw())
+        self.fixed(c + "SizeY", "int", rows * binning, "region of interest: the full sensor "
+                   "is read", **kw())
+        self.bin_x, self.bin_x_rbv = self.pair(
+            c + "BinX", "int", 1, "binning of the published image (BinX and BinY are one "
+            "setting: square bins)", functools.partial(self._set_binning, "x"),
+            **kw(limits=(1, 16)))
+        self.bin_y, self.bin_y_rbv = self.pair(
+            c + "BinY", "int", 1, "binning of the published image (see BinX)",
+            functools.partial(self._set_binning, "y"), **kw(limits=(1, 16)))
+        self.fixed(c + "ReverseX", "enum", 0, "the image is not mirrored", **kw(choices=NO_YES))
+        self.fixed(c + "ReverseY", "enum", 0, "the image is not mirrored", **kw(choices=NO_YES))
+        self.fixed(c + "DataType", "enum", DATA_TYPES.index("Float32"), "published frames are "
+                   "averaged and corrected: 32-bit float", **kw(choices=DATA_TYPES))
+        self.fixed(c + "ColorMode", "enum", 0, "monochrome sensor", **kw(choices=COLOR_MODES))
+        self.fixed(c + "Gain", "float", 1.0, "the sCMOS runs at its fixed conversion gain",
+                   **kw(precision=2))
+        self.fixed(c + "FrameType", "enum", 0, "frames are measured frames; references are "
+                   "taken with TakeDarks / TakeFlats", **kw(choices=("Normal", "Background",
+                                                                        "FlatField")))
+        self.array_callbacks, _ = self.pair(
+            c + "ArrayCallbacks", "enum", 1, "Enable: frames go to the image and file plugins",
+            None, **kw(choices=DISABLE_ENABLE))
+        self.det_state = self.ro(c + "DetectorState_RBV", "enum", 0, "detector state",
+                                 choices=DETECTOR_STATES, group=g)
+        self.cam_status = self.ro(c + "StatusMessage_RBV", "char", "Idle", "camera status text",
+                                  length=MAX_MESSAGE, group=g)
+        self.time_remaining = self.ro(c + "TimeRemaining_RBV", "float", 0.0, "estimated time "
+                                      "left in the acquisition", units="s", precision=2, group=g)
+        name = type(cam).__name__
+        model = getattr(cam, "model", None) or name
+        for pv_name, value, doc in (
+                ("Manufacturer_RBV", "xinstrument" if "Sim" in name else
+                 str(getattr(cam, "manufacturer", "PCO")), "camera maker"),
+                ("Model_RBV", str(model), "camera model"),
+                ("SerialNumber_RBV", str(getattr(cam, "serial_number", "")), "serial number"),
+                ("FirmwareVersion_RBV", str(getattr(cam, "firmware_version", "")), "firmware"),
+                ("SDKVersion_RBV", "", "camera SDK version"),
+                ("DriverVersion_RBV", _version(), "xinstrument version"),
+                ("ADCoreVersion_RBV", AD_CORE_VERSION, "areaDetector release whose PV interface "
+                 "this IOC follows"),
+                ("PortName_RBV", CAM_PORT, "the driver's port, NDArrayPort of the plugins")):
+            self.ro(c + pv_name, "string", value[:39], doc, group=g)
+        self.fixed(c + "Temperature", "float", float(getattr(cam, "temperature_setpoint_c",
+                                                             20.0) or 20.0),
+                   "sensor temperature setpoint (fixed by the camera's cooling)",
+                   **kw(units="C", precision=1))
+        self.cam_temp = self.ro(c + "TemperatureActual", "float", math.nan,
+                                "sensor temperature as the camera reports it (NaN, INVALID "
+                                "alarm: it does not)", units="C", precision=1, group=g)
+        self.cam_temp.set(math.nan, INVALID, "UDF")
+        for nm, doc in (("StringToServer_RBV", "last command string (none: no string port)"),
+                        ("StringFromServer_RBV", "last reply string (none)")):
+            self.ro(c + nm, "char", "", doc, length=MAX_MESSAGE, group=g)
+        self.fixed(c + "ShutterMode", "enum", 0, "the tube's X-ray output is the shutter "
+                   "(TUBE:XrayOn)", **kw(choices=("None", "EPICS PV", "Detector output")))
 
-        def copy(src, dst):
-            async def on(v):
-                dst.set(v)
-            return on
+        async def on_shutter(v):
+            await self.table.client_put(self.xray, v)
+            return int(v)
+        self.shutter = self.pv(c + "ShutterControl", "enum", 0, "Open / Close the X-ray "
+                               "output (the same as TUBE:XrayOn)", on_put=on_shutter,
+                               choices=("Close", "Open"), group=g)
+        self.shutter_rbv = self.ro(c + "ShutterControl_RBV", "enum", 0, "X-ray output on",
+                                   choices=("Close", "Open"), group=g)
+        self.shutter_status = self.ro(c + "ShutterStatus_RBV", "enum", 0, "X-ray output on",
+                                      choices=("Closed", "Open"), group=g)
+        for nm in ("ShutterOpenDelay", "ShutterCloseDelay"):
+            self.fixed(c + nm, "float", 0.0, "the X-ray output settles before TUBE:XrayOn "
+                       "completes", **kw(units="s", precision=3))
+        for nm, doc in (("ShutterOpenEPICS", "EPICS shutter: not used (ShutterMode None)"),
+                        ("ShutterCloseEPICS", "EPICS shutter: not used"),
+                        ("ShutterControlEPICS", "EPICS shutter: not used"),
+                        ("ShutterFanout", "EPICS shutter: not used")):
+            self.fixed(c + nm, "int", 0, doc, rbv=False, **kw())
+        self.ro(c + "ShutterStatusEPICS_RBV", "enum", 0, "EPICS shutter: not used",
+                choices=("Closed", "Open"), group=g)
+        self._plugin_common(c, g, cam_driver=True)
+        self.dropped = self.ro(c + "DroppedFrames_RBV", "int", 0, "camera frames the driver "
+                               "skipped (not read in time)", group=g)
+        self.binning = self.pv(c + "ImageBinning", "int", 1, "older name of BinX/BinY",
+                               on_put=self._on_image_binning, limits=(1, 16), group=g)
+        self.image = self.pv(c + "Image", "ndarray", np.zeros((rows, cols), np.float32),
+                             "latest frame, row-major ArraySizeY_RBV x ArraySizeX_RBV (CA: "
+                             "float32 waveform; PVA: NTNDArray)", length=self.image_elements,
+                             group=g)
+        self.array_binning = self.ro(c + "ArrayBinning_RBV", "int", 1, "binning of the "
+                                     "published image (requested, or more to fit)", group=g)
+        self.image_scale = self.ro(c + "ImageScale_RBV", "float", 1.0, "published pixels per "
+                                   "sensor pixel before binning (super-resolution > 1)",
+                                   precision=2, group=g)
+        self.corrected_rbv = self.ro(c + "Corrected_RBV", "enum", 0, "frames are "
+                                     "dark/flat corrected", choices=("Raw", "Corrected"),
+                                     group=g)
+        self.take_darks = self.pv(c + "TakeDarks", "enum", 0, "1: take the dark reference "
+                                  "(NumAverage frames, X-rays off); completes when done",
+                                  on_put=functools.partial(self._on_reference, "dark"),
+                                  choices=("Done", "Busy"), group=g)
+        self.take_flats = self.pv(c + "TakeFlats", "enum", 0, "1: take the flat reference "
+                                  "(sample out); completes when done",
+                                  on_put=functools.partial(self._on_reference, "flat"),
+                                  choices=("Done", "Busy"), group=g)
+        self.references_rbv = self.ro(c + "References_RBV", "enum", 0, "references held",
+                                      choices=("None", "Dark", "Flat", "Dark+Flat"), group=g)
+        self.pva_image = self.pv("Pva1:Image", "ndarray", np.zeros((rows, cols), np.float32),
+                                 "latest frame as NTNDArray (uniqueId = ArrayCounter), PV "
+                                 "Access only (the areaDetector NDPluginPva name)",
+                                 pva_only=True, group="PV Access image (NDPluginPva)")
 
-        self._bind(self.num_images, copy(self.num_images, self.num_images_rbv))
-        self._bind(self.num_average, copy(self.num_average, self.num_average_rbv))
-        self._bind(self.image_mode, copy(self.image_mode, self.image_mode_rbv))
+    def _plugin_common(self, p: str, g: str, cam_driver: bool = False) -> None:
+        """NDArray pool and queue PVs every areaDetector port has; this IOC hands frames
+        from the acquisition thread to the plugins directly, with no pool or queue."""
+        for nm, doc in (("PoolAllocBuffers", "NDArray pool buffers allocated (no pool: 0)"),
+                        ("PoolFreeBuffers", "free pool buffers (no pool: 0)"),
+                        ("PoolMaxBuffers", "pool buffer limit (no pool: 0)"),
+                        ("PoolUsedBuffers", "pool buffers in use (no pool: 0)")):
+            self.ro(p + nm, "int", 0, doc, group=g)
+        for nm, doc in (("PoolMaxMem", "pool memory limit (no pool: 0)"),
+                        ("PoolUsedMem", "pool memory in use (no pool: 0)")):
+            self.ro(p + nm, "float", 0.0, doc, units="MB", group=g)
+        self.pv(p + "NDAttributesFile", "char", "", "NDAttributes XML file (attributes are "
+                "stored from the instrument's own state; a file name is kept, not read)",
+                on_put=self._stored, length=MAX_MESSAGE, group=g)
+        self.ro(p + "AsynIO", "int", 0, "asyn record of the port (none: 0)", group=g)
+        if cam_driver:
+            self.fixed(p + "WaitForPlugins", "enum", 1, "plugins run in the acquisition thread: "
+                       "a frame is in every enabled plugin before the next starts",
+                       rbv=False, choices=NO_YES, group=g)
+            self.ro(p + "ReadStatus", "int", 0, "status read request (statuses are polled)",
+                    group=g)
+            self.ro(p + "UniqueId_RBV", "int", 0, "unique id of the last frame", group=g)
 
-        async def on_time(v):
-            await self._action("exposure", inst.set_exposure_s, self.acq_time,
-                               lambda: inst.exposure_s, self.poll_once)(v)
+    def _set_average_from_exposures(self, v: int) -> int:
+        self.num_average.set(v)
+        self.num_average_rbv.set(v)
+        return v
 
-        self._bind(self.acq_time, on_time)
-        self._bind(self.acquire, self._on_acquire)
+    def _set_binning(self, which: str, v: int) -> int:
+        for rec in (self.bin_x, self.bin_x_rbv, self.bin_y, self.bin_y_rbv, self.binning):
+            rec.set(v)
+        return v
 
+    async def _on_image_binning(self, v):
+        self._set_binning("x", v)
+
+    async def _on_reference(self, kind: str, v):
+        if not v:
+            return 0
+        if self._acquiring:
+            raise PutRefused(f"{kind} reference refused: an acquisition is running (Acquire 0 "
+                             "first)")
+        fn = self.inst.take_darks if kind == "dark" else self.inst.take_flats
+        self.det_state.set(DETECTOR_STATES.index("Acquire"))
+        try:
+            await self._run(fn, int(self.num_average.value))
+            self._message(f"{kind} reference taken ({self.num_average.value} frames)")
+        finally:
+            self.det_state.set(DETECTOR_STATES.index("Idle"))
+            await self._run(self.poll_once)
+        return 0
+
+    # --- image1: (NDStdArrays) -----------------------------------------------------------------
+    def _build_image_plugin(self) -> None:
+        p, g = "image1:", "Image plugin (areaDetector NDStdArrays, prefix image1:)"
+        rows, cols = self.shape
+        self.img_data = self.pv(p + "ArrayData", "ndarray", np.zeros((rows, cols), np.float32),
+                                "latest frame as a float32 waveform (row-major ArraySize1 x "
+                                "ArraySize0)", length=self.image_elements, ca_only=True, group=g)
+        self.img = self._plugin_pvs(p, g, "NDPluginStdArrays")
+
+    def _plugin_pvs(self, p: str, g: str, plugin_type: str) -> dict[str, PV]:
+        rows, cols = self.shape
+        out: dict[str, PV] = {}
+        out["enable"], _ = self.pair(p + "EnableCallbacks", "enum", 1, "Enable: the plugin "
+                                     "receives frames", None, choices=DISABLE_ENABLE, group=g)
+        self.fixed(p + "BlockingCallbacks", "enum", 1, "the plugin runs in the acquisition "
+                   "thread", choices=NO_YES, group=g)
+        out["counter"], out["counter_rbv"] = self.pair(p + "ArrayCounter", "int", 0, "frames "
+                                                       "this plugin received", None, group=g)
+        out["rate"] = self.ro(p + "ArrayRate_RBV", "float", 0.0, "frames per second",
+                              units="Hz", precision=2, group=g)
+        self.fixed(p + "NDArrayPort", "string", CAM_PORT, "source port: the camera",
+                   group=g)
+        self.fixed(p + "NDArrayAddress", "int", 0, "source address", group=g)
+        self.fixed(p + "QueueSize", "int", 1, "frames go to the plugin synchronously",
+                   group=g)
+        for nm, doc, v in (("QueueFree", "free queue slots", 1), ("QueueUse", "queue in use", 0),
+                           ("DroppedArrays_RBV", "frames the plugin dropped", 0),
+                           ("UniqueId_RBV", "unique id of the last frame", 0),
+                           ("NDimensions_RBV", "dimensions of the last frame", 2)):
+            out[nm] = self.ro(p + nm, "int", v, doc, group=g)
+        self.pv(p + "DroppedArrays", "int", 0, "frames dropped (a put resets)",
+                on_put=self._stored, group=g)
+        self.ro(p + "QueueFreeLow", "int", 0, "queue low-water alarm level", group=g)
+        self.ro(p + "QueueUseHIGH", "int", 1, "queue HIGH alarm level", group=g)
+        self.ro(p + "QueueUseHIHI", "int", 1, "queue HIHI alarm level", group=g)
+        self.fixed(p + "MinCallbackTime", "float", 0.0, "every frame is passed on", units="s",
+                   group=g)
+        out["ts"] = self.ro(p + "TimeStamp_RBV", "float", 0.0, "time stamp of the last frame",
+                            units="s", precision=3, group=g)
+        for i, v in enumerate((cols, rows, 0)):
+            out[f"size{i}"] = self.ro(f"{p}ArraySize{i}_RBV", "int", v, f"size of dimension "
+                                      f"{i} of the last frame", group=g)
+        out["dims"] = self.ro(p + "Dimensions_RBV", "array", [cols, rows, 0], "sizes of the "
+                              "last frame's dimensions", length=3, group=g)
+        for i in range(3):
+            self.ro(f"{p}Dim{i}SA", "array", [cols, rows, 0][i:i + 1], f"size of dimension "
+                    f"{i}", length=1, group=g)
+        self.ro(p + "ArraySizeX_RBV", "int", cols, "columns of the last frame", group=g)
+        self.ro(p + "ArraySizeY_RBV", "int", rows, "rows of the last frame", group=g)
+        self.ro(p + "ArraySizeZ_RBV", "int", 0, "third dimension (0)", group=g)
+        self.ro(p + "DataType_RBV", "enum", DATA_TYPES.index("Float32"), "data type of the "
+                "last frame", choices=DATA_TYPES, group=g)
+        self.ro(p + "ColorMode_RBV", "enum", 0, "colour mode of the last frame",
+                choices=COLOR_MODES, group=g)
+        self.ro(p + "BayerPattern_RBV", "enum", 0, "Bayer pattern (mono: RGGB unused)",
+                choices=("RGGB", "GBRG", "GRBG", "BGGR"), group=g)
+        self.ro(p + "PluginType_RBV", "string", plugin_type, "plugin type", group=g)
+        self.ro(p + "PortName_RBV", "string", p.rstrip(":").upper(), "the plugin's port",
+                group=g)
+        self.ro(p + "ADCoreVersion_RBV", "string", AD_CORE_VERSION, "areaDetector release "
+                "whose PV interface this plugin follows", group=g)
+        self.ro(p + "DriverVersion_RBV", "string", _version(), "xinstrument version", group=g)
+        self._plugin_common(p, g)
+        return out
+
+    def _plugin_frame(self, pl: dict[str, PV], data: np.ndarray, uid: int, ts: float) -> None:
+        rows, cols = data.shape
+        pl["counter"].set(pl["counter"].value + 1)
+        pl["counter_rbv"].set(pl["counter"].value)
+        pl["UniqueId_RBV"].set(uid)
+        pl["ts"].set(ts)
+        if (pl["size0"].value, pl["size1"].value) != (cols, rows):
+            pl["size0"].set(cols)
+            pl["size1"].set(rows)
+            pl["dims"].set([cols, rows, 0])
+        pl["rate"].set(self.array_rate.value)
+
+    # --- HDF1: (NDFileHDF5) --------------------------------------------------------------------
     def _build_hdf(self) -> None:
-        n = self._n
-        self.file_path = self._out("longStringOut", "HDF:FilePath", initial_value=str(Path.cwd()),
-                                               length=MAX_MESSAGE)
-        self.file_name = self._out("longStringOut", "HDF:FileName",
-                                               initial_value="xinstrument.h5",
-                                               length=MAX_MESSAGE)
-        self.full_name = builder.longStringIn(n("HDF:FullFileName_RBV"), initial_value="",
-                                              length=MAX_MESSAGE)
-        self.capture = self._out("boolOut", "HDF:Capture", ZNAM="Done", ONAM="Capture",
-                                       initial_value=0, blocking=True)
-        self.capture_rbv = builder.boolIn(n("HDF:Capture_RBV"), ZNAM="Done", ONAM="Capturing")
-        self.num_captured = builder.longIn(n("HDF:NumCaptured_RBV"), initial_value=0)
-        self._bind(self.capture, self._on_capture)
+        p, g = "HDF1:", "File plugin (areaDetector NDFileHDF5, prefix HDF1:)"
+        self.hdf = self._plugin_pvs(p, g, "NDFileHDF5")
 
+        async def on_path(v):
+            path = Path(v).expanduser() if v else Path.cwd()
+            depth = int(self.create_dir.value)
+            if not path.is_dir() and depth < 0:
+                missing = [q for q in [path, *path.parents] if not q.exists()]
+                if len(missing) <= -depth:
+                    await self._run(path.mkdir, parents=True, exist_ok=True)
+            exists = path.is_dir()
+            self.path_exists.set(int(exists))
+            text = str(path).rstrip("/") + "/"
+            self.file_path_rbv.set(text)
+            if not exists:
+                self._message(f"HDF1:FilePath {v!r}: the folder does not exist", error=True)
+            return v
+        cwd = str(Path.cwd()).rstrip("/") + "/"
+        self.file_path = self.pv(p + "FilePath", "char", cwd, "folder of the file (a trailing "
+                                 "/ is added in FilePath_RBV)", on_put=on_path,
+                                 length=MAX_MESSAGE, group=g)
+        self.file_path_rbv = self.ro(p + "FilePath_RBV", "char", cwd, "folder in force",
+                                     length=MAX_MESSAGE, group=g)
+        self.path_exists = self.ro(p + "FilePathExists_RBV", "enum", 1, "the folder exists",
+                                   choices=NO_YES, group=g)
+        self.create_dir, _ = self.pair(p + "CreateDirectory", "int", 0, "N < 0: a FilePath put "
+                                       "creates up to -N missing folder levels", None,
+                                       limits=(-32, 0), group=g)
+        self.file_name, _ = self.pair(p + "FileName", "char", "xinstrument", "file name (the "
+                                      "%s of FileTemplate)", self._check_name,
+                                      length=MAX_MESSAGE, group=g)
+        self.file_number, _ = self.pair(p + "FileNumber", "int", 0, "file number (the %d of "
+                                        "FileTemplate); AutoIncrement adds 1 per file", None,
+                                        limits=(0, 2**31 - 1), group=g)
+        self.file_template, _ = self.pair(p + "FileTemplate", "char", "%s%s_%6.6d.h5",
+                                          "printf template of path, name and number",
+                                          self._check_template, length=MAX_MESSAGE, group=g)
+        self.auto_increment, _ = self.pair(p + "AutoIncrement", "enum", 1, "Yes: FileNumber "
+                                           "+1 after each file", None, choices=NO_YES, group=g)
+        self.auto_save, _ = self.pair(p + "AutoSave", "enum", 0, "Single mode: Yes writes every "
+                                      "frame to its own file", None, choices=NO_YES, group=g)
+        self.write_mode, _ = self.pair(p + "FileWriteMode", "enum", 2, "Single: one frame per "
+                                       "file; Capture and Stream: frames appended to one file "
+                                       "while Capture is 1 (written as they arrive)", None,
+                                       choices=FILE_WRITE_MODES, group=g)
+        self.num_capture, _ = self.pair(p + "NumCapture", "int", 0, "frames to capture "
+                                        "(0: until Capture 0)", None, limits=(0, 2**31 - 1),
+                                        group=g)
+        self.num_captured = self.ro(p + "NumCaptured_RBV", "int", 0, "frames in the open file",
+                                    group=g)
+        self.capture = self.pv(p + "Capture", "enum", 0, "1: open the file and capture; the "
+                               "put completes when the capture has ended (NumCapture reached "
+                               "or Capture 0)", on_put=self._on_capture, store=False,
+                               choices=("Done", "Capture"), group=g)
+        self.capture_rbv = self.ro(p + "Capture_RBV", "enum", 0, "capturing",
+                                   choices=("Done", "Capture"), group=g)
+        self.full_name = self.ro(p + "FullFileName_RBV", "char", "", "the file being (or last) "
+                                 "written", length=MAX_MESSAGE, group=g)
+        self.write_file, _ = self.pair(p + "WriteFile", "enum", 0, "Single mode: 1 writes the "
+                                       "latest frame to a new file", self._write_single,
+                                       choices=("Done", "Write"), group=g)
+        self.read_file, _ = self.pair(p + "ReadFile", "enum", 0, "reading files back is not "
+                                      "offered: a put of 1 is refused", self._refuse_read,
+                                      choices=("Done", "Read"), group=g)
+        self.write_status = self.ro(p + "WriteStatus", "enum", 0, "last write", choices=(
+            "Write OK", "Write error"), group=g)
+        self.write_message = self.ro(p + "WriteMessage", "char", "", "last write error",
+                                     length=MAX_MESSAGE, group=g)
+        self.fixed(p + "FileFormat", "enum", 0, "HDF5 (NeXus NXtomo + Data Exchange)",
+                   choices=("HDF5",), group=g)
+        self.fixed(p + "DeleteDriverFile", "enum", 0, "the driver writes no files",
+                   choices=NO_YES, group=g)
+        self.swmr, _ = self.pair(p + "SWMRMode", "enum", 1, "files are written in SWMR mode "
+                                 "(readers may follow)", self._swmr_only, choices=("Off", "On"),
+                                 group=g)
+        self.ro(p + "SWMRSupported_RBV", "enum", 1, "SWMR supported", choices=NO_YES, group=g)
+        self.ro(p + "SWMRActive_RBV", "enum", 0, "the open file is in SWMR mode",
+                choices=("Off", "On"), group=g)
+        self.lazy_open, _ = self.pair(p + "LazyOpen", "enum", 1, "the frame size is known "
+                                      "before the first frame: the file opens at Capture",
+                                      None, choices=NO_YES, group=g)
+        self.fixed(p + "PositionMode", "enum", 0, "frames are appended in arrival order",
+                   choices=("Off", "On"), group=g)
+        self.fixed(p + "Compression", "enum", 0, "lossless deflate in HDF5 chunks; the "
+                   "writer's own choice", choices=("None", "N-bit", "szip", "zlib", "blosc",
+                                                   "bslz4", "lz4", "jpeg"), group=g)
+        self.fixed(p + "NumExtraDims", "int", 0, "frames form one stack", group=g)
+        for nm in ("N", "X", "Y"):
+            self.fixed(f"{p}ExtraDimSize{nm}", "int", 1, "no extra dimensions", group=g)
+            self.ro(f"{p}ExtraDimName{nm}_RBV", "string", "", "no extra dimensions", group=g)
+        for nm, v, doc in (("NumRowChunks", self.shape[0], "chunk: one frame"),
+                           ("NumColChunks", self.shape[1], "chunk: one frame"),
+                           ("NumFramesChunks", 1, "chunk: one frame"),
+                           ("BoundaryAlign", 0, "no alignment"),
+                           ("BoundaryThreshold", 1, "no alignment"),
+                           ("NumDataBits", 0, "no N-bit packing"),
+                           ("DataBitsOffset", 0, "no N-bit packing"),
+                           ("SZipNumPixels", 16, "szip not used"),
+                           ("ZLevel", 4, "deflate level of the writer")):
+            self.fixed(p + nm, "int", v, doc, group=g)
+        self.fixed(p + "ChunkSizeAuto", "enum", 1, "chunks are one frame", choices=NO_YES,
+                   group=g)
+        self.fixed(p + "NumFramesFlush", "int", 1, "every frame is flushed (SWMR)", group=g)
+        self.pv(p + "FlushNow", "enum", 0, "1: flush the open file", on_put=self._flush,
+                choices=("Done", "Flush"), group=g)
+        self.fixed(p + "StoreAttr", "enum", 1, "instrument state stored with every frame",
+                   choices=NO_YES, group=g)
+        self.fixed(p + "StorePerform", "enum", 0, "no performance datasets", choices=NO_YES,
+                   group=g)
+        self.pair(p + "XMLFileName", "char", "", "layout XML (the NeXus layout is fixed; a name "
+                  "is kept, not read)", None, length=MAX_MESSAGE, group=g)
+        self.ro(p + "RunTime", "float", 0.0, "seconds the last write took", units="s",
+                precision=4, group=g)
+        self.ro(p + "IOSpeed", "float", 0.0, "write speed of the last frame", units="MB/s",
+                precision=1, group=g)
+        self.pv(p + "FileNumber_Sync", "int", 0, "ophyd's FileNumber synchronisation (a put "
+                "sets FileNumber)", on_put=self._file_number_sync, group=g)
+        self.pv(p + "FileNumber_write", "int", 0, "ophyd's FileNumber write (a put sets "
+                "FileNumber)", on_put=self._file_number_sync, group=g)
+        self.ro(p + "ArraySize0", "int", self.shape[1], "columns of the last frame (ophyd-async "
+                "reads it without _RBV)", group=g)
+        self.ro(p + "ArraySize1", "int", self.shape[0], "rows of the last frame", group=g)
+        self._hdf_size_plain = (self.table.lookup(self.prefix + p + "ArraySize0"),
+                                self.table.lookup(self.prefix + p + "ArraySize1"))
+
+    async def _file_number_sync(self, v):
+        self.file_number.set(v)
+        self.table.lookup(self.file_number.name + "_RBV").set(v)
+
+    def _check_name(self, v: str) -> str:
+        if "/" in v or "\0" in v:
+            raise PutRefused(f"HDF1:FileName {v!r}: a name without folders (FilePath holds "
+                             "the folder)")
+        return v
+
+    def _check_template(self, v: str) -> str:
+        try:
+            _format_template(v, "/tmp/", "name", 1)
+        except (TypeError, ValueError) as exc:
+            raise PutRefused(f"HDF1:FileTemplate {v!r} does not format path, name and number "
+                             f"(%s%s_%d...): {exc}") from None
+        return v
+
+    def _swmr_only(self, v: int) -> int:
+        if not v:
+            raise PutRefused("HDF1:SWMRMode Off refused: live files are always written in SWMR "
+                             "mode so that readers may follow")
+        return v
+
+    def _refuse_read(self, v: int) -> int:
+        if v:
+            raise PutRefused("HDF1:ReadFile: reading files into the plugin is not offered")
+        return 0
+
+    async def _flush(self, v):
+        with self._writer_lock:
+            w = self._writer
+        if w is not None and hasattr(w, "flush"):
+            await self._run(w.flush)
+        return 0
+
+    def _next_path(self) -> Path:
+        return Path(_format_template(self.file_template.value, str(self.file_path_rbv.value),
+                                     self.file_name.value, int(self.file_number.value)))
+
+    def _bump_number(self) -> None:
+        if self.auto_increment.value:
+            n = int(self.file_number.value) + 1
+            self.file_number.set(n)
+            self.table.lookup(self.file_number.name + "_RBV").set(n)
+
+    def _write_single(self, v: int) -> int:
+        if not v:
+            return 0
+        frame = self._last_frame
+        if frame is None:
+            raise PutRefused("HDF1:WriteFile: no frame acquired yet")
+        self._write_one(frame)
+        return 0
+
+    def _write_one(self, frame) -> None:
+        from ..storage import ScanWriter
+        path = self._next_path()
+        if path.exists():
+            raise PutRefused(f"HDF1: {path} exists: choose another FileName or FileNumber")
+        t0 = time.perf_counter()
+        w = ScanWriter(path, frame.data.shape, "float32", restored=False,
+                       metadata={"instrument": "xinstrument", "source": "epics"})
+        try:
+            self._append(w, frame)
+        finally:
+            w.close()
+        self._wrote(path, time.perf_counter() - t0, frame.data.nbytes)
+        self._bump_number()
+
+    def _wrote(self, path: Path, dt_s: float, nbytes: int) -> None:
+        self.full_name.set(str(path))
+        self.table.lookup(self.prefix + "HDF1:RunTime").set(dt_s)
+        self.table.lookup(self.prefix + "HDF1:IOSpeed").set(nbytes / 1e6 / max(dt_s, 1e-9))
+        self.write_status.set(0)
+
+    async def _on_capture(self, value):
+        if not value:
+            self.capture.set(0)
+            await self._run(self._close_writer, "Capture 0")
+            return
+        if self.write_mode.value == 0:
+            raise PutRefused("HDF1:Capture refused in FileWriteMode Single (use WriteFile or "
+                             "AutoSave)")
+        if not self.path_exists.value:
+            raise PutRefused(f"HDF1:Capture refused: folder {self.file_path_rbv.value} does "
+                             "not exist")
+        if self._writer is not None:
+            raise PutRefused("HDF1:Capture refused: a capture is already running")
+        self._capture_done = asyncio.Event()
+        path = await self._run(self._open_writer)
+        self.capture.set(1)
+        self.capture_rbv.set(1)
+        self._message(f"capturing to {path}")
+        await self._capture_done.wait()
+
+    def _open_writer(self) -> Path:
+        from ..storage import ScanWriter
+        with self._writer_lock:
+            path = self._next_path()
+            if path.exists():
+                raise PutRefused(f"HDF1:Capture refused: {path} exists (choose another "
+                                 "FileName or FileNumber)")
+            restored = bool(self.restore_enable.value)
+            rshape = None
+            if restored:
+                r = self.inst.restorer()
+                scale = int(getattr(r, "scale", 1) or 1)
+                rshape = (self.shape[0] * scale, self.shape[1] * scale)
+            try:
+                self._writer = ScanWriter(path, self.shape, "float32", restored=restored,
+                                          restored_shape=rshape,
+                                          metadata={"instrument": "xinstrument",
+                                                    "source": "epics"})
+            except Exception as exc:
+                self.write_status.set(1, MINOR, "WRITE")
+                self.write_message.set(str(exc)[:MAX_MESSAGE - 1])
+                raise
+            self._writer_rshape = rshape
+            self._writer_restored = restored
+            self._captured = 0
+            self._not_stored = 0
+            self.num_captured.set(0)
+            self.full_name.set(str(path))
+            self.table.lookup(self.prefix + "HDF1:SWMRActive_RBV").set(1)
+            return path
+
+    def _close_writer(self, why: str = "") -> None:
+        with self._writer_lock:
+            w, self._writer = self._writer, None
+        if w is not None:
+            w.close()
+            self._bump_number()
+            self.table.lookup(self.prefix + "HDF1:SWMRActive_RBV").set(0)
+            skipped = (f"; {self._not_stored} restoration(s) of another size not stored"
+                       if self._not_stored else "")
+            self._message(f"capture closed ({why}): {self._captured} frame(s) in "
+                          f"{self.full_name.value}{skipped}", error=bool(self._not_stored))
+        self.capture.set(0)
+        self.capture_rbv.set(0)
+        done = self._capture_done
+        if done is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(done.set)
+
+    def _append(self, w, frame) -> int:
+        return w.append(frame.data.astype(np.float32), image_key=0, theta_deg=frame.theta_deg,
+                        voltage_kv=frame.voltage_kv, current_ua=frame.current_ua,
+                        exposure_s=frame.exposure_s, frames_averaged=frame.frames_averaged,
+                        focus_z_um=frame.focus_z_um, timestamp_s=frame.timestamp_s)
+
+    def _save(self, frame, uid: int, ts: float) -> None:
+        if not self.hdf["enable"].value:
+            return
+        self._plugin_frame(self.hdf, frame.data, uid, ts)
+        for pv_, v in zip(self._hdf_size_plain, (frame.data.shape[1], frame.data.shape[0])):
+            if pv_.value != v:
+                pv_.set(v)
+        if self.write_mode.value == 0:
+            if self.auto_save.value:
+                try:
+                    self._write_one(frame)
+                except Exception as exc:  # noqa: BLE001 - reported; acquisition goes on
+                    self.write_status.set(1, MINOR, "WRITE")
+                    self.write_message.set(str(exc)[:MAX_MESSAGE - 1])
+            return
+        close = False
+        with self._writer_lock:
+            w = self._writer
+            if w is None:
+                return
+            t0 = time.perf_counter()
+            idx = self._append(w, frame)
+            if (self._writer_restored and frame.restored is not None
+                    and tuple(frame.restored.shape) != self._writer_rshape):
+                self._not_stored += 1
+            elif self._writer_restored and frame.restored is not None:
+                w.append_restored(frame.restored, source_index=idx,
+                                  method=frame.restoration_method,
+                                  profile=self.inst.profile.name if self.inst.profile else "")
+            self._captured += 1
+            n_cap = int(self.num_capture.value)
+            close = n_cap > 0 and self._captured >= n_cap
+            dt = time.perf_counter() - t0
+        self.num_captured.set(self._captured)
+        self._wrote(Path(self.full_name.value), dt, frame.data.nbytes)
+        if close:
+            self._close_writer(f"{self._captured} frame(s) captured")
+
+    # --- restoration ---------------------------------------------------------------------------
     def _build_restoration(self) -> None:
         from ..restoration.stage import METHODS
-        inst, n = self.inst, self._n
-        self.methods = list(METHODS)
+        inst = self.inst
+        g = "Restoration"
+        self.methods = tuple(METHODS)
         current = inst.restoration_method if inst.restoration_method in METHODS else METHODS[0]
-        self.restore_enable = self._out("boolOut", "RESTORE:Enable", ZNAM="Off", ONAM="On",
-                                              initial_value=0)
-        self.restore_method = self._out("mbbOut", "RESTORE:Method", *self.methods,
-                                             initial_value=self.methods.index(current),
-                                             blocking=True)
-        self.restore_profile = self._out(
-            "longStringOut", "RESTORE:Profile",
-            initial_value=inst.config.restoration.profile or "", length=MAX_MESSAGE)
-        self.restore_fps = builder.aIn(n("RESTORE:Fps_RBV"), EGU="frames/s", PREC=2)
-        self.restore_latency = builder.aIn(n("RESTORE:Latency_RBV"), EGU="s", PREC=4)
-        self.consistency = builder.aIn(n("RESTORE:Consistency_RBV"), PREC=3)
-        self.flagged = builder.aIn(n("RESTORE:FlaggedFraction_RBV"), PREC=4, LOPR=0, HOPR=1)
-        self.fell_back = builder.boolIn(n("RESTORE:FellBack_RBV"), ZNAM="No", ONAM="Fell back",
-                                        OSV="MINOR")
-        self.guard = self._out("boolOut", "RESTORE:Guard", ZNAM="Off", ONAM="On",
-                               initial_value=0, blocking=True, always_update=True)
+        self.restore_enable = self.pv("RESTORE:Enable", "enum", 0, "restore corrected frames "
+                                      "in the acquisition", on_put=self._stored,
+                                      choices=("Off", "On"), group=g)
 
-        async def on_method(v):
-            await self._action("restoration method", lambda i: inst.set_restoration(
-                self.methods[i]), self.restore_method,
-                lambda: self.methods.index(inst.restoration_method))(v)
+        async def on_method(i):
+            await self._run(inst.set_restoration, self.methods[i])
 
         async def on_profile(v):
-            await self._action("profile", inst.load_profile, None, None)(v)
+            await self._run(inst.load_profile, v or None)
 
         async def on_guard(v):
-            await self._action("fidelity guard " + ("on" if v else "off"),
-                               lambda x: inst.set_fidelity_policy(bool(x)), self.guard,
-                               lambda: 0 if v else 1)(v)
+            await self._run(inst.set_fidelity_policy, bool(v))
+        self.restore_method = self.pv("RESTORE:Method", "enum", self.methods.index(current),
+                                      "restoration method", on_put=on_method,
+                                      choices=self.methods, group=g)
+        self.restore_profile = self.pv("RESTORE:Profile", "char",
+                                       inst.config.restoration.profile or "",
+                                       "detector profile (name or folder)", on_put=on_profile,
+                                       length=MAX_MESSAGE, group=g)
+        self.restore_fps = self.ro("RESTORE:Fps_RBV", "float", 0.0, "restoration frames per "
+                                   "second", units="frames/s", precision=2, group=g)
+        self.restore_latency = self.ro("RESTORE:Latency_RBV", "float", 0.0, "restoration "
+                                       "latency", units="s", precision=4, group=g)
+        self.consistency = self.ro("RESTORE:Consistency_RBV", "float", math.nan, "reduced "
+                                   "chi-square of the restored frame against the measurement "
+                                   "(INVALID when no check ran)", precision=3,
+                                   allow_nonfinite=True, group=g)
+        self.flagged = self.ro("RESTORE:FlaggedFraction_RBV", "float", math.nan, "fraction of "
+                               "pixels the fidelity guard flagged", precision=4,
+                               limits=(0.0, 1.0), allow_nonfinite=True, group=g)
+        self.fell_back = self.ro("RESTORE:FellBack_RBV", "enum", 0, "the guard replaced the "
+                                 "restoration by its fallback", choices=("No", "Fell back"),
+                                 group=g)
+        self.guard = self.pv("RESTORE:Guard", "enum", 0, "fidelity guard on restored frames",
+                             on_put=on_guard, choices=("Off", "On"), group=g)
 
-        self._bind(self.restore_method, on_method)
-        self._bind(self.guard, on_guard)
-        self._bind(self.restore_profile, on_profile)
-
+    # --- scans ---------------------------------------------------------------------------------
     def _build_scans(self) -> None:
-        inst, n = self.inst, self._n
-        lo, hi = inst.focus_axis.limits
-        self.focus_start = self._out("boolOut", "SCAN:FocusStart", ZNAM="Done", ONAM="Scanning",
-                                           initial_value=0, blocking=True, always_update=True)
-        self.focus_range = self._out("aOut", "SCAN:FocusRange", initial_value=min(40.0, hi - lo),
-                                        EGU="um", PREC=2, DRVL=0.0, DRVH=hi - lo,
-                                        validate=lambda r, v: v > 0)
-        self.focus_step = self._out("aOut", "SCAN:FocusStep", initial_value=2.0, EGU="um",
-                                       PREC=2, DRVL=0.0, DRVH=hi - lo,
-                                       validate=lambda r, v: v > 0)
-        self.focus_frames = self._out("longOut", "SCAN:FocusFramesPerStep", initial_value=2,
-                                            DRVL=1, DRVH=1000)
-        self.focus_best = builder.aIn(n("SCAN:FocusBest_RBV"), EGU="um", PREC=2)
-        self.scan_abort = self._out("Action", "SCAN:Abort", ZNAM="", ONAM="Abort",
-                                         initial_value=0)
-        self._bind(self.focus_start, self._on_focus_scan)
-        self._bind(self.scan_abort, self._on_abort)
+        inst = self.inst
+        lo, hi = (float(x) for x in inst.focus_axis.limits)
+        g = "Scans"
+        self.focus_start = self.pv("SCAN:FocusStart", "enum", 0, "1: focus scan around the "
+                                   "current Z; completes when it has finished",
+                                   on_put=self._on_focus_scan, choices=("Done", "Scanning"),
+                                   group=g)
+        self.focus_range = self.pv("SCAN:FocusRange", "float", min(40.0, hi - lo), "scan range "
+                                   "around the current Z", on_put=self._positive, units="um",
+                                   precision=2, limits=(0.0, hi - lo), group=g)
+        self.focus_step = self.pv("SCAN:FocusStep", "float", 2.0, "scan step",
+                                  on_put=self._positive, units="um", precision=2,
+                                  limits=(0.0, hi - lo), group=g)
+        self.focus_frames = self.pv("SCAN:FocusFramesPerStep", "int", 2, "frames averaged per "
+                                    "step", on_put=self._stored, limits=(1, 1000), group=g)
+        self.focus_best = self.ro("SCAN:FocusBest_RBV", "float", math.nan, "best focus of the "
+                                  "last scan", units="um", precision=2, allow_nonfinite=True,
+                                  group=g)
+        self.scan_abort = self.pv("SCAN:Abort", "int", 0, "1: abort the acquisition, scan or "
+                                  "move in progress", on_put=self._on_abort, group=g)
         self._build_tomo()
 
-    def _build_tomo(self) -> None:
-        """Tomosynthesis (xinstrument.scans.tomo.TomoScan) with its plan from PVs."""
-        n = self._n
-        self.tomo_start = self._out("boolOut", "SCAN:TomoStart", ZNAM="Done", ONAM="Scanning",
-                                    initial_value=0, blocking=True, always_update=True)
-        self.tomo_pause = self._out("boolOut", "SCAN:TomoPause", ZNAM="Run", ONAM="Pause",
-                                    initial_value=0, always_update=True)
-        # plan values are checked when a scan starts (PlanError), so a rejected plan says why
-        self.tomo_arc = self._out("aOut", "SCAN:TomoArc", initial_value=20.0, EGU="deg", PREC=3)
-        self.tomo_centre = self._out("aOut", "SCAN:TomoCentre", initial_value=0.0, EGU="deg",
-                                     PREC=3)
-        self.tomo_n = self._out("longOut", "SCAN:TomoNumAngles", initial_value=21)
-        self.tomo_frames = self._out("longOut", "SCAN:TomoFramesPerAngle", initial_value=10)
-        self.tomo_darks = self._out("longOut", "SCAN:TomoDarks", initial_value=1)
-        self.tomo_flats = self._out("longOut", "SCAN:TomoFlats", initial_value=1)
-        self.tomo_flats_every = self._out("longOut", "SCAN:TomoFlatsEvery", initial_value=0)
-        self.tomo_restore = self._out("boolOut", "SCAN:TomoRestore", ZNAM="Off", ONAM="On",
-                                      initial_value=0)
-        self.tomo_file = self._out("longStringOut", "SCAN:TomoFileName",
-                                   initial_value="tomo.h5", length=MAX_MESSAGE)
-        # 0: from the bench model (simulated bench); a real bench needs all three
-        self.tomo_sod = self._out("aOut", "SCAN:TomoSourceObject", initial_value=0.0, EGU="mm",
-                                  PREC=3)
-        self.tomo_sdd = self._out("aOut", "SCAN:TomoSourceDetector", initial_value=0.0,
-                                  EGU="mm", PREC=3)
-        self.tomo_pixel = self._out("aOut", "SCAN:TomoPixelSize", initial_value=0.0, EGU="um",
-                                    PREC=4)
-        self.tomo_progress = builder.aIn(n("SCAN:TomoProgress_RBV"), initial_value=0.0, EGU="%",
-                                         PREC=1, LOPR=0, HOPR=100)
-        self.tomo_index = builder.longIn(n("SCAN:TomoAngleIndex_RBV"), initial_value=0)
-        self.tomo_time_left = builder.aIn(n("SCAN:TomoTimeLeft_RBV"), EGU="s", PREC=1)
-        self.tomo_state = builder.mbbIn(n("SCAN:TomoState_RBV"), *[
-            (s, _TOMO_STATE_SEVERITY[s]) if s in _TOMO_STATE_SEVERITY else s
-            for s in TOMO_STATES])
-        self.tomo_message = builder.longStringIn(n("SCAN:TomoMessage_RBV"), initial_value="",
-                                                 length=MAX_MESSAGE)
-        self.tomo_full_name = builder.longStringIn(n("SCAN:TomoFullFileName_RBV"),
-                                                   initial_value="", length=MAX_MESSAGE)
-        self._bind(self.tomo_start, self._on_tomo)
-        self._bind(self.tomo_pause, self._on_tomo_pause)
+    async def _positive(self, v):
+        if not v > 0:
+            raise PutRefused(f"{v:g}: must be > 0")
 
-    # --- actions -------------------------------------------------------------------------------
+    def _build_tomo(self) -> None:
+        g = "Tomosynthesis"
+        st = self._stored
+        t = "SCAN:Tomo"
+        self.tomo_start = self.pv(t + "Start", "enum", 0, "1: run the tomosynthesis plan; "
+                                  "completes when it has ended", on_put=self._on_tomo,
+                                  store=False, choices=("Done", "Scanning"), group=g)
+        self.tomo_pause = self.pv(t + "Pause", "enum", 0, "Pause before the next frame / Run",
+                                  on_put=self._on_tomo_pause, choices=("Run", "Pause"), group=g)
+        # plan values are checked when a scan starts (PlanError), so a rejected plan says why
+        self.tomo_arc = self.pv(t + "Arc", "float", 20.0, "arc", on_put=st, units="deg",
+                                precision=3, group=g)
+        self.tomo_centre = self.pv(t + "Centre", "float", 0.0, "arc centre", on_put=st,
+                                   units="deg", precision=3, group=g)
+        self.tomo_n = self.pv(t + "NumAngles", "int", 21, "projections", on_put=st, group=g)
+        self.tomo_frames = self.pv(t + "FramesPerAngle", "int", 10, "frames averaged per "
+                                   "projection", on_put=st, group=g)
+        self.tomo_darks = self.pv(t + "Darks", "int", 1, "dark frames", on_put=st, group=g)
+        self.tomo_flats = self.pv(t + "Flats", "int", 1, "flat frames", on_put=st, group=g)
+        self.tomo_flats_every = self.pv(t + "FlatsEvery", "int", 0, "flats every N angles (0: "
+                                        "once)", on_put=st, group=g)
+        self.tomo_restore = self.pv(t + "Restore", "enum", 0, "restore projections",
+                                    on_put=st, choices=("Off", "On"), group=g)
+        self.tomo_file = self.pv(t + "FileName", "char", "tomo.h5", "file name in "
+                                 "HDF1:FilePath", on_put=st, length=MAX_MESSAGE, group=g)
+        # 0: from the bench model (simulated bench); a real bench needs all three
+        self.tomo_sod = self.pv(t + "SourceObject", "float", 0.0, "source-object distance (0: "
+                                "bench model)", on_put=st, units="mm", precision=3, group=g)
+        self.tomo_sdd = self.pv(t + "SourceDetector", "float", 0.0, "source-detector distance "
+                                "(0: bench model)", on_put=st, units="mm", precision=3, group=g)
+        self.tomo_pixel = self.pv(t + "PixelSize", "float", 0.0, "detector pixel (0: bench "
+                                  "model)", on_put=st, units="um", precision=4, group=g)
+        self.tomo_progress = self.ro(t + "Progress_RBV", "float", 0.0, "progress", units="%",
+                                     precision=1, limits=(0.0, 100.0), group=g)
+        self.tomo_index = self.ro(t + "AngleIndex_RBV", "int", 0, "projection index", group=g)
+        self.tomo_time_left = self.ro(t + "TimeLeft_RBV", "float", math.nan, "estimated time "
+                                      "left", units="s", precision=1, allow_nonfinite=True,
+                                      group=g)
+        self.tomo_state = self.ro(t + "State_RBV", "enum", 0, "scan state", choices=TOMO_STATES,
+                                  group=g)
+        self.tomo_message = self.ro(t + "Message_RBV", "char", "", "scan message",
+                                    length=MAX_MESSAGE, group=g)
+        self.tomo_full_name = self.ro(t + "FullFileName_RBV", "char", "", "the scan's file",
+                                      length=MAX_MESSAGE, group=g)
+
+    # --- acquisition ---------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
-        """Acquire=0 arriving while the Acquire record is busy is held by EPICS until the put
-        completes; the record's VAL already holds it, so the loop reads it between frames."""
-        if self._acq_stop.is_set():
-            return True
-        with contextlib.suppress(Exception):
-            return self.acquire.get_field("VAL") == "Done"
-        return False
+        return self._acq_stop.is_set()
 
     async def _on_acquire(self, value):
         if not value:
             self._acq_stop.set()
             return
+        if self._acquiring:
+            raise PutRefused("CAM:Acquire 1 refused: already acquiring")
+        if self._tomo is not None:
+            raise PutRefused("CAM:Acquire 1 refused: a tomosynthesis scan is running")
         self._acq_stop.clear()
+        self._acquiring = True
+        self.acquire.set(1)
         self.acquire_rbv.set(1)
-        mode = IMAGE_MODES[self.image_mode.get()]
-        n_images = {"Single": 1, "Multiple": int(self.num_images.get()),
+        mode = IMAGE_MODES[self.image_mode.value]
+        n_images = {"Single": 1, "Multiple": int(self.num_images.value),
                     "Continuous": None}[mode]
-        n_avg = int(self.num_average.get())
+        n_avg = int(self.num_average.value)
+        self.cam_status.set("Acquiring")
         try:
             await self._run(self._acquire_loop, n_images, n_avg)
             self.det_state.set(DETECTOR_STATES.index("Idle"))
-        except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
+            self.cam_status.set("Idle")
+        except Exception as exc:
             aborted = "abort" in str(exc).lower()
             self.det_state.set(DETECTOR_STATES.index("Aborted" if aborted else "Error"))
-            self._message(f"acquisition {'aborted' if aborted else 'failed'}: {exc}",
-                          error=not aborted)
+            self.cam_status.set(f"{'Aborted' if aborted else 'Error'}: {exc}"[:MAX_MESSAGE - 1])
+            raise PutRefused(f"acquisition {'aborted' if aborted else 'failed'}: {exc}") \
+                from None
         finally:
+            self._acquiring = False
+            self.time_remaining.set(0.0)
             self.acquire_rbv.set(0)
-            self.acquire.set(0, process=False)
+            self.acquire.set(0)
 
     def _acquire_loop(self, n_images: int | None, n_avg: int) -> None:
         inst = self.inst
         done = 0
+        self.num_images_counter.set(0)
+        t_next = time.monotonic()
         while n_images is None or done < n_images:
-            if done and self._stop_requested():
+            if self._stop_requested():
                 break
+            period = float(self.acq_period.value)
+            wait = t_next - time.monotonic()
+            if wait > 0 and self._acq_stop.wait(wait):
+                break
+            t_next = time.monotonic() + period
             correct = inst.corrector is not None
-            restore = bool(self.restore_enable.get()) and correct
+            restore = bool(self.restore_enable.value) and correct
             self.det_state.set(DETECTOR_STATES.index("Acquire"))
             frame = inst.acquire(n_avg, correct=correct, restore=restore)
             self.det_state.set(DETECTOR_STATES.index("Readout"))
-            self._publish(frame)
             done += 1
-            if self._writer is not None:
-                self.det_state.set(DETECTOR_STATES.index("Saving"))
-                self._save(frame)
+            self.num_images_counter.set(done)
+            self.num_exposures_counter.set(n_avg)
+            if n_images is not None:
+                per = max(period, float(self.acq_time.value) * n_avg)
+                self.time_remaining.set((n_images - done) * per)
+            if self.array_callbacks.value:
+                self._publish(frame)
         self._message(f"acquired {done} frame(s) of {n_avg} averaged")
 
     def _publish(self, frame) -> None:
-        """Frame -> image PVs. The sizes describe exactly the elements published, whatever the
-        source shape (binned on request, super-resolved, binned further to fit)."""
+        """Frame -> camera readbacks, image PVs, image1: and HDF1:."""
         src = frame.restored if frame.restored is not None else frame.data
-        # super-resolving methods return more pixels per sensor pixel than they were given
         scale = src.shape[1] / frame.data.shape[1]
-        data, factor = fit_image(np.asarray(src), int(self.binning.get()), self.image_elements)
-        with self._publish_lock:  # sizes and pixels of one image go out together
-            self.size_y.set(data.shape[0])
-            self.size_x.set(data.shape[1])
+        data, factor = fit_image(np.asarray(src), int(self.bin_x.value), self.image_elements)
+        now = time.time()
+        self._rate_t = [t for t in self._rate_t if now - t < 2.0] + [now]
+        rate = (len(self._rate_t) - 1) / max(self._rate_t[-1] - self._rate_t[0], 1e-9) \
+            if len(self._rate_t) > 1 else 0.0
+        with self._publish_lock:
+            self._counter = int(self.counter.value) + 1
+            uid = self._counter
+            rows, cols = data.shape
+            if (self.size_x.value, self.size_y.value) != (cols, rows):
+                for rec, v in ((self.size_x, cols), (self.size_y, rows), (self.cam_size0, cols),
+                               (self.cam_size1, rows), (self.array_size, rows * cols * 4)):
+                    rec.set(v)
             self.array_binning.set(factor)
             self.image_scale.set(float(scale))
-            self.image.set(data.ravel())
             self.corrected_rbv.set(int(frame.corrected))
-            self._counter += 1
-            self.counter.set(self._counter)
+            self.image.set(data, unique_id=uid)
+            self.pva_image.set(data, unique_id=uid)
+            self.table.lookup(self.prefix + "CAM:UniqueId_RBV").set(uid)
+            self.array_rate.set(rate)
+            if self.img["enable"].value:
+                self.img_data.set(data, unique_id=uid)
+                self._plugin_frame(self.img, data, uid, now)
+            self._last_frame = frame
+            self.det_state.set(DETECTOR_STATES.index("Saving"))
+            self._save(frame, uid, now)
+            # the counter last: a client that sees it finds the frame in every plugin
+            self.counter.set(uid)
+            self.counter_rbv.set(uid)
         fid = frame.fidelity
         summary = fid.summary() if hasattr(fid, "summary") else {}
         for rec, key in ((self.consistency, "reduced_chi2"), (self.flagged, "flagged_fraction")):
             v = summary.get(key, getattr(fid, key, None) if fid is not None else None)
             if v is None or not math.isfinite(float(v)):
-                # no check ran, or the guard could not normalise the residuals
-                rec.set(math.nan, severity=alarm.INVALID_ALARM, alarm=alarm.UDF_ALARM)
+                rec.set(math.nan, INVALID, "UDF")
             else:
                 rec.set(float(v))
-        fell_back = int(bool(summary.get("fell_back", getattr(fid, "fell_back", False))))
-        self.fell_back.set(fell_back)
+        self.fell_back.set(int(bool(summary.get("fell_back", getattr(fid, "fell_back", False)))))
         if frame.restoration_method is not None:
             with contextlib.suppress(Exception):
                 r = self.inst.restorer(frame.restoration_method)
                 self.restore_fps.set(float(r.frames_per_second))
                 self.restore_latency.set(float(r.latency_s))
 
-    async def _on_capture(self, value):
-        if value:
-            try:
-                path = await self._run(self._open_writer)
-                self.full_name.set(str(path))
-                self.capture_rbv.set(1)
-                self._message(f"capturing to {path}")
-            except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-                self._message(f"capture refused: {exc}", error=True)
-                self.capture.set(0, process=False)
-        else:
-            await self._run(self._close_writer)
-            self.capture_rbv.set(0)
-
-    def _open_writer(self) -> Path:
-        from ..storage import ScanWriter
-        with self._writer_lock:
-            if self._writer is not None:
-                return Path(self.full_name.get())
-            path = Path(self.file_path.get()) / self.file_name.get()
-            restored = bool(self.restore_enable.get())
-            rshape = None
-            if restored:
-                # super-resolving methods store their frames on their own, finer grid
-                r = self.inst.restorer()
-                scale = int(getattr(r, "scale", 1) or 1)
-                rshape = (self.shape[0] * scale, self.shape[1] * scale)
-            self._writer = ScanWriter(path, self.shape, "float32", restored=restored,
-                                      restored_shape=rshape,
-                                      metadata={"instrument": "xinstrument", "source": "epics"})
-            self._writer_rshape = rshape
-            self._writer_restored = restored
-            self._captured = 0
-            self._not_stored = 0
-            self.num_captured.set(0)
-            return path
-
-    def _close_writer(self) -> None:
-        with self._writer_lock:
-            w, self._writer = self._writer, None
-        if w is not None:
-            w.close()
-            skipped = (f"; {self._not_stored} restoration(s) of another size not stored"
-                       if self._not_stored else "")
-            self._message(f"capture closed: {self._captured} frame(s) in "
-                          f"{self.full_name.get()}{skipped}", error=bool(self._not_stored))
-
-    def _save(self, frame) -> None:
-        with self._writer_lock:
-            w = self._writer
-            if w is None:
-                return
-            idx = w.append(frame.data.astype(np.float32), image_key=0, theta_deg=frame.theta_deg,
-                           voltage_kv=frame.voltage_kv, current_ua=frame.current_ua,
-                           exposure_s=frame.exposure_s, frames_averaged=frame.frames_averaged,
-                           focus_z_um=frame.focus_z_um, timestamp_s=frame.timestamp_s)
-            if (self._writer_restored and frame.restored is not None
-                    and tuple(frame.restored.shape) != self._writer_rshape):
-                # the method changed its output size during the capture; the measured frame is
-                # stored, the restoration can be repeated from it
-                self._not_stored += 1
-                self._message(f"captured frame {idx}: its {frame.restored.shape[1]} x "
-                              f"{frame.restored.shape[0]} restoration does not fit the capture "
-                              f"file's {self._writer_rshape[1]} x {self._writer_rshape[0]} "
-                              "restored frames and is not stored; the measured frame is",
-                              error=True)
-            elif self._writer_restored and frame.restored is not None:
-                w.append_restored(frame.restored, source_index=idx,
-                                  method=frame.restoration_method,
-                                  profile=self.inst.profile.name if self.inst.profile else "")
-            self._captured += 1
-        self.num_captured.set(self._captured)
-
+    # --- focus scan ----------------------------------------------------------------------------
     async def _on_focus_scan(self, value):
         if not value:
-            return
-        rec = self.focus_rec
+            return 0
+        m = self._axes["focus"]
         inst = self.inst
-        lo, hi = self._soft["focus"]
-        centre = float(rec["rbv"].get())
-        half = 0.5 * float(self.focus_range.get())
+        lo, hi = m["dlo"], m["dhi"]
+        centre = float(m["drbv"].value)
+        half = 0.5 * float(self.focus_range.value)
         start, stop = max(lo, centre - half), min(hi, centre + half)
-        step = float(self.focus_step.get())
+        step = float(self.focus_step.value)
         self._moving["focus"] += 1
-        rec["dmov"].set(0)
+        m["dmov"].set(0)
+        m["movn"].set(1)
+        self.focus_start.set(1)
         try:
             curve = await self._run(inst.focus_scan, start, stop, step,
-                                    int(self.focus_frames.get()))
+                                    int(self.focus_frames.value))
             self.focus_best.set(float(curve.best_position_um))
             self._message(f"focus scan {start:g}..{stop:g} um: best "
                           f"{curve.best_position_um:.2f} um")
-        except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-            self._message(f"focus scan failed: {exc}", error=True)
         finally:
             with contextlib.suppress(Exception):
-                p = await self._run(lambda: float(inst.focus_axis.position))
-                rec["rbv"].set(p)
-                rec["sp"].set(p, process=False)
+                await self._run(self._axis_readback, "focus")
+                m["val"].set(float(m["rbv"].value))
             self._moving["focus"] -= 1
-            rec["dmov"].set(1)
-            self.focus_start.set(0, process=False)
+            m["movn"].set(0)
+            m["dmov"].set(1)
+        return 0
 
     # --- tomosynthesis -------------------------------------------------------------------------
     def _tomo_plan(self):
         """The plan the Tomo PVs describe, checked as far as possible without the devices."""
         from ..scans.tomo import PlanError, TomoPlan
-        geometry = {key: float(rec.get()) for key, rec in (
+        geometry = {key: float(rec.value) for key, rec in (
             ("source_object_mm", self.tomo_sod), ("source_detector_mm", self.tomo_sdd),
-            ("pixel_um", self.tomo_pixel)) if float(rec.get()) > 0}
-        centre = float(self.tomo_centre.get())
-        out = Path(self.file_path.get()) / self.tomo_file.get()
-        plan = TomoPlan(arc_deg=float(self.tomo_arc.get()), n_angles=int(self.tomo_n.get()),
-                        centre_deg=centre, frames_per_angle=int(self.tomo_frames.get()),
-                        darks=int(self.tomo_darks.get()), flats=int(self.tomo_flats.get()),
-                        flats_every=int(self.tomo_flats_every.get()),
-                        restore=bool(self.tomo_restore.get()), return_to_deg=centre,
+            ("pixel_um", self.tomo_pixel)) if float(rec.value) > 0}
+        centre = float(self.tomo_centre.value)
+        name = str(self.tomo_file.value)
+        out = Path(str(self.file_path_rbv.value)) / name
+        plan = TomoPlan(arc_deg=float(self.tomo_arc.value), n_angles=int(self.tomo_n.value),
+                        centre_deg=centre, frames_per_angle=int(self.tomo_frames.value),
+                        darks=int(self.tomo_darks.value), flats=int(self.tomo_flats.value),
+                        flats_every=int(self.tomo_flats_every.value),
+                        restore=bool(self.tomo_restore.value), return_to_deg=centre,
                         geometry=geometry, out=out, title="tomosynthesis (EPICS)")
         if self.inst.rotation_axis is None:
             raise PlanError("this bench has no rotation stage: tomosynthesis needs one")
-        plan.validate(self._soft["rotation"])   # the IOC's soft limits, inside the travel
-        if not self.tomo_file.get() or Path(self.tomo_file.get()).name != self.tomo_file.get():
+        m = self._axes["rotation"]
+        plan.validate((m["dlo"], m["dhi"]))
+        if not name or Path(name).name != name:
             raise PlanError(f"SCAN:TomoFileName must be a file name without folders, got "
-                            f"{self.tomo_file.get()!r}")
+                            f"{name!r}")
         if not out.parent.is_dir():
-            raise PlanError(f"output folder {out.parent} (HDF:FilePath) does not exist")
+            raise PlanError(f"output folder {out.parent} (HDF1:FilePath) does not exist")
         if out.exists():
             raise PlanError(f"{out} exists: choose another SCAN:TomoFileName")
         if self.inst.busy:
             raise PlanError(f"instrument busy with {self.inst.busy!r}")
+        if self._acquiring:
+            raise PlanError("an acquisition is running (CAM:Acquire 0 first)")
         return plan
 
     def _tomo_finished(self, state: str, text: str) -> None:
         error = state in ("Failed", "Rejected", "Aborted")
-        sev = _sev(_TOMO_STATE_SEVERITY.get(state, "NO_ALARM"))
-        self.tomo_message.set(text[:MAX_MESSAGE - 1], severity=sev,
-                              alarm=alarm.STATE_ALARM if error else alarm.NO_ALARM)
-        self.tomo_state.set(TOMO_STATES.index(state))
+        self.tomo_message.set(text[:MAX_MESSAGE - 1],
+                              severity=_TOMO_STATE_SEVERITY.get(state, NO_ALARM),
+                              status="STATE" if error else 0)
+        self.tomo_state.set(TOMO_STATES.index(state),
+                            severity=_TOMO_STATE_SEVERITY.get(state, NO_ALARM),
+                            status="STATE" if error else 0)
         self._message(text, error=state in ("Failed", "Rejected"))
 
     def _tomo_report(self, p) -> None:
-        """ScanProgress from the scan thread -> readbacks."""
         self.tomo_progress.set(100.0 * p.fraction)
         self.tomo_index.set(int(p.angle_index))
         self.tomo_time_left.set(float(p.time_left_s))
@@ -809,56 +1547,60 @@ class InstrumentIOC:
         """Projections of a running tomosynthesis scan go to the image PVs."""
         from ..instrument import AveragedFrame
         if kind == "frame" and self._tomo is not None and isinstance(payload, AveragedFrame):
-            self._publish(payload)
+            with contextlib.suppress(Exception):
+                self._publish(payload)
 
     async def _on_tomo(self, value):
         from ..scans.tomo import PlanError, ScanAborted, TomoScan
         if not value:
             return
         try:
-            try:
-                plan = self._tomo_plan()
-            except PlanError as exc:
-                self._tomo_finished("Rejected", f"tomosynthesis rejected: {exc}")
-                return
-            self.tomo_full_name.set(str(plan.out))
-            self.tomo_progress.set(0.0)
-            self.tomo_index.set(0)
-            self.tomo_time_left.set(math.nan)
-            self.tomo_state.set(TOMO_STATES.index("Darks" if plan.darks else "Flats"))
-            self.tomo_message.set(f"tomosynthesis running -> {plan.out}")
-            self._tomo_abort = False
-            scan = TomoScan(self.inst, plan, progress=self._tomo_report)
-            self._tomo = scan
-            try:
-                result = await self._run(lambda: scan.start().wait())
-            except PlanError as exc:        # found only with the devices (references, geometry)
-                self._tomo_finished("Rejected", f"tomosynthesis rejected: {exc}")
-            except ScanAborted as exc:
-                self._tomo_finished("Aborted", str(exc))
-            except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
-                if self._tomo_abort:
-                    self._tomo_finished("Aborted", f"tomosynthesis aborted: {exc}")
-                else:
-                    self._tomo_finished("Failed", f"tomosynthesis failed: {exc}")
+            plan = self._tomo_plan()
+        except PlanError as exc:
+            self._tomo_finished("Rejected", f"tomosynthesis rejected: {exc}")
+            raise PutRefused(f"tomosynthesis rejected: {exc}") from None
+        self.tomo_start.set(1)
+        self.tomo_full_name.set(str(plan.out))
+        self.tomo_progress.set(0.0)
+        self.tomo_index.set(0)
+        self.tomo_time_left.set(math.nan)
+        self.tomo_state.set(TOMO_STATES.index("Darks" if plan.darks else "Flats"))
+        self.tomo_message.set(f"tomosynthesis running -> {plan.out}")
+        self._tomo_abort = False
+        scan = TomoScan(self.inst, plan, progress=self._tomo_report)
+        self._tomo = scan
+        failure = None
+        try:
+            result = await self._run(lambda: scan.start().wait())
+        except PlanError as exc:
+            self._tomo_finished("Rejected", f"tomosynthesis rejected: {exc}")
+            failure = f"tomosynthesis rejected: {exc}"
+        except ScanAborted as exc:
+            self._tomo_finished("Aborted", str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the client; the IOC serves on
+            if self._tomo_abort:
+                self._tomo_finished("Aborted", f"tomosynthesis aborted: {exc}")
             else:
-                self.tomo_progress.set(100.0)
-                self._tomo_finished("Done", f"tomosynthesis done: {result.n_projections} "
-                                    f"projections in {result.elapsed_s:.1f} s -> {result.path}")
+                self._tomo_finished("Failed", f"tomosynthesis failed: {exc}")
+                failure = f"tomosynthesis failed: {exc}"
+        else:
+            self.tomo_progress.set(100.0)
+            self._tomo_finished("Done", f"tomosynthesis done: {result.n_projections} "
+                                f"projections in {result.elapsed_s:.1f} s -> {result.path}")
         finally:
             self._tomo = None
-            self.tomo_pause.set(0, process=False)
-            self.tomo_start.set(0, process=False)
+            self.tomo_pause.set(0)
+            self.tomo_start.set(0)
             with contextlib.suppress(Exception):
                 await self._run(self.poll_once)
+        if failure:
+            raise PutRefused(failure)
 
     async def _on_tomo_pause(self, value):
         scan = self._tomo
         if scan is None:
             if value:
-                self._message("SCAN:TomoPause: no tomosynthesis scan running: rejected",
-                              error=True)
-                self.tomo_pause.set(0, process=False)
+                raise PutRefused("SCAN:TomoPause: no tomosynthesis scan running")
             return
         if value:
             scan.pause()
@@ -868,81 +1610,108 @@ class InstrumentIOC:
             self._message("tomosynthesis resumed")
 
     async def _on_abort(self, value):
+        if not value:
+            return 0
         self._acq_stop.set()
         scan = self._tomo
         if scan is not None:
-            # at the next frame boundary; the short rotation step in progress finishes, so the
-            # file closes as aborted rather than with a stage error
             self._tomo_abort = True
             await self._run(scan.abort)
             self._message("abort requested: tomosynthesis stops at the next frame")
-            return
+            return 0
+        for m in self._axes.values():
+            m["stop_req"] = True
         await self._run(self.inst.abort)
         await self._run(self.inst.stop_motion)
         self._message("abort requested")
+        return 0
 
     # --- polling -------------------------------------------------------------------------------
+    def poll_soon(self) -> None:
+        self._pool.submit(self.poll_once)
+
     def poll_once(self) -> None:
         """Copy one Instrument.snapshot() into the readbacks; missing parts raise alarms."""
         snap = self.inst.snapshot()
-        self.busy.set(snap.get("busy") or "")
+        busy = snap.get("busy") or ""
+        if busy != self.busy.value:
+            self.busy.set(busy)
         tube = snap.get("tube")
-        tube_recs = (self.kv_rbv, self.ua_rbv, self.power_rbv, self.xray_rbv, self.state_rbv,
-                     self.interlock_rbv, self.focus_mode_rbv, self.warmup_rbv)
         if tube is None:
-            for rec in tube_recs:
-                rec.set_alarm(alarm.INVALID_ALARM, alarm.COMM_ALARM)
-            self.error_rbv.set(-1, severity=alarm.INVALID_ALARM, alarm=alarm.COMM_ALARM)
-            self.error_text_rbv.set("tube not responding", severity=alarm.INVALID_ALARM,
-                                    alarm=alarm.COMM_ALARM)
+            for rec in (self.kv_act, self.ua_act, self.power_act, self.xray_rbv,
+                        self.state_rbv, self.interlock_rbv, self.warmup_rbv):
+                rec.set_alarm(INVALID, "COMM")
+            self.error_rbv.set(-1, INVALID, "COMM")
+            self.error_text_rbv.set("tube not responding", INVALID, "COMM")
+            self._follow_xray(False)
         else:
-            self.kv_rbv.set(tube["voltage_kv"])
-            self.ua_rbv.set(tube["current_ua"])
-            self.power_rbv.set(tube["power_w"])
-            self.xray_rbv.set(int(tube["state"] == "XRAY_ON"))
-            self.state_rbv.set(TUBE_STATES.index(tube["state"]))
-            self.interlock_rbv.set(int(bool(tube["interlock_closed"])))
+            on = tube["state"] == "XRAY_ON"
+            self.kv_act.set(tube["voltage_kv"])
+            self.ua_act.set(tube["current_ua"])
+            self.power_act.set(tube["power_w"])
+            self.xray_rbv.set(int(on))
+            self.shutter_rbv.set(int(on))
+            self.shutter_status.set(int(on))
+            sev = _TUBE_STATE_SEVERITY.get(tube["state"], NO_ALARM)
+            self.state_rbv.set(TUBE_STATES.index(tube["state"]), sev, "STATE" if sev else 0)
+            closed = bool(tube["interlock_closed"])
+            self.interlock_rbv.set(int(closed), NO_ALARM if closed else MAJOR,
+                                   0 if closed else "STATE")
             if tube["focus_mode"] in self.focus_modes:
-                self.focus_mode_rbv.set(self.focus_modes.index(tube["focus_mode"]))
+                i = self.focus_modes.index(tube["focus_mode"])
+                self.focus_mode_rbv.set(i)
+                if self.focus_mode.value != i:
+                    self.focus_mode.set(i)
             wp = tube.get("warmup_progress")
-            self.warmup_rbv.set(100.0 * wp if wp is not None else math.nan)
-            self._tube_sp.update(kv=tube["voltage_setpoint_kv"], ua=tube["current_setpoint_ua"],
-                                 focus=tube["focus_mode"])
+            self.warmup_rbv.set(100.0 * wp if wp is not None else 0.0)
+            # setpoints follow the tube (other clients, the controller's own limits)
+            for sp, rbv, key in ((self.kv, self.kv_rbv, "voltage_setpoint_kv"),
+                                 (self.ua, self.ua_rbv, "current_setpoint_ua")):
+                v = float(tube[key])
+                rbv.set(v)
+                if abs(sp.value - v) > 1e-6 and sp.severity == NO_ALARM:
+                    sp.set(v)
+            self._follow_xray(on)
             code = tube["error_code"]
             if code:
-                self.error_rbv.set(int(code), severity=alarm.MAJOR_ALARM, alarm=alarm.STATE_ALARM)
+                self.error_rbv.set(int(code), MAJOR, "STATE")
                 self.error_text_rbv.set(f"{code}: {tube['error_text']}"[:MAX_MESSAGE - 1],
-                                        severity=alarm.MAJOR_ALARM, alarm=alarm.STATE_ALARM)
+                                        MAJOR, "STATE")
             else:
                 self.error_rbv.set(0)
                 self.error_text_rbv.set("")
-        self._poll_axis("focus", snap.get("focus_um"), snap.get("focus_on_target"))
-        if self.inst.rotation_axis is not None:
-            on = None
-            with contextlib.suppress(Exception):
-                on = bool(self.inst.rotation_axis.on_target)
-            self._poll_axis("rotation", snap.get("rotation_deg"), on)
+        for key in self._axes:
+            if not self._moving[key]:
+                with contextlib.suppress(Exception):
+                    self._axis_readback(key)
+                    m = self._axes[key]
+                    on_t = bool(m["axis"].on_target)
+                    if m["dmov"].value != int(on_t):
+                        m["dmov"].set(int(on_t))
+                        m["movn"].set(int(not on_t))
         refs = snap.get("references", {})
         self.references_rbv.set(int(bool(refs.get("dark"))) + 2 * int(bool(refs.get("flat"))))
         cam = snap.get("camera")
         if cam is None:
-            self.det_state.set(DETECTOR_STATES.index("Disconnected"),
-                               severity=alarm.INVALID_ALARM, alarm=alarm.COMM_ALARM)
+            self.det_state.set(DETECTOR_STATES.index("Disconnected"), INVALID, "COMM")
         else:
-            self.dropped.set(int(cam["skipped"]))
-            self.acq_time_rbv.set(float(cam["exposure_s"]))
+            if self.dropped.value != int(cam["skipped"]):
+                self.dropped.set(int(cam["skipped"]))
+            exp = float(cam["exposure_s"])
+            if self.acq_time_rbv.value != exp:
+                self.acq_time_rbv.set(exp)
 
-    def _poll_axis(self, key: str, pos, on_target) -> None:
-        rec = getattr(self, f"{key}_rec", None)
-        if rec is None:
-            return
-        if pos is None:
-            rec["rbv"].set_alarm(alarm.INVALID_ALARM, alarm.COMM_ALARM)
-            return
-        rec["rbv"].set(float(pos))
-        if not self._moving[key]:
-            # moves started elsewhere (GUI, scans) show as well
-            rec["dmov"].set(int(bool(on_target)) if on_target is not None else 1)
+    def _follow_xray(self, on: bool) -> None:
+        """XrayOn follows a trip: the output went off without a client asking."""
+        if not on and self.xray.value == 1:
+            self._xray_requested = False
+            self.xray.set(0)
+            self.shutter.set(0)
+            self._message("X-rays went off (trip, interlock or fault): TUBE:XrayOn is 0",
+                          error=True)
+        elif on and self.xray.value == 0:
+            self.xray.set(1)          # switched on by another client (GUI, script)
+            self.shutter.set(1)
 
     def _poll_loop(self) -> None:
         failing = False
@@ -963,15 +1732,16 @@ class InstrumentIOC:
             self.heartbeat.set(self._heartbeat)
 
     # --- life cycle ----------------------------------------------------------------------------
-    def start(self, dispatcher) -> None:
-        """After iocInit: start the poll thread and the heartbeat."""
-        self._loop = dispatcher.loop
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the server's event loop (after the servers are built): poll thread, heartbeat."""
+        self._loop = loop
+        self.table.loop = loop
         self.poll_once()
         self._poll_thread = threading.Thread(target=self._poll_loop, daemon=True,
                                              name="xi-ioc-poll")
         self._poll_thread.start()
         self._unsubscribe = self.inst.subscribe(self._on_frame_event)
-        asyncio.run_coroutine_threadsafe(self._heartbeat_loop(), self._loop)
+        loop.create_task(self._heartbeat_loop())
 
     def stop(self) -> None:
         self._stop.set()
@@ -986,8 +1756,25 @@ class InstrumentIOC:
         with contextlib.suppress(Exception):
             self.inst.abort()
         with contextlib.suppress(Exception):
-            self._close_writer()
+            self._close_writer("IOC stopping")
         if self._poll_thread is not None:
             self._poll_thread.join(timeout=5.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+
+def _format_template(template: str, path: str, name: str, number: int) -> str:
+    """areaDetector's FileTemplate: a printf format taking path, name and number in that
+    order; a template may use fewer of them (C's sprintf ignores the rest)."""
+    import re
+    n = len(re.findall(r"%(?!%)[-+ #0-9.]*[a-zA-Z]", template))
+    if n > 3:
+        raise ValueError("more than three conversions (path, name, number)")
+    return template % (path, name, number)[:n] if n else template.replace("%%", "%")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("xinstrument")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return os.environ.get("XINSTRUMENT_VERSION", "0")
