@@ -9,6 +9,11 @@ def _cmd_gui(a: argparse.Namespace) -> int:
     from ..errors import UserError
     if a.config is not None and not a.config.is_file():
         raise UserError(f"config file {a.config} does not exist")
+    # before Qt is loaded: a missing X11 library makes Qt abort the process (rc 134)
+    from .system_libs import gui_setup_problem
+    problem = gui_setup_problem()
+    if problem is not None:
+        raise UserError(problem)
     from .app import run_gui
     return run_gui(a.config, a.sensor_px)
 
