@@ -30,6 +30,10 @@ import numpy as np
 
 from .base import BufferMode, Camera, CameraError, CameraStatus, Frame, TriggerMode
 
+# Interface names pco.Camera(interface=...) accepts (pco 2.x, ``pco.Camera.__init__``).
+PCO_INTERFACES = ("FireWire", "Camera Link MTX", "GenICam", "Camera Link NAT", "GigE", "USB 2.0",
+                  "Camera Link ME4", "USB 3.0", "CLHS")
+
 _RECORD_MODES = {BufferMode.SEQUENCE: "sequence non blocking", BufferMode.RING: "ring buffer",
                  BufferMode.FIFO: "fifo"}
 _TRIGGERS = {TriggerMode.INTERNAL: "auto sequence", TriggerMode.SOFTWARE: "software trigger",

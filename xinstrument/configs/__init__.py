@@ -1,0 +1,1 @@
+"""Example instrument configs shipped with the package (see ``xinstrument.config``)."""
