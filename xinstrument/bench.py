@@ -537,6 +537,7 @@ def format_sr_table(b: SRBench) -> str:
 # --- command line --------------------------------------------------------------------------------
 from .cliargs import positive_int as _positive_int
 from .cliargs import size_px as _size_px
+from .cliargs import torch_device as _torch_device
 
 
 def _steps_list(text: str) -> tuple[int, ...]:
@@ -636,7 +637,7 @@ def register(sub) -> None:
                    "CUDA, 512 on the CPU, scaled to --speed-px by tile count)")
     r.add_argument("--speed-steps", type=_steps_list, default=(2, 10),
                    help="diffusion step counts to time, comma separated (default 2,10)")
-    r.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    r.add_argument("--device", type=_torch_device, default=None, help="cuda, cpu (default: cuda if present)")
     r.set_defaults(func=_cmd_restoration)
 
     sr = bs.add_parser("sr", help="super-resolution vs bicubic and deblur-only on twin charts",
@@ -655,7 +656,7 @@ def register(sub) -> None:
                     "calibration.sr_frames_averaged, else 1)")
     sr.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame, s")
     sr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    sr.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    sr.add_argument("--device", type=_torch_device, default=None, help="cuda, cpu (default: cuda if present)")
     sr.add_argument("--json", type=Path, default=None, help="also write the full results here")
     sr.set_defaults(func=_cmd_sr)
 

@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .cliargs import ArgumentParser
+from .cliargs import finite_float as _finite_float
 from .cliargs import positive_float as _positive_float
 from .cliargs import positive_int as _positive_int
+from .cliargs import seed as _seed
 from .cliargs import size_px as _sensor_px
 from .errors import UserError
 
@@ -90,7 +93,7 @@ def _add_demo(sub) -> None:
                    help="camera frames averaged per frame (default 8)")
     p.add_argument("--exposure-s", type=_positive_float, default=None,
                    help="camera exposure in seconds (default: the bench's, 1 s lens / 0.05 s panel)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the procedural sample and noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the procedural sample and noise")
     p.add_argument("--bench", choices=["lens-yag", "panel-gos"], default="lens-yag",
                    help="simulated bench (default lens-yag: YAG 200 um, 5x NA 0.4)")
     p.add_argument("--profile", default=None, help="detector profile name or folder "
@@ -285,9 +288,9 @@ def _add_acquisition(sub) -> None:
 
     p = sub.add_parser("focus", help="axial focus scan and report the best focus")
     _add_device_options(p)
-    p.add_argument("--start-um", type=float, required=True,
+    p.add_argument("--start-um", type=_finite_float, required=True,
                    help="first focus position (um, within the stage's travel)")
-    p.add_argument("--stop-um", type=float, required=True,
+    p.add_argument("--stop-um", type=_finite_float, required=True,
                    help="last focus position (um, above --start-um)")
     p.add_argument("--step-um", type=_positive_float, default=1.0,
                    help="step of the (fine) scan in um (default 1)")
@@ -311,7 +314,7 @@ def _add_acquisition(sub) -> None:
 
 # --- main ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="xinstrument",
         description="Control, acquisition and real-time restoration for scintillator-coupled "
                     "X-ray imaging benches.")

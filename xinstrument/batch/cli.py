@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cliargs import non_negative_int, positive_int
+from ..cliargs import non_negative_int, positive_int, torch_device
 from ..errors import UserError
 
 __all__ = ["build_parser", "main", "register"]
@@ -64,7 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="local cluster only: worker processes (default: one per core)")
     p.add_argument("--retries", type=non_negative_int, default=2,
                    help="extra attempts for a task that fails (default 2)")
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", type=torch_device, default=None,
                    help="torch device on the workers (default: each worker's GPU if it has "
                         "one, else CPU)")
     p.add_argument("--force", action="store_true",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cliargs import torch_device
 from ..errors import UserError
 
 # Slices are attenuation (features bright); the SR network was trained on flat-normalised
@@ -168,7 +169,8 @@ def register(sub) -> None:
     p.add_argument("--restored", action="store_true",
                    help="use the restored projections stored by the scan")
     p.add_argument("--iterations", type=int, default=20, help="SIRT iterations (default 20)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="torch device (default: cuda if present)")
     p.add_argument("--super-resolve", default=None, metavar="SR_METHOD",
                    help="super-resolve every slice with this method of --profile (sr_x2, "
                         "sr_x4); stored as /entry/recon/<method>_<SR_METHOD> with the finer "

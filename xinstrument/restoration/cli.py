@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 from ..cliargs import non_negative_int as _non_negative_int
 from ..cliargs import positive_int as _positive_int
+from ..cliargs import torch_device as _torch_device
 
 # Twin benches that produce HR images at a shipped profile's pixel size.
 TWIN_BENCHES = ("lens-yag", "panel-gos")
@@ -415,7 +416,8 @@ def register(sub) -> None:
                         "wiener, weights for the learned ones)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps (diffusion) or iterations (richardson_lucy)")
-    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
+    p.add_argument("--device", type=_torch_device, default=None,
+                   help="cuda, cpu, ... (default: cuda if present)")
     p.add_argument("--out", type=Path, default=None,
                    help="output file (default: IN_restored-METHOD.h5 in the working directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -460,5 +462,5 @@ def register(sub) -> None:
                    help="twin HR images rendered once and cropped from")
     p.add_argument("--pool-px", type=_positive_int, default=256, help="side of those images, px")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_torch_device, default=None)
     p.set_defaults(func=_cmd_train)
