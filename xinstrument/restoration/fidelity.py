@@ -189,6 +189,16 @@ class FidelityResult:
     tolerance_source: str = "none"
     reduced_chi2_tolerant: float = float("nan")
     scale: int = 1
+    # per-tile noise sigma of the measurement (transmission units; None when not normalised)
+    noise_tile_sigma: np.ndarray | None = None
+    residual_tile_rms: np.ndarray | None = None    # per-tile rms of measured - A restored
+    # with check(null_space=True): per-tile rms of the restored detail in the band the data
+    # cannot determine, of the detail beyond the forward model (x - A x), the band's lowest
+    # radial frequency (cy/px) and its share of the frequency plane
+    null_rms: np.ndarray | None = None
+    restored_detail_rms: np.ndarray | None = None
+    null_band_cutoff_cy_per_px: float = float("nan")
+    null_band_fraction: float = float("nan")
 
     def hdf5_extras(self) -> dict[str, Any]:
         """The arrays stored beside the restored frame (see :func:`hdf5_extras_layout`)."""
@@ -416,7 +426,8 @@ class FidelityGuard:
             self._cache[key] = (tile.astype(np.float64), frame.astype(np.float64))
         return self._cache[key]
 
-    def reblur(self, restored: Any, forward: str = "mtf_ratio", detail: bool = False):
+    def reblur(self, restored: Any, forward: str = "mtf_ratio", detail: bool = False,
+               keep_spectrum: bool = False):
         """``A x``: the restored frame(s) seen through the thick detector, (B, H, W) tensor.
         With ``detail`` also ``D = A x - A A x`` (the tolerance's shape), from the same forward
         transform: returns ``(A x, D)``."""
@@ -428,6 +439,8 @@ class FidelityGuard:
         shape = tuple(xp.shape[-2:])
         t = self._transfer(forward, shape)
         spec = torch.fft.rfft2(xp)
+        if keep_spectrum:     # the null-space band reuses the restored frame's spectrum
+            self._last_spectrum = (spec, shape)
         if not detail:
             out = torch.fft.irfft2(spec * t, s=shape)
             return crop_frames(out, self.pad_px, tuple(x.shape[-2:]))
@@ -440,6 +453,65 @@ class FidelityGuard:
         model = crop_frames(torch.fft.irfft2(spec * t, s=shape), self.pad_px, size)
         detail = crop_frames(torch.fft.irfft2(spec * self._cache[key], s=shape), self.pad_px, size)
         return model, detail
+
+    def null_space_band(self, forward: str, dose_ratio: float, frames_averaged: int,
+                        flat_frames_averaged: int | None, mean_t: float,
+                        spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Boolean rfft2 mask of the band the data cannot determine: where the transfer times
+        the frame's SNR is below 1, ``H(f)^2 P_x(f) < NPS(f)``.
+
+        ``P_x`` is the restored frame's power spectrum, averaged over rings (64 bins up to
+        0.71 cy/px) so that it estimates the signal's spectrum rather than one noisy periodogram;
+        ``H^2 P_x`` is then the power the detector passes of it. ``NPS`` is the measurement's
+        noise at the frame's mean transmission, dose and averaging (the guard's noise model).
+        A restoration consistent with the data has ``H X`` ~ the measured signal, so this band
+        is where the measurement holds less signal than noise, whatever the method put there."""
+        key = ("band-parts", forward, shape, str(self.device))
+        if key not in self._cache:
+            t = self._transfer(forward, shape)
+            nnps = self.physics.nnps_rfft(shape, self.device)
+            fy = torch.fft.fftfreq(shape[0], device=self.device)[:, None]
+            fx = torch.fft.rfftfreq(shape[1], device=self.device)[None, :]
+            ring = torch.clamp((torch.sqrt(fy * fy + fx * fx) / 0.7072 * 64).long(), max=63)
+            mult = torch.full((shape[1] // 2 + 1,), 2.0, device=self.device)
+            mult[0] = 1.0
+            if shape[1] % 2 == 0:
+                mult[-1] = 1.0
+            weight = mult.expand_as(t).reshape(-1)
+            count = torch.bincount(ring.reshape(-1), weights=weight, minlength=64).clamp(min=1)
+            t2 = t.abs().square() if t.is_complex() else t * t    # the PSF's OTF is complex
+            self._cache[key] = (t2, nnps, ring.reshape(-1), weight, count)
+        t2, nnps, ring, weight, count = self._cache[key]
+        power = spectrum.real.square() + spectrum.imag.square()
+        power = power.reshape(-1) * weight / float(shape[0] * shape[1])
+        p_ring = torch.bincount(ring, weights=power, minlength=64) / count
+        p_x = p_ring[ring].reshape(t2.shape)
+        beta = self.noise_hardening_exponent
+        level = (max(mean_t, 1e-6) ** (1.0 - beta)) / frames_averaged
+        if flat_frames_averaged is not None:
+            level += mean_t**2 / flat_frames_averaged
+        return t2 * p_x < nnps * (level / float(dose_ratio))
+
+    def _null_space_detail(self, forward: str, dose_ratio: float, frames_averaged: int,
+                           flat_frames_averaged: int | None, mean_t: float,
+                           size: tuple[int, int]) -> tuple[torch.Tensor, float, float]:
+        """The restored frame's detail in :meth:`null_space_band` (from the spectrum kept by
+        :meth:`reblur`), the band's lowest radial frequency (cy/px) and its share of the
+        frequency plane."""
+        if self._last_spectrum is None:
+            raise RuntimeError("null-space detail needs the spectrum of the last reblur")
+        spec, shape = self._last_spectrum
+        self._last_spectrum = None
+        spec = spec[0]
+        band = self.null_space_band(forward, dose_ratio, frames_averaged, flat_frames_averaged,
+                                    mean_t, spec, shape)
+        u = crop_frames(torch.fft.irfft2(spec * band, s=shape)[None], self.pad_px, size)[0]
+        fy = torch.fft.fftfreq(shape[0], device=band.device)[:, None]
+        fx = torch.fft.rfftfreq(shape[1], device=band.device)[None, :]
+        radius = torch.sqrt(fy * fy + fx * fx).expand_as(band)
+        inside = radius[band]
+        cutoff = float(inside.min()) if inside.numel() else float("nan")
+        return u, cutoff, float(band.float().mean())
 
     @staticmethod
     def bin_to(restored: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -466,6 +538,7 @@ class FidelityGuard:
         flat_frames_averaged: int | None = None,
         forward: str = "mtf_ratio",
         method: str | None = None,
+        null_space: bool = False,
     ) -> FidelityResult:
         """Consistency of one restored (H, W) frame with the corrected measurement it came from.
 
@@ -482,6 +555,9 @@ class FidelityGuard:
             adds ``T^2 / N_flat``. None: the flat is taken as noise-free.
         forward : "mtf_ratio" or "psf" (see :func:`forward_model_for`).
         method : restoration method name (recorded in the result).
+        null_space : also measure, per tile, the restored detail in the band the data cannot
+            determine (:meth:`null_space_band`; ``FidelityResult.null_rms``), from the same
+            forward transform (one more inverse transform). Needs the noise model.
         """
         t0 = time.perf_counter()
         y, single_y = as_batch(measured, "measured")
@@ -507,11 +583,12 @@ class FidelityGuard:
 
         eps, eps_source = self.tolerance_for(method)
         y = y.to(self.device)[0]
+        self._last_spectrum = None
         if eps > 0:
-            model, detail = self.reblur(x, forward, detail=True)
+            model, detail = self.reblur(x, forward, detail=True, keep_spectrum=null_space)
             model, detail = model[0], detail[0]
         else:
-            model, detail = self.reblur(x, forward)[0], None
+            model, detail = self.reblur(x, forward, keep_spectrum=null_space)[0], None
         resid = y - model
         ry, rx = _tile_edges(h, self.tile_px), _tile_edges(w, self.tile_px)
         nan = float("nan")
@@ -586,8 +663,21 @@ class FidelityGuard:
         # the open-beam level (T = 1) when the flat itself holds less than one quantum per pixel.
         quanta = float(dose_ratio) * float(self.physics.nnps_mean_signal)
         var.clamp_(min=scale_var * min(1.0, 1.0 / quanta) / frames_averaged)
+        resid_tile_rms = np.sqrt(_tile_sums(r2, iry, irx).cpu().numpy() / safe_counts)
         # the measurement against the noise alone (the conventional goodness of fit)
         reduced_noise = float(r2.div_(var).sum(dtype=torch.float64)) / n_pix
+        noise_tile_sigma = np.sqrt(_tile_sums(var, iry, irx).cpu().numpy() / safe_counts)
+        null_extras: dict[str, Any] = {}
+        if null_space:
+            u, cutoff, band_frac = self._null_space_detail(forward, dose_ratio, frames_averaged,
+                                                           flat_frames_averaged, mean_t, (h, w))
+            u = u[inner]
+            u_rms = np.sqrt(_tile_sums(u * u, iry, irx).cpu().numpy() / safe_counts)
+            sharp = x[0].to(self.device)[inner] - model[inner]
+            sharp_rms = np.sqrt(_tile_sums(sharp * sharp, iry, irx).cpu().numpy() / safe_counts)
+            null_extras = {"null_rms": np.where(tested, u_rms, nan).astype(np.float32),
+                           "restored_detail_rms": np.where(tested, sharp_rms, nan).astype(np.float32),
+                           "null_band_cutoff_cy_per_px": cutoff, "null_band_fraction": band_frac}
         if detail is not None:
             d = detail[inner]
             var.addcmul_(d, d, value=eps * eps)
@@ -621,7 +711,10 @@ class FidelityGuard:
             expected_false_alarm_rate=self.false_alarm_rate, frame_p_value=frame_p,
             flagged_p_value=flagged_p, consistent=bool(consistent), normalised=True,
             rms_residual=rms, message=message, dose_ratio=float(dose_ratio),
-            correlation_factor=c, strong_tiles=strong, elapsed_s=time.perf_counter() - t0, **common)
+            correlation_factor=c, strong_tiles=strong, elapsed_s=time.perf_counter() - t0,
+            noise_tile_sigma=np.where(tested, noise_tile_sigma, nan).astype(np.float32),
+            residual_tile_rms=np.where(tested, resid_tile_rms, nan).astype(np.float32),
+            **null_extras, **common)
 
 
 # ---------------------------------------------------------------------------------------------

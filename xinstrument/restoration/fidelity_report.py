@@ -1,0 +1,448 @@
+"""The fidelity report of a restored frame: what the data confirm, and what they cannot.
+
+A check on the data sees only what the forward model ``A`` lets through. Detail that the thick
+screen's blur removes lies in the null space of the measurement; no test on the data can
+confirm or refute it, and that is where a restoration can invent. The report therefore carries
+two maps per frame (per tile of ``tile_px``):
+
+1. Consistency (range space, :class:`~.fidelity.FidelityGuard`): the residual
+   ``y - A x_hat`` against the detector's noise, a reduced chi-square per tile tested at a
+   chosen false-alarm rate.
+2. Uncertainty (null space): the measured signal at frequency ``f`` is ``H(f) X(f)`` against
+   noise of power ``NPS(f)`` (the profile's NNPS at the frame's dose and transmission). Where
+   ``H(f)^2 P_x(f) < NPS(f)`` (transfer x SNR < 1) the data hold less signal than noise: what a
+   restoration puts there comes from its prior. ``u = F^-1[1_B X]`` is that restored detail;
+   the restoration's error in a tile also holds the truth's detail the method did not restore
+   there (largest where the restored frame has edges) and propagated noise. The band's
+   half-width per tile is
+
+       b^2 = k_null u_rms^2 + k_detail d_rms^2 + k_excess e_rms^2 + k_noise sigma^2 (+ k_spread s_rms^2)
+
+   with ``d = x_hat - A x_hat`` (the restored detail beyond what the detector passes),
+   ``sigma`` the measurement's noise and ``s`` the spread over samples of a sampling method.
+   The coefficients are fitted per method on frames with known truth (training sample
+   families) by non-negative least squares on the tiles' squared errors, then scaled by the
+   conformal quantile that puts the chosen fraction (0.9) of calibration tiles inside the band:
+   a new tile of the same kind lies outside with probability at most ``1 - coverage + 1/(n+1)``.
+   A tile is *undetermined* where the restored null-band detail exceeds the measurement's
+   noise sigma: the frame shows there detail of a size the data cannot confirm.
+
+Policy: a frame the consistency test rejects falls back to the classical method when one is
+configured (else it is flagged); a consistent frame whose undetermined share exceeds the
+policy's limit is flagged; otherwise it is accepted.
+
+Cost: one forward transform of the restored frame and two inverse transforms (the model ``A x``
+and the null-band detail; a third with a method tolerance), plus element-wise statistics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from .fidelity import FidelityGuard, FidelityResult, forward_model_for
+
+__all__ = [
+    "ACTIONS",
+    "UNCERTAINTY_TERMS",
+    "FidelityInputError",
+    "FidelityReport",
+    "FidelityReporter",
+    "band_features",
+    "calibrate_uncertainty",
+    "report_hdf5_layout",
+    "tile_rms",
+]
+
+ACTIONS = ("accept", "flag", "fall back")
+# terms of the band (keys "<method>_<term>" of the profile's [fidelity_uncertainty])
+UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread")
+# A tile is undetermined where the restored null-band detail exceeds this many noise sigma.
+UNDETERMINED_SIGMA = 1.0
+DEFAULT_COVERAGE = 0.9
+# HDF5 scalars of each restored frame (FidelityReport.summary keys)
+REPORT_HDF5_SCALARS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back",
+                       "undetermined_fraction", "uncertainty_mean", "action_code")
+
+
+def report_hdf5_layout(tile_grid: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """ScanWriter ``restored_extras`` of a report: the tile maps (consistency = tile reduced
+    chi-square, flagged, uncertainty = band half-width, undetermined) and summary scalars."""
+    grid = tuple(int(n) for n in tile_grid)
+    return {"consistency": grid, "flagged": grid, "uncertainty": grid, "undetermined": grid,
+            **{k: () for k in REPORT_HDF5_SCALARS}}
+
+
+class FidelityInputError(ValueError):
+    """Input the report cannot judge (no verdict is given): wrong shape or pixel size, no noise
+    model, no dose or averaging metadata."""
+
+
+def tile_rms(a: np.ndarray, tile_edges: tuple[np.ndarray, np.ndarray], border_px: int = 0
+             ) -> np.ndarray:
+    """Rms of an (H, W) map over the report's tiles, leaving out ``border_px`` at the frame
+    edge (NaN for tiles entirely inside it)."""
+    ry, rx = tile_edges
+    h, w = a.shape
+    b = int(border_px)
+    out = np.full((ry.size - 1, rx.size - 1), np.nan, np.float32)
+    for i in range(ry.size - 1):
+        y0, y1 = max(ry[i], b), min(ry[i + 1], h - b)
+        if y1 <= y0:
+            continue
+        for j in range(rx.size - 1):
+            x0, x1 = max(rx[j], b), min(rx[j + 1], w - b)
+            if x1 > x0:
+                out[i, j] = math.sqrt(float(np.mean(np.square(a[y0:y1, x0:x1], dtype=np.float64))))
+    return out
+
+
+@dataclass
+class FidelityReport:
+    """The fidelity report of one restored frame.
+
+    Attributes
+    ----------
+    consistency : the range-space check (:class:`~.fidelity.FidelityResult`; its attributes are
+        also readable on the report: ``report.flagged``, ``report.tile_chi2`` ...).
+    uncertainty : (rows, cols) half-width of the band (transmission units, rms over the tile)
+        the restoration's error lies in with probability ``coverage``; NaN where uncalibrated.
+    undetermined : (rows, cols) bool, tiles whose restored null-band detail exceeds the noise.
+    null_rms, spread_rms : (rows, cols) the restored detail the data cannot determine, and the
+        spread over samples (None without samples).
+    verdict : "consistent", "inconsistent" or "no verdict" (the guard could not normalise).
+    flagged_by_policy : the policy flagged the frame (inconsistent without fallback, or too
+        much undetermined).
+    fell_back, fallback_reason, method : set when the frame was restored again by the fallback.
+    """
+
+    consistency: FidelityResult
+    uncertainty: np.ndarray
+    undetermined: np.ndarray
+    null_rms: np.ndarray
+    spread_rms: np.ndarray | None
+    coverage: float
+    uncertainty_source: str
+    verdict: str
+    max_undetermined_fraction: float | None = None
+    fell_back: bool = False
+    fallback_reason: str | None = None
+    method: str | None = None
+    elapsed_s: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        # the consistency result's attributes (map, tile_chi2, flagged, tile_edges, ...)
+        if name.startswith("__") or name == "consistency":
+            raise AttributeError(name)
+        return getattr(self.consistency, name)
+
+    @property
+    def undetermined_fraction(self) -> float:
+        tested = np.isfinite(self.consistency.tile_chi2)
+        n = int(tested.sum())
+        return float(self.undetermined[tested].sum()) / n if n else float("nan")
+
+    @property
+    def uncertainty_mean(self) -> float:
+        u = self.uncertainty[np.isfinite(self.uncertainty)]
+        return float(u.mean()) if u.size else float("nan")
+
+    @property
+    def flagged_by_policy(self) -> bool:
+        if self.fell_back:
+            return False
+        if self.verdict == "inconsistent":
+            return True
+        limit = self.max_undetermined_fraction
+        return limit is not None and self.undetermined_fraction > limit
+
+    @property
+    def action(self) -> str:
+        """What the policy did: "fall back", "flag" or "accept" ("flag" without a verdict)."""
+        if self.fell_back:
+            return "fall back"
+        if self.verdict == "no verdict" or self.flagged_by_policy:
+            return "flag"
+        return "accept"
+
+    @property
+    def message(self) -> str:
+        c = self.consistency
+        text = c.message
+        if self.verdict != "no verdict":
+            text += (f"; {100 * self.undetermined_fraction:.0f} % of tiles undetermined by the "
+                     f"data, uncertainty {self.uncertainty_mean:.3g} (coverage "
+                     f"{self.coverage:.0%}, {self.uncertainty_source}); action: {self.action}")
+        if self.fell_back and self.fallback_reason:
+            text += f" ({self.fallback_reason})"
+        return text
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars for PVs, logs and HDF5 (the consistency summary plus the report's own)."""
+        out = self.consistency.summary()
+        out.update({
+            "fell_back": int(self.fell_back),
+            "verdict": self.verdict,
+            "action": self.action,
+            "action_code": ACTIONS.index(self.action),
+            "undetermined_fraction": self.undetermined_fraction,
+            "uncertainty_mean": self.uncertainty_mean,
+            "uncertainty_max": float(np.nanmax(self.uncertainty)) if np.isfinite(
+                self.uncertainty).any() else float("nan"),
+            "coverage": float(self.coverage),
+            "null_band_cutoff_cy_per_px": float(self.consistency.null_band_cutoff_cy_per_px),
+            "elapsed_s": float(self.elapsed_s),
+        })
+        return out
+
+    def hdf5_extras(self) -> dict[str, Any]:
+        """The arrays and scalars stored beside the restored frame (:func:`report_hdf5_layout`)."""
+        s = self.summary()
+        return {"consistency": self.consistency.tile_chi2,
+                "flagged": self.consistency.flagged.astype(np.float32),
+                "uncertainty": self.uncertainty.astype(np.float32),
+                "undetermined": self.undetermined.astype(np.float32),
+                **{k: float(s[k]) for k in REPORT_HDF5_SCALARS}}
+
+
+def band_features(res: FidelityResult, spread: np.ndarray | None = None) -> np.ndarray:
+    """(rows, cols, 5) per-tile features of the band, in transmission units: restored
+    null-band detail, restored detail beyond the forward model, the residual's excess over the
+    noise (range-space error the data show), noise sigma, spread over samples (0 without)."""
+    excess = np.sqrt(np.clip(res.residual_tile_rms ** 2 - res.noise_tile_sigma ** 2, 0, None))
+    spread = np.zeros_like(res.null_rms) if spread is None else spread
+    return np.stack([res.null_rms, res.restored_detail_rms, excess, res.noise_tile_sigma,
+                     spread], -1).astype(np.float64)
+
+
+def _coefficients(table: dict[str, float], method: str) -> dict[str, float] | None:
+    keys = {t: f"{method}_{t}" for t in UNCERTAINTY_TERMS}
+    if not any(k in table for k in keys.values()):
+        return None
+    return {t: float(table.get(k, 0.0)) for t, k in keys.items()}
+
+
+class FidelityReporter:
+    """Makes the fidelity report of restored frames with a profile's forward and noise model.
+
+    Parameters
+    ----------
+    profile : DetectorProfile; must carry a noise model (NNPS and its mean signal).
+    tile_px, false_alarm_rate, nnps_lr, device, tolerance, border_px : as
+        :class:`~.fidelity.FidelityGuard`.
+    uncertainty : ``{"<method>_<term>": coefficient}`` of the band (see the module notes);
+        None: the profile's ``fidelity_uncertainty``.
+    coverage : the fraction of tiles the band was calibrated to cover (recorded in reports).
+    max_undetermined_fraction : the policy flags a consistent frame with more undetermined
+        tiles than this (None: never).
+    """
+
+    def __init__(self, profile: Any, tile_px: int = 32, false_alarm_rate: float = 1e-3, *,
+                 nnps_lr: Any = None, device: Any = None, tolerance: Any = None,
+                 border_px: int | None = None, uncertainty: dict[str, float] | None = None,
+                 coverage: float = DEFAULT_COVERAGE,
+                 max_undetermined_fraction: float | None = None) -> None:
+        self.guard = FidelityGuard(profile, tile_px=tile_px, false_alarm_rate=false_alarm_rate,
+                                   nnps_lr=nnps_lr, device=device, tolerance=tolerance,
+                                   border_px=border_px)
+        if not self.guard.has_noise_model:
+            raise FidelityInputError(
+                f"profile {getattr(profile, 'name', '?')!r} has no noise model (NNPS and its mean "
+                "signal): the fidelity report needs it (xinstrument calibrate nnps)")
+        self.profile = profile
+        table = dict(getattr(profile, "fidelity_uncertainty", None) or {}) if uncertainty is None \
+            else dict(uncertainty)
+        for key, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    math.isfinite(v) and v >= 0):
+                raise ValueError(f"uncertainty coefficient {key!r} must be a finite number >= 0, "
+                                 f"got {v!r}")
+        self.uncertainty = table
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
+        self.coverage = float(coverage)
+        if max_undetermined_fraction is not None and not 0 <= max_undetermined_fraction <= 1:
+            raise ValueError("max_undetermined_fraction must be None or in [0, 1], got "
+                             f"{max_undetermined_fraction!r}")
+        self.max_undetermined_fraction = max_undetermined_fraction
+
+    # the guard's interface, so the report can stand where the guard stood
+    @property
+    def tile_px(self) -> int:
+        return self.guard.tile_px
+
+    @property
+    def false_alarm_rate(self) -> float:
+        return self.guard.false_alarm_rate
+
+    @property
+    def tolerances(self) -> dict[str, float]:
+        return self.guard.tolerances
+
+    def tile_grid(self, shape: tuple[int, int]) -> tuple[int, int]:
+        return self.guard.tile_grid(shape)
+
+    def hdf5_layout(self, shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        return report_hdf5_layout(self.tile_grid(shape))
+
+    def coefficients_for(self, method: str | None) -> tuple[dict[str, float] | None, str]:
+        if method is not None:
+            c = _coefficients(self.uncertainty, method)
+            if c is not None:
+                return c, f"calibrated for {method}"
+        return None, f"not calibrated for {method}" if method else "no method given"
+
+    # ------------------------------------------------------------------ strict entry point
+    def report(self, measured: Any, restored: Any, *, method: str, dose_ratio: float | None,
+               frames_averaged: int | None, flat_frames_averaged: int | None = None,
+               samples: Any = None, measured_pixel_um: float | None = None,
+               restored_pixel_um: float | None = None) -> FidelityReport:
+        """The report of one restored frame; raises :class:`FidelityInputError` (no verdict)
+        for input it cannot judge.
+
+        ``dose_ratio``: quanta per pixel of the flat over the profile's ``nnps_mean_signal``;
+        ``frames_averaged``: exposures averaged into ``measured`` (both required);
+        ``samples``: (n >= 2, H, W) samples of a sampling method (their spread enters the band);
+        pixel sizes: when given, the restored grid must be the measured one or an integer
+        refinement of it (super-resolution).
+        """
+        y = np.asarray(measured)
+        x = np.asarray(restored)
+        if y.ndim != 2 or x.ndim != 2:
+            raise FidelityInputError(f"measured {y.shape} and restored {x.shape} must be single "
+                                     "(H, W) frames")
+        k = x.shape[0] // y.shape[0] if y.shape[0] else 0
+        if x.shape != y.shape and (k < 2 or x.shape != (k * y.shape[0], k * y.shape[1])):
+            raise FidelityInputError(f"restored frame {x.shape[0]}x{x.shape[1]} is neither the "
+                                     f"measured {y.shape[0]}x{y.shape[1]} nor an integer multiple")
+        scale = max(1, x.shape[0] // y.shape[0])
+        if (measured_pixel_um is None) != (restored_pixel_um is None):
+            raise FidelityInputError("give both pixel sizes (measured and restored) or neither")
+        if measured_pixel_um is not None:
+            for label, v in (("measured", measured_pixel_um), ("restored", restored_pixel_um)):
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                    raise FidelityInputError(f"{label} pixel size must be > 0 um, got {v!r}")
+            if not math.isclose(restored_pixel_um * scale, measured_pixel_um, rel_tol=1e-3):
+                raise FidelityInputError(
+                    f"restored pixel {restored_pixel_um:g} um x {scale} does not match the measured "
+                    f"pixel {measured_pixel_um:g} um: the restoration is not of this measurement")
+        if dose_ratio is None:
+            raise FidelityInputError("the frame's dose is unknown (dose_ratio): without it the "
+                                     "noise level, and so any verdict, is unknown")
+        if frames_averaged is None:
+            raise FidelityInputError("the frame's averaging is unknown (frames_averaged): without "
+                                     "it the noise level, and so any verdict, is unknown")
+        rep = self.check(y, x, dose_ratio=dose_ratio, frames_averaged=frames_averaged,
+                         flat_frames_averaged=flat_frames_averaged,
+                         forward=forward_model_for(method), method=method, samples=samples)
+        if rep.verdict == "no verdict":
+            raise FidelityInputError(rep.consistency.message)
+        return rep
+
+    # ------------------------------------------------------------------ the policy's path
+    def check(self, measured: Any, restored: Any, *, dose_ratio: float | None = None,
+              quanta_per_pixel: float | None = None, frames_averaged: int = 1,
+              flat_frames_averaged: int | None = None, forward: str = "mtf_ratio",
+              method: str | None = None, samples: Any = None) -> FidelityReport:
+        """The report with the guard's keywords (what the acquisition policy calls). Without a
+        dose the consistency result is unnormalised and the report says "no verdict"."""
+        t0 = time.perf_counter()
+        res = self.guard.check(measured, restored, dose_ratio=dose_ratio,
+                               quanta_per_pixel=quanta_per_pixel, frames_averaged=frames_averaged,
+                               flat_frames_averaged=flat_frames_averaged, forward=forward,
+                               method=method, null_space=True)
+        grid = res.tile_chi2.shape
+        nan_map = np.full(grid, np.nan, np.float32)
+        if not res.normalised:
+            return FidelityReport(res, nan_map, np.zeros(grid, bool), nan_map, None,
+                                  self.coverage, "none", "no verdict",
+                                  self.max_undetermined_fraction, method=method,
+                                  elapsed_s=time.perf_counter() - t0)
+        spread = None
+        if samples is not None:
+            s = np.asarray(samples, dtype=np.float32)
+            if s.ndim != 3 or s.shape[0] < 2:
+                raise FidelityInputError(f"samples must be (n >= 2, H, W), got {s.shape}")
+            spread = tile_rms(s.std(0, ddof=1), res.tile_edges, res.border_px) \
+                if s.shape[1:] == np.shape(res.map) else None
+            if spread is None:
+                raise FidelityInputError(f"samples {s.shape[1:]} are not on the measured grid "
+                                         f"{np.shape(res.map)}")
+        coef, source = self.coefficients_for(method)
+        band = nan_map
+        if coef is not None:
+            feats = band_features(res, spread)
+            band = np.sqrt(feats ** 2 @ np.array([coef[t] for t in UNCERTAINTY_TERMS])
+                           ).astype(np.float32)
+        undetermined = np.isfinite(res.null_rms) & (
+            res.null_rms > UNDETERMINED_SIGMA * res.noise_tile_sigma)
+        verdict = "consistent" if res.consistent else "inconsistent"
+        return FidelityReport(res, band, undetermined, res.null_rms, spread, self.coverage, source,
+                              verdict, self.max_undetermined_fraction, method=method,
+                              elapsed_s=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray],
+                          restored: list[np.ndarray], *, method: str,
+                          coverage: float = DEFAULT_COVERAGE,
+                          groups: list[str] | None = None) -> dict[str, Any]:
+    """Band coefficients of ``method`` from reports of frames with known truth.
+
+    The coefficients minimise the squared log ratio of each tile's rms error to its band (a
+    fit of the band's shape that weighs small and large errors alike; non-negative), then one
+    common factor scales them: per group of frames (``groups``, e.g. the sample family of each
+    frame; default one group) the conformal quantile (rank ``ceil((n + 1) coverage)`` of the
+    group's n tiles) of error / band, and the largest over the groups, so every calibration
+    family has at least ``coverage`` of its tiles inside. Returns ``{"coefficients":
+    {"<method>_<term>": c}, "tiles", "coverage", "width_ratio", "group_coverage"}``
+    (``width_ratio``: mean band half-width / rms error on the calibration tiles).
+    """
+    from scipy.optimize import least_squares
+
+    groups = list(groups) if groups is not None else ["all"] * len(reports)
+    if not (len(groups) == len(reports) == len(truths) == len(restored)):
+        raise ValueError("reports, truths, restorations and groups differ in number")
+    rows, errs, labels = [], [], []
+    for rep, t, x, g in zip(reports, truths, restored, groups):
+        c = rep.consistency
+        x = np.asarray(x, np.float64)
+        if x.shape != np.shape(t):
+            raise ValueError(f"restored {x.shape} and truth {np.shape(t)} differ")
+        err = tile_rms(x - t, c.tile_edges, c.border_px)
+        feats = band_features(c, rep.spread_rms)
+        ok = np.isfinite(err) & np.isfinite(feats).all(-1) & (err > 0)
+        rows.append(feats[ok] ** 2)
+        errs.append(err[ok].astype(np.float64))
+        labels += [g] * int(ok.sum())
+    a = np.concatenate(rows)
+    e = np.concatenate(errs)
+    labels = np.asarray(labels)
+    if e.size < 20:
+        raise ValueError(f"{e.size} calibration tiles: need at least 20")
+    used = np.flatnonzero(a.any(0))
+    log_e = np.log(e)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        return 0.5 * np.log(a[:, used] @ np.exp(p) + 1e-30) - log_e
+
+    p = least_squares(resid, np.full(used.size, -2.0)).x
+    coef = np.zeros(a.shape[1])
+    coef[used] = np.exp(p)
+    band = np.sqrt(a @ coef)
+    ratio = e / np.maximum(band, 1e-12)
+    factor = 0.0
+    for g in np.unique(labels):
+        r = np.sort(ratio[labels == g])
+        factor = max(factor, float(r[min(r.size, int(math.ceil((r.size + 1) * coverage))) - 1]))
+    coef *= factor ** 2
+    band = band * factor
+    inside = e <= band * (1 + 1e-9)
+    return {"coefficients": {f"{method}_{t}": float(c) for t, c in zip(UNCERTAINTY_TERMS, coef)},
+            "tiles": int(e.size), "coverage": float(np.mean(inside)),
+            "group_coverage": {str(g): float(np.mean(inside[labels == g]))
+                               for g in np.unique(labels)},
+            "width_ratio": float(band.mean() / math.sqrt(np.mean(e ** 2)))}
