@@ -256,3 +256,169 @@ def test_shipped_profiles_load() -> None:
     for name in list_profiles():
         if (prof.repo_profiles_dir() / name).is_dir():
             find_profile(name).validate()
+
+
+# --- hostile and malformed profile folders ---------------------------------------------------
+def _saved_with_weights(tmp_path: Path) -> Path:
+    p = make_profile()
+    p.save(tmp_path / "prof")
+    p.save_weights("unet", {"w": torch.zeros(2)})
+    return tmp_path / "prof"
+
+
+def _set_toml(folder: Path, old: str, new: str) -> None:
+    t = folder / "profile.toml"
+    text = t.read_text()
+    assert old in text
+    t.write_text(text.replace(old, new))
+
+
+def test_symlinked_weights_file_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    outside = tmp_path / "elsewhere.pt"
+    torch.save({"w": torch.ones(2)}, outside)
+    wfile = folder / DetectorProfile.load(folder).weights["unet"]
+    wfile.unlink()
+    wfile.symlink_to(outside)
+    with pytest.raises(ProfileError, match="outside the profile folder"):
+        DetectorProfile.load(folder)
+
+
+def test_symlinked_weights_folder_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    wdir = folder / "weights"
+    moved = tmp_path / "stolen-weights"
+    wdir.rename(moved)
+    wdir.symlink_to(moved, target_is_directory=True)
+    with pytest.raises(ProfileError, match="weights.unet .* outside the profile folder"):
+        DetectorProfile.load(folder)
+
+
+def test_symlinked_arrays_and_toml_out_of_the_folder_are_refused(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    moved = tmp_path / "arrays-elsewhere.npz"
+    (folder / "arrays.npz").rename(moved)
+    (folder / "arrays.npz").symlink_to(moved)
+    with pytest.raises(ProfileError, match="arrays.file 'arrays.npz' resolves to .* outside"):
+        DetectorProfile.load(folder)
+    other = tmp_path / "other"
+    make_profile().save(other)
+    (other / "profile.toml").rename(tmp_path / "profile-elsewhere.toml")
+    (other / "profile.toml").symlink_to(tmp_path / "profile-elsewhere.toml")
+    with pytest.raises(ProfileError, match="profile.toml .* outside the profile folder"):
+        DetectorProfile.load(other)
+
+
+def test_symlink_inside_the_folder_is_fine(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    (folder / "arrays.npz").rename(folder / "arrays-v1.npz")
+    (folder / "arrays.npz").symlink_to("arrays-v1.npz")
+    assert DetectorProfile.load(folder).load_weights("unet")["w"].shape == (2,)
+
+
+def test_weights_swapped_for_a_link_after_load_are_refused(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    p = DetectorProfile.load(folder)
+    outside = tmp_path / "late.pt"
+    torch.save({"w": torch.ones(2)}, outside)
+    wfile = folder / p.weights["unet"]
+    wfile.unlink()
+    wfile.symlink_to(outside)
+    with pytest.raises(ProfileError, match="outside the profile folder"):
+        p.load_weights("unet")
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f8") -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def test_huge_declared_array_is_refused_before_allocating(tmp_path: Path) -> None:
+    import zipfile
+    folder = tmp_path / "prof"
+    make_profile().save(folder)
+    with zipfile.ZipFile(folder / "arrays.npz", "a") as zf:
+        # 2**40 float64 declared in a few bytes: np.load would try to allocate 8 TiB
+        zf.writestr("psf_big.npy", _npy_header_only((2**20, 2**20)))
+    with pytest.raises(ProfileError, match=r"psf_big.*declares shape \(1048576, 1048576\)"):
+        DetectorProfile.load(folder)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x01 not a zip", "not an .npz array archive"),
+    (b"", "not an .npz array archive"),
+])
+def test_arrays_file_that_is_not_a_zip(tmp_path: Path, content: bytes, message: str) -> None:
+    folder = tmp_path / "prof"
+    make_profile().save(folder)
+    (folder / "arrays.npz").write_bytes(content)
+    with pytest.raises(ProfileError, match=message):
+        DetectorProfile.load(folder)
+
+
+def test_malformed_npz_members(tmp_path: Path) -> None:
+    import zipfile
+    folder = tmp_path / "prof"
+    make_profile().save(folder)
+    good = (folder / "arrays.npz").read_bytes()
+    with zipfile.ZipFile(folder / "arrays.npz", "a") as zf:
+        zf.writestr("notes.txt", b"hello")
+    with pytest.raises(ProfileError, match="unexpected member 'notes.txt'"):
+        DetectorProfile.load(folder)
+    (folder / "arrays.npz").write_bytes(good)
+    with zipfile.ZipFile(folder / "arrays.npz", "a") as zf:
+        zf.writestr("objs.npy", _npy_header_only((3,), "|O"))
+    with pytest.raises(ProfileError, match="holds Python objects"):
+        DetectorProfile.load(folder)
+    (folder / "arrays.npz").write_bytes(good)
+    with zipfile.ZipFile(folder / "arrays.npz", "a") as zf:
+        zf.writestr("bad.npy", b"\x93NUMPY\x09\x00junk")
+    with pytest.raises(ProfileError, match="bad.npy|cannot read arrays"):
+        DetectorProfile.load(folder)
+    (folder / "arrays.npz").write_bytes(good[: len(good) // 2])     # truncated archive
+    with pytest.raises(ProfileError):
+        DetectorProfile.load(folder)
+
+
+def test_non_utf8_and_unreadable_profile_toml(tmp_path: Path) -> None:
+    folder = tmp_path / "prof"
+    make_profile().save(folder)
+    t = folder / "profile.toml"
+    t.write_bytes(t.read_bytes().replace(b"YAG:Ce 200 um", b"YAG:Ce 200 \xb5m"))
+    with pytest.raises(ProfileError, match=r"profile.toml: not UTF-8 text \(byte \d+: b'\\xb5'\)"):
+        DetectorProfile.load(folder)
+    t.unlink()
+    t.mkdir()
+    with pytest.raises(ProfileError, match="missing profile.toml"):
+        DetectorProfile.load(folder)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('pixel_size_um = 1.3', 'pixel_size_um = "small"', "pixel_size_um"),
+    ('pixel_size_um = 1.3', 'pixel_size_um = nan', "pixel_size_um"),
+    ('pixel_size_um = 1.3', 'pixel_size_um = -1.3', "pixel_size_um"),
+    ('schema_version = 1', 'schema_version = "1"', "schema_version"),
+    ('schema_version = 1', 'schema_version = true', "schema_version"),
+    ('[detector]', 'detector = 3\n[detector2]', "detector"),
+])
+def test_malformed_profile_values(tmp_path: Path, old: str, new: str, message: str) -> None:
+    folder = tmp_path / "prof"
+    make_profile().save(folder)
+    _set_toml(folder, old, new)
+    with pytest.raises(ProfileError, match=message):
+        DetectorProfile.load(folder)
+
+
+def test_weights_entry_pointing_out_by_name_or_link_loop(tmp_path: Path) -> None:
+    folder = _saved_with_weights(tmp_path)
+    p = DetectorProfile.load(folder)
+    _set_toml(folder, f'"{p.weights["unet"]}"', '"../../etc/passwd"')
+    with pytest.raises(ProfileError, match="relative to the profile folder"):
+        DetectorProfile.load(folder)
+    _set_toml(folder, '"../../etc/passwd"', '"weights/loop.pt"')
+    (folder / "weights" / "loop.pt").symlink_to(folder / "weights" / "loop.pt")
+    with pytest.raises(ProfileError, match="loop.pt"):
+        DetectorProfile.load(folder).load_weights("unet")

@@ -12,7 +12,9 @@ A profile is a folder ``profiles/NAME/`` holding
   loading a profile never executes code.
 
 Everything is validated on load; every problem is a :class:`ProfileError` naming the profile
-folder (or file) and the exact fault.
+folder (or file) and the exact fault. Every file a profile names is resolved (symlinks
+included) and must lie inside the profile folder; array sizes declared in the ``.npz`` headers
+are bounded before anything is allocated.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pickle
 import re
 import shutil
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,11 @@ WEIGHTS_DIR = "weights"
 MTF_MAX = 1.05
 PSF_SUM_TOLERANCE = 1e-3
 NYQUIST_CY_PER_PX = 0.5
+
+# Bounds on declared array sizes: profile arrays are curves of a few thousand points and PSFs of
+# at most a few hundred pixels square; anything near these bounds is not a calibration.
+MAX_ARRAY_BYTES = 64 * 2**20
+MAX_ARRAYS_BYTES = 256 * 2**20
 
 _REQUIRED_ARRAYS = ("frequency_cy_per_px", "mtf_hr", "mtf_lr", "mtf_ratio", "psf")
 _OPTIONAL_ARRAYS = ("nnps_lr",)
@@ -429,11 +437,18 @@ class DetectorProfile:
         toml_path = folder / PROFILE_FILE
         if not toml_path.is_file():
             raise ProfileError(f"{folder}: missing {PROFILE_FILE}")
+        _inside(folder, PROFILE_FILE, str(folder), PROFILE_FILE)
         try:
-            with open(toml_path, "rb") as fh:
-                data = tomllib.load(fh)
+            raw = toml_path.read_bytes()
+        except OSError as exc:
+            raise ProfileError(f"{toml_path}: cannot read ({exc.strerror})") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"{toml_path}: not UTF-8 text (byte {exc.start}: "
+                               f"{raw[exc.start:exc.start + 1]!r})") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ProfileError(f"{toml_path}: invalid TOML: {exc}") from exc
+            raise ProfileError(f"{toml_path}: invalid TOML: {exc}") from None
 
         version = data.get("schema_version")
         if version is None:
@@ -463,11 +478,8 @@ class DetectorProfile:
         array_path = folder / array_file
         if not array_path.is_file():
             raise ProfileError(f"{folder}: array file {array_file!r} not found ({array_path})")
-        try:
-            with np.load(array_path, allow_pickle=False) as npz:
-                arrays = {k: np.array(npz[k]) for k in npz.files}
-        except (ValueError, OSError, EOFError, KeyError) as exc:
-            raise ProfileError(f"{array_path}: cannot read arrays ({exc})") from exc
+        _inside(folder, array_file, str(toml_path), "arrays.file")
+        arrays = _read_arrays(array_path)
         for key in _REQUIRED_ARRAYS:
             if key not in arrays:
                 raise ProfileError(f"{array_path}: missing array '{key}' (has {sorted(arrays)})")
@@ -476,6 +488,7 @@ class DetectorProfile:
         for method, file_name in weights.items():
             if not isinstance(file_name, str):
                 raise ProfileError(f"{toml_path}: weights.{method} must be a file name string, got {file_name!r}")
+            _inside(folder, file_name, str(toml_path), f"weights.{method}")
 
         profile = cls(
             name=folder.name,
@@ -520,6 +533,7 @@ class DetectorProfile:
         file_path = self.path / self.weights[method]
         if not file_path.is_file():
             raise ProfileError(f"{where}: weights file for {method!r} not found: {file_path}")
+        _inside(self.path, self.weights[method], where, f"weights.{method}")
         try:
             state = torch.load(file_path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
@@ -580,6 +594,60 @@ class DetectorProfile:
             f"  weights       {', '.join(sorted(self.weights)) or 'none'}",
         ]
         return "\n".join(lines)
+
+
+def _inside(folder: Path, file_name: str, where: str, label: str) -> Path:
+    """Resolve ``folder / file_name`` (every symlink on the way) and refuse what lands outside
+    the profile folder."""
+    _check_relative_file(where, label, file_name)
+    try:
+        root = folder.resolve(strict=True)
+        target = (folder / file_name).resolve()
+    except (OSError, RuntimeError) as exc:     # a symlink loop, an unreadable folder
+        raise ProfileError(f"{where}: {label} {file_name!r} cannot be resolved ({exc})") from None
+    if not target.is_relative_to(root):
+        raise ProfileError(f"{where}: {label} {file_name!r} resolves to {target}, outside the "
+                           f"profile folder {root}; links out of a profile are refused")
+    return target
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` after checking every member's declared shape and dtype."""
+    if not zipfile.is_zipfile(path):
+        raise ProfileError(f"{path}: not an .npz array archive (not a zip file)")
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy") or "/" in info.filename:
+                    raise ProfileError(f"{path}: unexpected member {info.filename!r} (an .npz "
+                                       "holds NAME.npy arrays only)")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ProfileError(f"{path}: {info.filename}: unsupported .npy "
+                                           f"version {version}")
+                name = info.filename[:-4]
+                if dtype.hasobject:
+                    raise ProfileError(f"{path}: array {name!r} holds Python objects "
+                                       f"({dtype}); profiles hold numbers only")
+                nbytes = math.prod(shape) * dtype.itemsize
+                total += nbytes
+                if nbytes > MAX_ARRAY_BYTES or total > MAX_ARRAYS_BYTES:
+                    raise ProfileError(
+                        f"{path}: array {name!r} declares shape {tuple(shape)} of {dtype} "
+                        f"({nbytes / 2**20:.3g} MiB); a profile array is at most "
+                        f"{MAX_ARRAY_BYTES // 2**20} MiB, {MAX_ARRAYS_BYTES // 2**20} MiB in all")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: np.array(npz[k]) for k in npz.files}
+    except ProfileError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise ProfileError(f"{path}: cannot read arrays ({type(exc).__name__}: {exc})") from None
 
 
 def _check_relative_file(where: str, label: str, file_name: Any) -> None:
