@@ -662,9 +662,12 @@ def register(sub) -> None:
 
     s = bs.add_parser("storage", help="HDF5 write speed against the raw disk")
     s.add_argument("--dir", type=Path, default=None, help="folder on the disk under test")
-    s.add_argument("--shape", type=_size_px, default=2048)
-    s.add_argument("--frames", type=_positive_int, default=32)
-    s.add_argument("--dtype", choices=["uint16", "float32"], default="uint16")
+    s.add_argument("--shape", type=_size_px, default=2048,
+                   help="frame size in pixels, square (default 2048, the sCMOS)")
+    s.add_argument("--frames", type=_positive_int, default=32,
+                   help="frames written per run (default 32)")
+    s.add_argument("--dtype", choices=["uint16", "float32"], default="uint16",
+                   help="stored sample type: raw uint16 or corrected float32 (default uint16)")
     s.set_defaults(func=_cmd_storage)
 
     from .calibration.bench_metrology import register as _register_metrology
@@ -672,6 +675,8 @@ def register(sub) -> None:
 
     q = bs.add_parser("acquisition", help="acquisition pipeline on the simulated sCMOS")
     q.add_argument("--seconds", type=float, default=3.0, help="camera time per run")
-    q.add_argument("--shape", type=_size_px, default=2048)
-    q.add_argument("--dir", type=Path, default=None)
+    q.add_argument("--shape", type=_size_px, default=2048,
+                   help="simulated sensor size in pixels, square (default 2048)")
+    q.add_argument("--dir", type=Path, default=None,
+                   help="folder for the recorded file (default: a temporary folder)")
     q.set_defaults(func=_cmd_acquisition)

@@ -85,7 +85,8 @@ def register(sub) -> None:
     p = bsub.add_parser("restore", help="restore the projections of many scan files")
     _common(p)
     p.add_argument("--profile", required=True, help="detector profile name or folder")
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="restoration method of the profile")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampler steps (diffusion) or RL iterations; default per method")
     p.add_argument("--batch-frames", type=positive_int, default=DEFAULT_BATCH_FRAMES,
@@ -94,7 +95,8 @@ def register(sub) -> None:
 
     p = bsub.add_parser("recon", help="tomosynthesis reconstruction of many scan files")
     _common(p)
-    p.add_argument("--method", choices=["saa", "fbp", "sirt"], default="sirt")
+    p.add_argument("--method", choices=["saa", "fbp", "sirt"], default="sirt",
+                   help="shift-and-add, limited-arc filtered back-projection, SIRT (default)")
     p.add_argument("--heights", default="0:1.6:16",
                    help="slice heights in mm: 'h1,h2,...' or 'start:stop:count'")
     p.add_argument("--restored", action="store_true",

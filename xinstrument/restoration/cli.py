@@ -451,7 +451,8 @@ def register(sub) -> None:
                    "camera pixel's integration, which keeps the aliasing real frames carry "
                    "(default bicubic)")
     p.add_argument("--steps", type=_positive_int, required=True, help="optimiser steps")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the training images, patches and weights (default 0)")
     p.add_argument("--bench", choices=list(TWIN_BENCHES), default=None,
                    help="twin bench for HR images (default: the one matching the profile)")
     p.add_argument("--patch", type=_positive_int, default=64, help="patch side, px")
@@ -462,5 +463,6 @@ def register(sub) -> None:
                    help="twin HR images rendered once and cropped from")
     p.add_argument("--pool-px", type=_positive_int, default=256, help="side of those images, px")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--device", type=_torch_device, default=None)
+    p.add_argument("--device", type=_torch_device, default=None,
+                   help="torch device (default: cuda if present, else cpu)")
     p.set_defaults(func=_cmd_train)
