@@ -680,3 +680,6 @@ def register(sub) -> None:
     q.add_argument("--dir", type=Path, default=None,
                    help="folder for the recorded file (default: a temporary folder)")
     q.set_defaults(func=_cmd_acquisition)
+
+    from .bench_fidelity import register_bench as register_fidelity_bench
+    register_fidelity_bench(bs)

@@ -204,3 +204,330 @@ def inject_fake(restored: np.ndarray, kind: str, centre: tuple[int, int], contra
         raise ValueError(f"unknown fake kind {kind!r}; choose from {FAKE_KINDS}")
     fake = (contrast * shape).astype(np.float32)
     return restored + fake, fake
+
+
+# ------------------------------------------------------------------------------- benchmark
+CONTRASTS = (0.02, 0.05, 0.1, 0.2)   # fake amplitude, transmission units (sign drawn)
+REMOVED_FRACTIONS = (0.5, 1.0)        # share of a real feature's detail erased
+
+
+@dataclass
+class MethodFamilyRow:
+    """Figures of one method on one family (clean restorations and injected fakes)."""
+
+    profile: str
+    method: str
+    family: str
+    frames: int
+    tiles: int
+    tolerance: float
+    false_alarm: float               # flagged tiles / tiles, clean restorations
+    frames_accepted: float           # frames the policy accepts (consistent)
+    coverage: float                  # tiles with rms error inside the band
+    width_ratio: float               # mean band half-width / rms error
+    undetermined: float              # undetermined tiles / tiles, clean
+    rms_error: float
+    fakes: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FidelityBench:
+    rows: list[MethodFamilyRow]
+    cost: list[dict]
+    size_px: int
+    seeds: int
+    averaging: tuple[int, ...]
+    families: tuple[str, ...]
+
+
+def _fake_centres(shape: tuple[int, int], tile_edges, border: int, rng, count: int):
+    ry, rx = tile_edges
+    cells = [(i, j) for i in range(ry.size - 1) for j in range(rx.size - 1)
+             if ry[i] >= border + 8 and ry[i + 1] <= shape[0] - border - 8
+             and rx[j] >= border + 8 and rx[j + 1] <= shape[1] - border - 8]
+    pick = rng.choice(len(cells), size=min(count, len(cells)), replace=False)
+    out = []
+    for k in pick:
+        i, j = cells[int(k)]
+        out.append(((i, j), (int((ry[i] + ry[i + 1]) // 2), int((rx[j] + rx[j + 1]) // 2))))
+    return out
+
+
+def _signature_sigma(rep, reporter, y, x, fake, tile) -> float:
+    """Forward-model signature of a fake in its tile: the excess of the tile's chi-square
+    statistic ``sum (A fake)^2 / var`` over its null standard deviation ``sqrt(2 c k)`` (the
+    variance the tile is tested with, tolerance included)."""
+    c = rep.consistency
+    ry, rx = c.tile_edges
+    i, j = tile
+    sl = (slice(ry[i], ry[i + 1]), slice(rx[j], rx[j + 1]))
+    model = reporter.guard.reblur(x, forward=c.forward_model)[0].cpu().numpy()
+    z = c.map[sl]
+    var = ((y - model)[sl] / np.where(np.abs(z) > 1e-6, z, np.nan)) ** 2
+    var = np.where(np.isfinite(var), var, np.nanmedian(var))
+    af = reporter.guard.reblur(fake, forward=c.forward_model)[0].cpu().numpy()[sl]
+    k = af.size
+    return float(np.sum(af ** 2 / var) / math.sqrt(2 * c.correlation_factor * k))
+
+
+def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | None = None,
+                       size_px: int = 256, seeds: int = 2, averaging: tuple[int, ...] = (1, 4),
+                       methods: list[str] | None = None, fakes_per_frame: int = 2,
+                       cache: Path | None = None, cost_px: int = 1024,
+                       progress=None) -> FidelityBench:
+    """Run the benchmark (see the module notes) on held-out families by default."""
+    import torch
+
+    from .profiles import find_profile
+    from .restoration.fidelity import forward_model_for
+    from .restoration.fidelity_report import FidelityReporter, tile_rms
+    from .sim.families import HELD_OUT_FAMILIES
+
+    families = tuple(families or HELD_OUT_FAMILIES)
+    say = progress or (lambda msg: None)
+    rows, cost = [], []
+    rng = np.random.default_rng(20261202)
+    for pname in profile_names:
+        prof = find_profile(pname)
+        if prof.name not in PROFILE_BENCH:
+            raise ValueError(f"profile {prof.name!r} has no twin bench here; choose from "
+                             f"{', '.join(PROFILE_BENCH)}")
+        meths = bench_methods(prof, methods)
+        reporter = FidelityReporter(prof, device="cpu")
+        for fam in families:
+            sets = []
+            for n in averaging:
+                say(f"{prof.name}: {fam}, {n} exposure(s) averaged")
+                sets.append(cached_set(prof, fam, n, size_px, seeds, "held-out", meths, cache))
+            for m in meths:
+                fwd = forward_model_for(m)
+                flagged = tiles = accepted = frames = 0
+                inside, widths, errs, und = [], [], [], []
+                fakes: list[dict] = []
+                for s in sets:
+                    for y, t, x in zip(s.measured, s.truth, s.restored[m]):
+                        kw = {"dose_ratio": s.dose_ratio, "frames_averaged": s.frames_averaged,
+                              "flat_frames_averaged": s.flat_frames_averaged, "forward": fwd,
+                              "method": m}
+                        rep = reporter.check(y, x, **kw)
+                        c = rep.consistency
+                        tested = np.isfinite(c.tile_chi2)
+                        frames += 1
+                        tiles += int(tested.sum())
+                        flagged += int(c.flagged[tested].sum())
+                        accepted += int(rep.action == "accept")
+                        err = tile_rms(x - t, c.tile_edges, c.border_px)
+                        ok = tested & np.isfinite(err) & np.isfinite(rep.uncertainty)
+                        inside += list(err[ok] <= rep.uncertainty[ok])
+                        widths += list(rep.uncertainty[ok])
+                        errs += list(err[ok])
+                        und += list(rep.undetermined[tested])
+                        for tile, centre in _fake_centres(y.shape, c.tile_edges, c.border_px, rng,
+                                                          fakes_per_frame):
+                            for kind in FAKE_KINDS:
+                                levels = REMOVED_FRACTIONS if kind == "removed" else CONTRASTS
+                                for level in levels:
+                                    sign = 1.0 if kind == "removed" else float(rng.choice([-1, 1]))
+                                    xf, fake = inject_fake(x, kind, centre, sign * level, rng)
+                                    amp = float(np.abs(fake).max())
+                                    if amp <= 0:
+                                        continue
+                                    rf = reporter.check(y, xf, **kw)
+                                    sig = _signature_sigma(rep, reporter, y, x, fake, tile)
+                                    fakes.append({
+                                        "kind": kind, "level": float(level),
+                                        "contrast": amp, "signature_sigma": sig,
+                                        "flagged": bool(rf.consistency.flagged[tile]),
+                                        "undetermined": bool(rf.undetermined[tile]),
+                                        "undetermined_before": bool(rep.undetermined[tile]),
+                                        "flagged_before": bool(c.flagged[tile])})
+                e = np.asarray(errs)
+                rows.append(MethodFamilyRow(
+                    prof.name, m, fam, frames, tiles, reporter.guard.tolerance_for(m)[0],
+                    flagged / max(tiles, 1), accepted / max(frames, 1),
+                    float(np.mean(inside)) if inside else float("nan"),
+                    float(np.mean(widths) / math.sqrt(np.mean(e ** 2))) if e.size else float("nan"),
+                    float(np.mean(und)) if und else float("nan"),
+                    float(math.sqrt(np.mean(e ** 2))) if e.size else float("nan"), fakes))
+        # cost: the report against one transform pair and the restorations, same run
+        say(f"{prof.name}: cost at {cost_px} px")
+        frame = family_frames(prof, families[0], [CALIBRATION_SEED + 999], cost_px, 1)[0]
+        from .restoration import Restorer
+        from .restoration._fourier import pad_frames
+        xp = pad_frames(torch.from_numpy(frame.measured)[None], reporter.guard.pad_px, fast=True)
+
+        def pair(xp=xp):
+            torch.fft.irfft2(torch.fft.rfft2(xp), s=tuple(xp.shape[-2:]))
+
+        def timed(fn, reps=7):
+            fn()
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return float(np.median(ts))
+
+        t_pair = timed(pair)
+        for m in meths:
+            r = Restorer(prof, m, device="cpu")
+            if m == "wiener":
+                r.options = {"dose_ratio": frame.dose_ratio}
+            reps = 7 if m in ("wiener", "inverse", "richardson_lucy") else 1
+            t_rest = timed(lambda r=r, frame=frame: r.restore(frame.measured), reps)
+            x = np.asarray(r.restore(frame.measured), np.float32)
+            kw = {"dose_ratio": frame.dose_ratio, "frames_averaged": 1,
+                  "flat_frames_averaged": frame.flat_frames_averaged,
+                  "forward": forward_model_for(m), "method": m}
+            t_rep = timed(lambda rp=reporter, y=frame.measured, x=x, kw=kw: rp.check(y, x, **kw))
+            cost.append({"profile": prof.name, "method": m, "size_px": cost_px,
+                         "report_s": t_rep, "pair_s": t_pair, "restore_s": t_rest,
+                         "report_over_pair": t_rep / t_pair,
+                         "report_over_restoration": t_rep / t_rest})
+    return FidelityBench(rows, cost, size_px, seeds, tuple(averaging), families)
+
+
+def _fake_table(fakes: list[dict]) -> dict[str, Any]:
+    rng_f = [f for f in fakes if f["signature_sigma"] > SIGNATURE_SIGMA]
+    null_f = [f for f in fakes if f["signature_sigma"] <= SIGNATURE_SIGMA]
+    return {"range": len(rng_f),
+            "range_flagged": float(np.mean([f["flagged"] for f in rng_f])) if rng_f else float("nan"),
+            "null": len(null_f),
+            "null_undetermined": float(np.mean([f["undetermined"] or f["flagged"] for f in null_f]))
+            if null_f else float("nan"),
+            "null_undetermined_before": float(np.mean([f["undetermined_before"] for f in null_f]))
+            if null_f else float("nan")}
+
+
+def format_fidelity_bench(b: FidelityBench) -> str:
+    """The benchmark's tables and the targets, met or not."""
+    lines = [(f"fidelity report on held-out families {', '.join(b.families)}: {b.seeds} frame(s) "
+             f"of {b.size_px} px per family and averaging {b.averaging}, 32 px tiles, "
+             "false-alarm rate 1e-3, CPU"),
+             "",
+             ("clean restorations: false alarms (flagged tiles), frames accepted, band coverage, "
+             "band half-width / rms error, undetermined tiles, rms error"),
+             (f"{'profile':14s} {'method':16s} {'family':15s} {'tol':>6s} {'false al':>9s} "
+             f"{'accepted':>9s} {'coverage':>9s} {'width':>6s} {'undet':>6s} {'rms err':>8s}")]
+    for r in b.rows:
+        lines.append(f"{r.profile:14s} {r.method:16s} {r.family:15s} {r.tolerance:6.3f} "
+                     f"{100 * r.false_alarm:8.2f}% {100 * r.frames_accepted:8.0f}% "
+                     f"{100 * r.coverage:8.1f}% {r.width_ratio:6.2f} {100 * r.undetermined:5.0f}% "
+                     f"{r.rms_error:8.4f}")
+    lines += ["", ("injected fakes (all families of a method): kind, contrast (transmission), "
+              "median forward-model signature (sigma of the tile statistic), share above 5 sigma "
+              "and flagged by the consistency map, share of the rest in tiles marked undetermined"),
+              (f"{'profile':14s} {'method':16s} {'kind':8s} {'contrast':>8s} {'sig med':>8s} "
+              f"{'>5sig':>6s} {'flagged':>8s} {'null':>5s} {'undet':>6s} {'(before)':>8s}")]
+    keyed: dict[tuple, list[dict]] = {}
+    for r in b.rows:
+        for f in r.fakes:
+            keyed.setdefault((r.profile, r.method, f["kind"], f["level"]), []).append(f)
+    for (p, m, kind, level), fs in sorted(keyed.items()):
+        t = _fake_table(fs)
+        amp = float(np.median([f["contrast"] for f in fs]))
+        sig = float(np.median([f["signature_sigma"] for f in fs]))
+        lines.append(f"{p:14s} {m:16s} {kind:8s} {amp:8.3f} {sig:8.1f} {t['range']:6d} "
+                     f"{100 * t['range_flagged']:7.0f}% {t['null']:5d} "
+                     f"{100 * t['null_undetermined']:5.0f}% {100 * t['null_undetermined_before']:7.0f}%")
+    lines += ["", ("cost on the CPU (same run): report / one rfft2+irfft2 pair of the padded frame, "
+              "report / restoration"),
+              (f"{'profile':14s} {'method':16s} {'px':>5s} {'report ms':>10s} {'pair ms':>8s} "
+              f"{'x pair':>7s} {'restore ms':>11s} {'x restore':>10s}")]
+    for c in b.cost:
+        lines.append(f"{c['profile']:14s} {c['method']:16s} {c['size_px']:5d} "
+                     f"{1e3 * c['report_s']:10.1f} {1e3 * c['pair_s']:8.1f} "
+                     f"{c['report_over_pair']:7.2f} {1e3 * c['restore_s']:11.1f} "
+                     f"{c['report_over_restoration']:10.3f}")
+    # targets
+    lines += ["", "targets (held-out families):"]
+    accepted = [r for r in b.rows if r.frames_accepted > 0]
+    fa = max((r.false_alarm for r in accepted), default=float("nan"))
+    worst = max(accepted, key=lambda r: r.false_alarm, default=None)
+    lines.append(f"  false alarms <= 1 % of tiles (methods the policy accepts): worst "
+                 f"{100 * fa:.2f} %" + (f" ({worst.profile} {worst.method} {worst.family})"
+                                         if worst else "") + (" MET" if fa <= 0.01 else " NOT MET"))
+    allf = [f for r in b.rows for f in r.fakes]
+    t = _fake_table(allf)
+    lines.append(f"  fakes above 5 sigma flagged >= 90 %: {100 * t['range_flagged']:.1f} % of "
+                 f"{t['range']}" + (" MET" if t["range_flagged"] >= 0.9 else " NOT MET"))
+    lines.append(f"  null-space fakes in undetermined tiles >= 90 %: "
+                 f"{100 * t['null_undetermined']:.1f} % of {t['null']} (tiles undetermined "
+                 f"before the fake: {100 * t['null_undetermined_before']:.1f} %)"
+                 + (" MET" if t["null_undetermined"] >= 0.9 else " NOT MET"))
+    cov = min((r.coverage for r in b.rows), default=float("nan"))
+    wid = max((r.width_ratio for r in b.rows), default=float("nan"))
+    lines.append(f"  coverage >= 90 % (every method and family): worst {100 * cov:.1f} %"
+                 + (" MET" if cov >= 0.9 else " NOT MET"))
+    lines.append(f"  band half-width <= 2x rms error: worst {wid:.2f}x"
+                 + (" MET" if wid <= 2 else " NOT MET"))
+    learned = [c for c in b.cost if c["method"] not in ("wiener", "inverse", "richardson_lucy")]
+    worst_pair = max((c["report_over_pair"] for c in b.cost), default=float("nan"))
+    worst_learned = max((c["report_over_restoration"] for c in learned), default=float("nan"))
+    lines.append(f"  cost <= one extra transform pair: worst {worst_pair:.2f} pairs"
+                 + (" MET" if worst_pair <= 1 else " NOT MET"))
+    lines.append(f"  cost <= 5 % of a learned method: worst {100 * worst_learned:.1f} %"
+                 + (" MET" if worst_learned <= 0.05 else " NOT MET"))
+    return "\n".join(lines)
+
+
+def _cmd(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .errors import UserError
+    from .sim.families import FAMILIES
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    bad = [f for f in a.family or [] if f not in FAMILIES]
+    if bad:
+        raise UserError(f"unknown sample family {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
+    res = fidelity_benchmark(a.profile or list(PROFILE_BENCH), families=a.family, size_px=a.size,
+                             seeds=a.seeds, methods=a.method, fakes_per_frame=a.fakes,
+                             cache=a.cache, cost_px=a.cost_px,
+                             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    print(format_fidelity_bench(res))
+    if a.json:
+        import dataclasses
+        a.json.write_text(json.dumps(dataclasses.asdict(res), indent=1, default=float))
+    return 0
+
+
+def register_bench(bs) -> None:
+    """Add ``fidelity`` to ``xinstrument bench``'s sub-commands."""
+    def positive(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return v
+
+    def side(text: str) -> int:
+        v = positive(text)
+        if v < 64:
+            raise argparse.ArgumentTypeError(f"frame side must be >= 64 px, got {v}")
+        return v
+
+    f = bs.add_parser("fidelity", help="fidelity report on held-out sample families",
+                      description="False alarms, uncertainty-band coverage and width, detection "
+                      "of injected fakes (discs, vias, one-pixel cracks, removed features) and "
+                      "cost of the fidelity report, for every deblurring method of the shipped "
+                      "simulated profiles, on twin frames of the held-out sample families.")
+    f.add_argument("--profile", action="append", choices=sorted(PROFILE_BENCH),
+                   help="profile (repeatable; default both)")
+    f.add_argument("--family", action="append", help="sample family (repeatable; default the "
+                   "held-out families)")
+    f.add_argument("--method", action="append", help="only these methods (repeatable)")
+    f.add_argument("--size", type=side, default=256, help="frame side, px (default 256)")
+    f.add_argument("--seeds", type=positive, default=2, help="frames per family and averaging")
+    f.add_argument("--fakes", type=positive, default=2, help="fake positions per frame")
+    f.add_argument("--cost-px", type=side, default=1024, help="frame side of the cost runs")
+    f.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    f.add_argument("--cache", type=Path, default=None, help="folder keeping rendered frames "
+                   "and restorations between runs")
+    f.add_argument("--json", type=Path, default=None, help="also write all figures here")
+    f.set_defaults(func=_cmd)
