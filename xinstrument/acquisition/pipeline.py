@@ -294,6 +294,16 @@ class PipelineStats:
     camera_skipped: int                          # the camera's own overflow count
     latency_s: dict[str, dict[str, float]]       # per sink: mean, p50, p95, max (frame -> sink)
     error: str | None = None
+    # live restoration (acquisition.live_restoration): frames restored in time, frames
+    # passed on unrestored because the restorer was busy, restorations that came too late for
+    # the recording (sent to live views only)
+    frames_restored: int = 0
+    frames_not_restored: int = 0
+    restored_late: int = 0
+
+    @property
+    def restored_per_s(self) -> float:
+        return self.frames_restored / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def camera_dropped(self) -> int:
@@ -311,6 +321,11 @@ class PipelineStats:
             if lat:
                 lines.append(f"latency camera->{name}: mean {1e3 * lat['mean']:.1f} ms, "
                              f"p95 {1e3 * lat['p95']:.1f} ms, max {1e3 * lat['max']:.1f} ms")
+        if "restore" in self.stages:
+            lines.append(f"restoration: {self.frames_restored} of {self.stages['restore'].frames_in} "
+                         f"frames restored ({self.restored_per_s:.1f} frames/s), "
+                         f"{self.frames_not_restored} recorded unrestored (restorer busy), "
+                         f"{self.restored_late} late restorations to live views only")
         lines.append(f"camera: {self.frame_number_gaps} frame-number gaps, "
                      f"{self.camera_skipped} skipped by the camera buffer; state {self.state}"
                      + (f"; error: {self.error}" if self.error else ""))
@@ -338,7 +353,11 @@ class AcquisitionPipeline:
     reject_outliers : outlier-rejecting mean (zingers); needs n_average >= 3
     corrector : callable raw-average -> corrected frame (e.g. FlatFieldCorrector), or None
     restorer : callable frame -> restored frame, or None. Its ``method`` / ``profile``
-        attributes (if any) are stored with the restored frames.
+        attributes (if any) are stored with the restored frames. It runs in its own worker and
+        never holds up the camera: when it falls behind (more than ``restore_backlog_frames``
+        waiting) the waiting frames are recorded unrestored and the newest is restored next; a
+        restoration with ``restore_max_lag_frames`` newer frames behind it is recorded without
+        it (and shown late in live views). Lossy sinks get restored frames only.
     sinks : HDF5Sink, LiveView, CallbackSink, ... (anything with name, lossless, write, close)
     n_outputs : stop after this many output frames; None runs until stop()/abort()
     queue_frames : capacity of each inter-stage queue
@@ -357,7 +376,8 @@ class AcquisitionPipeline:
                  sinks: Iterable[Sink] = (), n_outputs: int | None = None,
                  queue_frames: int = 4, camera_buffer_frames: int = 32,
                  frame_timeout_s: float | None = None, stage_timeout_s: float | None = 60.0,
-                 emit_partial: bool = True, image_key: int = 0) -> None:
+                 emit_partial: bool = True, image_key: int = 0,
+                 restore_backlog_frames: int = 2, restore_max_lag_frames: int = 32) -> None:
         # validates n_average / reject_outliers with a clear message
         self._averager = FrameAverager(n_average, reject_outliers, z_threshold)
         if n_outputs is not None and (int(n_outputs) != n_outputs or n_outputs < 1):
@@ -384,6 +404,16 @@ class AcquisitionPipeline:
                                 else 2.0 + 3.0 * float(camera.exposure_s))
         self.stage_timeout_s = stage_timeout_s
         self.emit_partial = bool(emit_partial)
+        # restoration never holds up the camera: see _run_restore
+        for name, v in (("restore_backlog_frames", restore_backlog_frames),
+                        ("restore_max_lag_frames", restore_max_lag_frames)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if restore_max_lag_frames <= restore_backlog_frames:
+            raise ValueError("restore_max_lag_frames must exceed restore_backlog_frames")
+        self.restore_backlog_frames = restore_backlog_frames
+        self.restore_max_lag_frames = restore_max_lag_frames
+        self._live_restoration = None
         if image_key not in (0, 1, 2) or isinstance(image_key, bool):
             raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
                              f"{image_key!r}")
@@ -442,7 +472,8 @@ class AcquisitionPipeline:
             ("camera", lambda: self._read_camera(queues["average"]))]
         for i, name in enumerate(map_stages):
             out_q = queues[map_stages[i + 1]] if i + 1 < len(map_stages) else None
-            workers.append((name, lambda n=name, q=out_q: self._run_map(n, queues[n], q)))
+            workers.append((name, lambda n=name, q=out_q: (
+                self._run_restore(queues[n]) if n == "restore" else self._run_map(n, queues[n], q))))
         for s in self.sinks:
             workers.append((f"sink:{s.name}", lambda s=s: self._run_sink(s)))
         for name, target in workers:
@@ -538,8 +569,12 @@ class AcquisitionPipeline:
         err = None
         if self._error is not None:
             err = f"{self._error[0]}: {type(self._error[1]).__name__}: {self._error[1]}"
+        live = self._live_restoration
+        restored = {} if live is None else {
+            "frames_restored": live.frames_restored,
+            "frames_not_restored": live.frames_not_restored, "restored_late": live.restored_late}
         return PipelineStats(self._end_state, elapsed, stages, self._gaps, self._camera_skipped,
-                             latency, err)
+                             latency, err, **restored)
 
     # ------------------------------------------------------------------ internals
     def _stop_camera(self) -> None:
@@ -733,22 +768,66 @@ class AcquisitionPipeline:
                 result.corrected = True
                 if isinstance(self.corrector, ReferenceSet):
                     result.references = self.corrector
-            else:  # restore
-                result = item
-                result.restored = np.asarray(self.restorer(item.data), dtype=np.float32)
-                result.restoration_method = str(getattr(self.restorer, "method",
-                                                        type(self.restorer).__name__))
-                result.restoration_profile = str(getattr(self.restorer, "profile", ""))
-                result.restoration_scale = int(getattr(self.restorer, "scale", 1) or 1)
-                result.restored_pixel_size_um = getattr(self.restorer, "output_pixel_size_um",
-                                                        None)
-                check = getattr(self.restorer, "check_fidelity", None)
-                if check is not None:     # fills result.fidelity; may re-restore with a fallback
-                    check(result)
+            else:  # restore (the live path is _run_restore)
+                result = self._restore_one(item)
             st.stats.busy_s += time.monotonic() - st.busy_since
             st.busy_since = None
             if result is not None and not self._emit(st, result, out_q):
                 return
+
+    def _restore_one(self, result: Frame) -> Frame:
+        result.restored = np.asarray(self.restorer(result.data), dtype=np.float32)
+        result.restoration_method = str(getattr(self.restorer, "method",
+                                                type(self.restorer).__name__))
+        profile = getattr(self.restorer, "profile", "")
+        result.restoration_profile = str(getattr(profile, "name", profile))
+        result.restoration_scale = int(getattr(self.restorer, "scale", 1) or 1)
+        result.restored_pixel_size_um = getattr(self.restorer, "output_pixel_size_um", None)
+        check = getattr(self.restorer, "check_fidelity", None)
+        if check is not None:     # fills result.fidelity; may re-restore with a fallback
+            check(result)
+        return result
+
+    def _run_restore(self, in_q: queue.Queue) -> None:
+        """Restoration off the camera's path: frames keep being taken from the queue while a
+        worker thread restores (:class:`.live_restoration.LiveRestoration`). While the restorer keeps up
+        every frame is restored; when it falls behind, waiting frames go on unrestored and the
+        newest is restored next. Lossless sinks (the recording) get every frame in order, with
+        its restoration when it has one; lossy sinks (live view, events) get restored frames."""
+        from .live_restoration import LiveRestoration
+        st = self._stages["restore"]
+
+        def busy(since: float | None) -> None:      # the watchdog sees a stuck restorer
+            if since is None and st.busy_since is not None:
+                st.stats.busy_s += time.monotonic() - st.busy_since
+            st.busy_since = since
+
+        live = LiveRestoration(self._restore_one, backlog_frames=self.restore_backlog_frames,
+                               max_lag_frames=self.restore_max_lag_frames, on_busy=busy)
+        self._live_restoration = live
+        ending = False
+        try:
+            while not self._abort.is_set():
+                for item, route in live.poll():
+                    if not self._emit(st, item, None, route):
+                        return
+                if ending and live.finished:
+                    self._emit(st, _END, None)
+                    return
+                if ending or not live.accepting:
+                    live.wait(0.05)
+                    continue
+                try:
+                    item = in_q.get(timeout=0.05 if live.idle else 0.002)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    ending = True
+                else:
+                    st.stats.frames_in += 1
+                    live.push(item)
+        finally:
+            live.close()
 
     def _finish_group(self, group: list[CameraFrame], partial: bool, index: int) -> ProcessedFrame:
         """Average an incomplete last group (on stop) so no acquired frame is discarded."""
@@ -766,7 +845,9 @@ class AcquisitionPipeline:
                      timestamp_s=last.timestamp_s, exposure_s=last.exposure_s,
                      image_key=self.image_key, metadata=dict(last.metadata))
 
-    def _emit(self, st: _Stage, item: Any, out_q: queue.Queue | None) -> bool:
+    def _emit(self, st: _Stage, item: Any, out_q: queue.Queue | None, route: str = "all") -> bool:
+        """Pass ``item`` on; at the last stage ``route`` picks the sinks: "all", "lossless"
+        (recording only: a frame the busy restorer skipped) or "lossy" (live views only)."""
         if out_q is not None:
             ok = self._put(out_q, item)
             if ok and item is not _END:
@@ -776,6 +857,8 @@ class AcquisitionPipeline:
         # last processing stage: fan out to the sinks
         for s in self.sinks:
             q = self._sink_queues[s.name]
+            if item is not _END and route != "all" and s.lossless != (route == "lossless"):
+                continue
             if item is _END or s.lossless:
                 if not self._put(q, item):
                     return False
@@ -790,7 +873,7 @@ class AcquisitionPipeline:
                         self._stages[f"sink:{s.name}"].stats.dropped += 1
                     except queue.Empty:
                         pass
-        if item is not _END:
+        if item is not _END and route != "lossy":
             st.stats.frames_out += 1
             st.stats.bytes_out += item.data.nbytes
         return True

@@ -15,19 +15,17 @@ into a pinned buffer; the only synchronisation is the hand-off of each result. O
 same loop runs without streams or pinned memory. :meth:`Restorer.reference` evaluates the same
 method in float64 on the CPU, the reference every fast path is checked against.
 
-:class:`LiveRestoration` is the policy of the live pipeline: restoration never holds up the
-camera; when it cannot keep up, frames are restored at a lower rate, newest first, and every
-frame still reaches the recording.
+The live pipeline calls a Restorer through :mod:`xinstrument.acquisition.live_restoration`:
+restoration never holds up the camera; when it cannot keep up, frames are restored at a lower
+rate, newest first, and every frame still reaches the recording.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import logging
 import math
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -43,8 +41,8 @@ from .physics import DetectorPhysics
 
 __all__ = [
     "CLASSICAL_METHODS",
+    "FUNCTION_METHODS",
     "LEARNED_METHODS",
-    "LiveRestoration",
     "METHODS",
     "PRECISIONS",
     "SR_METHODS",
@@ -63,6 +61,10 @@ LEARNED_METHODS = registry.methods(("regression", "diffusion"))
 # Super-resolution networks, one per trained factor (superres.SR_FACTORS).
 SR_METHODS = registry.methods("super_resolution")
 METHODS = CLASSICAL_METHODS + LEARNED_METHODS + SR_METHODS
+# Methods implemented as one function ``fn(frames, profile, *, denoiser=..., **options)`` of
+# their own module (sibling of this one), run whole-frame on the stage's device.
+FUNCTION_METHODS = {"pnp_hqs": ("pnp", "pnp_restore"),
+                    "dc_diffusion": ("dc_diffusion", "dc_diffusion_restore")}
 MIN_TILE_PX = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -265,8 +267,9 @@ class Restorer:
         compile_mode: str | None = None,
     ) -> None:
         factor = sr_factor(method)
-        if method not in METHODS and factor is None:
-            raise ValueError(f"unknown restoration method {method!r}; choose from {list(METHODS)}")
+        if method not in METHODS and factor is None and method not in FUNCTION_METHODS:
+            raise ValueError(f"unknown restoration method {method!r}; choose from "
+                             f"{list(METHODS) + list(FUNCTION_METHODS)}")
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
         if not (isinstance(tile, int) and tile >= MIN_TILE_PX):
@@ -306,6 +309,7 @@ class Restorer:
         self._runner: Callable[..., torch.Tensor] | None = None
         self._compiled = False
         self._predict: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._fn: Callable[..., Any] | None = None
         if method in CLASSICAL_METHODS or precision == "fp32" or (precision is None and not self.amp):
             self.precision = "fp32"
         elif precision is not None:
@@ -321,8 +325,23 @@ class Restorer:
             self._load_model()
         elif factor is not None:
             self._load_sr(factor)
+        elif method in FUNCTION_METHODS:
+            self._load_function()
 
     # ------------------------------------------------------------------ set-up
+    def _load_function(self) -> None:
+        import importlib
+
+        module, name = FUNCTION_METHODS[self.method]
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+            self._fn = getattr(mod, name)
+            from .denoiser import load_denoiser
+            self._denoiser = load_denoiser(device=self.device)
+        except (ImportError, AttributeError, OSError, FileNotFoundError) as exc:
+            raise ValueError(f"restoration method {self.method!r} is not available here: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
     def _compile(self, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
         mode = self.compile_mode
         if self.device.type != "cuda" or mode == "off":
@@ -430,6 +449,9 @@ class Restorer:
     def _network(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         """Learned or SR method on (B, H, W) device frames at ``precision``, tiled at fixed shape."""
         fixed = self._compiled
+        if self._fn is not None:
+            with self._autocast(precision):
+                return self._fn(x, self.profile, denoiser=self._denoiser, **self.options).float()
         if self._sr is not None:
             runner = self._runner
 
@@ -456,8 +478,12 @@ class Restorer:
         ref = self._network(probe, "fp32")
         chosen = "fp32"
         for candidate in ("fp16", "bf16"):
-            err = float(((self._network(probe, candidate) - ref).pow(2).mean().sqrt()
-                         / ref.pow(2).mean().sqrt().clamp(min=1e-30)))
+            try:
+                err = float((self._network(probe, candidate) - ref).pow(2).mean().sqrt()
+                             / ref.pow(2).mean().sqrt().clamp(min=1e-30))
+            except RuntimeError as exc:     # e.g. a half-precision FFT of a non-power-of-2 size
+                log.info("%s: %s not usable: %s", self.method, candidate, exc)
+                err = float("inf")
             self.precision_errors[candidate] = err
             if math.isfinite(err) and err <= AMP_MAX_REL_RMS:
                 chosen = candidate
@@ -514,6 +540,9 @@ class Restorer:
             self._sr.device = self.device
             self._runner = self._sr.model
             self._compiled = False
+        elif self._fn is not None:
+            from .denoiser import load_denoiser
+            self._denoiser = load_denoiser(device=self.device)
         elif self._model is not None:
             self._model.to(self.device)
             self._runner = self._model
@@ -657,6 +686,12 @@ class Restorer:
         while pending:
             yield hand_off()
 
+    @property
+    def reference_dtype(self) -> str:
+        """What :meth:`reference` computes in: float64, except methods whose shared denoiser
+        is float32 by construction."""
+        return "float32" if self._fn is not None else "float64"
+
     def reference(self, frame_or_batch: Any) -> np.ndarray:
         """The same method evaluated on the CPU in float64: the correctness reference of the
         fast path (networks as float64 copies, the same tiling, no autocast, no compile).
@@ -667,6 +702,11 @@ class Restorer:
         with torch.inference_mode(), float64_reference():
             if self.method in CLASSICAL_METHODS:
                 out = self._classical(x)
+            elif self._fn is not None:
+                # the shared denoiser runs in float32 by construction: a CPU float32 reference
+                from .denoiser import load_denoiser
+                out = self._fn(x.float(), self.profile, denoiser=load_denoiser(device="cpu"),
+                               **self.options)
             else:
                 ref_model = _float64_model(self._model)
                 if self._sr is not None:
@@ -684,173 +724,3 @@ class Restorer:
                                       overlap=self.overlap, batch=self.batch)
         res = out.double().numpy()
         return res[0] if single else res
-
-
-# ------------------------------------------------------------------------ live policy
-@dataclasses.dataclass
-class _Held:
-    item: Any
-    state: str = "new"            # new, busy, done, skip
-    restored_item: Any = None
-
-
-class LiveRestoration:
-    """Non-blocking restoration of a live frame stream: the policy of the pipeline's
-    restoration stage, independent of the camera and the sinks.
-
-    ``push(item)`` never waits for the restorer; ``poll()`` returns the decisions made since
-    the last call, in order, as ``(item, route)`` with route ``"all"`` (restored in time: every
-    sink), ``"lossless"`` (not restored: the recording gets the frame without a restoration)
-    or ``"lossy"`` (a late restoration of a frame already passed on: live displays only).
-    Items are objects with a ``data`` array; the worker thread restores a shallow copy
-    (``dataclasses.replace`` for dataclasses) through ``restore_item(copy)``, which fills it.
-
-    Every frame is restored while at most ``backlog_frames`` frames wait; when more wait, the
-    restorer has fallen behind: all waiting frames but the newest go on unrestored and the
-    newest is restored next (latest first). A frame whose restoration has ``max_lag_frames``
-    newer frames waiting behind it goes on unrestored, and its restoration, when done, goes
-    to the lossy route only. The first restoration (warm-up, compilation) is always waited for;
-    meanwhile ``accepting`` is False once ``max_lag_frames`` frames wait, so the caller stops
-    taking frames (the camera buffer absorbs them) rather than holding them all in memory.
-    An exception in ``restore_item`` is re-raised by the next ``poll()``.
-    """
-
-    def __init__(self, restore_item: Callable[[Any], Any], backlog_frames: int = 2,
-                 max_lag_frames: int = 32, on_busy: Callable[[float | None], None] | None = None) -> None:
-        if not callable(restore_item):
-            raise TypeError("restore_item must be callable")
-        for name, v in (("backlog_frames", backlog_frames), ("max_lag_frames", max_lag_frames)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if max_lag_frames <= backlog_frames:
-            raise ValueError(f"max_lag_frames ({max_lag_frames}) must exceed backlog_frames "
-                             f"({backlog_frames})")
-        self._restore_item = restore_item
-        self.backlog_frames = backlog_frames
-        self.max_lag_frames = max_lag_frames
-        self._on_busy = on_busy
-        self._held: deque[_Held] = deque()
-        self._busy: _Held | None = None
-        self._abandoned = False       # the frame being restored was already passed on
-        self._first_done = False
-        self._cond = threading.Condition()
-        self._job: _Held | None = None
-        self._result: tuple[_Held, Any, BaseException | None] | None = None
-        self._closed = False
-        self.frames_in = 0
-        self.frames_restored = 0
-        self.frames_not_restored = 0
-        self.restored_late = 0
-        self._thread = threading.Thread(target=self._work, name="live-restoration", daemon=True)
-        self._thread.start()
-
-    # -- worker
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while self._job is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._job
-            item = job.item
-            cp = dataclasses.replace(item) if dataclasses.is_dataclass(item) else copy.copy(item)
-            err: BaseException | None = None
-            if self._on_busy is not None:
-                self._on_busy(time.monotonic())
-            try:
-                out = self._restore_item(cp)
-                cp = cp if out is None else out
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                err = exc
-            finally:
-                if self._on_busy is not None:
-                    self._on_busy(None)
-            with self._cond:
-                self._job = None
-                self._result = (job, cp, err)
-                self._cond.notify_all()
-
-    # -- caller side
-    @property
-    def idle(self) -> bool:
-        return self._busy is None
-
-    @property
-    def pending(self) -> int:
-        """Frames taken in and not yet passed on."""
-        return len(self._held)
-
-    @property
-    def accepting(self) -> bool:
-        return self._first_done or len(self._held) < self.max_lag_frames
-
-    def push(self, item: Any) -> None:
-        if self._closed:
-            raise RuntimeError("live restoration is closed")
-        self._held.append(_Held(item))
-        self.frames_in += 1
-
-    def wait(self, timeout_s: float) -> None:
-        """Block until the worker has a result or ``timeout_s`` passes."""
-        with self._cond:
-            if self._result is None and self._busy is not None:
-                self._cond.wait(timeout_s)
-
-    def poll(self) -> list[tuple[Any, str]]:
-        out: list[tuple[Any, str]] = []
-        with self._cond:
-            res, self._result = self._result, None
-        if res is not None:
-            entry, cp, err = res
-            self._busy = None
-            if err is not None:
-                raise err
-            self._first_done = True
-            if self._abandoned:
-                self._abandoned = False
-                self.restored_late += 1
-                out.append((cp, "lossy"))
-            else:
-                entry.state, entry.restored_item = "done", cp
-                self.frames_restored += 1
-        new = [e for e in self._held if e.state == "new"]
-        if len(new) > self.backlog_frames:      # fallen behind: only the newest will be restored
-            for e in new[:-1]:
-                e.state = "skip"
-            new = new[-1:]
-        if self._busy is None and new:
-            pick = new[0]
-            pick.state = "busy"
-            self._busy = pick
-            with self._cond:
-                self._job = pick
-                self._cond.notify_all()
-        self._pass_on(out)
-        if (self._first_done and self._held and self._held[0].state == "busy"
-                and len(self._held) > self.max_lag_frames):
-            e = self._held.popleft()
-            self._abandoned = True
-            self.frames_not_restored += 1
-            out.append((e.item, "lossless"))
-            self._pass_on(out)
-        return out
-
-    def _pass_on(self, out: list[tuple[Any, str]]) -> None:
-        while self._held and self._held[0].state in ("done", "skip"):
-            e = self._held.popleft()
-            if e.state == "done":
-                out.append((e.restored_item, "all"))
-            else:
-                self.frames_not_restored += 1
-                out.append((e.item, "lossless"))
-
-    @property
-    def finished(self) -> bool:
-        """Nothing held and nothing being restored."""
-        return not self._held and self._busy is None
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
