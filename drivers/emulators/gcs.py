@@ -26,6 +26,7 @@ E_SYNTAX, E_UNKNOWN, E_NO_REF_OR_SERVO, E_OUT_OF_LIMITS = 1, 2, 5, 7
 E_STOPPED, E_INVALID_AXIS, E_OUT_OF_RANGE = 10, 15, 17
 
 IDN = "(c)2024 Physik Instrumente (PI) GmbH & Co. KG, C-863 emulator, 0, 1.0.0"
+GCS_SYNTAX_VERSION = "2.0"
 
 _FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
@@ -320,6 +321,10 @@ class GcsEmulator(EmulatorBase):
     def _idn_q(self, args, now):
         return [IDN]
 
+    def _csv_q(self, args, now):
+        # GCS syntax version: PIPython asks it first to choose its GCS 2.0 command set
+        return [GCS_SYNTAX_VERSION]
+
 
 _COMMANDS = {
     "SVO": GcsEmulator._svo, "FRF": GcsEmulator._frf, "MOV": GcsEmulator._mov,
@@ -328,5 +333,5 @@ _COMMANDS = {
     "POS?": GcsEmulator._pos_q, "MOV?": GcsEmulator._mov_q, "ONT?": GcsEmulator._ont_q,
     "SVO?": GcsEmulator._svo_q, "FRF?": GcsEmulator._frf_q, "TMN?": GcsEmulator._tmn_q,
     "TMX?": GcsEmulator._tmx_q, "VEL?": GcsEmulator._vel_q, "ERR?": GcsEmulator._err_q,
-    "SAI?": GcsEmulator._sai_q, "*IDN?": GcsEmulator._idn_q,
+    "SAI?": GcsEmulator._sai_q, "*IDN?": GcsEmulator._idn_q, "CSV?": GcsEmulator._csv_q,
 }
