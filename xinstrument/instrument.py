@@ -661,7 +661,7 @@ class Instrument:
             self._log("fidelity guard off")
             return
         from .restoration import CLASSICAL_METHODS
-        from .restoration.fidelity import FidelityGuard
+        from .restoration.fidelity_report import FidelityReporter
         if self.profile is None:
             self.load_profile()
         if fallback_method is not None and fallback_method not in CLASSICAL_METHODS:
@@ -670,8 +670,9 @@ class Instrument:
         if max_reduced_chi2 is not None and not (np.isfinite(max_reduced_chi2)
                                                  and max_reduced_chi2 > 0):
             raise UserError(f"max_reduced_chi2 must be a positive number or None, got {max_reduced_chi2!r}")
-        guard = FidelityGuard(self.profile, tile_px=tile_px, false_alarm_rate=false_alarm_rate,
-                              nnps_lr=nnps_lr, device=self.config.restoration.device)
+        # the fidelity report: consistency and null-space uncertainty maps, verdict, action
+        guard = FidelityReporter(self.profile, tile_px, false_alarm_rate, nnps_lr=nnps_lr,
+                                 device=self.config.restoration.device)
         self._fidelity = {"guard": guard, "max_reduced_chi2": max_reduced_chi2,
                           "fallback_method": fallback_method, "dose_ratio": dose_ratio,
                           "flat_frames_averaged": flat_frames_averaged}
@@ -680,7 +681,7 @@ class Instrument:
 
     @property
     def fidelity_guard(self):
-        """The FidelityGuard of the current policy, or None when the guard is off."""
+        """The FidelityReporter of the current policy, or None when the guard is off."""
         return None if self._fidelity is None else self._fidelity["guard"]
 
     def check_fidelity(self, measured: np.ndarray, restored: np.ndarray, method: str, *,
