@@ -5,57 +5,72 @@ It owns the devices (tube, focus stage, optional rotation stage, camera), the ca
 starts the protocol emulators on loopback ports, connects the real drivers to them, and lets the
 digital twin read the emulators' physical state to render camera frames.
 
-Every public method is thread-safe; long operations hold the instrument's operation lock, so a
-GUI and an IOC in one process cannot interleave two acquisitions. Clients follow progress through
-``subscribe(callback)`` events: ``callback(kind, payload)`` with kinds "state", "frame", "focus",
-"progress", "log", "error".
+Every acquisition is a plan (:mod:`xinstrument.scans.plans`, :class:`xinstrument.scans.TomoPlan`)
+run by the instrument's engine (``run(plan)``, ``start(plan)``, ``pause()``, ``resume()``,
+``abort()``) through the frame pipeline into the recording sink; the convenience methods
+(``acquire``, ``record``, ``take_darks``, ``focus_scan``...) build those plans. Long operations
+hold the operation lock, so a GUI and an IOC in one process cannot interleave two acquisitions.
+Clients follow the typed signals of ``events`` (:class:`xinstrument.scans.events.EngineEvents`);
+``subscribe(callback)`` still delivers them as ``callback(kind, payload)`` with kinds "state",
+"frame", "focus", "progress", "log", "error".
+
+Safety lives here and in the drivers: the site kV / uA limits are handed to the tube driver's
+own limit check; each axis has soft limits (config, then ``set_soft_limits`` from any client),
+enforced by the stage driver before a move is sent and kept across restarts in a state file.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import logging
+import math
+import os
 import threading
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from drivers.camera.base import Camera
 from drivers.camera.simulated import SimulatedCamera
+from drivers.stage import GcsAxis, GcsController
+from drivers.xray import HamamatsuTube, TubeLimitError
+from drivers.xray.tables import model as tube_model
 
+from .acquisition.frame import Frame, ReferenceSet
+from .acquisition.pipeline import LiveView
 from .config import InstrumentConfig
 from .errors import InstrumentError, UserError
+from .restoration import registry
+from .scans.engine import Engine, PlanError, RunHandle
+from .scans.events import EngineEvents, Progress
 
 log = logging.getLogger("xinstrument")
 
 Listener = Callable[[str, Any], None]
 
 
-@dataclass
-class AveragedFrame:
-    """An averaged (and optionally corrected/restored) frame with its acquisition context."""
-
-    data: np.ndarray                 # float32; ADU when raw, transmission when corrected
-    frames_averaged: int
-    exposure_s: float
-    voltage_kv: float
-    current_ua: float
-    focus_z_um: float
-    theta_deg: float
-    timestamp_s: float
-    frame_numbers: list[int] = field(default_factory=list)
-    corrected: bool = False
-    restored: np.ndarray | None = None
-    restoration_method: str | None = None
-    fidelity: Any = None             # restoration.fidelity result for the restored frame, if run
-    raw: np.ndarray | None = None    # the averaged frame before correction (when corrected)
+# The one frame type; the name the API used before plans existed.
+AveragedFrame = Frame
 
 
 class Instrument:
-    def __init__(self, config: InstrumentConfig | None = None) -> None:
+    """The bench. ``state_file``: where axis soft limits set at run time are kept across
+    restarts (default: none for the simulated bench, ``$XINSTRUMENT_STATE_DIR`` or
+    ``~/.local/state/xinstrument`` / ``limits.json`` for a real one)."""
+
+    def __init__(self, config: InstrumentConfig | None = None,
+                 state_file: str | Path | None = None) -> None:
         self.config = config or InstrumentConfig.simulated()
+        self.events = EngineEvents()
+        self.engine = Engine(self)
+        self._refset: ReferenceSet | None = None
+        self._handle: RunHandle | None = None
+        self.state_file = Path(state_file) if state_file is not None else self._default_state()
+        self._soft_limits: dict[str, tuple[float, float]] = self._load_limits()
         self.tube = None
         self.focus_axis = None
         self.rotation_axis = None
@@ -85,6 +100,13 @@ class Instrument:
         self._stream_thread: threading.Thread | None = None
         self._stream_error: BaseException | None = None
         self.last_stream_stats = None
+        # legacy listeners (subscribe) receive the typed signals as (kind, payload)
+        ev = self.events
+        ev.frame_ready.connect(lambda f: self._emit("frame", f))
+        ev.progress.connect(lambda p: self._emit("progress", (p.kind, p.fraction)))
+        ev.focus_point.connect(lambda pos, value: self._emit("focus", (pos, value)))
+        ev.state_changed.connect(lambda st: self._emit("state", st))
+        ev.log.connect(lambda msg: self._emit("log", msg))
 
     # --- events --------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -99,23 +121,54 @@ class Instrument:
             except Exception:  # a broken client must not break the instrument
                 log.exception("event listener failed on %s", kind)
 
-    def _log(self, message: str, level: int = logging.INFO) -> None:
+    def log_message(self, message: str, level: int = logging.INFO) -> None:
+        """Log ``message`` and publish it on ``events.log``."""
         log.log(level, message)
-        self._emit("log", message)
+        self.events.log.emit(message)
+
+    _log = log_message
+
+    def publish_state(self) -> None:
+        """Publish ``snapshot()`` on ``events.state_changed``."""
+        self.events.state_changed.emit(self.snapshot())
+
+    def publish_frame(self, frame: Frame) -> None:
+        """Make ``frame`` the latest and publish it on ``events.frame_ready``."""
+        self.last_frame = frame
+        self.events.frame_ready.emit(frame)
+
+    # --- plans ---------------------------------------------------------------------------------
+    def run(self, plan):
+        """Run ``plan`` to its end (blocking) and return its value; refused plans raise
+        PlanError before anything moves, aborted ones PlanAborted (file kept, incomplete)."""
+        self._require()
+        return self.engine.run(plan)
+
+    def start(self, plan, sinks=(), paused: bool = False) -> RunHandle:
+        """Run ``plan`` in the background; ``wait()`` on the handle for its value.
+        ``paused``: hold it before its first frame until ``resume()``."""
+        self._require()
+        self._handle = self.engine.start(plan, sinks=sinks, paused=paused)
+        return self._handle
+
+    def pause(self) -> None:
+        """Hold the running plan at its next frame boundary."""
+        self.engine.pause()
+
+    def resume(self) -> None:
+        self.engine.resume()
 
     # --- connection ----------------------------------------------------------------------------
     def connect(self) -> "Instrument":
         if self.connected:
             return self
-        from drivers.stage import GcsAxis, GcsController
-        from drivers.xray import HamamatsuTube
-
         cfg = self.config
         try:
             tube_url = self._port(cfg.tube.port, "tube")
             self.tube = HamamatsuTube(tube_url, dialect=cfg.tube.dialect, model=cfg.tube.model,
                                       timeout_s=cfg.tube.timeout_s,
-                                      watchdog_s=cfg.tube.watchdog_s)
+                                      watchdog_s=cfg.tube.watchdog_s,
+                                      limits=self._site_tube_limits())
             self.tube.connect()
             self.focus_axis = self._connect_axis(cfg.focus_stage, "focus", GcsController, GcsAxis)
             if cfg.rotation_stage is not None:
@@ -129,7 +182,7 @@ class Instrument:
         self.connected = True
         self._log(f"connected: tube {cfg.tube.model} ({cfg.tube.port}), focus stage "
                   f"({cfg.focus_stage.port}), camera {self.camera.name}")
-        self._emit("state", self.snapshot())
+        self.publish_state()
         return self
 
     def _port(self, port: str, device: str, axes=None) -> str:
@@ -160,7 +213,8 @@ class Instrument:
         ctrl = controller_cls(url)
         ctrl.connect()
         self._controllers.append(ctrl)
-        axis = axis_cls(ctrl, scfg.axis, unit=scfg.unit, soft_limits=scfg.soft_limits)
+        axis = axis_cls(ctrl, scfg.axis, unit=scfg.unit,
+                        soft_limits=self._soft_limits.get(device, scfg.soft_limits))
         if not axis.referenced:
             self._log(f"{device} axis {scfg.axis}: referencing (FRF)")
             axis.reference()
@@ -205,10 +259,11 @@ class Instrument:
 
     def disconnect(self) -> None:
         """X-rays off first, then close everything; safe to call more than once."""
-        if self.pipeline is not None and self.pipeline.running:
+        if self.engine.current is not None:
             with contextlib.suppress(Exception):
-                self.pipeline.abort("instrument disconnected")
-                self.wait_stream(10.0)
+                self.engine.abort("instrument disconnected")
+                if self._handle is not None:
+                    self._handle._done.wait(10.0)
         with contextlib.suppress(Exception):
             if self.camera is not None:
                 self.camera.close()
@@ -263,11 +318,126 @@ class Instrument:
         return self._operation
 
     def abort(self) -> None:
-        """Ask the running operation to stop at the next frame boundary."""
+        """Ask the running plan to stop at the next frame boundary."""
         self._abort.set()
-        if self.pipeline is not None and self.pipeline.running:
-            self.pipeline.abort("aborted by the operator")
+        self.engine.abort("aborted by the operator")
         self._log("abort requested")
+
+    @property
+    def pipeline(self):
+        """The pipeline of the running plan's current acquisition (None between them)."""
+        return self.engine.pipeline
+
+    @pipeline.setter
+    def pipeline(self, value) -> None:   # set to None by the constructor only
+        pass
+
+    # --- safety: soft limits and tube limits ---------------------------------------------------
+    def _default_state(self) -> Path | None:
+        ports = [self.config.tube.port, self.config.focus_stage.port]
+        if all(p == "sim" for p in ports):
+            return None       # the twin starts from its config every time
+        base = os.environ.get("XINSTRUMENT_STATE_DIR") or str(
+            Path.home() / ".local" / "state" / "xinstrument")
+        return Path(base) / "limits.json"
+
+    def _load_limits(self) -> dict[str, tuple[float, float]]:
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            raw = json.loads(self.state_file.read_text())
+            out = {k: (float(v[0]), float(v[1])) for k, v in raw.get("soft_limits", {}).items()}
+        except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise UserError(f"instrument state file {self.state_file} is unreadable ({exc}); "
+                            "fix or delete it") from None
+        return {k: v for k, v in out.items() if k in ("focus", "rotation") and v[0] < v[1]}
+
+    def _save_limits(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"soft_limits": {k: list(v) for k, v in
+                                                       self._soft_limits.items()}}, indent=1))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            raise InstrumentError(f"cannot save the soft limits to {self.state_file}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def _axis(self, name: str):
+        axis = {"focus": self.focus_axis, "rotation": self.rotation_axis}.get(name)
+        if name not in ("focus", "rotation"):
+            raise UserError(f"unknown axis {name!r}: focus or rotation")
+        if axis is None:
+            raise InstrumentError(f"no {name} stage configured" if self.connected else
+                                  "instrument is not connected: call connect() first")
+        return axis
+
+    def soft_limits(self, axis: str) -> tuple[float, float]:
+        """The effective travel (low, high) of ``axis`` ("focus" um, "rotation" deg): the
+        soft limits within the controller's travel."""
+        return tuple(float(v) for v in self._axis(axis).limits)  # type: ignore[return-value]
+
+    def set_soft_limits(self, axis: str, low: float, high: float) -> tuple[float, float]:
+        """Set the soft limits of ``axis`` (from config, CLI, GUI or EPICS alike): they must lie
+        inside the controller's travel; the stage driver refuses moves beyond them before
+        sending; kept across restarts in ``state_file``. Returns the effective limits."""
+        ax = self._axis(axis)
+        try:
+            lo, hi = float(low), float(high)
+        except (TypeError, ValueError):
+            raise UserError(f"{axis} soft limits must be numbers, got {low!r}, {high!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UserError(f"{axis} soft limits must be finite with low < high, got "
+                            f"{lo:g}, {hi:g}")
+        saved = ax.soft_limits
+        ax.soft_limits = None
+        try:
+            hw_lo, hw_hi = ax.limits
+        finally:
+            ax.soft_limits = saved
+        if lo < hw_lo - 1e-9 or hi > hw_hi + 1e-9:
+            raise UserError(f"{axis} soft limits [{lo:g}, {hi:g}] exceed the controller travel "
+                            f"[{hw_lo:g}, {hw_hi:g}]")
+        ax.soft_limits = (lo, hi)
+        self._soft_limits[axis] = (lo, hi)
+        self._save_limits()
+        self._log(f"{axis} soft limits set to [{lo:g}, {hi:g}]")
+        self.publish_state()
+        return self.soft_limits(axis)
+
+    def _site_tube_limits(self):
+        """The tube model's envelope narrowed by the site kV / uA limits of the config: the
+        driver checks every setpoint against it before sending."""
+        lim = tube_model(self.config.tube.model).limits
+        kv_max, ua_max = self.config.tube.kv_max, self.config.tube.ua_max
+        return dataclasses.replace(lim, kv_max=min(lim.kv_max, kv_max or lim.kv_max),
+                                   ua_max=min(lim.ua_max, ua_max or lim.ua_max))
+
+    def set_site_limits(self, kv_max: float | None = None, ua_max: float | None = None):
+        """Narrow (or widen, within the tube model) the site kV / uA limits; the tube driver
+        enforces them before sending any setpoint. Returns the effective limits."""
+        for name, v in (("kv_max", kv_max), ("ua_max", ua_max)):
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserError(f"site {name} must be a positive number, got {v!r}")
+        if kv_max is not None:
+            self.config.tube.kv_max = float(kv_max)
+        if ua_max is not None:
+            self.config.tube.ua_max = float(ua_max)
+        lim = self._site_tube_limits()
+        if self.tube is not None:
+            try:
+                self.tube.limits = lim
+            except TubeLimitError as exc:
+                raise UserError(str(exc)) from None
+        self._log(f"site tube limits: {lim.kv_max:g} kV, {lim.ua_max:g} uA")
+        return lim
+
+    @property
+    def tube_limits(self):
+        """The limits the tube driver enforces (model envelope within the site limits)."""
+        return self.tube.limits if self.tube is not None else self._site_tube_limits()
 
     def _check_abort(self, what: str) -> None:
         if self._abort.is_set():
@@ -287,41 +457,54 @@ class Instrument:
                                                      self._emit("progress", ("warm-up", p))),
                               timeout_s=timeout_s)
             self._log("tube warm-up finished")
-        self._emit("state", self.snapshot())
+        self.publish_state()
 
     def set_voltage_kv(self, voltage_kv: float) -> None:
         self._require()
-        kv_max = self.config.tube.kv_max
-        if kv_max is not None and voltage_kv > kv_max:
-            raise UserError(f"tube voltage {voltage_kv} kV above the site limit {kv_max} kV")
-        self.tube.set_voltage_kv(voltage_kv)
-        self._emit("state", self.snapshot())
+        try:
+            self.tube.set_voltage_kv(voltage_kv)
+        except TubeLimitError as exc:
+            raise UserError(f"tube voltage {voltage_kv} kV refused: {exc}") from None
+        self.publish_state()
 
     def set_current_ua(self, current_ua: float) -> None:
         self._require()
-        ua_max = self.config.tube.ua_max
-        if ua_max is not None and current_ua > ua_max:
-            raise UserError(f"tube current {current_ua} uA above the site limit {ua_max} uA")
-        self.tube.set_current_ua(current_ua)
-        self._emit("state", self.snapshot())
+        try:
+            self.tube.set_current_ua(current_ua)
+        except TubeLimitError as exc:
+            raise UserError(f"tube current {current_ua} uA refused: {exc}") from None
+        self.publish_state()
 
     def set_focus_mode(self, mode: int) -> None:
         self._require()
         self.tube.set_focus_mode(mode)
-        self._emit("state", self.snapshot())
+        self.publish_state()
 
     def xray_on(self, settle_s: float = 0.3) -> None:
         self._require()
         self.tube.xray_on()
         self._wait_tube_output(settle_s)
-        self._emit("state", self.snapshot())
+        self.publish_state()
 
     def xray_off(self) -> None:
         """Always allowed, also while another operation runs."""
         if self.tube is None:
             return
         self.tube.xray_off()
-        self._emit("state", self.snapshot() if self.connected else None)
+        self.publish_state()
+
+    @property
+    def xray_is_on(self) -> bool:
+        return self.tube is not None and self.tube.state.name == "XRAY_ON"
+
+    def check_tube_ready(self) -> None:
+        """Refuse (PlanError) when X-rays cannot be switched on: tube not warmed up, faulted."""
+        self._require()
+        st = self.tube.status()
+        if st.state.name in ("WARMUP_NEEDED", "WARMING_UP", "PREHEAT", "NOT_READY", "ERROR",
+                             "OVERLOAD"):
+            raise PlanError(f"the tube is not ready for X-rays ({st.state.name.lower()}): "
+                            "warm it up or clear its fault first")
 
     def _wait_tube_output(self, settle_s: float, timeout_s: float = 10.0) -> None:
         """Wait until the tube output has reached its setpoints (ramping), then settle."""
@@ -343,7 +526,7 @@ class Instrument:
     def move_focus_um(self, position_um: float, wait: bool = True) -> None:
         self._require()
         self.focus_axis.move_to(position_um, wait=wait)
-        self._emit("state", self.snapshot())
+        self.publish_state()
 
     @property
     def rotation_deg(self) -> float:
@@ -357,7 +540,7 @@ class Instrument:
         if self.rotation_axis is None:
             raise InstrumentError("no rotation stage configured")
         self.rotation_axis.move_to(angle_deg, wait=wait)
-        self._emit("state", self.snapshot())
+        self.publish_state()
 
     def stop_motion(self) -> None:
         for axis in (self.focus_axis, self.rotation_axis):
@@ -390,186 +573,155 @@ class Instrument:
         self._require()
         return float(self.camera.exposure_s)
 
-    def grab_average(self, n_frames: int) -> tuple[np.ndarray, list]:
-        """Grab ``n_frames`` raw frames and average them (float32); returns the average and the
-        camera frames (for metadata). For scans that hold ``operation`` themselves."""
-        from .acquisition.averaging import average_frames
-        if n_frames < 1:
-            raise UserError(f"frames to average must be >= 1, got {n_frames}")
-        frames = self.camera.grab(n_frames)
-        self._check_abort("acquisition")
-        return average_frames([f.data for f in frames]).astype(np.float32), frames
+    @property
+    def camera_dtype(self) -> str:
+        """Storage dtype of single raw camera frames (uint16 up to 16-bit sensors)."""
+        bits = int(getattr(self.camera, "bit_depth", 16) or 16)
+        return "uint16" if bits <= 16 else "uint32"
 
-    def frame_context(self, frames, n: int) -> dict:
-        """Metadata of an averaged frame (exposure, tube readings, stage positions, time)."""
-        meta = frames[-1].metadata if frames else {}
-        return dict(frames_averaged=n, exposure_s=float(self.camera.exposure_s),
-                    voltage_kv=float(meta.get("voltage_kv", np.nan)),
-                    current_ua=float(meta.get("current_ua", np.nan)),
-                    focus_z_um=float(self.focus_axis.position) if self.focus_axis else np.nan,
-                    theta_deg=float(self.rotation_axis.position) if self.rotation_axis else 0.0,
-                    timestamp_s=time.time(), frame_numbers=[f.frame_number for f in frames])
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Detector pixel at the scintillator: the profile's, else the twin's, else the
+        camera's."""
+        if self.profile is not None and getattr(self.profile, "pixel_size_um", None):
+            return float(self.profile.pixel_size_um)
+        if self.twin is not None:
+            return float(self.twin.config.pixel_at_screen_um)
+        px = getattr(self.camera, "pixel_size_um", None)
+        return float(px) if px else None
+
+    @property
+    def has_rotation_stage(self) -> bool:
+        return self.rotation_axis is not None
+
+    @property
+    def can_move_sample(self) -> bool:
+        return self.twin is not None
+
+    # --- references ----------------------------------------------------------------------------
+    @property
+    def references(self) -> ReferenceSet | None:
+        """The current dark + flat reference set (None until both exist)."""
+        if self.dark is None or self.flat is None:
+            return None
+        rs = self._refset
+        if rs is None or rs.dark is not self.dark or rs.flat is not self.flat:
+            rs = ReferenceSet(self.dark, self.flat,
+                              dark_frames_averaged=int(self.dark_frames_averaged or 1),
+                              flat_frames_averaged=int(self.flat_frames_averaged or 1),
+                              exposure_s=float(self.camera.exposure_s) if self.camera else
+                              math.nan)
+            self.dark, self.flat = rs.dark, rs.flat
+            self._refset = rs
+        return rs
+
+    def install_references(self, refs: ReferenceSet) -> None:
+        """Make ``refs`` the references that correct every following frame."""
+        self._refset = refs
+        self.dark, self.flat = refs.dark, refs.flat
+        self.dark_frames_averaged = refs.dark_frames_averaged
+        self.flat_frames_averaged = refs.flat_frames_averaged
+        self.corrector = refs.corrector
+        self._log(f"references: dark of {refs.dark_frames_averaged} frames (mean "
+                  f"{refs.dark.mean():.1f} ADU), flat of {refs.flat_frames_averaged} frames "
+                  f"(mean {refs.flat.mean():.1f} ADU), {int(refs.defect_map.sum())} defective "
+                  "pixels")
 
     def take_darks(self, n_frames: int = 10) -> np.ndarray:
         """Average ``n_frames`` with X-rays off; the result becomes the dark reference."""
-        self._require()
-        with self.operation("darks"):
-            was_on = self.tube.state.name == "XRAY_ON"
-            self.tube.xray_off()
-            time.sleep(0.1)
-            dark, _ = self.grab_average(n_frames)
-            self.dark = dark
-            self.dark_frames_averaged = int(n_frames)
-            self._update_corrector()
-            if was_on:
-                self.xray_on()
-            self._log(f"dark reference: {n_frames} frames, mean {dark.mean():.1f} ADU")
-            return dark
+        frame = self.run(SingleReference(which="dark", n_frames=n_frames))
+        return frame.data
 
     def take_flats(self, n_frames: int = 10, sample_out: bool = True) -> np.ndarray:
         """Average ``n_frames`` with X-rays on and the sample out of the beam."""
-        self._require()
-        with self.operation("flats"):
-            if self.tube.state.name != "XRAY_ON":
-                raise InstrumentError("flats need X-rays on: switch the tube on first")
-            if sample_out:
-                self.set_sample_in(False)
-            try:
-                flat, _ = self.grab_average(n_frames)
-            finally:
-                if sample_out:
-                    self.set_sample_in(True)
-            self.flat = flat
-            self.flat_frames_averaged = int(n_frames)
-            self._update_corrector()
-            self._log(f"flat reference: {n_frames} frames, mean {flat.mean():.1f} ADU")
-            return flat
+        frame = self.run(SingleReference(which="flat", n_frames=n_frames,
+                                         sample_out=sample_out))
+        return frame.data
+
+    def take_references(self, dark_frames: int = 10, flat_frames: int = 10,
+                        sample_out: bool = True, out=None, overwrite: bool = False):
+        """Darks and flats in one plan (optionally recorded to ``out``)."""
+        return self.run(References(dark_frames=dark_frames, flat_frames=flat_frames,
+                                   sample_out=sample_out, out=out, overwrite=overwrite))
 
     def _update_corrector(self) -> None:
-        from .acquisition.correction import FlatFieldCorrector, build_defect_map
-        if self.dark is None or self.flat is None:
-            self.corrector = None
-            return
-        defects = build_defect_map(self.dark, self.flat)
-        self.corrector = FlatFieldCorrector(self.dark, self.flat, defect_map=defects)
-        self._log(f"flat-field correction ready ({int(defects.sum())} defective pixels)")
+        refs = self.references
+        self.corrector = refs.corrector if refs is not None else None
+        if refs is not None:
+            self._log(f"flat-field correction ready ({int(refs.defect_map.sum())} defective "
+                      "pixels)")
 
     def acquire(self, n_average: int = 1, correct: bool = True,
-                restore: bool = False) -> AveragedFrame:
-        """One averaged frame; corrected to transmission if references exist (or required)."""
-        self._require()
-        with self.operation("acquire"):
-            data, frames = self.grab_average(n_average)
-            ctx = self.frame_context(frames, n_average)
-            frame = AveragedFrame(data=data, **ctx)
-            if correct:
-                if self.corrector is None:
-                    raise InstrumentError("no dark/flat references: take darks and flats first, "
-                                          "or acquire with correct=False")
-                frame.raw = data
-                frame.data = self.corrector(data)
-                frame.corrected = True
-            if restore:
-                if not frame.corrected:
-                    raise InstrumentError("restoration works on flat-field corrected frames")
-                frame.restored = self.restore(frame.data)
-                frame.restoration_method = self.restoration_method
-                if self._fidelity is not None:    # set_fidelity_policy: check, maybe fall back
-                    frame.restored, frame.restoration_method, frame.fidelity = \
-                        self.check_fidelity(frame.data, frame.restored, frame.restoration_method,
-                                            frames_averaged=frame.frames_averaged,
-                                            exposure_s=frame.exposure_s,
-                                            voltage_kv=frame.voltage_kv,
-                                            current_ua=frame.current_ua)
-            self.last_frame = frame
-            self._emit("frame", frame)
-            return frame
+                restore: bool = False, out=None, overwrite: bool = False) -> Frame:
+        """One averaged frame (a Snap plan); corrected to transmission when ``correct``."""
+        return self.run(Snap(n_average=n_average, correct=correct, restore=restore, out=out,
+                             overwrite=overwrite))
+
+    # --- restoration for plans -----------------------------------------------------------------
+    def check_restoration(self, method: str | None = None) -> None:
+        """Refuse (PlanError) when ``method`` (default: the current one) cannot run."""
+        try:
+            if self.profile is None:
+                self.load_profile()
+            spec = registry.get(method or self.restoration_method)
+        except (UserError, registry.UnknownMethodError) as exc:
+            raise PlanError(f"restoration: {exc}") from None
+        if not spec.available_with(self.profile):
+            raise PlanError(f"restoration method {spec.name!r} cannot run with profile "
+                            f"{self.profile.name}: it needs "
+                            + ", ".join(n for n, f in (("weights", spec.needs_weights),
+                                                       ("an NNPS", spec.needs_nnps),
+                                                       ("a PSF", spec.needs_psf)) if f))
+
+    def stream_restorer(self, follow: bool = False, method: str | None = None) -> "_RestoreFn":
+        """The pipeline's restoration stage with ``method`` (default: the current one) and the
+        fidelity policy; ``follow``: pick up method changes from frame to frame (live view)."""
+        return _RestoreFn(self, guarded=self._fidelity is not None, follow=follow,
+                          method=method)
+
+    def live_sink(self) -> LiveView:
+        """A fresh live-view ring buffer for the next acquisition (``live_frame()`` reads it)."""
+        self.live = LiveView(capacity=2)
+        return self.live
 
     # --- streaming (live view and recording through the acquisition pipeline) ------------------
     def start_stream(self, n_average: int = 1, correct: bool = True, restore: bool = False,
                      record_path=None, n_outputs: int | None = None, metadata: dict | None = None,
                      sinks=(), overwrite: bool = False) -> None:
         """Run the camera continuously through averaging, correction, optional restoration, a
-        live view (``live_frame()``), an optional HDF5 recording and "frame" events. Returns at
-        once; ``stop_stream()`` ends it, ``wait_stream()`` waits for ``n_outputs`` frames."""
-        from .acquisition.pipeline import AcquisitionPipeline, CallbackSink, HDF5Sink, LiveView
-        self._require()
+        live view (``live_frame()``), an optional recording and "frame" events (a Series plan
+        in the background). Returns at once; ``stop_stream()`` ends it, ``wait_stream()`` waits
+        for ``n_outputs`` frames."""
         if n_average < 1:
             raise UserError(f"frames to average must be >= 1, got {n_average}")
-        if correct and self.corrector is None:
-            raise InstrumentError("no dark/flat references: take darks and flats first, or "
-                                  "stream with correct=False")
-        if not self._op_lock.acquire(blocking=False):
+        plan = Series(n_frames=n_outputs, n_average=n_average, correct=correct, restore=restore,
+                      out=record_path, overwrite=overwrite, metadata=dict(metadata or {}))
+        if self.engine.current is not None or self._op_lock.locked():
             raise InstrumentError(f"instrument busy with {self._operation!r}; cannot stream")
-        self._operation = "recording" if record_path else "live"
-        self._abort.clear()
-        try:
-            self.live = LiveView(capacity=2)
-            all_sinks = [self.live, CallbackSink(lambda item: self._emit("frame", item),
-                                                 name="events"), *sinks]
-            if record_path is not None:
-                meta = {"instrument": "xinstrument", "n_average": n_average,
-                        "profile": self.profile.name if (restore and self.profile) else None}
-                if restore and self.profile is not None:
-                    # the profile's pixel (at the scintillator); restored frames of a
-                    # super-resolving method get it divided by their scale in the file
-                    meta["pixel_size_um"] = float(self.profile.pixel_size_um)
-                meta.update(metadata or {})
-                # the references that corrected these frames go first (image_key 2, 1), so
-                # the file can be re-corrected and its dose known
-                refs = ([(self.dark, 2, self.dark_frames_averaged),
-                         (self.flat, 1, self.flat_frames_averaged)] if correct else [])
-                all_sinks.append(HDF5Sink(record_path, metadata=meta, overwrite=overwrite,
-                                          references=refs))
-            self.pipeline = AcquisitionPipeline(
-                self.camera, n_average=n_average, corrector=self.corrector if correct else None,
-                restorer=(_RestoreFn(self, guarded=self._fidelity is not None,
-                                     follow=record_path is None)
-                          if restore else None),
-                sinks=all_sinks,
-                n_outputs=n_outputs)
-            self.pipeline.start()
-        except BaseException:
-            self._operation = None
-            self._op_lock.release()
-            raise
         self._stream_error = None
-        self._stream_thread = threading.Thread(target=self._supervise_stream, daemon=True,
-                                               name="xinstrument-stream")
-        self._stream_thread.start()
-        self._log(f"stream started ({self._operation}, {n_average} frames averaged)")
-
-    def _supervise_stream(self) -> None:
-        try:
-            self.last_stream_stats = self.pipeline.wait()
-        except BaseException as exc:
-            self._stream_error = exc
-            self._emit("error", f"stream: {exc}")
-        finally:
-            self._operation = None
-            self._op_lock.release()
-            self._emit("state", self.snapshot() if self.connected else None)
+        self.start(plan, sinks=sinks)
+        self._log(f"stream started ({'recording' if record_path else 'live'}, {n_average} "
+                  "frames averaged)")
 
     def stop_stream(self, timeout_s: float = 30.0):
         """Stop streaming cleanly (a partial average is written with its true count)."""
-        if self.pipeline is not None and self.pipeline.running:
-            self.pipeline.stop()
+        self.engine.stop()
         return self.wait_stream(timeout_s)
 
     def wait_stream(self, timeout_s: float | None = None):
         """Wait for the stream to end; re-raise its error; return its statistics."""
-        t = self._stream_thread
-        if t is not None:
-            t.join(timeout_s)
-            if t.is_alive():
-                raise InstrumentError(f"stream still running after {timeout_s} s")
-        if self._stream_error is not None:
-            err, self._stream_error = self._stream_error, None
+        h = self._handle
+        if h is None:
+            return self.last_stream_stats
+        if not h._done.wait(timeout_s):
+            raise InstrumentError(f"stream still running after {timeout_s} s")
+        if h.error is not None:
+            err, h.error = h.error, None
             raise InstrumentError(f"stream failed: {err}") from err
         return self.last_stream_stats
 
     def live_frame(self):
-        """Latest processed frame of the stream (ProcessedFrame: data, restored, ...) or None."""
+        """Latest processed frame of the running plan (Frame) or None."""
         return self.live.latest() if self.live is not None else None
 
     def record(self, path, n_frames: int, n_average: int = 1, correct: bool = True,
@@ -577,56 +729,23 @@ class Instrument:
         """Record ``n_frames`` averaged frames to ``path`` through the pipeline; blocks."""
         if n_frames < 1:
             raise UserError(f"frames to record must be >= 1, got {n_frames}")
-        self.start_stream(n_average, correct, restore, record_path=path, n_outputs=n_frames,
-                          metadata=metadata, overwrite=overwrite)
-        return self.wait_stream()
+        return self.run(Series(n_frames=n_frames, n_average=n_average, correct=correct,
+                               restore=restore, out=path, overwrite=overwrite,
+                               metadata=dict(metadata or {})))
 
     # --- focus ---------------------------------------------------------------------------------
     def focus_scan(self, start_um: float | None = None, stop_um: float | None = None,
                    step_um: float = 1.0, frames_per_step: int = 1, metric: str = "hf_energy",
                    coarse_step_um: float | None = None, move_to_best: bool = True,
-                   roi: tuple[int, int, int, int] | None = None):
-        """Step the focus axis in ``step_um`` steps, score sharpness, fit the peak.
-
-        With ``coarse_step_um`` a coarse scan over start..stop (default: the axis travel) comes
-        first, then a fine scan in ``step_um`` steps around its optimum."""
-        from .acquisition.focus import coarse_fine_focus, focus_scan
-        self._require()
-        with self.operation("focus scan"):
-            corr = self.corrector
-
-            def acquire(n: int) -> np.ndarray:
-                # two independent half-averages let the metric remove the noise bias
-                if n >= 2:
-                    frames = self.camera.grab(n)
-                    self._check_abort("focus scan")
-                    halves = [np.mean([f.data for f in frames[k::2]], axis=0, dtype=np.float64)
-                              .astype(np.float32) for k in (0, 1)]
-                    return np.stack([corr(h) if corr is not None else h for h in halves])
-                data, _ = self.grab_average(n)
-                return corr(data) if corr is not None else data
-
-            def progress(i, n, pos, value):
-                self._emit("progress", ("focus", (i + 1) / n))
-                self._emit("focus", (pos, value))
-
-            axis = _UmAxis(self.focus_axis)
-            common = dict(frames_per_step=frames_per_step, metric=metric, progress=progress,
-                          abort=self._abort, roi=roi, move_to_best=move_to_best)
-            if coarse_step_um:
-                lo, hi = (start_um, stop_um) if start_um is not None and stop_um is not None \
-                    else self.focus_axis.limits
-                curve = coarse_fine_focus(axis, acquire, centre_um=0.5 * (lo + hi),
-                                          coarse_half_range_um=0.5 * (hi - lo),
-                                          coarse_step_um=coarse_step_um, fine_step_um=step_um,
-                                          **common)
-            else:
-                if start_um is None or stop_um is None:
-                    raise UserError("focus scan needs start_um and stop_um (or coarse_step_um)")
-                curve = focus_scan(axis, acquire, start_um, stop_um, step_um, **common)
-            self._log(f"focus scan: best focus {curve.best_position_um:.2f} um ({metric})")
-            self._emit("state", self.snapshot())
-            return curve
+                   roi: tuple[int, int, int, int] | None = None, out=None,
+                   overwrite: bool = False):
+        """Step the focus axis in ``step_um`` steps, score sharpness, fit the peak (a FocusScan
+        plan). With ``coarse_step_um`` a coarse scan over start..stop (default: the axis
+        travel) comes first, then a fine scan in ``step_um`` steps around its optimum."""
+        return self.run(FocusScan(start_um=start_um, stop_um=stop_um, step_um=step_um,
+                                  frames_per_step=frames_per_step, metric=metric,
+                                  coarse_step_um=coarse_step_um, move_to_best=move_to_best,
+                                  roi=roi, out=out, overwrite=overwrite))
 
     # --- profile and restoration ---------------------------------------------------------------
     def load_profile(self, name_or_path: str | None = None):
@@ -839,20 +958,6 @@ class Instrument:
         return out
 
 
-class _UmAxis:
-    """Adapts a GCS axis (position property) to the focus-scan axis protocol."""
-
-    def __init__(self, axis) -> None:
-        self._axis = axis
-
-    @property
-    def position_um(self) -> float:
-        return float(self._axis.position)
-
-    def move_to(self, position_um: float, wait: bool = True) -> None:
-        self._axis.move_to(position_um, wait=wait)
-
-
 class _RestoreFn:
     """A Restorer as the pipeline's frame -> frame callable, carrying method and profile.
 
@@ -862,9 +967,11 @@ class _RestoreFn:
     cannot serve the running stream (it fails to load, or changes the frame size) leaves the
     stream on its restorer and is reported once."""
 
-    def __init__(self, inst: Instrument, guarded: bool = False, follow: bool = False) -> None:
+    def __init__(self, inst: Instrument, guarded: bool = False, follow: bool = False,
+                 method: str | None = None) -> None:
         self._inst = inst
-        self._restorer = inst.restorer()
+        self._restorer = inst.restorer(method)
+        follow = follow and method is None
         self._follow = follow
         self._refused: tuple | None = None
         self.method = self._restorer.method
@@ -910,3 +1017,6 @@ def _check_processed(inst: Instrument, item) -> None:
         item.data, item.restored, item.restoration_method,
         frames_averaged=item.frames_averaged, exposure_s=item.exposure_s,
         voltage_kv=float(m.get("voltage_kv", np.nan)), current_ua=float(m.get("current_ua", np.nan)))
+
+
+from .scans.plans import FocusScan, References, Series, SingleReference, Snap  # noqa: E402

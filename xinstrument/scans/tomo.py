@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +28,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InstrumentError, UserError
+from ..acquisition.frame import ReferenceSet
+from ..errors import InstrumentError
+from ..recon.geometry import TomoGeometry
+from .engine import PlanAborted, PlanError
+from .plans import acquisition_layout
 
 log = logging.getLogger("xinstrument.scans")
 
@@ -37,10 +40,6 @@ log = logging.getLogger("xinstrument.scans")
 # closed loop settles to well under 0.001 deg (ONT? true); 0.01 deg is 0.2 um of lateral shift
 # at 1 mm above the screen with the 30 mm tube circle of the simulated bench.
 ANGLE_TOLERANCE_DEG = 0.01
-
-
-class PlanError(UserError):
-    """A scan plan that cannot be run as written."""
 
 
 class ScanAborted(InstrumentError):
@@ -182,6 +181,150 @@ class TomoPlan:
         d["out"] = str(self.out)
         return d
 
+    # ------------------------------------------------------------------ the engine's side
+    kind = "tomosynthesis"
+
+    def describe(self) -> str:
+        return plan_summary(self)
+
+    def check(self, inst) -> None:
+        """Everything that can be refused before anything moves (angles within the rotation
+        axis soft limits, references, restoration method, geometry)."""
+        if not inst.has_rotation_stage:
+            raise PlanError("this bench has no rotation stage: tomosynthesis needs one "
+                            "([rotation_stage] in the instrument config)")
+        angles = self.validate(inst.soft_limits("rotation"))
+        if (self.darks == 0 and inst.dark is None) or (self.flats == 0 and inst.flat is None):
+            which = "flats" if self.flats == 0 and inst.flat is None else "darks"
+            raise PlanError(f"missing {which}: set {which} >= 1 in the plan, or take "
+                            f"{which} on the instrument before the scan")
+        if self.restore:
+            inst.check_restoration(self.restoration_method)
+        geometry = _geometry(inst, self, tuple(inst.camera.frame_shape))
+        geometry.check_angles(angles, [0.0])
+        if self.darks or self.flats:
+            inst.check_tube_ready()
+
+    def sink_layout(self, inst) -> dict[str, Any]:
+        geometry = _geometry(inst, self, tuple(inst.camera.frame_shape))
+        lay = acquisition_layout(inst, correct=True, restore=self.restore,
+                                 n_average=self.frames_per_angle,
+                                 pixel_size_um=geometry.pixel_mm * 1000,
+                                 method=self.restoration_method)
+        lay["metadata"].update(title=self.title, scan="tomosynthesis")
+        return lay
+
+    def run(self, ctx) -> "TomoResult":
+        inst = ctx.instrument
+        angles = self.validate(inst.soft_limits("rotation"))
+        shape = tuple(inst.camera.frame_shape)
+        geometry = _geometry(inst, self, shape)
+        n_ref = int(self.reference_frames or self.frames_per_angle)
+        n_series = 1 + ((len(angles) - 1) // self.flats_every if self.flats_every else 0)
+        ctx.frames_total = (len(angles) * self.frames_per_angle
+                            + self.darks * n_ref + self.flats * n_ref * n_series)
+        if self.exposure_s is not None:
+            inst.set_exposure_s(self.exposure_s)
+        if self.voltage_kv is not None:
+            inst.set_voltage_kv(self.voltage_kv)
+        if self.current_ua is not None:
+            inst.set_current_ua(self.current_ua)
+        if ctx.sink is not None:
+            ctx.sink.set_attrs(**geometry.to_attrs())
+        thetas: list[float] = []
+        self._run_state = (thetas, geometry, len(angles))
+        ctx.detail = {"angle_index": 0, "n_angles": len(angles), "theta_deg": None,
+                      "elapsed_s": 0.0}
+        # --- references: darks once, a flat series before the scan and every flats_every
+        if self.darks:
+            ctx.phase = "darks"
+            inst.xray_off()
+            time.sleep(0.1)
+            dark = ctx.acquire(1, n_average=self.darks * n_ref, correct=False, image_key=2,
+                               record=False, publish=False)[0].data
+        else:
+            dark = inst.dark
+        if not inst.xray_is_on:
+            inst.xray_on()
+        st = inst.tube_status()
+
+        def references():
+            if self.flats:
+                ctx.phase = "flats"
+                inst.set_sample_in(False)
+                try:
+                    flat = ctx.acquire(1, n_average=self.flats * n_ref, correct=False,
+                                       image_key=1, record=False, publish=False)[0]
+                finally:
+                    inst.set_sample_in(True)
+                flat_data, theta = flat.data, flat.theta_deg
+            else:
+                flat_data, theta = inst.flat, inst.rotation_deg
+            return ReferenceSet(dark, flat_data,
+                                dark_frames_averaged=max(1, self.darks * n_ref),
+                                flat_frames_averaged=max(1, self.flats * n_ref),
+                                exposure_s=inst.exposure_s, voltage_kv=st.voltage_kv,
+                                current_ua=st.current_ua, theta_deg=theta)
+
+        refs = references()
+        # --- projections
+        for i, theta in enumerate(angles):
+            if self.flats_every and i > 0 and i % self.flats_every == 0:
+                refs = references()
+            ctx.checkpoint()
+            inst.move_rotation_deg(float(theta))
+            measured = float(inst.rotation_deg)
+            if abs(measured - theta) > ANGLE_TOLERANCE_DEG:
+                raise InstrumentError(f"rotation stage reads {measured:.4f} deg after a "
+                                      f"move to {theta:.4f} deg")
+            if self.settle_s:
+                time.sleep(self.settle_s)
+            ctx.phase = "projections"
+            ctx.detail = {"angle_index": i, "n_angles": len(angles),
+                          "theta_deg": measured, "elapsed_s": ctx.elapsed_s}
+            frame = ctx.acquire(1, n_average=self.frames_per_angle, correct=True,
+                                restore=self.restore, references=refs)[0]
+            thetas.append(frame.theta_deg)
+            ctx.detail = {**ctx.detail, "angle_index": i + 1, "elapsed_s": ctx.elapsed_s}
+            ctx.progress("projections", **ctx.detail)
+            ctx.log(f"tomosynthesis: projection {i + 1}/{len(angles)} at "
+                    f"{frame.theta_deg:+.3f} deg")
+        if self.return_to_deg is not None:
+            inst.move_rotation_deg(float(self.return_to_deg))
+        return None
+
+    def finish_file(self, sink, value, state: str) -> None:
+        thetas, _geometry_, n = getattr(self, "_run_state", ([], None, 0))
+        sink.set_attrs(tomo_complete_projections=len(thetas), tomo_planned_projections=int(n))
+
+    def after_run(self, result, value) -> "TomoResult":
+        thetas, geometry, _n = getattr(self, "_run_state", ([], None, 0))
+        return TomoResult(path=Path(self.out), theta_deg=np.array(thetas),
+                          n_projections=len(thetas), complete=result.state == "finished",
+                          reason=result.reason, elapsed_s=result.elapsed_s, geometry=geometry)
+
+
+def _geometry(inst, plan: TomoPlan, shape):
+    g = dict(plan.geometry)
+    twin = inst.twin
+    kind = g.pop("kind", "tube")
+    if twin is not None:
+        cfg = twin.config
+        base = dict(source_detector_mm=cfg.source_detector_mm,
+                    source_object_mm=cfg.source_object_mm,
+                    pixel_um=cfg.pixel_at_screen_um)
+        base.update(g)
+        g = base
+    missing = [k for k in ("source_detector_mm", "source_object_mm", "pixel_um") if k not in g]
+    if missing:
+        raise PlanError(f"the plan's [geometry] must give {', '.join(missing)} on this bench")
+    pixel_um = float(g.pop("pixel_um"))
+    try:
+        return TomoGeometry(kind=kind, pixel_mm=pixel_um / 1000, rows=int(shape[0]),
+                            cols=int(shape[1]), **g)
+    except ValueError as exc:
+        raise PlanError(f"geometry: {exc}") from None
+
 
 @dataclass
 class ScanProgress:
@@ -210,10 +353,9 @@ class TomoResult:
 
 
 class TomoScan:
-    """A tomosynthesis scan on an :class:`xinstrument.instrument.Instrument`.
-
-    ``progress(ScanProgress)`` is called after every averaged frame; the instrument also emits
-    ("progress", ("tomosynthesis", fraction)) and log events with the time left.
+    """A tomosynthesis scan on an :class:`xinstrument.instrument.Instrument`: a handle that runs
+    its :class:`TomoPlan` with the instrument's engine (``run()`` blocking, ``start()`` in the
+    background) and turns the engine's progress into :class:`ScanProgress` reports.
     """
 
     def __init__(self, instrument, plan: TomoPlan,
@@ -221,312 +363,90 @@ class TomoScan:
         self.inst = instrument
         self.plan = plan
         self.progress_cb = progress
-        self._run_gate = threading.Event()
-        self._run_gate.set()
-        self._abort_requested = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pause_first = False
+        self._handle = None
         self.result: TomoResult | None = None
-        self.state = "idle"
-        self._frames_done = 0
-        self._frames_total = 0
-        self._active_s = 0.0
-        self._t_resume = 0.0
         self._angles_done = 0
-        self._theta: float | None = None
 
     # ------------------------------------------------------------------ control
     def pause(self) -> None:
         """Hold before the next averaged frame (X-rays stay on for tube stability)."""
-        self._run_gate.clear()
+        if self._handle is None:
+            self._pause_first = True
+        else:
+            self.inst.pause()
 
     def resume(self) -> None:
-        self._run_gate.set()
+        self._pause_first = False
+        self.inst.resume()
+
+    @property
+    def state(self) -> str:
+        if self._handle is None:
+            return "idle" if self.result is None else ("done" if self.result.complete
+                                                       else "aborted")
+        if not self._handle.done:
+            return "paused" if self.inst.engine.state == "paused" else "running"
+        return "done" if self.result is not None and self.result.complete else "aborted"
 
     @property
     def paused(self) -> bool:
-        return not self._run_gate.is_set()
+        return self.state == "paused"
 
     def abort(self) -> None:
         """Stop at the next frame boundary; the file is closed as incomplete."""
-        self._abort_requested.set()
         self.inst.abort()
-        self._run_gate.set()
+
+    def _on_progress(self, p) -> None:
+        if p.kind != "tomosynthesis":
+            return
+        d = p.detail
+        self._angles_done = int(d.get("angle_index", self._angles_done))
+        if self.progress_cb is not None:
+            self.progress_cb(ScanProgress(
+                phase=p.phase, fraction=p.fraction, frames_done=p.frames_done,
+                frames_total=p.frames_total, angle_index=self._angles_done,
+                n_angles=int(d.get("n_angles", 0)), theta_deg=d.get("theta_deg"),
+                elapsed_s=float(d.get("elapsed_s", math.nan)), time_left_s=p.time_left_s))
+
+    def run(self) -> TomoResult:
+        """Run the scan to its end; raises PlanError before anything moves for a plan that
+        cannot run, ScanAborted (with the result) when aborted."""
+        unsub = self.inst.events.progress.connect(self._on_progress)
+        try:
+            self.result = self.inst.run(self.plan)
+            return self.result
+        except PlanAborted as exc:
+            self.result = exc.result.value
+            raise ScanAborted(str(exc), self.result) from None
+        finally:
+            unsub()
 
     def start(self) -> "TomoScan":
         """Run in a background thread; ``wait()`` returns the result or raises."""
-        if self._thread is not None:
+        if self._handle is not None:
             raise InstrumentError("this scan was already started")
-
-        def target():
-            try:
-                self.run()
-            except BaseException as exc:  # re-raised by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=target, name="xinstrument-tomo", daemon=True)
-        self._thread.start()
+        unsub = self.inst.events.progress.connect(self._on_progress)
+        try:
+            self._handle = self.inst.start(self.plan, paused=self._pause_first)
+        except BaseException:
+            unsub()
+            raise
+        self._unsub = unsub
         return self
 
     def wait(self, timeout_s: float | None = None) -> TomoResult:
-        if self._thread is None:
+        if self._handle is None:
             raise InstrumentError("scan not started")
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise InstrumentError(f"scan still running after {timeout_s} s")
-        if self._error is not None:
-            raise self._error
-        assert self.result is not None
-        return self.result
-
-    # ------------------------------------------------------------------ helpers
-    def _aborted(self) -> bool:
-        return self._abort_requested.is_set() or self.inst._abort.is_set()
-
-    def _checkpoint(self) -> None:
-        if self._aborted():
-            raise _Abort()
-        if not self._run_gate.is_set():
-            self._active_s += time.monotonic() - self._t_resume
-            self.state = "paused"
-            self.inst._log("tomosynthesis paused")
-            self._report("paused")
-            while not self._run_gate.wait(0.1):
-                if self._aborted():
-                    raise _Abort()
-            if self._aborted():
-                raise _Abort()
-            self.state = "running"
-            self._t_resume = time.monotonic()
-            self.inst._log("tomosynthesis resumed")
-
-    def _elapsed(self) -> float:
-        return self._active_s + (time.monotonic() - self._t_resume if self.state == "running"
-                                 else 0.0)
-
-    def _report(self, phase: str) -> None:
-        total = max(self._frames_total, 1)
-        elapsed = self._elapsed()
-        done = self._frames_done
-        left = elapsed / done * (total - done) if done else float("nan")
-        p = ScanProgress(phase=phase, fraction=done / total, frames_done=done,
-                         frames_total=self._frames_total, angle_index=self._angles_done,
-                         n_angles=len(self._angles), theta_deg=self._theta, elapsed_s=elapsed,
-                         time_left_s=left)
-        self.inst._emit("progress", ("tomosynthesis", p.fraction))
-        if self.progress_cb is not None:
-            self.progress_cb(p)
-
-    def _grab(self, n: int):
-        self._checkpoint()
         try:
-            data, frames = self.inst.grab_average(n)
-        except InstrumentError:
-            if self._aborted():
-                raise _Abort() from None
-            raise
-        self._frames_done += n
-        return data, frames
-
-    def _geometry(self, shape):
-        from ..recon.geometry import TomoGeometry
-        g = dict(self.plan.geometry)
-        twin = getattr(self.inst, "twin", None)
-        kind = g.pop("kind", "tube")
-        if twin is not None:
-            cfg = twin.config
-            base = dict(source_detector_mm=cfg.source_detector_mm,
-                        source_object_mm=cfg.source_object_mm,
-                        pixel_um=cfg.pixel_at_screen_um)
-            base.update(g)
-            g = base
-        missing = [k for k in ("source_detector_mm", "source_object_mm", "pixel_um")
-                   if k not in g]
-        if missing:
-            raise PlanError(f"the plan's [geometry] must give {', '.join(missing)} on this bench")
-        pixel_um = float(g.pop("pixel_um"))
-        try:
-            return TomoGeometry(kind=kind, pixel_mm=pixel_um / 1000, rows=int(shape[0]),
-                                cols=int(shape[1]), **g)
-        except ValueError as exc:
-            raise PlanError(f"geometry: {exc}") from None
-
-    # ------------------------------------------------------------------ the scan
-    def run(self) -> TomoResult:
-        from ..acquisition.correction import FlatFieldCorrector, build_defect_map
-        from ..storage import ScanWriter
-
-        inst, plan = self.inst, self.plan
-        if not inst.connected:
-            raise InstrumentError("instrument is not connected: call connect() first")
-        if inst.rotation_axis is None:
-            raise PlanError("this bench has no rotation stage: tomosynthesis needs one "
-                            "([rotation_stage] in the instrument config)")
-        self._angles = plan.validate(tuple(inst.rotation_axis.limits))
-        if (plan.darks == 0 and inst.dark is None) or (plan.flats == 0 and inst.flat is None):
-            which = "flats" if plan.flats == 0 and inst.flat is None else "darks"
-            raise PlanError(f"missing {which}: set {which} >= 1 in the plan, or take "
-                            f"{which} on the instrument before the scan")
-        shape = tuple(inst.camera.frame_shape)
-        geometry = self._geometry(shape)
-        geometry.check_angles(self._angles, [0.0])
-        n_ref = int(plan.reference_frames or plan.frames_per_angle)
-        n_series = 1 + ((len(self._angles) - 1) // plan.flats_every if plan.flats_every else 0)
-        self._frames_total = (len(self._angles) * plan.frames_per_angle
-                              + plan.darks * n_ref + plan.flats * n_ref * n_series)
-        out = Path(plan.out)
-        restorer = None
-        with inst.operation("tomosynthesis"):
-            if plan.exposure_s is not None:
-                inst.set_exposure_s(plan.exposure_s)
-            if plan.voltage_kv is not None:
-                inst.set_voltage_kv(plan.voltage_kv)
-            if plan.current_ua is not None:
-                inst.set_current_ua(plan.current_ua)
-            if plan.restore:
-                restorer = inst.restorer(plan.restoration_method)
-            profile_name = getattr(inst.profile, "name", "") or ""
-            meta = {"instrument": "xinstrument", "title": plan.title, "scan": "tomosynthesis",
-                    "plan": plan.to_dict(), "pixel_size_um": geometry.pixel_mm * 1000,
-                    "profile": profile_name if plan.restore else None}
-            writer = ScanWriter(out, shape, "float32", metadata=meta, restored=plan.restore,
-                                overwrite=plan.overwrite)
-            self.state = "running"
-            self._t_resume = time.monotonic()
-            thetas: list[float] = []
-            reason = None
-            try:
-                writer.set_attrs(**geometry.to_attrs())
-                exposure = float(inst.exposure_s)
-                # --- darks
-                if plan.darks:
-                    self.inst.tube.xray_off()
-                    time.sleep(0.1)
-                    dark_frames = []
-                    for _ in range(plan.darks):
-                        d, _f = self._grab(n_ref)
-                        dark_frames.append(d)
-                        writer.append(d, image_key=2, voltage_kv=0.0, current_ua=0.0,
-                                      exposure_s=exposure, frames_averaged=n_ref)
-                        self._report("darks")
-                    dark = np.mean(dark_frames, axis=0).astype(np.float32)
-                    inst.xray_on()
-                else:
-                    dark = inst.dark
-                    writer.append(dark, image_key=2, voltage_kv=0.0, current_ua=0.0,
-                                  exposure_s=exposure)
-                if inst.tube.state.name != "XRAY_ON":
-                    inst.xray_on()
-                st = inst.tube_status()
-
-                def flat_series():
-                    if plan.flats == 0:
-                        writer.append(inst.flat, image_key=1, voltage_kv=st.voltage_kv,
-                                      current_ua=st.current_ua, exposure_s=exposure)
-                        return inst.flat
-                    frames = []
-                    inst.set_sample_in(False)
-                    try:
-                        for _ in range(plan.flats):
-                            f, _ = self._grab(n_ref)
-                            frames.append(f)
-                            writer.append(f, image_key=1, voltage_kv=st.voltage_kv,
-                                          current_ua=st.current_ua, exposure_s=exposure,
-                                          frames_averaged=n_ref,
-                                          theta_deg=float(inst.rotation_deg))
-                            self._report("flats")
-                    finally:
-                        inst.set_sample_in(True)
-                    return np.mean(frames, axis=0).astype(np.float32)
-
-                def corrector_for(flat):
-                    return FlatFieldCorrector(dark, flat, defect_map=build_defect_map(dark, flat))
-
-                corrector = corrector_for(flat_series())
-                # --- projections
-                for i, theta in enumerate(self._angles):
-                    if plan.flats_every and i > 0 and i % plan.flats_every == 0:
-                        corrector = corrector_for(flat_series())
-                    self._checkpoint()
-                    inst.move_rotation_deg(float(theta))
-                    measured = float(inst.rotation_deg)
-                    if abs(measured - theta) > ANGLE_TOLERANCE_DEG:
-                        raise InstrumentError(f"rotation stage reads {measured:.4f} deg after a "
-                                              f"move to {theta:.4f} deg")
-                    if plan.settle_s:
-                        time.sleep(plan.settle_s)
-                    self._theta = measured
-                    raw, frames = self._grab(plan.frames_per_angle)
-                    ctx = inst.frame_context(frames, plan.frames_per_angle)
-                    idx = writer.append(raw, image_key=0, theta_deg=measured,
-                                        voltage_kv=ctx["voltage_kv"],
-                                        current_ua=ctx["current_ua"],
-                                        exposure_s=ctx["exposure_s"],
-                                        frames_averaged=plan.frames_per_angle,
-                                        focus_z_um=ctx["focus_z_um"],
-                                        timestamp_s=ctx["timestamp_s"])
-                    thetas.append(measured)
-                    corrected = corrector(raw)
-                    restored = None
-                    if restorer is not None:
-                        restored = restorer.restore(corrected)
-                        writer.append_restored(restored, source_index=idx,
-                                               method=restorer.method, profile=profile_name)
-                    self._angles_done = i + 1
-                    self._emit_frame(corrected, restored, ctx, measured, restorer, raw)
-                    self._report("projections")
-                    left = self._progress_left()
-                    inst._log(f"tomosynthesis: projection {i + 1}/{len(self._angles)} at "
-                              f"{measured:+.3f} deg, ~{left:.0f} s left")
-                if plan.return_to_deg is not None:
-                    inst.move_rotation_deg(float(plan.return_to_deg))
-            except _Abort:
-                reason = "aborted by the operator"
-            except BaseException as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                self._finish(writer, thetas, geometry, complete=False, reason=reason)
-                raise
-            complete = reason is None
-            result = self._finish(writer, thetas, geometry, complete=complete, reason=reason)
-        if not complete:
-            raise ScanAborted(f"tomosynthesis aborted after {len(thetas)} of "
-                              f"{len(self._angles)} projections; {out} is marked incomplete",
-                              result)
-        return result
-
-    def _progress_left(self) -> float:
-        done = max(self._frames_done, 1)
-        return self._elapsed() / done * (self._frames_total - self._frames_done)
-
-    def _emit_frame(self, corrected, restored, ctx, theta, restorer, raw=None) -> None:
-        from ..instrument import AveragedFrame
-        fr = AveragedFrame(data=corrected, corrected=True, restored=restored,
-                           restoration_method=restorer.method if restorer else None, raw=raw,
-                           **{**ctx, "theta_deg": theta})
-        self.inst.last_frame = fr
-        self.inst._emit("frame", fr)
-
-    def _finish(self, writer, thetas, geometry, complete: bool, reason: str | None) -> TomoResult:
-        elapsed = self._elapsed()
-        self.state = "done" if complete else "aborted"
-        try:
-            writer.set_attrs(tomo_complete_projections=len(thetas),
-                             tomo_planned_projections=int(len(self._angles)))
-        except Exception:  # noqa: BLE001 - closing the file matters more than this note
-            log.exception("could not record projection counts")
-        writer.close(complete=complete, reason=reason)
-        self.result = TomoResult(path=Path(self.plan.out), theta_deg=np.array(thetas),
-                                 n_projections=len(thetas), complete=complete, reason=reason,
-                                 elapsed_s=elapsed, geometry=geometry)
-        self._report("done" if complete else "aborted")
-        self.inst._log(f"tomosynthesis {'finished' if complete else 'stopped'}: {len(thetas)} "
-                       f"projections in {elapsed:.1f} s -> {self.plan.out}"
-                       + ("" if complete else f" (incomplete: {reason})"))
-        return self.result
-
-
-class _Abort(Exception):
-    """Internal: unwind to the scan's abort handling."""
+            self.result = self._handle.wait(timeout_s)
+            return self.result
+        except PlanAborted as exc:
+            self.result = exc.result.value
+            raise ScanAborted(str(exc), self.result) from None
+        finally:
+            if self._handle.done:
+                self._unsub()
 
 
 def tomosynthesis(instrument, *, arc_deg: float | None = None, n_angles: int | None = None,

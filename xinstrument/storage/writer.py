@@ -247,6 +247,7 @@ class ScanWriter:
         self._n_restored = 0
         self._pending_arrays: dict[str, tuple[np.ndarray, dict]] = {}
         self._pending_attrs: dict[str, Any] = {}
+        self._pending_nxdata: dict[str, tuple] = {}
 
         try:
             exists = self._path.exists()
@@ -668,6 +669,51 @@ class ScanWriter:
             except OSError as exc:
                 raise self._fault(exc, f"writing array {name!r}") from exc
 
+    def add_nxdata(self, name: str, *, signal: tuple[str, np.ndarray, dict],
+                   axis: tuple[str, np.ndarray, dict], attrs: dict | None = None) -> None:
+        """Store a 1-D curve as NXdata ``/entry/<name>`` (``@signal``, ``@axes``) that silx and
+        nexusformat plot; ``signal`` and ``axis`` are (name, values, attrs). Written at close in
+        SWMR mode, at once otherwise."""
+        self._require_open()
+        _check_name(name, "NXdata")
+        if "/" in name or name in self._pending_nxdata or name in self._pending_arrays:
+            raise ValueError(f"NXdata name {name!r} must be a new plain name")
+        (sname, sval, sattrs), (aname, aval, aattrs) = signal, axis
+        item = (np.array(sval), dict(sattrs), str(aname), np.array(aval), dict(aattrs),
+                str(sname), dict(attrs or {}))
+        self._pending_nxdata[name] = item
+        if not self._swmr:
+            try:
+                self._write_nxdata_now(self._file, name, item)
+                del self._pending_nxdata[name]
+                self._file.flush()
+            except OSError as exc:
+                raise self._fault(exc, f"writing NXdata {name!r}") from exc
+
+    def _write_nxdata_now(self, f: h5py.File, name: str, item: tuple) -> None:
+        sval, sattrs, aname, aval, aattrs, sname, attrs = item
+        grp = f[L.ENTRY].create_group(name)
+        _set_nx(grp, "NXdata")
+        grp.attrs["signal"] = sname
+        grp.attrs["axes"] = [aname]
+        grp.attrs[f"{aname}_indices"] = 0
+        for k, v in attrs.items():
+            grp.attrs[k] = v
+        ds = grp.create_dataset(sname, data=sval)
+        for k, v in sattrs.items():
+            ds.attrs[k] = v
+        ax = grp.create_dataset(aname, data=aval)
+        for k, v in aattrs.items():
+            ax.attrs[k] = v
+
+    @property
+    def has_corrected(self) -> bool:
+        return self._corrected
+
+    @property
+    def has_restored(self) -> bool:
+        return self._restored
+
     def _write_array_now(self, f: h5py.File, name: str, arr: np.ndarray, attrs: dict) -> None:
         full = f"{L.ENTRY}/{name}"
         if full in f:
@@ -744,6 +790,9 @@ class ScanWriter:
             for name, (arr, attrs) in self._pending_arrays.items():
                 self._write_array_now(f, name, arr, attrs)
             self._pending_arrays = {}
+            for name, item in self._pending_nxdata.items():
+                self._write_nxdata_now(f, name, item)
+            self._pending_nxdata = {}
             self._apply_attrs(f)
             f.close()
             f = None
