@@ -369,29 +369,45 @@ def _cmd_psf(a: argparse.Namespace) -> int:
     a_img = crop(thin.mean, a.roi, a.window + 8, f"thin ({thin.label})")
     b_img = crop(thick.mean, a.roi, a.window + 8, f"thick ({thick.label})")
     res = _measure(extract_psf, a_img, b_img, window_px=a.window, iterations=a.iterations,
-                   registration=a.registration)
+                   registration=a.registration, saturation_level=a.saturation_level)
     psf = res.psf
     reg = res.registration
     print(f"PSF {psf.shape[0]}x{psf.shape[1]} px by {res.iterations} Richardson-Lucy iterations; "
           f"registration {reg.method} shift ({reg.shift_px[0]:+.2f}, {reg.shift_px[1]:+.2f}) px")
+    print(f"defects: {res.defects_thin} hot/cold/clipped pixels repaired in the thin image, "
+          f"{res.defects_thick} masked in the thick one; {100 * res.masked_fraction:.1f} % of the "
+          "thick image left out of the fit (defects, dust)")
+    print(f"shape: {res.shape.summary(pixel)}")
     reference = None
     if prof is not None:
         if prof.psf.shape == psf.shape:
             reference = prof.psf
-            print(f"NCC with the profile's previous PSF: {normalized_cross_correlation(psf, prof.psf):.4f}")
+            from xinstrument.calibration.psf import psf_shape
+            before = psf_shape(prof.psf, res.shape.halo_radius_px)
+            print(f"NCC with the profile's previous PSF: {normalized_cross_correlation(psf, prof.psf):.4f}; "
+                  f"previous {before.summary(pixel)}")
         if a.store:
             prof.psf = psf
             prof.calibration = {**prof.calibration, "psf_source": "richardson-lucy extraction",
                                 "psf_date": datetime.date.today().isoformat(), "psf_thin_source": thin.label,
                                 "psf_thick_source": thick.label, "psf_iterations": int(res.iterations),
-                                "psf_registration": reg.method}
+                                "psf_registration": reg.method,
+                                "psf_peak": float(res.shape.peak),
+                                "psf_fwhm_um": float(res.shape.fwhm_px * pixel),
+                                "psf_halo_energy": float(res.shape.halo_energy),
+                                "psf_halo_radius_um": float(res.shape.halo_radius_px * pixel),
+                                "psf_defects_thin": int(res.defects_thin),
+                                "psf_defects_thick": int(res.defects_thick),
+                                "psf_masked_fraction": float(res.masked_fraction)}
             prof.save(a.profile)
             print(f"profile {a.profile}: psf written")
     if a.save_npy is not None:
         a.save_npy.parent.mkdir(parents=True, exist_ok=True)
         np.save(a.save_npy, psf)
         print(f"PSF array {a.save_npy}")
-    out = plot_psf(_plot_path(a, "psf"), psf, pixel, "PSF (RL extraction)", reference, "previous PSF")
+    out = plot_psf(_plot_path(a, "psf"), psf, pixel,
+                   f"PSF (RL extraction): FWHM {res.shape.fwhm_px * pixel:.2f} um, halo "
+                   f"{res.shape.halo_energy:.2f}", reference, "previous PSF")
     print(f"plot {out}")
     return 0
 
@@ -562,8 +578,14 @@ def register(sub) -> None:
     s.add_argument("--thick", type=Path, required=True, help="same scene through the thick screen")
     _add_input_options(s)
     s.add_argument("--window", type=int, default=61, help="odd truncation window in px (default 61)")
-    s.add_argument("--iterations", type=int, default=8, help="Richardson-Lucy iterations (default 8)")
-    s.add_argument("--registration", choices=["auto", "phase", "features", "none"], default="auto")
+    s.add_argument("--iterations", type=int, default=30,
+                   help="Richardson-Lucy iterations per estimate (default 30)")
+    s.add_argument("--saturation-level", type=_positive_float, default=None,
+                   help="counts at which the camera clips; such pixels are left out (default: "
+                   "detected as a value many pixels share at the top or bottom of the image)")
+    s.add_argument("--registration", choices=["auto", "phase", "features", "none"], default="auto",
+                   help="registration of the thick image onto the thin one: phase correlation, "
+                        "feature matching, auto (default) or none")
     s.add_argument("--save-npy", type=Path, default=None,
                    help="also write the PSF array to this .npy file")
     s.add_argument("--no-store", dest="store", action="store_false",
