@@ -554,6 +554,9 @@ def _cmd_restoration(a: argparse.Namespace) -> int:
     from .profiles import find_profile
     from .restoration.stage import METHODS
     names = a.profile or ["sim-yag200-5x", "sim-gos134"]
+    if a.families is not None or a.operating_point:
+        from . import family_bench
+        return family_bench.run(a, names)
     if a.method:
         bad = [m for m in a.method if m not in METHODS]
         if bad:
@@ -638,6 +641,8 @@ def register(sub) -> None:
     r.add_argument("--speed-steps", type=_steps_list, default=(2, 10),
                    help="diffusion step counts to time, comma separated (default 2,10)")
     r.add_argument("--device", type=_torch_device, default=None, help="cuda, cpu (default: cuda if present)")
+    from .family_bench import add_arguments as _family_arguments
+    _family_arguments(r)
     r.set_defaults(func=_cmd_restoration)
 
     sr = bs.add_parser("sr", help="super-resolution vs bicubic and deblur-only on twin charts",
