@@ -485,6 +485,8 @@ def _cmd_fidelity(a: argparse.Namespace) -> int:
         with ScanReader(a.scan) as r:
             meas, darks, flats = r.projections, r.darks, r.flats
             restored, meta = r.restored, r.restored_metadata
+            # restorations are of the flat-field corrected frames, stored in their own stack
+            corrected, corrected_meta = r.corrected, r.corrected_metadata
             averaged = r.frame_metadata.get("frames_averaged")
             keys = r.frame_metadata.get("image_key")
     except (OSError, StorageError, KeyError) as exc:
@@ -506,6 +508,8 @@ def _cmd_fidelity(a: argparse.Namespace) -> int:
     for i, (src, method) in enumerate(zip(meta["source_index"], meta["method"])):
         by_method.setdefault(method, []).append(i)
     pos = {int(f): k for k, f in enumerate(proj_index)}
+    corrected_of = ({int(f): j for j, f in enumerate(corrected_meta["source_index"])}
+                    if corrected is not None else {})
     print(f"{a.scan}: {len(restored)} restored frames; flat {level:.5g} ADU = "
           f"{level / a.adu_per_quantum:.5g} quanta/px (dose ratio {dose:.3f})")
     tolerances = dict(prof.fidelity_tolerance)
@@ -516,7 +520,14 @@ def _cmd_fidelity(a: argparse.Namespace) -> int:
             if k is None:
                 raise CalibrationInputError(f"{a.scan}: restored frame {i} does not come from a "
                                             "projection")
-            pairs.append((meas[k], restored[i]))
+            src = int(meta["source_index"][i])
+            if corrected is not None:
+                if src not in corrected_of:
+                    raise CalibrationInputError(f"{a.scan}: restored frame {i} has no corrected "
+                                                "frame to compare with")
+                pairs.append((corrected[corrected_of[src]], restored[i]))
+            else:    # files of earlier versions kept the corrected frames as projections
+                pairs.append((meas[k], restored[i]))
             navg.append(max(1, int(n_avg[k])))
         out = _measure(calibrate_tolerance, guard, pairs, method=method, dose_ratio=dose,
                        frames_averaged=navg, flat_frames_averaged=flat_avg)
