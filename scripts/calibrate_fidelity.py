@@ -33,26 +33,26 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xinstrument.bench_fidelity import (  # noqa: E402
+from xinstrument.bench_fidelity import (
     CALIBRATION_SEED,
     PROFILE_BENCH,
     bench_methods,
     cached_set,
     family_frames,
 )
-from xinstrument.profiles import find_profile  # noqa: E402
-from xinstrument.restoration.fidelity import (  # noqa: E402
+from xinstrument.profiles import find_profile
+from xinstrument.restoration.fidelity import (
     FORWARD_MODEL_TOLERANCE_KEY,
     FidelityGuard,
     calibrate_tolerance,
     fit_noise_hardening,
     forward_model_for,
 )
-from xinstrument.restoration.fidelity_report import (  # noqa: E402
+from xinstrument.restoration.fidelity_report import (
     FidelityReporter,
     calibrate_uncertainty,
 )
-from xinstrument.sim.families import TRAINING_FAMILIES  # noqa: E402
+from xinstrument.sim.families import TRAINING_FAMILIES
 
 AVERAGING = (1, 4)
 

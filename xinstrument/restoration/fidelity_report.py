@@ -42,7 +42,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from .fidelity import FidelityGuard, FidelityResult, forward_model_for
+
+from ..errors import UserError
+from .fidelity import (
+    HDF5_SUMMARY_KEYS,
+    POLICY_ACTIONS,
+    FidelityGuard,
+    FidelityResult,
+    forward_model_for,
+    hdf5_extras_layout,
+)
 
 __all__ = [
     "ACTIONS",
@@ -56,26 +65,23 @@ __all__ = [
     "tile_rms",
 ]
 
-ACTIONS = ("accept", "flag", "fall back")
+ACTIONS = POLICY_ACTIONS
 # terms of the band (keys "<method>_<term>" of the profile's [fidelity_uncertainty])
 UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread")
 # A tile is undetermined where the restored null-band detail exceeds this many noise sigma.
 UNDETERMINED_SIGMA = 1.0
 DEFAULT_COVERAGE = 0.9
 # HDF5 scalars of each restored frame (FidelityReport.summary keys)
-REPORT_HDF5_SCALARS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back",
-                       "undetermined_fraction", "uncertainty_mean", "action_code")
+REPORT_HDF5_SCALARS = HDF5_SUMMARY_KEYS
 
 
 def report_hdf5_layout(tile_grid: tuple[int, int]) -> dict[str, tuple[int, ...]]:
     """ScanWriter ``restored_extras`` of a report: the tile maps (consistency = tile reduced
     chi-square, flagged, uncertainty = band half-width, undetermined) and summary scalars."""
-    grid = tuple(int(n) for n in tile_grid)
-    return {"consistency": grid, "flagged": grid, "uncertainty": grid, "undetermined": grid,
-            **{k: () for k in REPORT_HDF5_SCALARS}}
+    return hdf5_extras_layout(tile_grid)
 
 
-class FidelityInputError(ValueError):
+class FidelityInputError(UserError, ValueError):
     """Input the report cannot judge (no verdict is given): wrong shape or pixel size, no noise
     model, no dose or averaging metadata."""
 
@@ -437,7 +443,7 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
     factor = 0.0
     for g in np.unique(labels):
         r = np.sort(ratio[labels == g])
-        factor = max(factor, float(r[min(r.size, int(math.ceil((r.size + 1) * coverage))) - 1]))
+        factor = max(factor, float(r[min(r.size, math.ceil((r.size + 1) * coverage)) - 1]))
     coef *= factor ** 2
     band = band * factor
     inside = e <= band * (1 + 1e-9)
