@@ -248,6 +248,8 @@ class Transport:
         self._port: _SocketPort | _SerialPort | None = None
         self._buf = bytearray()
         self._wanted = False          # opened by the user and not closed since
+        self._unsolicited = 0         # stale bytes drained in the present one-second window
+        self._unsolicited_since = 0.0
         self._lock = threading.RLock()
 
     # --- connection
@@ -412,10 +414,16 @@ class Transport:
                         stale += chunk
                 except (serial.SerialException, OSError):
                     self._drop()
-            if len(stale) > cap:
+            now = time.monotonic()
+            if now - self._unsolicited_since > 1.0:        # a new one-second window
+                self._unsolicited_since, self._unsolicited = now, 0
+            self._unsolicited += len(stale)
+            if len(stale) > cap or self._unsolicited > cap:
+                self._unsolicited = 0
                 raise FramingError(
-                    f"{self.device}: more than {cap} bytes of unsolicited input before "
-                    f"{command!r} (the peer talks without being asked): {stale[:64]!r}...",
+                    f"{self.device}: more than {cap} bytes of unsolicited input within a "
+                    f"second, before {command!r} (the peer talks without being asked): "
+                    f"{stale[:64]!r}...",
                     device=self.device, command=command, received=stale[:64])
             if stale:
                 log.debug("%s: discarded stale bytes %r", self.device, stale[:256])

@@ -34,6 +34,12 @@ RST        ``RST``                 clear overload and latched faults
 TYP        ``TYP model``           model name
 =========  ======================  ===============================================
 Command errors reply ``ERR n`` (codes in :data:`drivers.xray.tables.COMMAND_ERRORS`).
+
+The text dialect answers as the transcript of a real older controller shows
+(:data:`drivers.xray.tables.TEXT_REPLIES`): ``STX`` -> ``X-RAY OFF``, ``SHV`` -> ``HIV 0.0kV``,
+``SPV`` -> ``PHV 90.0kV``, ``SAG``/``DAG``/``AGN`` for the warm-up ("aging"), ``SRL`` for the
+front-panel REMOTE/LOCAL key (control commands answer ``ERROR`` in LOCAL), ``SER`` -> ``ERR 0``,
+``RST`` -> ``NORMAL``, ``XON`` -> ``XON`` or ``ERROR``, ``XOF`` -> ``XOF`` always.
 """
 from __future__ import annotations
 
@@ -107,6 +113,8 @@ class TubeEmulator(EmulatorBase):
         self._ua_out = 0.0
         self._last_cmd = now
         self.commands_received: list[str] = []
+        self.remote = True                  # text dialect: front-panel REMOTE/LOCAL key
+        self.aging_programme = tuple(self.dialect.extra.get("aging_default", (3, 1)))
 
     # --- physical state (thread-safe, what the twin reads)
     @property
@@ -265,12 +273,75 @@ class TubeEmulator(EmulatorBase):
             cmd, args = parts[0], parts[1:]
             if cmd not in self.dialect.commands:
                 return self._err(1)
-            handler = getattr(self, f"_cmd_{cmd.lower()}")
-            reply = handler(args)
+            if self.dialect.replies is not None:
+                reply = self._text_command(cmd, args)
+            else:
+                handler = getattr(self, f"_cmd_{cmd.lower()}")
+                reply = handler(args)
             return (reply + "\r").encode("ascii")
 
     def _err(self, code: int) -> bytes:
+        if self.dialect.replies is not None:
+            return b"ERROR\r"
         return f"{self.dialect.error_prefix} {code}\r".encode("ascii")
+
+    # --- text dialect
+    def set_local(self, local: bool = True) -> None:
+        """Turn the front-panel key: LOCAL refuses control commands (XOF still works)."""
+        with self._lock:
+            self.remote = not local
+
+    def _text_command(self, cmd: str, args: list[str]) -> str:
+        """One command of the text dialect; the reply formats come from the dialect table."""
+        assert self.dialect.replies is not None
+        fmt = self.dialect.replies[cmd].fmt
+        status = {
+            "STX": lambda: {"word": "ON" if self._emitting else "OFF"},
+            "SHV": lambda: {"kv": self._kv_out},
+            "SCU": lambda: {"ua": self._ua_out},
+            "SPV": lambda: {"kv": self._kv_set},
+            "SPC": lambda: {"ua": self._ua_set},
+            "SOV": lambda: {"word": "OVER" if self._overload else "NORMAL"},
+            "SIN": lambda: {"word": "ON" if self._interlock else "OFF"},
+            "SAG": lambda: {"word": "ON" if self._warmup_start is not None else "OFF"},
+            "STS": lambda: {"word": "STANDBY" if self._state() in (
+                TubeState.STANDBY, TubeState.XRAY_ON) else "NOT READY"},
+            "SRB": lambda: {"word": "READY" if self._state() is TubeState.STANDBY
+                            and self._interlock else "NOT READY"},
+            "SRL": lambda: {"word": "REMOTE" if self.remote else "LOCAL"},
+            "DAG": lambda: {"a": self.aging_programme[0], "b": self.aging_programme[1],
+                            "word": "DONE" if self._warmed else "YET"},
+            "SER": lambda: {"code": self._errors[0] if self._errors else 0},
+            "HLP": lambda: {"word": "HIV_0-1300 CUR_0-300 PHV_0-1300 PCU_0-300 AGN_N_N XON "
+                            "XOF CXT RST CFL CFS STX SHV SCU SPV SPC SOV SIN SAG STS SRB SRL "
+                            "DAG SER"},
+        }
+        if cmd in status:
+            return "ERROR" if args else fmt.format(**status[cmd]())
+        if cmd == "XOF":            # always obeyed, also in LOCAL and when already off
+            return "ERROR" if args else self._cmd_xof(args)
+        if not self.remote:
+            return "ERROR"
+        if cmd in ("HIV", "PHV", "CUR", "PCU"):
+            reply = (self._cmd_hiv if cmd in ("HIV", "PHV") else self._cmd_cur)(args)
+            return "ERROR" if reply.startswith("ERR") else fmt.format(arg=args[0])
+        if cmd == "XON":
+            return "ERROR" if self._cmd_xon(args).startswith("ERR") else "XON"
+        if cmd == "RST":
+            return "ERROR" if self._cmd_rst(args).startswith("ERR") else "NORMAL"
+        if cmd == "AGN":
+            if len(args) != 2 or not all(_NUM.match(a) for a in args):
+                return "ERROR"
+            if self._cmd_wup([]).startswith("ERR"):
+                return "ERROR"
+            self.aging_programme = (int(args[0]), int(args[1]))
+            return fmt.format(a=args[0], b=args[1])
+        if cmd in ("CFS", "CFL"):
+            modes = {c: m for m, c in (self.dialect.focus_commands or {}).items()}
+            if args or modes.get(cmd) not in self.model.focus_modes:
+                return "ERROR"
+            return "ERROR" if self._cmd_cfs([str(modes[cmd])]).startswith("ERR") else cmd
+        return "ERROR" if args else fmt      # CXT: accepted, no modelled effect
 
     def _kv(self, v: float) -> str:
         return self.dialect.kv_to_wire(v)

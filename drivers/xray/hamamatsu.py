@@ -215,6 +215,13 @@ class HamamatsuTube:
     ENVELOPE_MARGIN = 1.05          # readbacks above 105 % of the model maximum are impossible
     EMERGENCY_CONFIRM_S = 0.5       # how long the emergency XOF waits for its echo
 
+    def __new__(cls, url: str = "", dialect: str = "numeric", *args, **kwargs):
+        # the text dialect's command set differs in shape (text replies, aging, remote key):
+        # its own class, chosen by the dialect table
+        if cls is HamamatsuTube and get_dialect(dialect).replies is not None:
+            cls = HamamatsuTextTube
+        return super().__new__(cls)
+
     def __init__(self, url: str, dialect: str = "numeric", model: str = "L9181-02",
                  timeout_s: float = 1.0, watchdog_s: float | None = 5.0,
                  limits: TubeLimits | None = None, heartbeat: bool = True,
@@ -694,3 +701,229 @@ class HamamatsuTube:
         self._transport.close()
         self._connected = False
         self.connect()
+
+
+class HamamatsuTextTube(HamamatsuTube):
+    """The older text dialect ("Micro Focus X-Ray Controller" firmware, 9600 baud).
+
+    Created by ``HamamatsuTube(url, dialect="text")``. Replies follow
+    :data:`drivers.xray.tables.TEXT_REPLIES`: units glued to the numbers (``HIV 50.0kV``),
+    warm-up called aging (``AGN a b`` runs the programme ``DAG`` says is due, ``SAG`` tells
+    whether it runs), a front-panel REMOTE/LOCAL key (``SRL``: control commands are refused
+    here, before sending, while the unit is in LOCAL; ``XOF`` is always sent), and ``ERROR``
+    for a refused command. The firmware has no model query: the configured model's limits are
+    trusted (checked on the data sheet by the user). The controller state is composed from
+    ``STX`` (emission), ``SAG`` (aging), ``SOV`` (overload), ``STS`` and ``DAG``.
+    """
+
+    # --- exchanges
+    def _match(self, command: str, *args: str, retries: int | None = None) -> dict[str, str]:
+        if command not in self.dialect.commands:
+            raise TubeError(f"{self.name}: the {self.dialect.name!r} dialect has no "
+                            f"{command!r} command")
+        assert self.dialect.replies is not None
+        reply_re = re.compile(self.dialect.replies[command].pattern)
+        error_re = re.compile(self.dialect.error_reply)
+        line = " ".join((command, *args))
+
+        def validate(lines: list[str]) -> None:
+            if reply_re.fullmatch(lines[0]) is None and error_re.fullmatch(lines[0]) is None:
+                raise ProtocolError(f"{self.name}: reply {lines[0]!r} does not answer "
+                                    f"{line!r}", device=self.name, command=line,
+                                    received=lines[0].encode())
+
+        try:
+            reply = self._transport.query(line, validate=validate, retries=retries)[0]
+        except TransportError as exc:
+            self._on_fault(exc)
+            raise
+        if error_re.fullmatch(reply) is not None:
+            raise TubeCommandError(f"{self.name}: {line!r} refused ({reply})", 0, command)
+        m = reply_re.fullmatch(reply)
+        assert m is not None
+        return m.groupdict()
+
+    def _fields(self, command: str, *args: str, retries: int | None = None) -> list[str]:
+        return list(self._match(command, *args, retries=retries).values())
+
+    def _word(self, command: str) -> str:
+        return self._match(command)["word"]
+
+    def _kv(self, command: str) -> float:
+        return float(self._match(command)["kv"])
+
+    def _ua(self, command: str) -> float:
+        return float(self._match(command)["ua"])
+
+    # --- connection
+    def connect(self) -> None:
+        """Open the link, read the presets and the REMOTE/LOCAL key, start the heartbeat."""
+        self._transport.open()
+        try:
+            remote = self._word("SRL")
+            self._kv_set = self._kv("SPV")
+            self._ua_set = self._ua("SPC")
+            self._changed_at = time.monotonic()
+        except BaseException:
+            self._transport.close()
+            raise
+        if remote != "REMOTE":
+            log.warning("%s: the controller is in LOCAL (front-panel key); it can be read but "
+                        "not controlled until switched to REMOTE", self.name)
+        log.info("%s: this firmware has no model query; using the configured %s limits",
+                 self.name, self.model.name)
+        self._fault = None
+        self._connected = True
+        _LIVE.add(self)
+        _install_exit_hooks()
+        if self._heartbeat_enabled:
+            self._hb_stop.clear()
+            self._hb_thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                               name=f"{self.model.name}-heartbeat")
+            self._hb_thread.start()
+
+    @property
+    def remote(self) -> bool:
+        """True when the front-panel key is at REMOTE (the PC may control the unit)."""
+        return self._word("SRL") == "REMOTE"
+
+    def _require_remote(self, what: str) -> None:
+        if not self.remote:
+            raise TubeError(f"{self.name}: {what} refused: the controller is in LOCAL "
+                            "(front-panel key); switch it to REMOTE")
+
+    # --- readbacks
+    @property
+    def state(self) -> TubeState:
+        if self._word("STX") == "ON":
+            return TubeState.XRAY_ON
+        if self._word("SAG") == "ON":
+            return TubeState.WARMING_UP
+        if self._word("SOV") != "NORMAL":
+            return TubeState.OVERLOAD
+        assert self.dialect.state_words is not None
+        st = self.dialect.state_words[self._word("STS")]
+        if st is TubeState.NOT_READY and self._match("DAG")["word"] == "YET":
+            return TubeState.WARMUP_NEEDED
+        return st
+
+    @property
+    def voltage_kv(self) -> float:
+        kv = self._kv("SHV")
+        self._check_outputs(kv, 0.0)
+        return kv
+
+    @property
+    def current_ua(self) -> float:
+        ua = self._ua("SCU")
+        self._check_outputs(0.0, ua)
+        return ua
+
+    @property
+    def power_w(self) -> float:
+        return self.voltage_kv * self.current_ua * 1e-3
+
+    @property
+    def voltage_setpoint_kv(self) -> float:
+        return self._kv("SPV")
+
+    @property
+    def current_setpoint_ua(self) -> float:
+        return self._ua("SPC")
+
+    @property
+    def interlock_closed(self) -> bool:
+        assert self.dialect.interlock_words is not None
+        return self.dialect.interlock_words["INTER LOCK " + self._word("SIN")]
+
+    @property
+    def focus_mode(self) -> int:
+        return self._focus          # the firmware has no focus query: the last one selected
+
+    @property
+    def ready(self) -> bool:
+        """``SRB``: the controller is ready to emit."""
+        return self._word("SRB") == "READY"
+
+    @property
+    def warmup_progress(self) -> float:
+        """1 when no aging is due, 0 while it is due or running (the firmware reports no
+        progress)."""
+        if self._word("SAG") == "ON":
+            return 0.0
+        return 0.0 if self._match("DAG")["word"] == "YET" else 1.0
+
+    def errors(self) -> list[tuple[int, str]]:
+        code = int(self._match("SER")["code"])
+        return [(code, DEVICE_ERRORS.get(code, "unknown device error"))] if code else []
+
+    def _poll_outputs(self) -> tuple[TubeState, float, float]:
+        state = self.state
+        kv = ua = 0.0
+        if state is TubeState.XRAY_ON:
+            kv, ua = self._kv("SHV"), self._ua("SCU")
+        self._check_outputs(kv, ua, state)
+        return state, kv, ua
+
+    def status(self) -> TubeStatus:
+        state, kv, ua = self._poll_outputs()
+        due = self._match("DAG")["word"] == "YET"
+        progress = None if state is TubeState.WARMING_UP else (0.0 if due else 1.0)
+        errs = self.errors()
+        return TubeStatus(
+            state=state, voltage_kv=kv, current_ua=ua,
+            voltage_setpoint_kv=self._kv("SPV"), current_setpoint_ua=self._ua("SPC"),
+            focus_mode=self._focus, interlock_closed=self.interlock_closed,
+            warmup_progress=progress,
+            error_code=errs[0][0] if errs else None, error_text=errs[0][1] if errs else None)
+
+    # --- setpoints and actions
+    def set_voltage_kv(self, voltage_kv: float) -> None:
+        self._require_remote("setting the voltage")
+        super().set_voltage_kv(voltage_kv)
+
+    def set_current_ua(self, current_ua: float) -> None:
+        self._require_remote("setting the current")
+        super().set_current_ua(current_ua)
+
+    def set_focus_mode(self, mode: int) -> None:
+        """Select a focus mode by its command (``CFS`` small, ``CFL`` large)."""
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError(f"{self.name}: focus mode must be an int, got {mode!r}")
+        commands = self.dialect.focus_commands or {}
+        if mode not in commands:
+            raise TubeLimitError(f"{self.name}: the text dialect selects focus modes "
+                                 f"{sorted(commands)} ({', '.join(commands.values())}), not "
+                                 f"{mode!r}")
+        self._limits.check(self._kv_set, self._ua_set, mode, self.name)
+        self._require_remote("selecting the focus mode")
+        self._match(commands[mode])
+        self._focus = mode
+        self._changed_at = time.monotonic()
+
+    def xray_on(self) -> None:
+        self._limits.check(self._kv_set, self._ua_set, self._focus, self.name)
+        self._require_remote("X-ray on")
+        try:
+            self._match("XON")
+            self._changed_at = time.monotonic()
+            self._last_off = None
+        except TubeCommandError as exc:
+            why = []
+            if not self.interlock_closed:
+                why.append("interlock open")
+            st = self.state
+            if st is not TubeState.STANDBY:
+                why.append(f"state {st.name}")
+            raise TubeError(f"{self.name}: X-ray on refused (ERROR)"
+                            + (f": {', '.join(why)}" if why else "")) from exc
+
+    def start_warm_up(self) -> None:
+        """Start the aging programme ``DAG`` reports (``AGN a b``)."""
+        self._require_remote("aging")
+        dag = self._match("DAG")
+        try:
+            self._match("AGN", dag["a"], dag["b"])
+        except TubeCommandError as exc:
+            raise TubeError(f"{self.name}: aging refused ({exc}); state "
+                            f"{self.state.name}") from exc

@@ -96,6 +96,16 @@ MODELS: dict[str, TubeModel] = {
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A reply format of the text dialect: ``fmt`` is what the controller prints (the emulator
+    formats it with ``str.format``), ``pattern`` the regular expression the driver matches, with
+    the same named fields (``kv`` in kV, ``ua`` in uA, ``word``, ``code``, ``a``, ``b``)."""
+
+    fmt: str
+    pattern: str
+
+
+@dataclass(frozen=True)
 class Dialect:
     """One firmware's wire conventions.
 
@@ -103,6 +113,11 @@ class Dialect:
     ``state_words``: text replies to ``STS`` (text dialect); None means ``STS <code>``.
     ``interlock_words``: text replies to ``SIN``; None means ``SIN <0|1>`` (1 = closed).
     ``commands``: the commands this firmware understands (others are refused before sending).
+    ``replies``: per-command reply formats (text dialect); None means the numeric convention,
+    the command echoed with integer fields.
+    ``identify``: the command that names the model (None: the firmware has none).
+    ``error_reply``: regular expression of a refused command (group ``code`` if it has one).
+    ``focus_commands``: focus mode -> command selecting it (None: ``CFS n``).
     """
 
     name: str
@@ -116,6 +131,10 @@ class Dialect:
     error_prefix: str = "ERR"
     kv_decimals: int = 0
     extra: dict = field(default_factory=dict)
+    replies: dict[str, Reply] | None = None
+    identify: str | None = "TYP"
+    error_reply: str = r"ERR (?P<code>[0-9]{1,3})"
+    focus_commands: dict[int, str] | None = None
 
     def kv_to_wire(self, voltage_kv: float) -> str:
         return str(int(round(voltage_kv / self.kv_per_count)))
@@ -130,23 +149,61 @@ class Dialect:
 
 _ALL = frozenset(["STS", "SAR", "SVI", "SHV", "SCU", "SPV", "SPC", "HIV", "CUR", "XON", "XOF", "WUP", "SWS", "SWE", "CFS", "SIN", "SNR", "SPH", "SER", "RST", "TYP"])
 
+# The older text dialect, after a public transcript of a real controller ("Micro Focus X-Ray
+# Controller, Version 1.03p"; the facts are in shared/protocols/microfocus-text-dialect.md and
+# tests/drivers/data/). Replies the transcript shows are marked "seen"; the others are this
+# product's reading, listed as unverified in drivers/README.md.
+TEXT_CONTROL = frozenset(["HIV", "CUR", "PHV", "PCU", "AGN", "XON", "XOF", "CXT", "RST", "CFL",
+                          "CFS"])
+TEXT_STATUS = frozenset(["STX", "SHV", "SCU", "SPV", "SPC", "SOV", "SIN", "SAG", "STS", "SRB",
+                         "SRL", "DAG", "SER", "HLP"])
+_KV = r"(?P<kv>[0-9]{1,3}\.[0-9])kV"
+_UA = r"(?P<ua>[0-9]{1,3})uA"
+TEXT_REPLIES: dict[str, Reply] = {
+    "STX": Reply("X-RAY {word}", r"X-RAY (?P<word>ON|OFF)"),              # seen: X-RAY OFF
+    "SHV": Reply("HIV {kv:.1f}kV", "HIV " + _KV),                          # seen: HIV 0.0kV
+    "SCU": Reply("CUR {ua:.0f}uA", "CUR " + _UA),                          # seen: CUR 0uA
+    "SPV": Reply("PHV {kv:.1f}kV", "PHV " + _KV),                          # seen: PHV 90.0kV
+    "SPC": Reply("PCU {ua:.0f}uA", "PCU " + _UA),                          # seen: PCU 2uA
+    "SOV": Reply("{word}", r"(?P<word>NORMAL|OVER)"),                      # seen: NORMAL
+    "SIN": Reply("INTER LOCK {word}", r"INTER LOCK (?P<word>ON|OFF)"),     # seen: ... ON
+    "SAG": Reply("AGING {word}", r"AGING (?P<word>ON|OFF)"),               # seen: AGING OFF
+    "STS": Reply("{word}", r"(?P<word>NOT READY|STANDBY)"),                # seen: both
+    "SRB": Reply("{word}", r"(?P<word>READY|NOT READY)"),                  # seen: READY
+    "SRL": Reply("{word}", r"(?P<word>LOCAL|REMOTE)"),                     # seen: both
+    "DAG": Reply("AGING {a} {b} {word}",                                   # seen: AGING 3 1 YET
+                 r"AGING (?P<a>[0-9]{1,2}) (?P<b>[0-9]{1,2}) (?P<word>YET|DONE)"),
+    "SER": Reply("ERR {code}", r"ERR (?P<code>[0-9]{1,3})"),               # seen: ERR 0
+    "RST": Reply("NORMAL", r"NORMAL"),                                     # seen
+    "XON": Reply("XON", r"XON"),                                           # seen (or ERROR)
+    "XOF": Reply("XOF", r"XOF"),                                           # seen
+    # set commands: the transcript shows no reply; the echo of the command is this reading
+    "HIV": Reply("HIV {arg}", r"HIV [0-9]{1,4}"),
+    "CUR": Reply("CUR {arg}", r"CUR [0-9]{1,3}"),
+    "PHV": Reply("PHV {arg}", r"PHV [0-9]{1,4}"),
+    "PCU": Reply("PCU {arg}", r"PCU [0-9]{1,3}"),
+    "AGN": Reply("AGN {a} {b}", r"AGN [0-9]{1,2} [0-9]{1,2}"),
+    "CFS": Reply("CFS", r"CFS"),
+    "CFL": Reply("CFL", r"CFL"),
+    "CXT": Reply("CXT", r"CXT"),
+    "HLP": Reply("{word}", r"(?P<word>.+)"),
+}
+
 DIALECTS: dict[str, Dialect] = {
     # Newer controllers: 38400 8N1, CR, integer kV and uA, numeric status codes.
     "numeric": Dialect("numeric", baudrate=38400, kv_per_count=1.0, ua_per_count=1.0,
                        commands=_ALL),
-    # Older controllers: 9600 8N1, CR, kV in 0.1 kV counts, text status replies, no progress,
-    # actual-output or not-ready queries.
+    # Older controllers: 9600 8N1, CR, voltage set in 0.1 kV counts (HIV 0-1300), replies as
+    # text with units glued to the numbers, warm-up called aging (AGN/SAG/DAG), a front-panel
+    # REMOTE/LOCAL key (SRL), no model query, "ERROR" for a refused command.
     "text": Dialect(
         "text", baudrate=9600, kv_per_count=0.1, ua_per_count=1.0,
-        commands=_ALL - {"SAR", "SVI", "SWS", "SWE", "SNR", "SPH"},
-        state_words={"WARM UP YET": TubeState.WARMUP_NEEDED,
-                     "WARMING UP": TubeState.WARMING_UP,
-                     "STANDBY": TubeState.STANDBY,
-                     "X-RAY ON": TubeState.XRAY_ON,
-                     "OVER": TubeState.OVERLOAD,
-                     "NOT READY": TubeState.NOT_READY,
-                     "SELF TEST": TubeState.SELF_TEST},
-        interlock_words={"INTER LOCK ON": True, "INTER LOCK OFF": False}),
+        commands=TEXT_CONTROL | TEXT_STATUS,
+        state_words={"NOT READY": TubeState.NOT_READY, "STANDBY": TubeState.STANDBY},
+        interlock_words={"INTER LOCK ON": True, "INTER LOCK OFF": False},
+        replies=TEXT_REPLIES, identify=None, error_reply=r"ERROR",
+        focus_commands={0: "CFS", 1: "CFL"},
+        extra={"aging_default": (3, 1)}),
 }
 
 # Codes of "ERR n" command-error replies.

@@ -57,8 +57,8 @@ class HostilePeer:
 
     def arm(self) -> None:
         self.armed_at = time.monotonic()
-        if self.fault == "flood":
-            self._spawn(self._stream, self.flood_line(), None)
+        if self.fault == "flood" and self._conn is not None:
+            self._spawn(self._stream, self.flood_line(), self._conn)
 
     def close(self) -> None:
         self._stop.set()
@@ -79,6 +79,8 @@ class HostilePeer:
                 continue
             self._conn = conn
             conn.settimeout(0.05)
+            if self.fault == "flood" and self.armed_at is not None:
+                self._spawn(self._stream, self.flood_line(), conn)   # flooding from the start
             self._spawn(self._serve, conn)
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
@@ -427,11 +429,13 @@ def _gcs(fault: str) -> dict:
                      velocity_limits=(100.0, 10000.0), max_wait_s=6.0)
         _ = ax.limits
         peer.arm()
+        t0 = time.monotonic()
         try:
-            _ = ax.position
-            ax.move_to(150.0)
-            _ = ax.is_moving
-            ax.move_to(50.0)
+            while time.monotonic() - t0 < 3.0:     # a persistent fault must surface
+                _ = ax.position
+                ax.move_to(150.0)
+                _ = ax.is_moving
+                ax.move_to(50.0)
             return {"outcome": "returned", "xray_on_at_fault": False}
         finally:
             ctl.close()

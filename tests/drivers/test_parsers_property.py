@@ -60,4 +60,4 @@ def test_tube_parser_positive_cases():
     assert ei.value.code == 5
     with pytest.raises(ProtocolError):
         parse_reply(d, "STS", "SAR 3")
-    assert parse_state(DIALECTS["text"], ["X-RAY ON"], "X-RAY ON").name == "XRAY_ON"
+    assert parse_state(DIALECTS["text"], ["STANDBY"], "STANDBY").name == "STANDBY"

@@ -9,11 +9,11 @@ import time
 import pytest
 
 pisocket = pytest.importorskip("pipython.pidevice.interfaces.pisocket")
-from pipython.pidevice.gcscommands import GCSCommands  # noqa: E402
-from pipython.pidevice.gcserror import GCSError  # noqa: E402
-from pipython.pidevice.gcsmessages import GCSMessages  # noqa: E402
+from pipython.pidevice.gcscommands import GCSCommands
+from pipython.pidevice.gcserror import GCSError
+from pipython.pidevice.gcsmessages import GCSMessages
 
-from drivers.emulators import AxisSpec, GcsEmulator  # noqa: E402
+from drivers.emulators import AxisSpec, GcsEmulator
 
 
 @pytest.fixture
