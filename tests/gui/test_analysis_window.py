@@ -53,10 +53,17 @@ def test_mtf_from_edge_roi_and_nnps(qtbot, settings):
         qtbot.addWidget(w)
         w.show()
         ready(qtbot, w)
+        # in focus (the twin's optimum), with enough dose for the edge's step to stand out of
+        # the noise: the ISO edge check refuses a defocused ramp
+        inst.move_focus_um(59.0)
+        w.acquisition.exposure.setValue(0.2)
         references(qtbot, w, n=4)
-        w.acquisition.n_average.setValue(4)
+        w.acquisition.n_average.setValue(8)
         w.acquisition.acquire_btn.click()
-        qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=10000)
+        qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=20000)
+        # the ROI across the sample's one straight edge, plateaus on both sides
+        w.image.edge_roi.setPos([16, 32])
+        w.image.edge_roi.setSize([80, 64])
         c = w.calibration
         c.mtf_btn.click()
         qtbot.waitUntil(lambda: bool(c.mtf_results) and c.mtf_btn.isEnabled(), timeout=20000)

@@ -124,9 +124,10 @@ def test_raw_view_shows_the_frames_own_raw_or_none(qtbot, window):
     w.image.stream_corrected = True
     pf = {"first_frame_number": 0, "last_frame_number": 1, "frames_averaged": 2,
           "timestamp_s": 0, "exposure_s": 0.02}
-    img, title = show(ProcessedFrame(index=0, data=raw / 1000, raw=raw - 1, **pf))
+    img, title = show(ProcessedFrame(index=0, data=raw / 1000, raw=raw - 1, corrected=True,
+                                     **pf))
     assert title == "raw" and np.array_equal(img, raw - 1)
-    img, title = show(ProcessedFrame(index=1, data=raw / 1000, **pf))
+    img, title = show(ProcessedFrame(index=1, data=raw / 1000, corrected=True, **pf))
     assert title == "raw: none" and img is None
 
 

@@ -12,7 +12,8 @@ def test_setpoints_reach_the_tube_and_xrays_switch_on_and_off(qtbot, window):
     qtbot.waitUntil(lambda: abs(emu.output_voltage_kv - 60) < 0.5, timeout=5000)
     qtbot.waitUntil(lambda: w.source.state_label.text() == "X-RAYS ON", timeout=3000)
     assert "60 kV" in w.source.output_label.text()
-    assert "tube XRAY_ON" in w.summary.text()
+    qtbot.waitUntil(lambda: w.lamp.emitting, timeout=3000)  # the lamp in the safety bar
+    assert "60 kV" in w.lamp.text()
     w.xray_off_btn.click()                       # the always-visible button
     assert not emu.xray_on                       # synchronous: off before the click returns
     qtbot.waitUntil(lambda: w.source.state_label.text().startswith("standby"), timeout=3000)

@@ -35,7 +35,7 @@ def layered(qtbot, settings):
 def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, tmp_path):
     w = layered
     t = w.tomo
-    assert w.tabs.tabText(w.tabs.count() - 1) == "Tomosynthesis"
+    assert w.tabs.tabText(w.tabs.count() - 1) == "Tomo"
     ready(qtbot, w)
     out = tmp_path / "scan.h5"
     small_plan(t, out)
@@ -81,11 +81,15 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
     assert f"slice {other + 1} / 4: height {1000 * heights[other]:.1f} um" in t.slice_label.text()
     qtbot.waitUntil(lambda: w.acquisition.busy_label.isHidden(), timeout=5000)
 
-    # an existing file with another method; then files that are not scans
+    # an existing file with another method: its slices go to a new file in the panel's
+    # output folder, the loaded file is not modified; then files that are not scans
     t.method.setCurrentText("saa")
+    before = out.read_bytes()
     t.load_scan_file(out)
     qtbot.waitUntil(lambda: t.recon.method == "saa", timeout=30000)
-    assert read_reconstruction(out, "saa")[0].shape[0] == 4
+    copy = tmp_path / "scan_recon-saa.h5"
+    assert read_reconstruction(copy, "saa")[0].shape[0] == 4 and t.recon.path == copy
+    assert out.read_bytes() == before
     bad = tmp_path / "notes.h5"
     bad.write_text("not a scan")
     t.load_scan_file(bad)

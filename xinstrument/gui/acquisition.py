@@ -340,6 +340,11 @@ class FocusPanel(Panel):
         self.run(lambda: self.instrument.focus_scan(**kw), self._finished, "focus scan",
                  [self.run_btn])
 
+    def aborted(self, what: str) -> None:
+        self.progress.setValue(0)
+        self.result.setText(f"focus scan aborted after {len(self._xs)} positions; the stage "
+                            "went back to where it started")
+
     def _point(self, payload) -> None:
         pos, value = payload
         self._xs.append(float(pos))

@@ -71,12 +71,19 @@ class RestorationPanel(Panel):
         self.speed = QLabel("speed: -")
         self.live_speed = QLabel("live stream: -")
         self.quality = QLabel("")
+        for lab in (self.speed, self.live_speed, self.quality):
+            lab.setWordWrap(True)
         self.profile_info = QLabel("no profile loaded")
         self.profile_info.setWordWrap(True)
         self.before = make_image_view()
         self.after = make_image_view()
         self.before.getView().setTitle("before")
         self.after.getView().setTitle("after")
+        for v in (self.before, self.after):
+            # the images get the width (levels: the main view's histogram, where the result
+            # is shown too)
+            v.ui.histogram.hide()
+            v.setMinimumHeight(260)
         self.after.getView().setXLink(self.before.getView())
         self.after.getView().setYLink(self.before.getView())
         self.last_result: np.ndarray | None = None
@@ -242,6 +249,9 @@ class RestorationPanel(Panel):
                                f"{r.frames_per_second:.1f} frames/s")
             self.quality.setText(self._quality(data, out, truth))
             self._show_applied()
+            # the result in the main view, beside its input, at full size
+            self.image_panel.show_restoration(frame, out, m)
+            self.bridge.log_line.emit(f"restored the last frame with {m} on {r.device}")
 
         self.run(work, done, "restore", [self.preview_btn])
 

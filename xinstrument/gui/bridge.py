@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +40,17 @@ class _Task(QRunnable):
             self.signals.failed.emit(exc)
         else:
             self.signals.done.emit(result)
+
+
+def is_abort(exc: BaseException) -> bool:
+    """True for the end of an operation the operator asked for (STOP, Esc, Abort): an outcome,
+    shown as such, not an error."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"ScanAborted", "PlanAborted", "FocusScanAborted"}:
+        return True
+    text = str(exc).lower()
+    return "aborted" in text and ("operator" in text or "abort" in type(exc).__name__.lower()
+                                  or text.rstrip(".").endswith("aborted"))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -74,6 +87,8 @@ class InstrumentBridge(QObject):
         self.frames_seen = 0
         self._snapshot_pending = False
         self._closed = False
+        self._abort_lines: deque[float] = deque(maxlen=50)   # when "aborted" was logged
+        self.log_line.connect(self._note_line)
         self._unsubscribe = instrument.subscribe(self._on_event)
         self.poll_timer = QTimer(self)
         self.poll_timer.setInterval(poll_ms)
@@ -103,7 +118,11 @@ class InstrumentBridge(QObject):
         elif kind == "log":
             self.log_line.emit(str(payload))
         elif kind == "error":
-            self.error.emit(str(payload))
+            text = str(payload)
+            if "aborted by the operator" in text:
+                self.log_line.emit(text)       # an outcome the operator asked for
+            else:
+                self.error.emit(text)
 
     def take_latest_frame(self):
         """The newest frame since the last call (None if nothing new)."""
@@ -125,7 +144,13 @@ class InstrumentBridge(QObject):
         def _failed(exc: BaseException) -> None:
             _finish()
             if not self._closed:
-                self.error.emit(f"{what}: {describe_error(exc)}" if what else describe_error(exc))
+                if is_abort(exc):
+                    # one log line, no error banner: the operator asked for it. The engine
+                    # logs how its plans end; the line is added only where nothing said it
+                    self._log_abort_once(f"{what or 'operation'} aborted")
+                else:
+                    self.error.emit(f"{what}: {describe_error(exc)}" if what
+                                    else describe_error(exc))
             if failed is not None:
                 failed(exc)
 
@@ -139,6 +164,20 @@ class InstrumentBridge(QObject):
         self._tasks.add(task)
         self.pool.start(task)
         return task
+
+    def _note_line(self, line: str) -> None:
+        if "aborted" in line:
+            self._abort_lines.append(time.monotonic())
+
+    def _log_abort_once(self, line: str, window_s: float = 3.0) -> None:
+        t0 = time.monotonic()
+
+        def check() -> None:
+            if self._closed or any(t > t0 - window_s for t in self._abort_lines):
+                return
+            self.log_line.emit(line)
+
+        QTimer.singleShot(300, check)
 
     @property
     def pending(self) -> int:

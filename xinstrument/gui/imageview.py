@@ -42,6 +42,9 @@ MODES = {
 VIEW_NAMES = ("raw", "frame", "restored")
 FLAGGED_BRUSH = QColor(255, 40, 40, 90)
 FLAGGED_PEN = QColor(255, 40, 40, 220)
+# tiles whose restored detail the data cannot determine (fidelity report's uncertainty map)
+UNDETERMINED_BRUSH = QColor(60, 120, 255, 60)
+UNDETERMINED_PEN = QColor(60, 120, 255, 200)
 
 
 _view_count = itertools.count()
@@ -86,6 +89,24 @@ def _roi_stats(img: np.ndarray) -> str:
             f"min {img.min():.4g}, max {img.max():.4g}")
 
 
+def levels_show(img: np.ndarray, levels) -> bool:
+    """True when display ``levels`` (lo, hi) show ``img``: at most half of a sparse sample of
+    its pixels falls outside them."""
+    if levels is None:
+        return False
+    try:
+        lo, hi = (float(v) for v in np.ravel(levels)[:2])
+    except (TypeError, ValueError):
+        return False
+    step = max(1, img.size // 4096)
+    sample = np.asarray(img).ravel()[::step]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0 or not hi > lo:
+        return False
+    outside = np.count_nonzero((sample < lo) | (sample > hi))
+    return outside <= 0.5 * sample.size
+
+
 def raw_image(frame) -> np.ndarray | None:
     """The raw (uncorrected) average behind ``frame``: its ``raw`` reference when the frame
     carries one, its data when it was never corrected, else None."""
@@ -108,6 +129,10 @@ def fidelity_text(fid) -> str:
     verdict = {True: "consistent", False: "INCONSISTENT", None: "undecided"}[fid.consistent]
     text = (f"fidelity: reduced chi2 {float(fid.reduced_chi2):.3f}, {int(flagged.sum())} of "
             f"{flagged.size} tiles flagged ({100 * float(fid.flagged_fraction):.1f} %), {verdict}")
+    undetermined = getattr(fid, "undetermined_fraction", None)
+    if undetermined is not None and np.isfinite(undetermined):
+        text += (f"; {100 * undetermined:.0f} % undetermined by the data, uncertainty "
+                 f"+-{float(fid.uncertainty_mean):.3g}; {fid.action}")
     if getattr(fid, "fell_back", False):
         text += f"; fell back: {fid.fallback_reason}"
     return text
@@ -137,6 +162,7 @@ class LiveImagePanel(QWidget):
         self._fidelity_items: list[QGraphicsRectItem] = []
         self.fidelity_rects: list[tuple[float, float, float, float]] = []  # x, y, w, h in px
         self._first_image = {name: True for name in VIEW_NAMES}
+        self._kind: dict[str, tuple] = {}     # view -> what it showed last (levels follow it)
 
         self.mode = QComboBox()
         self.mode.addItems(list(MODES))
@@ -146,6 +172,12 @@ class LiveImagePanel(QWidget):
                                      "measured one (fidelity guard on)")
         self.fidelity_box.setChecked(True)
         self.fidelity_box.toggled.connect(lambda _=None: self._draw_fidelity())
+        self.uncertainty_box = QCheckBox("uncertainty overlay")
+        self.uncertainty_box.setToolTip("Mark the tiles whose restored detail the measurement "
+                                        "cannot determine (null space of the detector's blur)")
+        self.uncertainty_box.setChecked(False)
+        self.uncertainty_box.toggled.connect(lambda _=None: self._draw_fidelity())
+        self.uncertainty_rects: list[tuple[float, float, float, float]] = []  # x, y, w, h in px
         self.edge_box = QCheckBox("edge ROI (MTF)")
         self.edge_box.toggled.connect(lambda on: self.edge_roi.setVisible(on))
         self.title = QLabel("no frame yet")
@@ -184,7 +216,8 @@ class LiveImagePanel(QWidget):
         self.views["frame"].scene.sigMouseMoved.connect(self._mouse_moved)
 
         top = QHBoxLayout()
-        for w in (QLabel("show"), self.mode, self.fidelity_box, self.edge_box, self.title):
+        for w in (QLabel("show"), self.mode, self.fidelity_box, self.uncertainty_box,
+                  self.edge_box, self.title):
             top.addWidget(w)
         top.addStretch(1)
         bottom = QHBoxLayout()
@@ -231,6 +264,28 @@ class LiveImagePanel(QWidget):
                                 f"{self.frames_shown} frames shown of {self.bridge.frames_seen}")
         self.frame_shown.emit(frame)
 
+    def show_restoration(self, frame, restored: np.ndarray, method: str) -> None:
+        """Show ``restored`` (computed off-line from ``frame``) as that frame's restoration,
+        side by side with it."""
+        import dataclasses
+        fields = {"restored": np.asarray(restored), "restoration_method": method,
+                  "fidelity": None}
+        if dataclasses.is_dataclass(frame):
+            known = {f.name for f in dataclasses.fields(frame)}
+            shown = dataclasses.replace(frame, **{k: v for k, v in fields.items() if k in known})
+            for k, v in fields.items():
+                if k not in known:
+                    setattr(shown, k, v)
+        else:
+            import copy
+            shown = copy.copy(frame)
+            for k, v in fields.items():
+                setattr(shown, k, v)
+        if "restored" not in MODES.get(self.mode.currentText(), ()):
+            self.mode.setCurrentText("frame | restored")
+        self._first_image["restored"] = True      # new content: fit its levels
+        self.show_frame(shown)
+
     def is_corrected(self, frame) -> bool:
         corrected = getattr(frame, "corrected", None)
         if corrected is None:  # a stream frame: the stream's settings say what it is
@@ -243,13 +298,21 @@ class LiveImagePanel(QWidget):
         ref = np.shape(self.frame.data) if self.frame is not None else np.shape(img)
         return ref[1] / img.shape[1], ref[0] / img.shape[0]
 
-    def _set(self, name: str, img: np.ndarray | None, auto: bool) -> None:
+    def _set(self, name: str, img: np.ndarray | None, auto: bool, kind: tuple = ()) -> None:
+        """Show ``img`` in view ``name``. Levels are fitted on the first image, when the kind
+        of image changes (raw ADU vs corrected transmission, another size) and when the
+        operator's levels no longer show it (most pixels clipped: a flat after the sample);
+        otherwise the operator's levels stay."""
         view = self.views[name]
         if img is None:
             if view.getImageItem().image is not None:
                 view.clear()      # a stale image would pass for this frame's
             return
-        first = self._first_image[name]
+        kind = (*kind, img.shape)
+        changed = self._kind.get(name) != kind
+        self._kind[name] = kind
+        first = self._first_image[name] or changed or not levels_show(
+            img, view.getImageItem().getLevels())
         view.setImage(img, autoRange=False, autoLevels=auto or first,
                       autoHistogramRange=auto or first, scale=self.scale_of(img))
         self._first_image[name] = False
@@ -263,7 +326,7 @@ class LiveImagePanel(QWidget):
             return
         corrected = self.is_corrected(f)
         data = np.asarray(f.data)
-        self._set("frame", data, auto)
+        self._set("frame", data, auto, ("corrected" if corrected else "raw",))
         # titles stay short: a title wider than the view widens the plot beyond what is shown
         self.views["frame"].getView().setTitle("corrected" if corrected else "uncorrected")
         raw = raw_image(f)
@@ -291,6 +354,7 @@ class LiveImagePanel(QWidget):
             view.removeItem(item)
         self._fidelity_items = []
         self.fidelity_rects = []
+        self.uncertainty_rects = []
         fid = getattr(self.frame, "fidelity", None)
         self.fidelity_label.setText(fidelity_text(fid))
         if fid is None or getattr(self.frame, "restored", None) is None:
@@ -303,21 +367,28 @@ class LiveImagePanel(QWidget):
             (row_edges[-1], col_edges[-1])
         ref = np.shape(self.frame.data)
         sx, sy = ref[1] / grid[1], ref[0] / grid[0]
-        for r, c in np.argwhere(flagged):
-            x, y = col_edges[c] * sx, row_edges[r] * sy
-            w, h = (col_edges[c + 1] - col_edges[c]) * sx, (row_edges[r + 1] - row_edges[r]) * sy
-            self.fidelity_rects.append((float(x), float(y), float(w), float(h)))
-        if not self.fidelity_box.isChecked():
-            return
-        pen = QPen(FLAGGED_PEN)
-        pen.setCosmetic(True)
-        for x, y, w, h in self.fidelity_rects:
-            item = QGraphicsRectItem(QRectF(x, y, w, h))
-            item.setBrush(QBrush(FLAGGED_BRUSH))
-            item.setPen(pen)
-            item.setZValue(10)
-            view.addItem(item)
-            self._fidelity_items.append(item)
+        undetermined = np.asarray(getattr(fid, "undetermined", np.zeros_like(flagged)), bool)
+        for tiles, rects in ((flagged, self.fidelity_rects), (undetermined, self.uncertainty_rects)):
+            for r, c in np.argwhere(tiles):
+                x, y = col_edges[c] * sx, row_edges[r] * sy
+                w = (col_edges[c + 1] - col_edges[c]) * sx
+                h = (row_edges[r + 1] - row_edges[r]) * sy
+                rects.append((float(x), float(y), float(w), float(h)))
+        layers = [(self.fidelity_box, self.fidelity_rects, FLAGGED_PEN, FLAGGED_BRUSH, 10),
+                  (self.uncertainty_box, self.uncertainty_rects, UNDETERMINED_PEN,
+                   UNDETERMINED_BRUSH, 9)]
+        for box, rects, pen_colour, brush, z in layers:
+            if not box.isChecked():
+                continue
+            pen = QPen(pen_colour)
+            pen.setCosmetic(True)
+            for x, y, w, h in rects:
+                item = QGraphicsRectItem(QRectF(x, y, w, h))
+                item.setBrush(QBrush(brush))
+                item.setPen(pen)
+                item.setZValue(z)
+                view.addItem(item)
+                self._fidelity_items.append(item)
 
     def _apply_mode(self, mode: str) -> None:
         shown = MODES.get(mode, ("frame",))

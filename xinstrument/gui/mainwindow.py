@@ -30,16 +30,45 @@ from .analysis import CalibrationPanel, RestorationPanel
 from .bridge import InstrumentBridge
 from .imageview import LiveImagePanel, release_views
 from .panels import LogPanel, SourcePanel, StagePanel
+from .widgets import XrayLamp
 
 XRAY_OFF_KEYS = ("F12", "Ctrl+Shift+X")
+
+
+def TABS(w) -> tuple[tuple[str, str, QWidget], ...]: 
+    """(tab name, tooltip, panel) of the control tabs before the optional tomosynthesis tab."""
+    return (("Source", "X-ray tube: kV, uA, focus mode, warm-up, X-rays on/off", w.source),
+            ("Stage", "Focus and rotation axes", w.stage),
+            ("Acquire", "Exposure, averaging, references, live view, recording", w.acquisition),
+            ("Focus", "Focus scan: sharpness curve and best focus", w.focus),
+            ("Restore", "Restoration: profile, method, before / after", w.restoration),
+            ("Calibrate", "MTF from an edge, NNPS from flats", w.calibration))
 STOP_KEYS = ("Esc",)
 
 
+class _TabScroll(QScrollArea):
+    """A tab's page: scrolls vertically only. It is as wide as its panel needs (at least), so
+    the dock grows to fit the panel instead of clipping it or scrolling sideways."""
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__()
+        self.setWidget(widget)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        w = self.widget()
+        if w is not None:
+            need = (w.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                    + 2 * self.frameWidth())
+            hint.setWidth(max(hint.width(), need))
+        return hint
+
+
 def _scroll(widget: QWidget) -> QScrollArea:
-    area = QScrollArea()
-    area.setWidget(widget)
-    area.setWidgetResizable(True)
-    return area
+    return _TabScroll(widget)
 
 
 def _tab(panel) -> QScrollArea:
@@ -104,23 +133,27 @@ class MainWindow(QMainWindow):
         self.panels = [self.source, self.stage, self.acquisition, self.focus, self.restoration,
                        self.calibration]
         self.tabs = QTabWidget()
-        for name, w in (("Source", self.source), ("Stage", self.stage),
-                        ("Acquisition", self.acquisition), ("Focus scan", self.focus),
-                        ("Restoration", self.restoration), ("Calibration", self.calibration)):
+        # short tab names: every tab stays in sight on a 1400 px screen (no scroll arrows)
+        self.tabs.tabBar().setUsesScrollButtons(False)
+        self.tabs.tabBar().setExpanding(False)
+        for name, tip, w in TABS(self):
             self.tabs.addTab(_tab(w), name)
+            self.tabs.setTabToolTip(self.tabs.count() - 1, tip)
         self.tomo = None
         if tomosynthesis_available():
             from .tomo import TomoPanel
             self.tomo = TomoPanel(self.bridge)
             self.panels.append(self.tomo)
-            self.tabs.addTab(_tab(self.tomo), "Tomosynthesis")
+            self.tabs.addTab(_tab(self.tomo), "Tomo")
+            self.tabs.setTabToolTip(self.tabs.count() - 1,
+                                    "Tomosynthesis: plan, run, reconstruct, slices")
         dock = QDockWidget("Controls", self)
         dock.setObjectName("controls")
         dock.setWidget(self.tabs)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
                          | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        log_dock = QDockWidget("Log", self)
+        self.log_dock = log_dock = QDockWidget("Log", self)
         log_dock.setObjectName("log")
         log_dock.setWidget(self.log)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, log_dock)
@@ -139,7 +172,9 @@ class MainWindow(QMainWindow):
         self.stop_btn.setStyleSheet("background: #e0a000; font-weight: bold; font-size: 13pt; "
                                     "padding: 6px 18px")
         self.stop_btn.clicked.connect(self.stop_all)
+        self.lamp = XrayLamp()
         self.summary = QLabel("-")
+        bar.addWidget(self.lamp)
         bar.addWidget(self.xray_off_btn)
         bar.addWidget(self.stop_btn)
         bar.addSeparator()
@@ -191,10 +226,9 @@ class MainWindow(QMainWindow):
             p.show_busy(snap.get("busy"))
         parts = []
         t = snap.get("tube")
-        if t:
-            parts.append(f"tube {t['state']} {t['voltage_kv']:.0f} kV {t['current_ua']:.0f} uA")
-            if t.get("error_code") is not None:
-                parts.append(f"device error {t['error_code']}: {t['error_text']}")
+        self.lamp.show_tube(t)
+        if t and t.get("error_code") is not None:
+            parts.append(f"device error {t['error_code']}: {t['error_text']}")
         if snap.get("focus_um") is not None:
             parts.append(f"focus {snap['focus_um']:.2f} um")
         parts.append(f"busy: {snap.get('busy') or 'idle'}")
@@ -253,6 +287,9 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
+        else:
+            # first start: the image and the controls get the height, the log a few lines
+            self.resizeDocks([self.log_dock], [130], Qt.Orientation.Vertical)
         for key, w in self._fields().items():
             v = s.value(key)
             if v is None:

@@ -71,10 +71,19 @@ class Panel(QWidget):
 
         def _failed(exc) -> None:
             _end()
+            from .bridge import is_abort
+            if is_abort(exc):
+                self.message.setStyleSheet("color: #805000")
+                self.message.setText(f"{what or 'operation'} aborted")
+                self.aborted(what)
+                return
             self.message.setStyleSheet("color: #b00000")
             self.message.setText(f"{what}: {exc}" if what else str(exc))
 
         self.bridge.run(fn, _done, _failed, what=what)
+
+    def aborted(self, what: str) -> None:
+        """An operation of this panel ended by an abort (progress bars reset here)."""
 
     def settings_fields(self) -> dict[str, QWidget]:
         return {}

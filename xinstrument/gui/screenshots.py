@@ -52,8 +52,66 @@ def _save_small_png(image, path: Path) -> None:
         path, optimize=True)
 
 
-def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = None) -> list[Path]:
-    """Run the console through a few states and save a screenshot of each; return the paths."""
+WINDOW_SIZE = (1400, 900)     # a common laptop / control-room screen; every tab must fit it
+
+
+def layout_problems(window) -> list[str]:
+    """What an operator would see clipped on the shown window, tab by tab: a sideways scroll
+    bar, a button or field narrower than its text, a control reaching past the dock's edge."""
+    from PyQt6.QtWidgets import (
+        QAbstractButton,
+        QAbstractSpinBox,
+        QApplication,
+        QComboBox,
+        QLineEdit,
+        QProgressBar,
+    )
+    app = QApplication.instance()
+    problems: list[str] = []
+    need = window.minimumSizeHint().width()
+    if need > WINDOW_SIZE[0]:
+        problems.append(f"window: needs {need} px, wider than a {WINDOW_SIZE[0]} px screen")
+    tabs = window.tabs
+    current = tabs.currentIndex()
+    for i in range(tabs.count()):
+        tabs.setCurrentIndex(i)
+        app.processEvents()
+        page, name = tabs.widget(i), tabs.tabText(i)
+        if window.width() > WINDOW_SIZE[0] or window.minimumSizeHint().width() > WINDOW_SIZE[0]:
+            grown = max(window.width(), window.minimumSizeHint().width())
+            problems.append(f"{name}: the window grows to {grown} px, wider than a "
+                            f"{WINDOW_SIZE[0]} px screen")
+        bar = page.horizontalScrollBar()
+        if bar.isVisible() and bar.maximum() > 0:
+            problems.append(f"{name}: sideways scroll bar ({bar.maximum()} px hidden)")
+        viewport = page.viewport()
+        for w in page.widget().findChildren((QAbstractButton, QAbstractSpinBox, QComboBox,
+                                             QLineEdit, QProgressBar)):
+            if not w.isVisibleTo(page):
+                continue
+            label = getattr(w, "text", lambda: "")() if isinstance(w, QAbstractButton) else ""
+            short = label if len(label) <= 30 else label[:27] + "..."
+            what = f"{name}: {type(w).__name__}" + (f" {short!r}" if short else "")
+            if isinstance(w, QAbstractButton) and label and \
+                    w.width() < w.fontMetrics().horizontalAdvance(label) + 8:
+                problems.append(f"{what} clipped ({w.width()} px for its text)")
+            right = w.mapTo(viewport, w.rect().topRight()).x()
+            if right > viewport.width() + 1:
+                problems.append(f"{what} reaches {right - viewport.width()} px past the dock")
+        tab_rect = tabs.tabBar().tabRect(tabs.count() - 1)
+        if tab_rect.right() > tabs.tabBar().width() + 1:
+            problems.append("tab bar: the last tab is out of sight")
+    tabs.setCurrentIndex(current)
+    app.processEvents()
+    return sorted(set(problems))
+
+
+def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = None,
+            check_layout: bool = True) -> list[Path]:
+    """Run the console through a few states and save a screenshot of each; return the paths.
+
+    With ``check_layout`` every tab is checked for clipped controls after the window shows
+    (raises RuntimeError naming them)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6.QtCore import QSettings
     from PyQt6.QtWidgets import QApplication
@@ -73,9 +131,15 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
     saved: list[Path] = []
     try:
         w = MainWindow(inst, settings, poll_ms=200)
-        w.resize(1400, 880)
+        w.resize(*WINDOW_SIZE)
         w.show()
         emu = inst.tube_emulator
+        _settle(app)
+        if check_layout:
+            problems = layout_problems(w)
+            if problems:
+                raise RuntimeError("console layout at {}x{}: {}".format(
+                    *WINDOW_SIZE, "; ".join(problems)))
 
         def shot(name: str) -> None:
             _settle(app)

@@ -55,7 +55,7 @@ def xcb_plugin_files() -> list[Path]:
     spec = importlib.util.find_spec("PyQt6")
     if spec is None or not spec.submodule_search_locations:
         return []
-    qt = Path(list(spec.submodule_search_locations)[0]) / "Qt6"
+    qt = Path(next(iter(spec.submodule_search_locations))) / "Qt6"
     return [p for p in (qt / "plugins" / "platforms" / "libqxcb.so",
                         qt / "lib" / "libQt6XcbQpa.so.6") if p.exists()]
 

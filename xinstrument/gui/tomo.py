@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,10 @@ class TomoPanel(Panel):
         lay.addWidget(self.slider)
         lay.addWidget(self.slice_label)
 
+        # the log's recent lines, numbered: an outcome is logged once, by whoever says it first
+        self._log_seen: deque[tuple[int, str]] = deque(maxlen=200)
+        self._log_count = 0
+        bridge.log_line.connect(self._seen)
         self.scan_progress.connect(self._on_progress)
         self.recon_progress.connect(self._on_recon_progress)
         self._set_running(False)
@@ -278,7 +283,9 @@ class TomoPanel(Panel):
             self.say(f"scan refused: instrument busy with {busy}")
             return
         self.result = None
+        self._loaded_input = None
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
         self.phase.setText("starting: " + plan_summary(plan))
         self.say("", error=False)
 
@@ -309,14 +316,18 @@ class TomoPanel(Panel):
 
         self.bridge.run(wait, self._finished, failed, what="tomosynthesis")
 
+    def _seen(self, line: str) -> None:
+        self._log_count += 1
+        self._log_seen.append((self._log_count, line))
+
     def pause(self) -> None:
         if self.scan is None:
             return
         self.scan.pause()
         self.pause_btn.setEnabled(False)
         self.resume_btn.setEnabled(True)
+        # the engine logs "paused" when it holds and "resumed" when it goes on: one line each
         self.phase.setText("pausing before the next frame (X-rays stay on)")
-        self.bridge.log_line.emit("tomosynthesis: pause requested")
 
     def resume(self) -> None:
         if self.scan is None:
@@ -324,11 +335,14 @@ class TomoPanel(Panel):
         self.scan.resume()
         self.pause_btn.setEnabled(True)
         self.resume_btn.setEnabled(False)
-        self.bridge.log_line.emit("tomosynthesis resumed")
+
+    _abort_mark: int | None = None
 
     def abort(self) -> None:
         if self.scan is None:
             return
+        if self._abort_mark is None:
+            self._abort_mark = self._log_count
         self.scan.abort()
         self.phase.setText("aborting at the next frame boundary")
 
@@ -373,9 +387,18 @@ class TomoPanel(Panel):
         if isinstance(outcome, ScanAborted):
             res = outcome.result
             self.result = res
+            # an outcome the operator asked for: said once, in the panel, not as an error
+            self.progress.setFormat("aborted at %p%")
             self.phase.setText(f"aborted after {res.n_projections} projections; {res.path} "
                                "is kept and marked incomplete")
-            self.say(f"tomosynthesis aborted: {outcome}")
+            self.message.setStyleSheet("color: #805000")
+            self.message.setText("tomosynthesis aborted")
+            mark = self._abort_mark if self._abort_mark is not None else self._log_count
+            self._abort_mark = None
+            # the engine logs how a plan ended; say it here only if nothing did
+            QTimer.singleShot(300, lambda: None if any(
+                n > mark and "aborted" in line for n, line in self._log_seen) else
+                self.bridge.log_line.emit(str(outcome)))
             return
         self.result = outcome
         self.progress.setValue(100)
@@ -405,11 +428,20 @@ class TomoPanel(Panel):
         if not path.is_file():
             self.say(f"cannot reconstruct {path}: no such file")
             return
-        self.bridge.log_line.emit(f"reconstructing {path}")
+        self._loaded_input = path
         self.reconstruct(path)
 
+    _loaded_input: Path | None = None     # a scan file opened with "Load", never written to
+
+    def output_folder(self) -> Path:
+        """Where the panel writes new files: the folder of its output file, else the working
+        directory."""
+        text = self.path.text().strip()
+        folder = Path(text).expanduser().parent if text else Path.cwd()
+        return folder if folder.is_dir() else Path.cwd()
+
     def reconstruct_again(self) -> None:
-        path = self.recon.path if self.recon is not None else (
+        path = self._loaded_input if self._loaded_input is not None else (
             self.result.path if self.result is not None else None)
         if path is None:
             self.say("nothing to reconstruct yet: run a scan or load a scan file")
@@ -417,8 +449,11 @@ class TomoPanel(Panel):
         self.reconstruct(path)
 
     def reconstruct(self, path: Path) -> None:
-        """Reconstruct ``path`` with the chosen method and heights, off the GUI thread; the
-        slices are stored in the file under /entry/recon/<method> as the recon command does."""
+        """Reconstruct ``path`` with the chosen method and heights, off the GUI thread. The
+        slices go under /entry/recon/<method> of the scan file this panel just wrote (as a
+        plan's [recon] section does), or, for a file opened with "Load", of a copy
+        ``<stem>_recon-<method>.h5`` in the panel's output folder (the recon command's rule:
+        an input is never modified)."""
         from ..errors import UserError
         from ..recon import ReconError
         if self._recon_running:
@@ -434,6 +469,12 @@ class TomoPanel(Panel):
         restored = self.use_restored.isChecked()
         device = self.instrument.restoration_device
         emit = self.recon_progress.emit
+        into_copy = self._loaded_input is not None and Path(path) == self._loaded_input
+        from ..outputs import derived_output
+        target = (derived_output(path, "recon", method + ("_restored" if restored else ""),
+                                 self.output_folder()) if into_copy else Path(path))
+        self.bridge.log_line.emit(f"reconstructing {path} ({method}, {heights.size} slices)"
+                                  + (f" into {target}" if into_copy else ""))
 
         def work() -> ReconView:
             from ..recon import load_scan, reconstruct, save_reconstruction
@@ -447,11 +488,20 @@ class TomoPanel(Panel):
             notes = [] if data.complete else [f"scan incomplete: {data.reason}"]
             name = method + ("_restored" if restored else "")
             try:
-                where = save_reconstruction(path, rec, name)
+                if target != Path(path):
+                    import os
+                    import shutil
+                    partial = target.with_name(target.name + ".partial")
+                    shutil.copyfile(path, partial)
+                    os.chmod(partial, 0o644)
+                    save_reconstruction(partial, rec, name)
+                    partial.replace(target)
+                where = save_reconstruction(target, rec, name) if target == Path(path) else \
+                    f"/entry/recon/{name}"
             except (UserError, OSError) as exc:
                 where = None
-                notes.append(f"slices not stored in the file: {exc}")
-            return ReconView(path=Path(path), slices=rec.slices, heights_mm=rec.heights_mm,
+                notes.append(f"slices not stored in a file: {exc}")
+            return ReconView(path=target, slices=rec.slices, heights_mm=rec.heights_mm,
                              voxel_mm=rec.grid.voxel_mm, method=method, units=rec.units,
                              stored_at=where, note="; ".join(notes))
 
@@ -459,6 +509,7 @@ class TomoPanel(Panel):
             # the bridge puts it in the log and the window's banner; the panel says it too
             self._recon_running = False
             self.recon_btn.setEnabled(True)
+            self._end_recon_status()
             self.recon_label.setText(f"reconstruction failed: {describe_error(exc)}")
             self.message.setStyleSheet("color: #b00000")
             self.message.setText(f"reconstruction: {describe_error(exc)}")
@@ -469,6 +520,11 @@ class TomoPanel(Panel):
                                  f"{heights.size} slices)...")
         self.bridge.run(work, self._recon_done, failed, what="reconstruction")
 
+    def _end_recon_status(self) -> None:
+        """A status line that announced the reconstruction ends with it."""
+        if self.message.text().endswith("; reconstructing"):
+            self.message.setText(self.message.text()[: -len("; reconstructing")])
+
     def _on_recon_progress(self, fraction: float) -> None:
         if self._recon_running:
             self.recon_label.setText(f"reconstructing: {100 * fraction:.0f} %")
@@ -476,6 +532,7 @@ class TomoPanel(Panel):
     def _recon_done(self, view: ReconView) -> None:
         self._recon_running = False
         self.recon_btn.setEnabled(True)
+        self._end_recon_status()
         self.recon = view
         s = view.slices
         finite = s[np.isfinite(s)]
@@ -495,8 +552,9 @@ class TomoPanel(Panel):
             text += f"\n{view.note}"
         self.recon_label.setText(text)
         QTimer.singleShot(0, self._reveal_viewer)
-        self.bridge.log_line.emit(f"reconstruction {view.method} of {view.path}: "
-                                  f"{s.shape[0]} slices" + (f" ({view.note})" if view.note else ""))
+        self.bridge.log_line.emit(f"reconstruction {view.method}: {s.shape[0]} slices"
+                                  + (f" -> {view.path}" if view.stored_at else "")
+                                  + (f" ({view.note})" if view.note else ""))
 
     def _reveal_viewer(self) -> None:
         """Scroll the tab (when it scrolls) so that the new slices are in sight."""

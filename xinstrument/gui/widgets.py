@@ -65,3 +65,45 @@ def status_label(text: str = "") -> QLabel:
     lab = QLabel(text)
     lab.setWordWrap(True)
     return lab
+
+
+# tube state -> (lamp colour, text colour, caption); the lamp is red whenever X-rays are emitted
+LAMP_STYLES = {
+    "XRAY_ON": ("#e00000", "white", "X-RAYS ON"),
+    "OVERLOAD": ("#e00000", "white", "OVERLOAD (reset needed)"),
+    "WARMING_UP": ("#f0b000", "black", "warming up"),
+    "WARMUP_NEEDED": ("#d8d8d8", "#404040", "X-rays off (warm-up needed)"),
+    "STANDBY": ("#2f8f2f", "white", "X-rays off"),
+}
+
+
+class XrayLamp(QLabel):
+    """The tube's state at a glance: a lamp that is red while X-rays are emitted, with the
+    measured kV / uA, as the warning lamp on the enclosure. Grey when not connected."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumWidth(230)
+        self.state: str | None = None
+        self.emitting = False
+        self.show_tube(None)
+
+    def show_tube(self, tube: dict | None) -> None:
+        if not tube:
+            self.state, self.emitting = None, False
+            self._paint("#d8d8d8", "#404040", "tube: not connected")
+            return
+        state = str(tube.get("state"))
+        bg, fg, caption = LAMP_STYLES.get(state, ("#d8d8d8", "#404040", state.lower()))
+        self.state = state
+        self.emitting = state == "XRAY_ON"
+        text = caption
+        if self.emitting:
+            text += f"  {tube.get('voltage_kv', 0):.0f} kV  {tube.get('current_ua', 0):.0f} uA"
+        self._paint(bg, fg, text)
+
+    def _paint(self, bg: str, fg: str, text: str) -> None:
+        self.setText(f"\u25cf {text}")
+        self.setStyleSheet(f"background: {bg}; color: {fg}; font-weight: bold; "
+                           "font-size: 12pt; padding: 5px 12px; border-radius: 6px")
+        self.setToolTip("X-ray tube state (red: X-rays are being emitted)")
