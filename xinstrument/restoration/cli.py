@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..storage import ScanReader, StorageError
+from ..storage.sink import check_target
+from ..storage.stored import FrameRestoreError, load_corrected, restore_scan
+from . import Restorer, available_methods, registry
 
 __all__ = ["bench_for_profile", "register", "restore_file", "train_profile", "train_sr_profile"]
 
@@ -61,108 +65,76 @@ def bench_kw_for_profile(profile: Any, bench: str) -> dict:
 
 
 # --- restore -------------------------------------------------------------------------------------
-def _transmission_frames(reader, corrected: bool) -> tuple[np.ndarray, str]:
-    """Projections as transmission (what the restorers take), and how they were obtained."""
-    proj = reader.projections
-    if corrected:
-        return proj.astype(np.float32, copy=False), "stored corrected frames"
-    flats, darks = reader.flats, reader.darks
-    if len(flats) == 0 or len(darks) == 0:
-        raise UserError(f"{reader.path}: projections are raw and the file has no flats/darks "
-                        "to correct them; restoration needs flat-field corrected frames")
-    from ..acquisition.correction import FlatFieldCorrector
-    corr = FlatFieldCorrector(darks.astype(np.float32).mean(axis=0),
-                              flats.astype(np.float32).mean(axis=0))
-    return np.stack([corr(p) for p in proj]).astype(np.float32), \
-        f"raw frames corrected with {len(flats)} flats / {len(darks)} darks"
-
-
 def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method: str, *,
                  steps: int | None = None, device: str | None = None, overwrite: bool = False,
                  progress=None) -> dict:
     """Restore every projection of scan file ``in_path`` into a new scan file ``out_path``.
 
     The output holds the input's projections, flats and darks (same order, dtype and per-frame
-    metadata) and one restored frame per projection (``/entry/restored``, with method and
-    profile). Super-resolution methods (``sr_x<N>``) make restored frames N x larger per axis;
+    metadata), their flat-field corrected projections beside the references that corrected
+    them, and one restored frame per projection (``/entry/restored``, with method and
+    profile). Stored projections are loaded and corrected by
+    :func:`xinstrument.storage.stored.load_corrected` (the one load-and-correct of stored
+    scans). Super-resolution methods (``sr_x<N>``) make restored frames N x larger per axis;
     their pixel size (input pixel / N) is stored as ``/entry/restored@pixel_size_um`` and in the
     ``restoration`` metadata. The input is opened read-only and never modified. Returns a
     summary dict.
     """
-    from ..storage import ScanReader, ScanWriter
-    from . import Restorer, available_methods
-    from .stage import METHODS, sr_factor
-
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.is_file():
         raise UserError(f"{in_path}: no such file")
     if in_path.resolve() == out_path.resolve() if out_path.exists() else False:
         raise UserError(f"{out_path}: output must be a new file, not the input")
-    if method not in METHODS and sr_factor(method) is None:
-        raise UserError(f"unknown restoration method {method!r}; choose from {', '.join(METHODS)}")
+    if not registry.is_registered(method):
+        raise UserError(f"unknown restoration method {method!r}; choose from "
+                        f"{', '.join(registry.methods())}")
     usable = available_methods(profile)
-    if method not in usable and sr_factor(method) is None:
-        raise UserError(f"profile {profile.name!r} cannot run {method!r} (it has no "
-                        f"{'weights' if method not in ('wiener',) else 'NNPS'} for it); "
-                        f"available: {', '.join(usable)}")
-    with ScanReader(in_path) as reader:
-        meta = dict(reader.metadata)
-        n_proj = int(np.count_nonzero(reader.frame_metadata["image_key"] == 0))
-        if n_proj == 0:
-            raise UserError(f"{in_path}: no projections to restore")
-        px = reader.pixel_size_um
-        if px is not None and abs(px - profile.pixel_size_um) > 0.01 * profile.pixel_size_um:
-            raise UserError(f"{in_path}: pixel size {px:g} um does not match profile "
-                            f"{profile.name!r} ({profile.pixel_size_um:g} um); wrong profile?")
-        corrected = bool(meta.get("corrected", reader.dtype.kind == "f"))
-        frames, how = _transmission_frames(reader, corrected)
-        if not np.isfinite(frames).all():
-            raise UserError(f"{in_path}: projections contain NaN or infinite values")
-        try:
-            restorer = Restorer(profile, method, device=device, steps=steps)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        # the file's own pixel size when it has one (checked against the profile above)
-        out_px = (px if px is not None else float(profile.pixel_size_um)) / restorer.scale
-        meta.update(restoration={"method": method, "profile": profile.name, "steps": steps,
-                                 "source_file": str(in_path), "input": how,
-                                 "scale": restorer.scale, "output_pixel_size_um": out_px})
-        meta.setdefault("profile", profile.name)
-        fmeta = reader.frame_metadata
-        writer = ScanWriter(out_path, reader.frame_shape, reader.dtype, metadata=meta,
-                            restored=True, restored_shape=restorer.output_shape(reader.frame_shape),
-                            restored_pixel_size_um=out_px, swmr=False, overwrite=overwrite)
-        t0 = time.perf_counter()
-        try:
-            _copy_and_restore(reader, writer, frames, restorer, method, profile.name, fmeta,
-                              n_proj, progress)
-        except BaseException:
-            writer.close(complete=False, reason="restoration failed")
-            out_path.unlink(missing_ok=True)   # no half-restored file is left behind
-            raise
-        writer.close()
-        seconds = time.perf_counter() - t0
-    return {"frames": n_proj, "seconds": seconds, "input": how, "device": str(restorer.device),
-            "frames_per_second": restorer.frames_per_second, "fallbacks": list(restorer.fallbacks),
-            "scale": restorer.scale, "output_pixel_size_um": out_px}
+    spec = registry.get(method)
+    if method not in usable and not spec.super_resolving:   # the SR loader names the factors
+        needs = [n for n, f in (("weights", spec.needs_weights), ("an NNPS", spec.needs_nnps),
+                                ("a PSF", spec.needs_psf)) if f]
+        raise UserError(f"profile {profile.name!r} cannot run {method!r} (it needs "
+                        f"{', '.join(needs)}); available: {', '.join(usable)}")
+    try:
+        check_target(out_path, overwrite)
+        with ScanReader(in_path) as reader:
+            px = reader.pixel_size_um
+            if px is not None and abs(px - profile.pixel_size_um) > 0.01 * profile.pixel_size_um:
+                raise UserError(f"{in_path}: pixel size {px:g} um does not match profile "
+                                f"{profile.name!r} ({profile.pixel_size_um:g} um); wrong "
+                                "profile?")
+            scan = load_corrected(reader)
+    except StorageError as exc:
+        raise UserError(str(exc)) from None
+    if not np.isfinite(scan.transmission).all():
+        raise UserError(f"{in_path}: projections contain NaN or infinite values")
+    try:
+        restorer = Restorer(profile, method, device=device, steps=steps)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    # the file's own pixel size when it has one (checked against the profile above)
+    out_px = (px if px is not None else float(profile.pixel_size_um)) / restorer.scale
+    meta = {"restoration": {"method": method, "profile": profile.name, "steps": steps,
+                            "source_file": str(in_path), "input": scan.how,
+                            "scale": restorer.scale, "output_pixel_size_um": out_px}}
+    meta.setdefault("profile", profile.name)
 
+    def restore_one(stack: np.ndarray) -> np.ndarray:
+        return np.stack([restorer.restore(f) for f in stack])
 
-def _copy_and_restore(reader, writer, frames, restorer, method, profile_name, fmeta, n_proj,
-                      progress) -> None:
-    k = 0
-    for i, frame, md in reader.frames():
-        md.pop("image_key")
-        j = writer.append(frame, image_key=int(fmeta["image_key"][i]), **md)
-        if fmeta["image_key"][i] != 0:
-            continue
-        try:
-            out = restorer.restore(frames[k])
-        except (ValueError, FloatingPointError) as exc:
-            raise UserError(f"frame {i}: {exc}") from None
-        writer.append_restored(out, source_index=j, method=method, profile=profile_name)
-        k += 1
-        if progress is not None:
-            progress(k, n_proj)
+    t0 = time.perf_counter()
+    try:
+        restore_scan(in_path, out_path, restore_one, method=method, profile=profile.name,
+                     scale=restorer.scale, restored_pixel_size_um=out_px, metadata=meta,
+                     overwrite=overwrite, progress=progress)
+    except (StorageError, FrameRestoreError) as exc:
+        raise UserError(str(exc)) from None
+    seconds = time.perf_counter() - t0
+    n_proj = int(scan.transmission.shape[0])
+    return {"frames": n_proj, "seconds": seconds, "input": scan.how,
+            "device": str(restorer.device), "frames_per_second": restorer.frames_per_second,
+            "fallbacks": list(restorer.fallbacks), "scale": restorer.scale,
+            "output_pixel_size_um": out_px}
 
 
 def _cmd_restore(a: argparse.Namespace) -> int:
@@ -411,7 +383,7 @@ def register(sub) -> None:
                        "modified.")
     p.add_argument("input", type=Path, metavar="IN.h5", help="scan file to restore")
     p.add_argument("--profile", required=True, help="detector profile name or folder")
-    p.add_argument("--method", required=True, choices=list(METHODS),
+    p.add_argument("--method", required=True, choices=list(registry.methods()),
                    help="restoration method (the profile must hold what it needs: NNPS for "
                         "wiener, weights for the learned ones)")
     p.add_argument("--steps", type=_positive_int, default=None,

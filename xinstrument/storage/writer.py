@@ -148,6 +148,14 @@ class ScanWriter:
         ``source_name``. All of it is readable back as ``ScanReader.metadata``.
     restored
         Create ``/entry/restored`` (NXdata) for restored frames, float32.
+    corrected
+        Create ``/entry/corrected`` (NXdata): flat-field corrected frames (float32) beside the
+        raw ones, each naming its raw frame, dark and flat (``append_corrected``).
+    measured_corrected
+        What the measured stack holds, stored as its ``@corrected`` attribute (readers rely on
+        it, never on the dtype): False for camera counts (the product's recordings), True for
+        frames that were corrected before they reached this writer (converted files). Default:
+        the metadata's ``corrected`` flag, else False.
     restored_shape
         ``(rows, cols)`` of the restored frames when they differ from ``frame_shape`` (super-
         resolution: ``scale`` x larger per axis); default ``frame_shape``. Implies
@@ -175,8 +183,8 @@ class ScanWriter:
                  *, metadata: dict | None = None, restored: bool = False,
                  restored_extras: dict | None = None, restored_shape: tuple[int, int] | None = None,
                  restored_pixel_size_um: float | None = None, corrected: bool = False,
-                 swmr: bool = True, compression: str | None = "default",
-                 overwrite: bool = False) -> None:
+                 measured_corrected: bool | None = None, swmr: bool = True,
+                 compression: str | None = "default", overwrite: bool = False) -> None:
         self._path = Path(path)
         self._file: h5py.File | None = None
         self._closed = False
@@ -239,6 +247,13 @@ class ScanWriter:
                                  f"{restored_pixel_size_um!r}")
             self._rpixel_um = val
         self._corrected = bool(corrected)
+        if measured_corrected is None:
+            # a file written from already-corrected frames says so in its metadata
+            declared = (metadata or {}).get("corrected", False)
+            if not isinstance(declared, (bool, np.bool_)):
+                raise ValueError(f"metadata 'corrected' must be true or false, got {declared!r}")
+            measured_corrected = bool(declared)
+        self._measured_corrected = bool(measured_corrected)
         self._n_corrected = 0
         self._swmr = bool(swmr)
         self._metadata = dict(metadata or {})
@@ -348,8 +363,8 @@ class ScanWriter:
             dtype=self._dtype, **self._filters)
         data.attrs["interpretation"] = "image"
         # what readers rely on (never the dtype): these are the camera's averaged counts
-        data.attrs["corrected"] = False
-        data.attrs["units"] = "counts"
+        data.attrs["corrected"] = self._measured_corrected
+        data.attrs["units"] = "transmission" if self._measured_corrected else "counts"
         data.attrs["target"] = L.DATA     # NeXus: the link source names itself
         for fld in L.FRAME_FIELDS:
             ds = f.create_dataset(fld.path, shape=(0,), maxshape=(None,),
