@@ -62,8 +62,8 @@ def test_restorer_bad_input(profile):
 
 
 # ---------------------------------------------------------------- the GPU-ready hot path
-from xinstrument.profiles import find_profile  # noqa: E402
-from xinstrument.restoration.stage import (  # noqa: E402
+from xinstrument.profiles import find_profile
+from xinstrument.restoration.stage import (
     AMP_MAX_REL_RMS,
     PRECISIONS,
     relative_rms_error,

@@ -105,18 +105,23 @@ def sde_ddim_sample(model: Model, y: torch.Tensor, ratio_rfft: torch.Tensor, ste
 
 
 def sr3_ddim_sample(
-    model: Model, y: torch.Tensor, steps: int, generator: torch.Generator | None = None
+    model: Model, y: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conditional DDPM (SR3-like) sampled with deterministic DDIM, eta = 0 (Song et al. 2021).
 
     The model predicts the noise from ``[z_s, y]`` (both in the -1..1 model range); the start
-    ``z_1`` is Gaussian noise drawn from ``generator`` (fixed seed -> reproducible output).
+    ``z_1`` is Gaussian noise drawn from ``generator`` (fixed seed -> reproducible output), or
+    ``start`` when given (a reference evaluation with the noise another device drew).
     """
     grid = time_grid(steps, y.device)
     n = y.shape[0]
     cond = to_model_range(y)
-    z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype) if generator is not None \
-        else torch.randn_like(y)
+    if start is not None:
+        z = start.to(device=y.device, dtype=y.dtype)
+    else:
+        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype) \
+            if generator is not None else torch.randn_like(y)
     x0 = z
     for s, s_next in pairwise(grid):
         eps = model(torch.stack([z, cond], dim=1), _t(s, n))[:, 0]

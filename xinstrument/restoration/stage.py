@@ -686,6 +686,21 @@ class Restorer:
         while pending:
             yield hand_off()
 
+    def _sr3_reference(self, model64: Callable[..., torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """SR3 in float64 from the start noise the fast path draws (float32, on its device, with
+        the sampler's fixed seed 0 per call), so the two differ only by arithmetic."""
+        from .samplers import DEFAULT_STEPS, sr3_ddim_sample
+
+        steps = self.steps if self.steps is not None else DEFAULT_STEPS["sr3"]
+        device = self.device
+
+        def run(y: torch.Tensor) -> torch.Tensor:
+            gen = torch.Generator(device=device).manual_seed(0)
+            start = torch.randn(y.shape, generator=gen, device=device, dtype=torch.float32)
+            return sr3_ddim_sample(model64, y, steps, start=start.to("cpu", torch.float64))
+
+        return run
+
     @property
     def reference_dtype(self) -> str:
         """What :meth:`reference` computes in: float64, except methods whose shared denoiser
@@ -720,7 +735,10 @@ class Restorer:
                         return ref_model(z, t).double()
 
                     predict = make_restore_fn(self.method, model64, self.physics, steps=self.steps)
+                    if self.method == "sr3":
+                        predict = self._sr3_reference(model64)
                     out = tiled_apply(lambda t: predict(t).double(), x, tile=self.tile,
-                                      overlap=self.overlap, batch=self.batch)
+                                      overlap=self.overlap, batch=self.batch,
+                                      fixed_batch=self._compiled)
         res = out.double().numpy()
         return res[0] if single else res
