@@ -94,12 +94,61 @@ def test_coarse_then_fine():
     assert abs(stage.position_um + 13.3) <= 1.0
 
 
-def test_peak_on_edge_is_flagged():
+def test_peak_on_edge_is_a_warning_with_advice():
     stage = Stage()
-    bench = DefocusBench(stage, z0_um=60.0)
-    curve = focus_scan(stage, bench.acquire, 30.0, 40.0, frames_per_step=2)
+    bench = DefocusBench(stage, z0_um=43.0)
+    curve = focus_scan(stage, bench.acquire, 30.0, 40.0, frames_per_step=2,
+                       metric="normalized_variance")
     assert curve.peak_at_edge
     assert curve.best_position_um == pytest.approx(40.0, abs=0.6)
+    assert len(curve.warnings) == 1
+    assert "on the stop of the range 30..40 um" in curve.warnings[0]
+    assert "widen the range (e.g. 35..45 um)" in curve.warnings[0]
+    # the edge of the travel itself: the advice changes
+    curve = focus_scan(stage, bench.acquire, 30.0, 40.0, frames_per_step=2,
+                       metric="normalized_variance", limits_um=(0.0, 40.0))
+    assert "end of the axis travel" in curve.warnings[0]
+
+
+def test_flat_curve_is_a_warning():
+    stage = Stage()
+    flat = np.random.default_rng(0)
+    curve = focus_scan(stage, lambda n: 100 + flat.normal(0, 1, (32, 32)), 0.0, 10.0)
+    assert any("does not change" in w for w in curve.warnings)
+
+
+def test_range_outside_travel_is_refused_before_any_move():
+    stage = Stage(5.0)
+    acq = DefocusBench(stage, 0.0).acquire
+    with pytest.raises(FocusError, match=r"stop 120 um outside the focus axis travel 0..100 um"):
+        focus_scan(stage, acq, 10.0, 120.0, limits_um=(0.0, 100.0))
+    with pytest.raises(FocusError, match=r"coarse focus pass: start -10 um and stop 110 um"):
+        coarse_fine_focus(stage, acq, centre_um=50.0, coarse_half_range_um=60.0,
+                          coarse_step_um=10.0, limits_um=(0.0, 100.0))
+    assert stage.moves == []
+
+
+def test_progress_runs_through_both_passes_and_the_fine_range_stays_in_travel():
+    stage = Stage(0.0)
+    bench = DefocusBench(stage, z0_um=1.0, seed=2)
+    seen = []
+    curve = coarse_fine_focus(stage, bench.acquire, centre_um=10.0, coarse_half_range_um=10.0,
+                              coarse_step_um=5.0, frames_per_step=4, metric="brenner",
+                              progress=lambda k, n, z, v: seen.append((k, n)),
+                              limits_um=(0.0, 20.0))
+    totals = {n for _, n in seen}
+    assert totals == {5 + 21}  # one total for both passes
+    assert [k for k, _ in seen] == sorted(k for k, _ in seen)  # monotonic through the fine pass
+    assert seen[-1][0] == 25  # the bar reaches its end although the fine range was clipped at 0
+    assert curve.positions_um.min() >= 0.0
+    assert abs(curve.best_position_um - 1.0) <= 1.0
+
+
+def test_default_metric_is_the_measured_one():
+    from xinstrument.acquisition.focus import DEFAULT_METRIC, METRICS
+    assert DEFAULT_METRIC == "hf_energy" == next(iter(METRICS))
+    import inspect
+    assert inspect.signature(focus_scan).parameters["metric"].default == DEFAULT_METRIC
 
 
 def test_metrics_are_intensity_independent_and_prefer_sharp():
