@@ -192,9 +192,13 @@ def test_fidelity_overlay_shows_the_flagged_tiles(qtbot, window):
     # a result with known flagged tiles through the same frame event
     known = np.zeros_like(np.asarray(fid.flagged, dtype=bool))
     known[0, 1] = known[-1, -1] = True
-    fid2 = dataclasses.replace(fid, flagged=known, flagged_fraction=2 / known.size,
-                               consistent=False, fell_back=True,
-                               fallback_reason="2 tiles flagged; restored with wiener instead")
+    undetermined = np.zeros_like(known)
+    undetermined[1, 0] = True
+    fid2 = dataclasses.replace(
+        fid, consistency=dataclasses.replace(fid.consistency, flagged=known,
+                                             flagged_fraction=2 / known.size, consistent=False),
+        verdict="inconsistent", undetermined=undetermined, fell_back=True,
+        fallback_reason="2 tiles flagged; restored with wiener instead")
     frame2 = dataclasses.replace(frame, fidelity=fid2)
     w.instrument._emit("frame", frame2)
     qtbot.waitUntil(lambda: w.image.frame is frame2, timeout=5000)
@@ -210,4 +214,11 @@ def test_fidelity_overlay_shows_the_flagged_tiles(qtbot, window):
     w.image.fidelity_box.setChecked(False)                  # toggled off: nothing drawn
     assert w.image._fidelity_items == [] and w.image.fidelity_rects == rects
     w.image.fidelity_box.setChecked(True)
+    assert len(w.image._fidelity_items) == 2
+    # the uncertainty overlay: the undetermined tiles, off until toggled on
+    assert w.image.uncertainty_rects == expected(undetermined, fid.tile_edges)
+    assert "% undetermined by the data" in text and "fall back" in text
+    w.image.uncertainty_box.setChecked(True)
+    assert len(w.image._fidelity_items) == 3
+    w.image.uncertainty_box.setChecked(False)
     assert len(w.image._fidelity_items) == 2
