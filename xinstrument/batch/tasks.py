@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..storage import ScanReader, ScanWriter, StorageError
+from ..storage import ScanReader, StorageError
+from ..storage.stored import load_corrected, restore_scan
 
 __all__ = [
     "DEFAULT_BATCH_FRAMES",
@@ -192,36 +193,6 @@ def _open_input(path: Path) -> ScanReader:
             from None
 
 
-def _transmission(reader: ScanReader, md: dict, src: Path):
-    """Projection -> transmission the restorers take: stored corrected frames as they are (float32);
-    raw frames through the live path's FlatFieldCorrector with the file's mean dark and flat."""
-    corrected = bool(md.get("corrected", reader.dtype.kind == "f"))
-    if corrected:
-        def as_is(frame: np.ndarray) -> np.ndarray:
-            out = np.asarray(frame, dtype=np.float32)
-            if not np.isfinite(out).all():
-                raise InputError(f"{src}: projections contain NaN or infinite values")
-            return out
-        as_is.how = "stored corrected frames"  # type: ignore[attr-defined]
-        return as_is
-    from ..acquisition.correction import CorrectionError, FlatFieldCorrector
-    flats, darks = reader.flats, reader.darks
-    if len(flats) == 0 or len(darks) == 0:
-        raise InputError(f"{src}: projections are raw and the file has no flats/darks to "
-                         "correct them; restoration needs flat-field corrected frames")
-    try:
-        corr = FlatFieldCorrector(darks.astype(np.float32).mean(axis=0),
-                                  flats.astype(np.float32).mean(axis=0))
-    except CorrectionError as exc:
-        raise InputError(f"{src}: cannot flat-field correct the raw projections: {exc}") from None
-
-    def corrected_frame(frame: np.ndarray) -> np.ndarray:
-        return np.asarray(corr(frame), dtype=np.float32)
-    corrected_frame.how = (f"raw frames corrected with {len(flats)} flats / "  # type: ignore[attr-defined]
-                           f"{len(darks)} darks")
-    return corrected_frame
-
-
 def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, method: str, *,
                  device: str | None = None, batch_frames: int = DEFAULT_BATCH_FRAMES,
                  restorer_options: dict[str, Any] | None = None, force: bool = False
@@ -230,7 +201,7 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
 
     Parameters
     ----------
-    input_path : scan file written by :class:`ScanWriter` (flat-field corrected projections).
+    input_path : scan file (projections loaded and corrected by ``storage.stored.load_corrected``).
     output_path : file to create; must differ from the input. Written as
         ``<output>.partial`` and renamed when complete.
     profile : DetectorProfile; method : restoration method (see ``available_methods``).
@@ -259,7 +230,6 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
     result = FileResult(input=str(src), output=str(dst), status="done",
                         worker=_worker_name())
     with _open_input(src) as reader:
-        md = reader.metadata
         keys = reader.frame_metadata["image_key"]
         n_proj = int(np.count_nonzero(keys == 0))
         if n_proj == 0:
@@ -269,57 +239,40 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
         if px is not None and ppx and abs(px - ppx) > 0.01 * ppx:
             raise InputError(f"{src}: pixel size {px:g} um does not match profile "
                              f"{profile_name!r} ({ppx:g} um); wrong profile?")
-        to_transmission = _transmission(reader, md, src)
+        try:
+            scan = load_corrected(reader)
+        except StorageError as exc:
+            raise InputError(f"{src}: {exc}") from None
+        if not np.isfinite(scan.transmission).all():
+            raise InputError(f"{src}: projections contain NaN or infinite values")
         if not force and dst.exists():
             expected = input_checksum(reader, method, digest, options)
             if output_status(dst, expected, n_proj) == "complete":
                 result.status, result.n_frames = "skipped", n_proj
                 result.seconds = time.perf_counter() - t0
                 return result
-        restorer = cached_restorer(profile, method, device=device, profile_digest=digest,
-                                   **options)
-        result.device = str(restorer.device)
-        partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256(_identity_prefix(method, digest, options))
-        out_md = dict(md)
-        out_md.update({"batch_source": str(src), "profile": profile_name,
-                       "restoration_method": method,
-                       "restoration_input": getattr(to_transmission, "how", "")})
-        writer = ScanWriter(partial, reader.frame_shape, reader.dtype, metadata=out_md,
-                            restored=True, swmr=False, overwrite=True)
-        try:
-            pending: list[tuple[int, np.ndarray]] = []
+    restorer = cached_restorer(profile, method, device=device, profile_digest=digest,
+                               **options)
+    result.device = str(restorer.device)
+    partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256(_identity_prefix(method, digest, options))
+    scale = int(getattr(restorer, "scale", 1))
+    out_px = None if px is None else px / scale
+    out_md = {"batch_source": str(src), "profile": profile_name, "restoration_method": method,
+              "restoration_input": scan.how, "restoration_scale": scale}
 
-            def flush() -> None:
-                if not pending:
-                    return
-                stack = np.stack([f for _, f in pending]).astype(np.float32, copy=False)
-                restored = restorer.restore(stack)
-                for (idx, _), rest in zip(pending, restored):
-                    writer.append_restored(rest, source_index=idx, method=method,
-                                           profile=profile_name)
-                pending.clear()
+    def restore(stack: np.ndarray) -> np.ndarray:
+        return restorer.restore(stack.astype(np.float32, copy=False))
 
-            for _, frame, kw in reader.frames():
-                idx = writer.append(frame, **kw)
-                if kw["image_key"] == 0:
-                    _update_frame(h, frame)
-                    pending.append((idx, to_transmission(frame)))
-                    if len(pending) >= batch_frames:
-                        flush()
-            flush()
-            writer.set_attrs(batch_checksum=h.hexdigest(), batch_n_restored=n_proj,
-                             batch_profile_sha256=digest, batch_options=json.dumps(options),
-                             batch_version=__version__)
-            writer.close(complete=True)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                writer.close(complete=False, reason="batch task failed")
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            raise
-        os.replace(partial, dst)
+    restore_scan(src, partial, restore, method=method, profile=profile_name, scale=scale,
+                 restored_pixel_size_um=out_px, metadata=out_md, overwrite=True,
+                 batch_frames=batch_frames, on_projection=lambda f: _update_frame(h, f),
+                 attrs=lambda: dict(batch_checksum=h.hexdigest(), batch_n_restored=n_proj,
+                                    batch_profile_sha256=digest,
+                                    batch_options=json.dumps(options),
+                                    batch_version=__version__))
+    os.replace(partial, dst)
     result.n_frames = n_proj
     result.seconds = time.perf_counter() - t0
     return result
