@@ -23,6 +23,7 @@ from PyQt6.QtWidgets import (
     QGraphicsRectItem,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -181,6 +182,10 @@ class LiveImagePanel(QWidget):
         self.edge_box = QCheckBox("edge ROI (MTF)")
         self.edge_box.toggled.connect(lambda on: self.edge_roi.setVisible(on))
         self.title = QLabel("no frame yet")
+        # the line may be long (method, fidelity): it is cut to the space there is, never
+        # widening the window; the whole text is in its tooltip
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.title.setMinimumWidth(120)
         self.cursor_label = QLabel("pixel: -")
         self.stats_label = QLabel("ROI: -")
         self.rate_label = QLabel("display 0.0 fps")
@@ -260,6 +265,7 @@ class LiveImagePanel(QWidget):
         n = getattr(frame, "frames_averaged", 1)
         extra = f", restored by {frame.restoration_method}" if frame.restored is not None else ""
         self.title.setText(f"{kind} frame, {n} averaged{extra}")
+        self.title.setToolTip(self.title.text())
         self.rate_label.setText(f"display {self.display_fps:.1f} fps, "
                                 f"{self.frames_shown} frames shown of {self.bridge.frames_seen}")
         self.frame_shown.emit(frame)

@@ -143,6 +143,9 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
 
         def shot(name: str) -> None:
             _settle(app)
+            if check_layout and (w.width() > WINDOW_SIZE[0] or w.height() > WINDOW_SIZE[1]):
+                raise RuntimeError(f"{name}: the window grew to {w.width()} x {w.height()} px "
+                                   f"(screen {WINDOW_SIZE[0]} x {WINDOW_SIZE[1]})")
             path = out_dir / name
             _save_small_png(w.grab().toImage(), path)
             saved.append(path)
@@ -170,9 +173,11 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
         shot(SHOTS[0])
 
         fp = w.focus
-        fp.start.setValue(0)
-        fp.stop.setValue(400)
-        fp.step.setValue(25)
+        # coarse 10 um steps over the twin's focal region, then 2 um steps around the optimum
+        fp.start.setValue(20)
+        fp.stop.setValue(100)
+        fp.coarse.setValue(10)
+        fp.step.setValue(2)
         fp.frames.setValue(2)
         w.tabs.setCurrentIndex(3)
         fp.run_btn.click()
