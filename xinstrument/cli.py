@@ -73,6 +73,11 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         print(f"  fidelity guard   {verdict}: reduced chi2 {f['reduced_chi2']:.3f} against the "
               f"noise, {100 * f['flagged_fraction']:.1f} % of tiles flagged (last frame); "
               f"{r.fell_back} of {r.n_frames} frames re-restored with Wiener")
+        if "undetermined_fraction" in f:
+            print(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles undetermined "
+                  f"by the data (restored detail where transfer x SNR < 1), uncertainty "
+                  f"+-{f['uncertainty_mean']:.3g} (coverage {100 * f['coverage']:.0f} %); "
+                  f"action: {f['action']}")
     print(f"  acquisition      {r.frames_per_s:.2f} camera frames/s; restoration "
           f"{r.restore_frames_per_s:.1f} frames/s")
     return 0
@@ -199,8 +204,9 @@ def _cmd_focus(a) -> int:
             _save_focus_curve(a, inst, curve, refs)
     for pos, val in zip(curve.positions_um, curve.metric_values):
         print(f"  {pos:9.2f} um  {val:.6g}")
-    print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})"
-          + ("  WARNING: peak at the edge of the range; widen it" if curve.peak_at_edge else ""))
+    print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})")
+    for warning in curve.warnings:
+        print(f"WARNING: {warning}")
     if a.out is not None:
         print(f"focus curve written to {a.out}:/entry/focus_curve")
     return 0
