@@ -5,18 +5,24 @@ says how to install it. Points of the pco API this adapter relies on (check them
 installed pco version, see drivers/README.md):
 
 * ``pco.Camera(interface=..., serial=...)`` opens a camera; ``close()`` releases it;
-* ``cam.exposure_time`` (s); ``cam.configuration`` dict with ``"roi"`` as
-  ``(x0, y0, x1, y1)`` 1-based inclusive sensor pixels, ``"binning"`` as
-  ``(horizontal, vertical, "binning")``, ``"trigger"`` (``"auto sequence"``,
+* ``cam.exposure_time`` (s); ``cam.configuration = {...}`` sets only the keys given:
+  ``"roi"`` as ``(x0, y0, x1, y1)`` 1-based inclusive in *binned* sensor pixels,
+  ``"binning"`` as ``(horizontal, vertical, "sum")``, ``"trigger"`` (``"auto sequence"``,
   ``"software trigger"``, ``"external exposure start & software trigger"``);
-* ``cam.description`` with ``"max width"``, ``"max height"`` and (where present)
-  ``"bit resolution"``;
+* ``cam.description`` with ``"max width"``, ``"max height"``, ``"bit resolution"``,
+  ``"min exposure time"`` and ``"max exposure time"`` (s);
 * ``cam.record(number_of_images, mode)`` with modes ``"sequence non blocking"``,
-  ``"ring buffer"``, ``"fifo"``; ``cam.stop()``; ``cam.sw_trigger()``;
-* ``cam.wait_for_new_image(delay=..., timeout=...)``; ``cam.recorded_image_count``;
+  ``"ring buffer"``, ``"fifo"`` (at least 4 images); ``cam.stop()``; a software trigger is
+  ``cam.sdk.force_trigger()`` (``{"triggered": "successful"}``);
+* ``cam.wait_for_new_image(delay=..., timeout=...)`` (raises ``TimeoutError``);
+  ``cam.recorded_image_count``;
 * ``cam.image(image_index)`` -> ``(array, meta)`` with ``meta["recorder image number"]``
   (1-based count of images the recorder took). In fifo mode index 0 is the oldest unread image
   and reading it frees the slot; in ring-buffer mode index ``k % buffer`` holds image ``k``.
+
+These are the calls ``pco`` 2.6 accepts: tests/drivers/test_pco_real_api.py runs this adapter on
+the real ``pco.Camera`` with only the package's native-library bindings replaced by a fake
+camera.
 """
 from __future__ import annotations
 
@@ -90,6 +96,8 @@ class PcoCamera(Camera):
             raise CameraError(f"{self.name}: pixel_size_um must be > 0, got {pixel_size_um!r}")
         self._pixel_size_um = float(pixel_size_um)
         self._trigger = TriggerMode.INTERNAL
+        self._roi = (0, 0) + self._sensor       # unbinned (row0, col0, rows, cols)
+        self._bin = 1
         self._mode = BufferMode.FIFO
         self._buffer = 64
         self._n_frames: int | None = None
@@ -142,8 +150,11 @@ class PcoCamera(Camera):
 
     @property
     def roi(self) -> tuple[int, int, int, int]:
-        x0, y0, x1, y1 = self._cam.configuration["roi"]
-        return int(y0) - 1, int(x0) - 1, int(y1) - int(y0) + 1, int(x1) - int(x0) + 1
+        """(row0, col0, rows, cols) in unbinned sensor pixels (read back from the camera)."""
+        x0, y0, x1, y1 = self._sdk("reading the ROI", lambda: self._cam.configuration["roi"])
+        b = self.binning
+        return ((int(y0) - 1) * b, (int(x0) - 1) * b, (int(y1) - int(y0) + 1) * b,
+                (int(x1) - int(x0) + 1) * b)
 
     @roi.setter
     def roi(self, value: tuple[int, int, int, int]) -> None:
@@ -152,11 +163,11 @@ class PcoCamera(Camera):
         R, C = self._sensor
         if r0 < 0 or c0 < 0 or rows < 1 or cols < 1 or r0 + rows > R or c0 + cols > C:
             raise CameraError(f"{self.name}: ROI {value} does not fit the {R}x{C} sensor")
-        self._configure(roi=(c0 + 1, r0 + 1, c0 + cols, r0 + rows))
+        self._apply_geometry((r0, c0, rows, cols), self._bin)
 
     @property
     def binning(self) -> int:
-        h, v, *_ = self._cam.configuration["binning"]
+        h, v, *_ = self._sdk("reading the binning", lambda: self._cam.configuration["binning"])
         if int(h) != int(v):
             raise CameraError(f"{self.name}: asymmetric binning {h}x{v} is not supported")
         return int(h)
@@ -166,7 +177,18 @@ class PcoCamera(Camera):
         self._idle("binning")
         if int(value) not in (1, 2, 4):
             raise CameraError(f"{self.name}: binning must be 1, 2 or 4, got {value}")
-        self._configure(binning=(int(value), int(value), "binning"))
+        self._apply_geometry(self._roi, int(value))
+
+    def _apply_geometry(self, roi: tuple[int, int, int, int], b: int) -> None:
+        """Binning and ROI together: the SDK's ROI is in binned pixels, so it changes with
+        the binning. The unbinned ROI is kept, shrunk to whole binned pixels."""
+        r0, c0, rows, cols = roi
+        x0, y0 = c0 // b + 1, r0 // b + 1
+        x1, y1 = (c0 + cols) // b, (r0 + rows) // b
+        if x1 < x0 or y1 < y0:
+            raise CameraError(f"{self.name}: ROI {roi} is smaller than one {b}x{b} binned pixel")
+        self._configure(binning=(b, b, "sum"), roi=(x0, y0, x1, y1))
+        self._roi, self._bin = roi, b
 
     @property
     def trigger_mode(self) -> TriggerMode:
@@ -180,9 +202,8 @@ class PcoCamera(Camera):
         self._trigger = mode
 
     def _configure(self, **items: Any) -> None:
-        cfg = dict(self._cam.configuration)
-        cfg.update(items)
-        self._sdk(f"configuring {sorted(items)}", setattr, self._cam, "configuration", cfg)
+        # pco.Camera.configuration sets only the keys it is given
+        self._sdk(f"configuring {sorted(items)}", setattr, self._cam, "configuration", items)
 
     # --- acquisition
     def setup(self, buffer_mode: BufferMode = BufferMode.FIFO, buffer_frames: int = 64,
@@ -193,6 +214,9 @@ class PcoCamera(Camera):
             raise CameraError(f"{self.name}: buffer_frames must be >= 1, got {buffer_frames}")
         if mode is BufferMode.SEQUENCE and (n_frames is None or n_frames < 1):
             raise CameraError(f"{self.name}: sequence mode needs n_frames >= 1")
+        if mode is BufferMode.FIFO and buffer_frames < 4:
+            raise CameraError(f"{self.name}: the pco fifo recorder needs >= 4 buffer frames, "
+                              f"got {buffer_frames}")
         self._mode, self._buffer = mode, int(buffer_frames)
         self._n_frames = n_frames
 
@@ -221,7 +245,10 @@ class PcoCamera(Camera):
     def software_trigger(self) -> None:
         if self._trigger is not TriggerMode.SOFTWARE:
             raise CameraError(f"{self.name}: software_trigger() needs trigger mode 'software'")
-        self._sdk("software trigger", self._cam.sw_trigger)
+        ret = self._sdk("software trigger", self._cam.sdk.force_trigger)
+        if ret.get("triggered") != "successful":
+            raise CameraError(f"{self.name}: software trigger not accepted ({ret}); is the "
+                              "recorder running?")
 
     def _available(self) -> int:
         count = int(self._cam.recorded_image_count)

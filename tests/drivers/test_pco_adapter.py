@@ -1,95 +1,54 @@
-"""PcoCamera adapter against a test double of the ``pco`` package API (pco.Camera)."""
+"""PcoCamera on the real ``pco`` package: ``pco.Camera`` runs unchanged, only its native-library
+bindings (Sdk, Recorder, Convert) are a fake camera (tests/drivers/fake_pco_sdk.py), so every
+call the adapter makes is one the real package accepts."""
 import sys
-import types
 
-import numpy as np
 import pytest
+
+pytest.importorskip("pco")
+
+import fake_pco_sdk as fake
 
 from drivers.camera import BufferMode, CameraError, TriggerMode
 from drivers.camera.pco_adapter import PcoCamera, import_pco
 
 
-class FakePcoCamera:
-    """Double of pco.Camera: recorder fed by ``expose(n)``; records calls."""
-
-    def __init__(self, **kw):
-        self.kw = kw
-        self.description = {"serial": 1234, "type": "pco.edge", "max width": 64,
-                            "max height": 48, "bit resolution": 16,
-                            "min exposure time": 1e-5, "max exposure time": 10.0}
-        self.configuration = {"roi": (1, 1, 64, 48), "binning": (1, 1, "binning"),
-                              "trigger": "auto sequence"}
-        self.exposure_time = 0.01
-        self.calls = []
-        self.mode = None
-        self.buffer = 0
-        self.images = []     # ring/sequence storage
-        self.fifo = []
-        self.taken = 0
-
-    def record(self, number_of_images=1, mode="sequence"):
-        self.calls.append(("record", number_of_images, mode))
-        self.mode, self.buffer, self.images, self.fifo, self.taken = \
-            mode, number_of_images, [None] * number_of_images, [], 0
-
-    def expose(self, n):
-        for _ in range(n):
-            self.taken += 1
-            img = (np.full((48, 64), self.taken, np.uint16),
-                   {"recorder image number": self.taken})
-            if self.mode == "fifo":
-                if len(self.fifo) < self.buffer:
-                    self.fifo.append(img)
-            elif self.mode == "ring buffer":
-                self.images[(self.taken - 1) % self.buffer] = img
-            elif self.taken <= self.buffer:
-                self.images[self.taken - 1] = img
-
-    @property
-    def recorded_image_count(self):
-        if self.mode == "fifo":
-            return len(self.fifo)
-        return self.taken if self.mode == "ring buffer" else min(self.taken, self.buffer)
-
-    def image(self, image_index=0):
-        if self.mode == "fifo":
-            return self.fifo.pop(0)
-        return self.images[image_index]
-
-    def wait_for_new_image(self, delay=True, timeout=None):
-        raise TimeoutError("no image")
-
-    def sw_trigger(self):
-        self.calls.append(("sw_trigger",))
-
-    def stop(self):
-        self.calls.append(("stop",))
-
-    def close(self):
-        self.calls.append(("close",))
-
-
 @pytest.fixture
-def cam():
-    mod = types.SimpleNamespace(Camera=FakePcoCamera)
-    c = PcoCamera(pco_module=mod)
+def cam(monkeypatch):
+    fake.install(monkeypatch)
+    c = PcoCamera(interface="USB 3.0", pixel_size_um=6.5)
     yield c
     c.close()
 
 
-def test_static_properties_and_settings(cam):
-    assert cam.sensor_shape == (48, 64) and cam.bit_depth == 16 and cam.pixel_size_um == 6.5
+def sensor():
+    return fake.FakeSdk.instances[-1]
+
+
+def test_opens_through_the_real_api(cam):
+    assert cam.sensor_shape == fake.SENSOR and cam.bit_depth == 16 and cam.pixel_size_um == 6.5
+    assert cam.name == f"pco pco.edge USB3 #{fake.SERIAL}"
+    calls = [c[0] for c in sensor().calls]
+    assert "scan_cameras" in calls and "open_camera_device" in calls and "arm_camera" in calls
+
+
+def test_settings_reach_the_sdk(cam):
+    cam.exposure_s = 0.05
+    assert sensor().exposure == (50000, "us")
+    assert cam.exposure_s == pytest.approx(0.05)
+    with pytest.raises(CameraError, match="exposure 20"):
+        cam.exposure_s = 20                   # the description says 10 s at most
     cam.roi = (8, 4, 16, 32)
-    assert cam._cam.configuration["roi"] == (5, 9, 36, 24)     # 1-based inclusive x0,y0,x1,y1
+    assert sensor().roi == [5, 9, 36, 24]     # 1-based inclusive x0, y0, x1, y1
     assert cam.roi == (8, 4, 16, 32)
     cam.binning = 2
-    assert cam.binning == 2 and cam.frame_shape == (8, 16)
+    assert sensor().binning == (2, 2, "sum")
+    assert sensor().roi == [3, 5, 18, 12]     # the SDK's ROI is in binned pixels
+    assert cam.binning == 2 and cam.roi == (8, 4, 16, 32) and cam.frame_shape == (8, 16)
+    cam.binning = 1
+    assert sensor().roi == [5, 9, 36, 24]
     cam.trigger_mode = TriggerMode.SOFTWARE
-    assert cam._cam.configuration["trigger"] == "software trigger"
-    cam.exposure_s = 0.5
-    assert cam.exposure_s == 0.5
-    with pytest.raises(CameraError, match="exposure 20"):
-        cam.exposure_s = 20
+    assert sensor().trigger == "software trigger"
     with pytest.raises(CameraError, match="does not fit"):
         cam.roi = (40, 0, 16, 64)
     with pytest.raises(CameraError, match="binning"):
@@ -97,49 +56,77 @@ def test_static_properties_and_settings(cam):
 
 
 def test_sequence_mode_and_frame_numbers(cam):
+    cam.roi = (0, 0, 16, 32)
     cam.setup(BufferMode.SEQUENCE, buffer_frames=5, n_frames=5)
     cam.start()
-    assert cam._cam.calls[-1] == ("record", 5, "sequence non blocking")
-    cam._cam.expose(3)
-    assert cam.wait_for_frame(0.01)
+    rec = sensor().recorder
+    assert rec.kind == "sequence" and rec.buffer == 5
+    rec.take(3)
+    assert cam.wait_for_frame(0.5)
     frames = cam.read_new()
     assert [f.frame_number for f in frames] == [1, 2, 3]
-    assert int(frames[2].data[0, 0]) == 3
-    cam._cam.expose(2)
+    assert frames[2].data.shape == (16, 32) and int(frames[2].data[0, 0]) == 3
+    rec.take(2)
     assert [f.frame_number for f in cam.read_new()] == [4, 5]
     st = cam.status()
     assert (st.acquired, st.unread, st.skipped) == (5, 0, 0)
     cam.stop()
-    assert not cam.wait_for_frame(0.01)
+    assert not cam.wait_for_frame(0.05)
+
+
+def test_grab_uses_a_sequence(cam, monkeypatch):
+    rec_take = []
+    real_wait = cam._cam.wait_for_new_image
+
+    def wait(delay=True, timeout=None):
+        if not rec_take:                       # the sensor delivers on the first wait
+            sensor().recorder.take(4)
+            rec_take.append(4)
+        return real_wait(delay=delay, timeout=timeout)
+
+    monkeypatch.setattr(cam._cam, "wait_for_new_image", wait)
+    frames = cam.grab(4, timeout_s=1.0)
+    assert [f.frame_number for f in frames] == [1, 2, 3, 4]
 
 
 def test_ring_buffer_overrun_counts_skipped(cam):
     cam.setup(BufferMode.RING, buffer_frames=4)
     cam.start()
-    assert cam._cam.calls[-1] == ("record", 4, "ring buffer")
-    cam._cam.expose(10)                 # 6 images overwritten before being read
+    sensor().recorder.take(10)                 # 6 images overwritten before being read
     frames = cam.read_new()
     assert [f.frame_number for f in frames] == [7, 8, 9, 10]
     assert cam.status().skipped == 6
 
 
-def test_fifo_mode(cam):
-    cam.setup(BufferMode.FIFO, buffer_frames=8)
+def test_fifo_and_software_trigger(cam):
     cam.trigger_mode = TriggerMode.SOFTWARE
+    cam.setup(BufferMode.FIFO, buffer_frames=8)
     cam.start()
-    cam.software_trigger()
-    assert ("sw_trigger",) in cam._cam.calls
-    cam._cam.expose(3)
+    for _ in range(3):
+        cam.software_trigger()                 # pco: Camera.sdk.force_trigger()
     assert cam.status().unread == 3
+    assert cam.wait_for_frame(0.5)
     assert [f.frame_number for f in cam.read_new()] == [1, 2, 3]
     assert cam.status().unread == 0 and cam.status().acquired == 3
+    cam.stop()
+    with pytest.raises(CameraError, match="not accepted"):
+        cam.software_trigger()                 # the camera refuses when not recording
 
 
-def test_settings_refused_while_running(cam):
+def test_fifo_needs_four_buffers_and_settings_refused_while_running(cam):
+    with pytest.raises(CameraError, match=">= 4"):
+        cam.setup(BufferMode.FIFO, buffer_frames=2)
     cam.setup(BufferMode.FIFO)
     cam.start()
     with pytest.raises(CameraError, match="stop the acquisition"):
         cam.roi = (0, 0, 8, 8)
+
+
+def test_sdk_errors_become_camera_errors(cam):
+    cam.setup(BufferMode.SEQUENCE, buffer_frames=2, n_frames=2)
+    cam.start()
+    with pytest.raises(CameraError, match="reading image 0"):
+        cam._frame(0)                          # nothing recorded yet: the SDK refuses
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
@@ -148,3 +135,15 @@ def test_missing_package_is_a_clear_error(monkeypatch):
         import_pco()
     with pytest.raises(CameraError, match="not installed"):
         PcoCamera()
+
+
+def test_the_fake_layer_is_as_strict_as_the_real_bindings(cam):
+    """Calls the real package would refuse are refused here too (what the adapter used to do
+    before it was checked against pco 2.6: a 'binning' mode, a camera-level sw_trigger)."""
+    with pytest.raises(ValueError, match="binningmode='binning'"):
+        cam._cam.sdk.set_binning(2, 2, "binning")
+    with pytest.raises(TypeError):
+        cam._cam.sdk.set_roi(1, 1, 8)
+    assert not hasattr(cam._cam, "sw_trigger")
+    with pytest.raises(KeyError, match="not a valid key"):
+        cam._cam.configuration = {"region": (1, 1, 8, 8)}
