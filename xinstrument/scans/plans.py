@@ -250,10 +250,13 @@ class FocusScan(_FilePlan):
         inst = ctx.instrument
         correct = inst.references is not None
         start, stop = self._range(inst)
-        n_steps = int(abs(stop - start) / self.step_um) + 1
-        if self.coarse_step_um:
-            n_steps += int(abs(stop - start) / self.coarse_step_um) + 1
-        ctx.frames_total = n_steps * self.frames_per_step
+        if self.coarse_step_um:   # coarse pass at half the frames, then 2 coarse steps either side
+            coarse = (int(abs(stop - start) / self.coarse_step_um + 1e-9) + 1) \
+                * max(1, self.frames_per_step // 2)
+            fine = int(4 * self.coarse_step_um / self.step_um + 1e-9) + 1
+            ctx.frames_total = coarse + fine * self.frames_per_step
+        else:
+            ctx.frames_total = (int(abs(stop - start) / self.step_um + 1e-9) + 1) * self.frames_per_step
 
         def acquire(n: int) -> np.ndarray:
             # two independent half-averages let the metric remove the noise bias
@@ -269,7 +272,7 @@ class FocusScan(_FilePlan):
         axis = _PlanAxis(ctx)
         common = dict(frames_per_step=self.frames_per_step, metric=self.metric,
                       progress=progress, abort=ctx.engine._abort, roi=self.roi,
-                      move_to_best=self.move_to_best)
+                      move_to_best=self.move_to_best, limits_um=inst.soft_limits("focus"))
         try:
             if self.coarse_step_um:
                 curve = coarse_fine_focus(axis, acquire, centre_um=0.5 * (start + stop),
@@ -281,6 +284,8 @@ class FocusScan(_FilePlan):
         except FocusScanAborted:
             raise _Abort() from None
         ctx.log(f"focus scan: best focus {curve.best_position_um:.2f} um ({self.metric})")
+        for warning in curve.warnings:
+            ctx.log(f"focus scan warning: {warning}")
         return curve
 
     def finish_file(self, sink, curve, state: str) -> None:
