@@ -13,8 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .cliargs import ArgumentParser
 from .cliargs import finite_float as _finite_float
@@ -192,48 +190,27 @@ def _cmd_focus(a) -> int:
     inst = _instrument(a)
     with inst:
         _prepare(inst, a)
-        refs = (inst.take_darks(4), inst.take_flats(4)) if a.correct else None
+        if a.correct:
+            inst.take_darks(4)
+            inst.take_flats(4)
         from .progress import ProgressBar
         bar = ProgressBar("focus scan")
         inst.subscribe(lambda k, p: bar.update(p[1]) if k == "progress" and p[0] == "focus"
                        else None)
+        # with --out the engine's recording sink writes every scored frame with its z and the
+        # curve (NXdata /entry/focus_curve)
         curve = inst.focus_scan(a.start_um, a.stop_um, a.step_um, a.frames_per_step, a.metric,
-                                coarse_step_um=a.coarse_step_um)
+                                coarse_step_um=a.coarse_step_um, out=a.out,
+                                overwrite=a.overwrite)
         bar.close()
-        if a.out is not None:
-            _save_focus_curve(a, inst, curve, refs)
     for pos, val in zip(curve.positions_um, curve.metric_values):
         print(f"  {pos:9.2f} um  {val:.6g}")
     print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})")
     for warning in curve.warnings:
         print(f"WARNING: {warning}")
     if a.out is not None:
-        print(f"focus curve written to {a.out}:/entry/focus_curve")
+        print(f"focus scan recorded to {a.out} (frames, z and /entry/focus_curve)")
     return 0
-
-
-def _save_focus_curve(a, inst, curve, refs) -> None:
-    """The curve as NXdata /entry/focus_curve (silx plots it), with the references that
-    corrected the scored frames and a frame at the best focus (the stage is left there)."""
-    from .storage import ScanWriter
-    st = inst.tube_status()
-    with ScanWriter(a.out, inst.camera.frame_shape, "float32", overwrite=a.overwrite, swmr=False,
-                    metadata={"instrument": "xinstrument", "scan": "focus",
-                              "corrected": a.correct}) as w:
-        if refs is not None:
-            w.append(refs[0], image_key=2, frames_averaged=4, voltage_kv=0.0, current_ua=0.0)
-            w.append(refs[1], image_key=1, frames_averaged=4, voltage_kv=st.voltage_kv,
-                     current_ua=st.current_ua)
-        fr = inst.acquire(a.frames_per_step, correct=a.correct)
-        w.append(fr.data, image_key=0, voltage_kv=st.voltage_kv, current_ua=st.current_ua,
-                 exposure_s=fr.exposure_s, frames_averaged=a.frames_per_step,
-                 focus_z_um=fr.focus_z_um, timestamp_s=fr.timestamp_s)
-        w.add_nxdata("focus_curve",
-                     signal=("metric", np.asarray(curve.metric_values, float),
-                             {"long_name": curve.metric}),
-                     axis=("position", np.asarray(curve.positions_um, float), {"units": "um"}),
-                     attrs={"best_position_um": float(curve.best_position_um),
-                            "peak_at_edge": bool(curve.peak_at_edge)})
 
 
 def _cmd_reference(a) -> int:
@@ -311,8 +288,8 @@ def _add_acquisition(sub) -> None:
     p.add_argument("--raw", dest="correct", action="store_false",
                    help="score raw frames (no dark/flat references)")
     p.add_argument("--out", type=Path, default=None,
-                   help="also record the curve (NXdata /entry/focus_curve), the references and "
-                        "a frame at the best focus to this HDF5 file")
+                   help="also record the scan to this HDF5 file: every scored frame with its z "
+                        "and the curve (NXdata /entry/focus_curve)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file")
     p.set_defaults(func=_cmd_focus)
