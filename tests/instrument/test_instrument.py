@@ -37,9 +37,13 @@ def test_setpoints_reach_the_emulated_tube_and_limits_are_refused(inst):
     with pytest.raises(Exception, match="kV"):
         inst.set_voltage_kv(500)                  # model limit, refused before sending
     assert emu.output_voltage_kv == pytest.approx(50, abs=0.5)
-    inst.config.tube.kv_max = 45
-    with pytest.raises(UserError, match="site limit 45"):
-        inst.set_voltage_kv(48)
+    inst.set_site_limits(kv_max=45)          # the tube driver's own check enforces it
+    try:
+        with pytest.raises(UserError, match=r"outside the tube limit \S*45 kV"):
+            inst.set_voltage_kv(48)
+        assert inst.tube.limits.kv_max == 45
+    finally:
+        inst.set_site_limits(kv_max=inst.tube.model.limits.kv_max)
 
 
 def test_disconnect_turns_xrays_off():

@@ -124,6 +124,32 @@ def open_for_update(path: Path) -> h5py.File:
     return h5py.File(path, "r+", locking=False)
 
 
+def write_slices(path: Path, name: str, slices: np.ndarray, heights_mm: np.ndarray,
+                 coverage: np.ndarray, *, attrs: dict, units: str) -> str:
+    """Store reconstructed slices in a closed scan file as NXdata ``/entry/recon/<name>``
+    (replacing one of that name); returns its HDF5 path."""
+    with open_for_update(Path(path)) as f:
+        entry = f["/entry"]
+        recon_grp = entry.require_group("recon")
+        recon_grp.attrs["NX_class"] = "NXcollection"
+        if name in recon_grp:
+            del recon_grp[name]
+        g = recon_grp.create_group(name)
+        g.attrs["NX_class"] = "NXdata"
+        g.attrs["signal"] = "slices"
+        g.attrs["axes"] = ["heights_mm", ".", "."]
+        ds = g.create_dataset("slices", data=np.asarray(slices, np.float32),
+                              chunks=(1, *np.shape(slices)[1:]))
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+        ds.attrs["units"] = units
+        h = g.create_dataset("heights_mm", data=heights_mm)
+        h.attrs["units"] = "mm"
+        g.create_dataset("coverage", data=np.clip(coverage, 0, 65535).astype(np.uint16),
+                         chunks=(1, *np.shape(coverage)[1:]))
+    return f"/entry/recon/{name}"
+
+
 def _set_nx(obj: h5py.HLObject, nx_class: str) -> None:
     obj.attrs["NX_class"] = nx_class
 
