@@ -99,3 +99,20 @@ def test_an_abort_is_an_abort_logged_once(qtbot, window):
     assert not any("ERROR" in line for line in lines), lines
     assert not w.error_banner.isVisible()
     assert "aborted" in f.message.text() and f.progress.value() == 0
+
+
+def test_the_live_image_keeps_running_during_a_focus_scan(qtbot, window):
+    w = window
+    ready(qtbot, w)
+    references(qtbot, w)
+    f = w.focus
+    f.start.setValue(40)
+    f.stop.setValue(80)
+    f.step.setValue(10)
+    f.frames.setValue(1)
+    shown = w.image.frames_shown
+    f.run_btn.click()
+    qtbot.waitUntil(lambda: f.curve is not None, timeout=60000)
+    # every scored frame reached the main view while the scan ran
+    assert w.image.frames_shown - shown >= 3
+    assert 39.0 <= w.image.frame.focus_z_um <= 81.0          # a frame of the scan, with its z

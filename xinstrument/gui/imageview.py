@@ -168,18 +168,19 @@ class LiveImagePanel(QWidget):
         self.mode = QComboBox()
         self.mode.addItems(list(MODES))
         self.mode.currentTextChanged.connect(self._apply_mode)
-        self.fidelity_box = QCheckBox("fidelity overlay")
+        self.fidelity_box = QCheckBox("fidelity")
         self.fidelity_box.setToolTip("Mark the tiles where the restored frame disagrees with the "
                                      "measured one (fidelity guard on)")
         self.fidelity_box.setChecked(True)
         self.fidelity_box.toggled.connect(lambda _=None: self._draw_fidelity())
-        self.uncertainty_box = QCheckBox("uncertainty overlay")
+        self.uncertainty_box = QCheckBox("uncertainty")
         self.uncertainty_box.setToolTip("Mark the tiles whose restored detail the measurement "
                                         "cannot determine (null space of the detector's blur)")
         self.uncertainty_box.setChecked(False)
         self.uncertainty_box.toggled.connect(lambda _=None: self._draw_fidelity())
         self.uncertainty_rects: list[tuple[float, float, float, float]] = []  # x, y, w, h in px
-        self.edge_box = QCheckBox("edge ROI (MTF)")
+        self.edge_box = QCheckBox("edge ROI")
+        self.edge_box.setToolTip("Show the magenta ROI the Calibrate tab measures the MTF in")
         self.edge_box.toggled.connect(lambda on: self.edge_roi.setVisible(on))
         self.title = QLabel("no frame yet")
         # the line may be long (method, fidelity): it is cut to the space there is, never

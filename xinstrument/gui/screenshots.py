@@ -190,6 +190,7 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
         r.load_btn.click()
         _wait(app, lambda: r.method.count() > 0 and r.load_btn.isEnabled(), 60, "profile")
         a.restore.setChecked(True)
+        a.n_average.setValue(16)          # restoration wants dose: a 16-frame average
         w.image.mode.setCurrentText("frame | restored")
         a.acquire_btn.click()
         _wait(app, lambda: w.image.frame is not None and w.image.frame.restored is not None
