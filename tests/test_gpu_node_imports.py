@@ -1,7 +1,7 @@
 """A GPU node is a plain torch environment (python with torch, numpy, scipy, h5py): the
 restoration, calibration and twin packages, the simulated camera, the acquisition pipeline with
 its HDF5 recording and scripts/gpu_bench.py must import and run there without pyserial, EPICS,
-Qt or Dask. The child process blocks those modules with a meta-path finder that raises
+Qt, Dask or any other of the product's dependencies. The child process blocks those modules with a meta-path finder that raises
 ImportError, imports every module of the packages and runs a tiny restoration and a tiny
 pipeline."""
 import subprocess
@@ -11,7 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BLOCKED = ("serial", "epics", "softioc", "p4p", "PyQt6", "pyqtgraph", "dask", "distributed")
+# the issue's list (serial, EPICS, Qt, Dask) and every other product dependency that is not
+# torch, numpy, scipy or h5py (pyproject.toml), plus the test-only ones
+BLOCKED = ("serial", "epics", "softioc", "p4p", "PyQt6", "pyqtgraph", "dask", "distributed",
+           "caproto", "tifffile", "matplotlib", "skimage", "PIL", "ophyd", "ophyd_async",
+           "bluesky", "pipython", "pco")
 
 CHILD = textwrap.dedent("""
     import importlib, importlib.abc, importlib.util, pkgutil, sys, tempfile

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from . import layout as L
 from .errors import StorageError, describe_os_error
@@ -51,6 +50,8 @@ def export_tiff(h5_path: str | Path, out_path: str | Path, which: str = "project
         The files written. Each page carries a JSON description with the frame's write-order
         index and per-frame metadata; the resolution tags hold the pixel size.
     """
+    import tifffile  # here, not at import: a GPU node records HDF5 without tifffile
+
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     out_path = Path(out_path)
