@@ -2,6 +2,7 @@
 panel (range, step, metric, live sharpness curve with the fitted peak, move to best focus)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -250,7 +251,7 @@ class AcquisitionPanel(Panel):
 class FocusPanel(Panel):
     def __init__(self, bridge, parent=None) -> None:
         super().__init__(bridge, parent)
-        from ..acquisition.focus import METRICS
+        from ..acquisition.focus import DEFAULT_METRIC, METRICS
         lo, hi = self.instrument.focus_axis.limits
         self.start = LimitedSpinBox("scan start", "um", lo, hi, 1, "travel limit")
         self.stop = LimitedSpinBox("scan stop", "um", lo, hi, 1, "travel limit")
@@ -269,6 +270,7 @@ class FocusPanel(Panel):
         self.frames.setValue(2)
         self.metric = QComboBox()
         self.metric.addItems(list(METRICS))
+        self.metric.setCurrentText(DEFAULT_METRIC)  # the CLI's default, chosen on the twin
         self.run_btn = QPushButton("Run focus scan")
         self.run_btn.clicked.connect(self.run_scan)
         self.abort_btn = QPushButton("Abort")
@@ -333,6 +335,8 @@ class FocusPanel(Panel):
         self.best_line.setVisible(False)
         self.best_btn.setEnabled(False)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        self._t0 = time.monotonic()
         self.say("", error=False)
         kw = {"start_um": a, "stop_um": b, "step_um": step,
               "frames_per_step": self.frames.value(), "metric": self.metric.currentText(),
@@ -354,10 +358,14 @@ class FocusPanel(Panel):
     def _progress(self, what: str, fraction: float) -> None:
         if what == "focus":
             self.progress.setValue(round(100 * fraction))
+            elapsed = time.monotonic() - getattr(self, "_t0", time.monotonic())
+            if 0 < fraction < 1:   # one count over the coarse and fine passes
+                self.progress.setFormat(f"%p%  ~{elapsed * (1 - fraction) / fraction:.0f} s left")
 
     def _finished(self, curve) -> None:
         self.curve = curve
         self.progress.setValue(100)
+        self.progress.setFormat("%p%")
         x = np.asarray(curve.positions_um, dtype=float)
         y = np.asarray(curve.metric_values, dtype=float)
         self.points.setData(x, y)
@@ -372,9 +380,9 @@ class FocusPanel(Panel):
         self.best_line.setPos(curve.best_position_um)
         self.best_line.setVisible(True)
         self.best_btn.setEnabled(True)
-        edge = " (peak at the edge of the range: widen it)" if curve.peak_at_edge else ""
+        warnings = "".join(f"\nwarning: {w}" for w in getattr(curve, "warnings", []))
         self.result.setText(f"best focus {curve.best_position_um:.2f} um ({curve.metric}, "
-                            f"{p.get('model', '?')} fit){edge}")
+                            f"{p.get('model', '?')} fit){warnings}")
 
     def move_to_best(self) -> None:
         if self.curve is None:
