@@ -214,3 +214,23 @@ def test_real_bench_example_drives_the_real_drivers(tmp_path):
     finally:
         tube_emu.close()
         stage_emu.close()
+
+
+def test_instrument_never_references_an_axis_without_reference_on_connect():
+    """An unreferenced real axis with reference_on_connect = false: connect refuses, and not a
+    single reference command reaches the controller."""
+    from xinstrument.errors import InstrumentError
+    from xinstrument.instrument import Instrument
+    emu = GcsEmulator({"1": AxisSpec("mm", 0.0, 0.4, 1.0, initial=0.1)})
+    try:
+        cfg = InstrumentConfig.from_dict({
+            "tube": {"port": "sim"},
+            "focus_stage": {"port": emu.serve_tcp(), "controller_unit": "mm",
+                            "reference_on_connect": False}})
+        inst = Instrument(cfg, state_file=None)
+        with pytest.raises(InstrumentError, match="not referenced .* reference_on_connect"):
+            inst.connect()
+        assert not any(c.split()[0] in ("FRF", "SVO", "MOV") for c in emu.commands_received)
+        assert "FRF? 1" in emu.commands_received
+    finally:
+        emu.close()

@@ -168,7 +168,9 @@ class Instrument:
             self.tube = HamamatsuTube(tube_url, dialect=cfg.tube.dialect, model=cfg.tube.model,
                                       timeout_s=cfg.tube.timeout_s,
                                       watchdog_s=cfg.tube.watchdog_s,
-                                      limits=self._site_tube_limits())
+                                      limits=self._site_tube_limits(),
+                                      baudrate=cfg.tube.baudrate, retries=cfg.tube.retries,
+                                      ramp_allowance_s=cfg.tube.ramp_allowance_s)
             self.tube.connect()
             self.focus_axis = self._connect_axis(cfg.focus_stage, "focus", GcsController, GcsAxis)
             if cfg.rotation_stage is not None:
@@ -210,12 +212,20 @@ class Instrument:
             lo, hi = scfg.soft_limits or (-45.0, 45.0)
             spec = dict(unit="deg", min=lo, max=hi, velocity_per_s=20.0, initial=0.0)
         url = self._port(scfg.port, device, spec)
-        ctrl = controller_cls(url)
+        ctrl = controller_cls(url, **scfg.controller_kwargs())
         ctrl.connect()
         self._controllers.append(ctrl)
         axis = axis_cls(ctrl, scfg.axis, unit=scfg.unit,
-                        soft_limits=self._soft_limits.get(device, scfg.soft_limits))
+                        soft_limits=self._soft_limits.get(device, scfg.soft_limits),
+                        scale=scfg.scale, velocity_limits=scfg.velocity_limits,
+                        max_wait_s=scfg.max_wait_s)
         if not axis.referenced:
+            if not scfg.references_on_connect:
+                # a reference run crosses the whole travel: only when the config allows it
+                raise InstrumentError(
+                    f"{device} axis {scfg.axis} is not referenced and the config does not allow "
+                    f"a reference move (reference_on_connect = false); reference it with the "
+                    f"optics clear, or set reference_on_connect = true in [{device}_stage]")
             self._log(f"{device} axis {scfg.axis}: referencing (FRF)")
             axis.reference()
         if scfg.velocity is not None:
@@ -226,7 +236,9 @@ class Instrument:
         cfg = self.config
         if cfg.camera.driver == "pco":
             from drivers.camera.pco_adapter import PcoCamera
-            return PcoCamera(serial=cfg.camera.serial)
+            return PcoCamera(interface=cfg.camera.interface, serial=cfg.camera.serial,
+                             **({"pixel_size_um": cfg.camera.pixel_size_um}
+                                if cfg.camera.pixel_size_um is not None else {}))
         from .sim import BENCHES, Twin, WorldState
 
         sim = cfg.simulation
