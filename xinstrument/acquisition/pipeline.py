@@ -811,6 +811,7 @@ class AcquisitionPipeline:
                 for item, route in live.poll():
                     if not self._emit(st, item, None, route):
                         return
+                st.stats.dropped = live.frames_not_restored    # passed on without restoration
                 if ending and live.finished:
                     self._emit(st, _END, None)
                     return
