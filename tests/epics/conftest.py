@@ -72,6 +72,8 @@ class IocProcess:
                  program: list[str] = ("-m", "xinstrument.cli", "ioc")) -> None:
         env = dict(os.environ)   # loopback variables and this run's ports, passed explicitly
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        # soft limits set over EPICS are kept across restarts: per IOC here, not in $HOME
+        env["XINSTRUMENT_STATE_DIR"] = str(Path(cwd) / "state")
         self.prefix = prefix
         self.lines: list[str] = []
         self._ready = threading.Event()

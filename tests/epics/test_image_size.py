@@ -95,7 +95,8 @@ def test_capture_keeps_super_resolved_frames_on_their_grid(ca, tmp_path, wait_fo
     ca.put("HDF1:FileName", "sr")
     ca.put("HDF1:FileTemplate", "%s%s.h5")
     ca.put("HDF1:Capture", 1, wait=False)     # completes when the capture ends
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10)
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10), \
+        ca.get("StatusMessage_RBV", as_string=True)
     ca.put("CAM:Acquire", 1, timeout=60)
     ca.put("HDF1:Capture", 0)
     assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 0, 10)

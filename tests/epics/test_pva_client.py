@@ -55,6 +55,7 @@ def test_pva_put_completes_when_the_move_has_finished(ioc, pva, epics):
 
 def test_a_bad_pva_put_is_rejected_and_the_value_stays(ioc, pva, epics):
     before = epics.caget(ioc.pv("FOCUS:Z_HLM"), timeout=5)
-    pva.put(ioc.pv("FOCUS:Z_HLM"), 900.0, wait=True, timeout=10)   # beyond the 400 um travel
+    with pytest.raises(p4p_client.RemoteError, match="900"):       # beyond the 400 um travel
+        pva.put(ioc.pv("FOCUS:Z_HLM"), 900.0, wait=True, timeout=10)
     assert epics.caget(ioc.pv("FOCUS:Z_HLM"), timeout=5) == pytest.approx(before)
     assert "refused" in epics.caget(ioc.pv("StatusMessage_RBV"), as_string=True, timeout=5)

@@ -326,9 +326,14 @@ class InstrumentIOC:
         """Motor-record fields of ``base`` (user = DIR-signed dial + OFF). HLM/LLM are the
         axis's soft limits (the driver enforces them before a command is sent)."""
         g = f"Axis {base}"
-        # the configured travel (controller range within the bench's soft limits) bounds HLM/LLM
-        travel = tuple(float(x) for x in axis.limits)
-        soft = travel
+        # the controller's travel bounds HLM/LLM; the soft limits in force start them
+        saved = axis.soft_limits
+        try:
+            axis.soft_limits = None
+            travel = tuple(float(x) for x in axis.limits)
+        finally:
+            axis.soft_limits = saved
+        soft = tuple(float(x) for x in axis.limits)
         pos = float(axis.position)
         m: dict[str, Any] = {"axis": axis, "travel": travel, "egu": egu, "off": 0.0, "dir": 0,
                              "set": 0, "stop_req": False}
@@ -450,7 +455,8 @@ class InstrumentIOC:
             m["dir"] = int(v)
             recompute()
 
-        f("OFF", "float", 0.0, "user offset: user = DIR-signed dial + OFF", on_put=on_off, **num)
+        m["offpv"] = f("OFF", "float", 0.0, "user offset: user = DIR-signed dial + OFF",
+                       on_put=on_off, **num)
         f("DIR", "enum", 0, "user direction", on_put=on_dir, choices=("Pos", "Neg"))
         f("FOFF", "enum", 0, "offset-freeze switch", on_put=self._stored,
           choices=("Variable", "Frozen"))
@@ -493,8 +499,8 @@ class InstrumentIOC:
         m = self._axes[key]
         axis = m["axis"]
         setter = getattr(self.inst, "set_soft_limits", None)
-        if callable(setter):
-            setter(key, (dlo, dhi))
+        if callable(setter):        # the Instrument's one implementation (kept across restarts)
+            dlo, dhi = (float(x) for x in setter(key, dlo, dhi))
         else:
             axis.soft_limits = (dlo, dhi)
         m["dlo"], m["dhi"] = dlo, dhi
@@ -509,7 +515,8 @@ class InstrumentIOC:
         m = self._axes[key]
         d = float(m["axis"].position)
         m["drbv"].set(d)
-        m["rbv"].set(m["user"](d))
+        # a refused or failed move's alarm stays on the readback until the next move
+        m["rbv"].set(m["user"](d), *m.get("rbv_alarm", (NO_ALARM, 0)))
         lo_t, hi_t = m["travel"]
         m["hls"].set(int(d >= hi_t - 1e-6))
         m["lls"].set(int(d <= lo_t + 1e-6))
@@ -522,6 +529,7 @@ class InstrumentIOC:
             # Set mode: the user position becomes target, nothing moves (OFF absorbs it)
             d = await self._run(self._axis_readback, key)
             m["off"] = target - (-1 if m["dir"] else 1) * d
+            m["offpv"].set(m["off"])
             m["val"].set(target)
             m["rbv"].set(target)
             ulo, uhi = m["user_limits"]()
@@ -537,6 +545,7 @@ class InstrumentIOC:
         m["movn"].set(1)
         m["msta"].set(1 << 10)
         m["stop_req"] = False
+        m["rbv_alarm"] = (NO_ALARM, 0)
         m["lvio"].set(0)
         m["val"].set(target)
         refused: str | None = None
@@ -562,7 +571,8 @@ class InstrumentIOC:
             if refused or failed:
                 # the setpoint tells the truth too: where the axis is
                 m["val"].set(where)
-                m["rbv"].set(where, severity=MINOR, status="SOFT" if refused else "STATE")
+                m["rbv_alarm"] = (MINOR, "SOFT" if refused else "STATE")
+                m["rbv"].set(where, *m["rbv_alarm"])
                 m["msta"].set(1 << 9 | 1 << 1)
             else:
                 m["msta"].set(1 << 1)
@@ -580,25 +590,27 @@ class InstrumentIOC:
             self._message(f"{base} on target at {where:g} {egu}")
 
     def _move_and_watch(self, key: str, dial: float) -> None:
-        """The move (blocking, in a worker) with the readback published while it runs."""
+        """The move (in a worker), the readback published while it runs; returns when the
+        axis is on target or has been stopped."""
         m = self._axes[key]
+        axis = m["axis"]
         mover = self.inst.move_focus_um if key == "focus" else self.inst.move_rotation_deg
-        done = threading.Event()
-
-        def watch():
-            while not done.wait(MOVE_POLL_S):
-                with contextlib.suppress(Exception):
-                    self._axis_readback(key)
-        t = threading.Thread(target=watch, daemon=True, name=f"xi-ioc-{key}-rbv")
-        t.start()
-        try:
-            mover(dial)
-        except Exception:
-            if not m["stop_req"]:
-                raise
-        finally:
-            done.set()
-            t.join(1.0)
+        start = float(m["drbv"].value)
+        mover(dial, wait=False)
+        velocity = max(float(m["velo"].value), 1e-9)
+        deadline = time.monotonic() + abs(dial - start) / velocity + 10.0
+        while True:
+            time.sleep(MOVE_POLL_S)
+            self._axis_readback(key)
+            if m["stop_req"]:
+                return
+            if axis.on_target:
+                return
+            if time.monotonic() > deadline:
+                where = float(axis.position)
+                axis.stop()
+                raise TimeoutError(f"not on target in time (at {where:g} {m['egu']}); "
+                                   "axis stopped")
 
     async def _on_stop(self, key: str, v):
         if not v:
@@ -1003,9 +1015,14 @@ class InstrumentIOC:
                                       None, choices=NO_YES, group=g)
         self.fixed(p + "PositionMode", "enum", 0, "frames are appended in arrival order",
                    choices=("Off", "On"), group=g)
-        self.fixed(p + "Compression", "enum", 0, "lossless deflate in HDF5 chunks; the "
-                   "writer's own choice", choices=("None", "N-bit", "szip", "zlib", "blosc",
-                                                   "bslz4", "lz4", "jpeg"), group=g)
+        comp_choices = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
+        try:
+            from ..storage.writer import DEFAULT_COMPRESSION as comp
+        except ImportError:
+            comp = None
+        comp_i = {"gzip": 3, "szip": 2}.get(comp or "", 0)
+        self.fixed(p + "Compression", "enum", comp_i, "the HDF5 writer's own lossless setting "
+                   f"({comp or 'uncompressed'})", choices=comp_choices, group=g)
         self.fixed(p + "NumExtraDims", "int", 0, "frames form one stack", group=g)
         for nm in ("N", "X", "Y"):
             self.fixed(f"{p}ExtraDimSize{nm}", "int", 1, "no extra dimensions", group=g)
@@ -1170,6 +1187,7 @@ class InstrumentIOC:
             self.num_captured.set(0)
             self.full_name.set(str(path))
             self.table.lookup(self.prefix + "HDF1:SWMRActive_RBV").set(1)
+            self._bump_number()         # as NDPluginFile: the number of the next file
             return path
 
     def _close_writer(self, why: str = "") -> None:
@@ -1177,7 +1195,6 @@ class InstrumentIOC:
             w, self._writer = self._writer, None
         if w is not None:
             w.close()
-            self._bump_number()
             self.table.lookup(self.prefix + "HDF1:SWMRActive_RBV").set(0)
             skipped = (f"; {self._not_stored} restoration(s) of another size not stored"
                        if self._not_stored else "")

@@ -361,9 +361,48 @@ class CAServer:
 
         class Mixin:
             async def verify_value(self, data):
-                await server.table.client_put(pv, data)
-                await server.drain()
+                try:
+                    await server.table.client_put(pv, data)
+                finally:
+                    # readbacks, alarms and the status message reach monitors before the
+                    # put's reply, success or failure
+                    await server.drain()
                 return SkipWrite
+
+            async def write_from_dbr(self, data, data_type, metadata, *, flags=0):
+                try:
+                    return await super().write_from_dbr(data, data_type, metadata,
+                                                        flags=flags)
+                except PutRefused:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a value caproto cannot convert
+                    shown = data
+                    with contextlib.suppress(Exception):
+                        shown = data[0] if len(data) == 1 else data
+                    if isinstance(shown, bytes):
+                        shown = shown.split(b"\0")[0].decode("latin-1")
+                    what = "a number" if pv.kind in ("float", "int") else f"a {pv.kind}"
+                    why = f"{pv.name}: {shown!r} is not {what} ({exc})"
+                    server.table._refused(pv, shown, why)
+                    await server.drain()
+                    raise PutRefused(why) from None
+
+            def get_field(self, field):
+                """Common record fields of every PV: VAL, DESC, NAME, EGU, PREC, DISA."""
+                cache = self.__dict__.setdefault("_xi_fields", {})
+                if field in cache:
+                    return cache[field]
+                if field == "VAL":
+                    return self
+                make = {"DESC": lambda: caproto.ChannelString(value=pv.doc[:STRING_MAX - 1]),
+                        "NAME": lambda: caproto.ChannelString(value=pv.name[:STRING_MAX - 1]),
+                        "EGU": lambda: caproto.ChannelString(value=pv.units),
+                        "PREC": lambda: caproto.ChannelInteger(value=pv.precision),
+                        "DISA": lambda: caproto.ChannelInteger(value=0)}.get(field)
+                if make is None:
+                    raise KeyError(field)
+                cache[field] = make()
+                return cache[field]
 
             def check_access(self, hostname, username):
                 rules = server.access
@@ -539,6 +578,7 @@ class PVAServer:
         self.access = access
         self.provider = StaticProvider("xinstrument")
         self._shared: dict[str, Any] = {}
+        self._nts: dict[str, Any] = {}
         self.server = None
         for name, pv in table.pvs.items():
             if pv.ca_only:
@@ -552,6 +592,14 @@ class PVAServer:
                 self.provider.add(alias, self._shared[target])
 
     def _nt(self, pv: PV):
+        """One normative-type builder per PV: every post must carry the exact type the PV
+        was opened with."""
+        nt = self._nts.get(pv.name)
+        if nt is None:
+            nt = self._nts[pv.name] = self._make_nt(pv)
+        return nt
+
+    def _make_nt(self, pv: PV):
         from p4p.nt import NTEnum, NTNDArray, NTScalar
         if pv.kind == "ndarray":
             return NTNDArray()
@@ -623,16 +671,26 @@ class PVAServer:
     def update(self, pv: PV) -> None:
         shared = self._shared.get(pv.name)
         if shared is not None:
-            with contextlib.suppress(Exception):
+            try:
                 shared.post(self._value(pv))
+            except Exception:  # noqa: BLE001 - one bad update must not stop the others
+                log.exception("PVA update of %s failed", pv.name)
 
     def update_limits(self, pv: PV) -> None:
         self.update(pv)
 
     def start(self) -> None:
+        import os
+
         from p4p.server import Server
-        # configuration from the EPICS_PVAS_* environment (loopback by default)
-        self.server = Server(providers=[self.provider])
+        # configuration from the EPICS_PVA(S)_* environment (loopback by default)
+        conf = {k: v for k, v in os.environ.items() if k.startswith("EPICS_PVA")}
+        if conf.get("EPICS_PVAS_INTF_ADDR_LIST", "").split(":")[0] == "127.0.0.1":
+            # pvxs sends beacons from a socket it leaves bound to the wildcard address; on
+            # loopback, clients find the server by searching, so no beacons are sent
+            conf["EPICS_PVAS_BEACON_ADDR_LIST"] = ""
+            conf["EPICS_PVAS_AUTO_BEACON_ADDR_LIST"] = "NO"
+        self.server = Server(providers=[self.provider], conf=conf, useenv=False)
 
     def stop(self) -> None:
         if self.server is not None:
