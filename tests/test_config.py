@@ -88,6 +88,7 @@ BAD = [
     ("[tube]\nport = 'sim'\ndriver = 'varian'\n", "[tube]: driver must be one of hamamatsu"),
     ("[tube]\nport = 'sim'\nmodel = 7\n", "[tube]: model must be a string"),
     ("[tube]\nport = 'sim'\nramp_allowance_s = -1\n", "[tube]: ramp_allowance_s must be in"),
+    ("[tube]\nport = 'sim'\nwarmup_timeout_s = 0\n", "[tube]: warmup_timeout_s must be in"),
     ("[lasers]\n", "unknown section"),
     ("tube = 3\n", "[tube]: expected a table"),
     ("[camera]\ndriver = 'webcam'\n", "[camera]: driver must be one of simulated, pco"),

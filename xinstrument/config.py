@@ -92,13 +92,14 @@ class TubeConfig:
     watchdog_s: float | None = 5.0       # controller watchdog the heartbeat must beat
     ramp_allowance_s: float = 5.0        # output settling time before readbacks must match
     retries: int = 1
+    warmup_timeout_s: float = 1800.0     # upper bound of a warm-up (aging) run
 
     def driver_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`drivers.xray.HamamatsuTube` (besides the URL)."""
-        kw: dict[str, Any] = dict(dialect=self.dialect, model=self.model,
-                                  timeout_s=self.timeout_s, watchdog_s=self.watchdog_s,
-                                  retries=self.retries, baudrate=self.baudrate,
-                                  ramp_allowance_s=self.ramp_allowance_s)
+        kw: dict[str, Any] = {"dialect": self.dialect, "model": self.model,
+                              "timeout_s": self.timeout_s, "watchdog_s": self.watchdog_s,
+                              "retries": self.retries, "baudrate": self.baudrate,
+                              "ramp_allowance_s": self.ramp_allowance_s}
         if self.kv_max is not None or self.ua_max is not None:
             from drivers.xray.tables import TubeLimits
             from drivers.xray.tables import model as tube_model
@@ -142,12 +143,12 @@ class StageConfig:
 
     def controller_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`drivers.stage.GcsController` (besides the URL)."""
-        return dict(baudrate=self.baudrate, timeout_s=self.timeout_s)
+        return {"baudrate": self.baudrate, "timeout_s": self.timeout_s}
 
     def axis_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`drivers.stage.GcsAxis` (besides controller, axis)."""
-        return dict(unit=self.unit, soft_limits=self.soft_limits, scale=self.scale,
-                    velocity_limits=self.velocity_limits, max_wait_s=self.max_wait_s)
+        return {"unit": self.unit, "soft_limits": self.soft_limits, "scale": self.scale,
+                "velocity_limits": self.velocity_limits, "max_wait_s": self.max_wait_s}
 
 
 @dataclass
@@ -433,7 +434,10 @@ def _check_tube(t: TubeConfig, where: str) -> None:
             unit="s")
     _number(where, "ramp_allowance_s", t.ramp_allowance_s, lo=0.0, hi=120.0, unit="s")
     _number(where, "retries", t.retries, lo=0, hi=5, integer=True)
-    _coerce_floats(t, ("kv_max", "ua_max", "timeout_s", "watchdog_s", "ramp_allowance_s"))
+    _number(where, "warmup_timeout_s", t.warmup_timeout_s, lo=0.0, hi=7200.0, lo_open=True,
+            unit="s")
+    _coerce_floats(t, ("kv_max", "ua_max", "timeout_s", "watchdog_s", "ramp_allowance_s",
+                       "warmup_timeout_s"))
     if t.watchdog_s is not None and t.watchdog_s < t.timeout_s:
         raise _fail(where, "watchdog_s", f"must be at least timeout_s ({t.timeout_s:g} s): the "
                     "heartbeat could not feed a watchdog shorter than one exchange",

@@ -461,7 +461,11 @@ class Instrument:
         return self.tube.status()
 
     def warm_up(self, progress: Callable[[float], None] | None = None,
-                timeout_s: float = 1800.0) -> None:
+                timeout_s: float | None = None) -> None:
+        """Run the tube warm-up; bounded by ``timeout_s`` (default: the config's
+        ``[tube] warmup_timeout_s``)."""
+        if timeout_s is None:
+            timeout_s = self.config.tube.warmup_timeout_s
         self._require()
         with self.operation("warm-up"):
             self._log("tube warm-up started")
