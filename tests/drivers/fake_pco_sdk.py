@@ -85,7 +85,7 @@ class FakeSdk(_Bound):
 
     _real = pco.sdk.Sdk
     H = pco.sdk
-    instances: list[FakeSdk] = []
+    instances: typing.ClassVar[list[FakeSdk]] = []
 
     def __init__(self) -> None:
         self.calls: list = []
@@ -212,7 +212,7 @@ class FakeRecorder(_Bound):
     """The recorder: sequence, ring buffer and fifo as the pco recorder keeps images."""
 
     _real = pco.recorder.Recorder
-    TYPES = {"sequence": 1, "ring buffer": 2, "fifo": 3}
+    TYPES: typing.ClassVar[dict[str, int]] = {"sequence": 1, "ring buffer": 2, "fifo": 3}
 
     def __init__(self, sdk: FakeSdk, camera_handle) -> None:
         self.calls: list = []

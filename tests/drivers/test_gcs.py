@@ -173,7 +173,7 @@ def test_link_faults(gcs, gcs_emu, fault, exc):
     ax = GcsAxis(gcs, "1")
     gcs_emu.inject(fault)
     with pytest.raises(exc, match="PI GCS controller"):
-        ax.position
+        _ = ax.position
     gcs_emu.clear_faults()
     assert ax.position == 120.0
 

@@ -60,7 +60,7 @@ def test_pipython_connect_servo_reference_move(pidevice):
 
 
 def test_pipython_sees_controller_errors(pidevice):
-    dev, emu = pidevice
+    dev, _ = pidevice
     # moving an axis that is neither servo-controlled nor referenced: error 5
     with pytest.raises(GCSError) as ei:
         dev.MOV("2", 10.0)

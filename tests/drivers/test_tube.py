@@ -284,7 +284,7 @@ def test_lost_connection_is_reported(tube_emu):
     t.connect()
     tube_emu.close()
     with pytest.raises((TransportClosed, TransportTimeout)):
-        t.state
+        _ = t.state
     t.close()
 
 
