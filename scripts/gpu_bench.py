@@ -204,7 +204,9 @@ def correctness(r: Restorer, rng: np.random.Generator, args, device: torch.devic
         r.tile, r.overlap = min(r.tile, 128), min(r.overlap, 32)
     try:
         fast = np.stack(list(r.stream([x[0], x[1]])))
-        ref = r.reference(x) if given is None else given[1]
+        # per frame, as streamed: a sampler that seeds its noise per call (SR3) draws it per
+        # call's batch, so a batched reference would draw other noise
+        ref = np.stack([r.reference(f) for f in x]) if given is None else given[1]
     finally:
         r.tile, r.overlap = saved
     err = relative_rms_error(fast, ref)
@@ -327,6 +329,46 @@ def bench_method(method: str, profiles: list, device: torch.device, args, rng, b
         rows[0]["transform_floor_ms"] = floor
         rows[0]["ratio_to_floor"] = rows[0]["device_ms_per_frame"] / floor
     return rows
+
+
+def bench_graphs(method: str, rows: list[dict], profiles: list, device: torch.device, args,
+                 budget: Budget, frames: np.ndarray) -> dict:
+    """One network method with torch.compile "reduce-overhead" (CUDA graphs of the fixed-shape
+    tile batches) at its best valid precision. Correctness: the compiled output against the
+    eager output of the same precision on the timed frames (the eager path was checked against
+    the float64 reference above)."""
+    ok = {r["precision"]: r for r in rows if r["method"] == method and r.get("status") == "ok"}
+    if "fp32" not in ok:
+        return {"method": method, "precision": "graphs", "status": "skipped",
+                "reason": "no checked eager fp32 row to compare with"}
+    prec = next((p for p in ("fp16", "bf16") if ok.get(p, {}).get("amp_valid")), "fp32")
+    row = {"method": method, "kind": registry.get(method).kind, "precision": f"{prec}+graphs",
+           "profile": ok["fp32"].get("profile")}
+    profile = profile_for(method, profiles)
+    saved = args.compile_mode
+    try:
+        eager = make_restorer(method, profile, device, prec, args)
+        want = eager.restore(frames[:1])
+        args.compile_mode = "reduce-overhead"
+        r = make_restorer(method, profile, device, prec, args)
+        got = r.restore(frames[:1])                    # compiles (minutes at most, once)
+        err = relative_rms_error(got, want)
+        tol = 5 * AMP_MAX_REL_RMS
+        row["check"] = {"rel_rms_error": err, "tolerance": tol, "reference": f"eager {prec}",
+                        "passed": bool(err <= tol)}
+        if err > tol:
+            return {**row, "status": "failed",
+                    "reason": f"compiled differs from eager: rel. RMS {err:.2e} > {tol:.0e}"}
+        row.update(time_stream(r, frames, device, args, budget))
+        row["fallbacks"] = list(r.fallbacks)
+        row["status"] = "ok" if r._compiled else "failed"
+        if not r._compiled:
+            row["reason"] = "; ".join(r.fallbacks) or "compile unavailable"
+    except Exception as exc:  # noqa: BLE001 - an optional optimisation; reported
+        row.update(status="failed", reason=f"{type(exc).__name__}: {exc}".split("\n")[0][:200])
+    finally:
+        args.compile_mode = saved
+    return row
 
 
 # ------------------------------------------------------------------------------ fidelity
@@ -513,27 +555,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and few repetitions (CPU check of the whole script)")
     ap.add_argument("--out", default="gpu-bench", help="output folder for gpu_bench.json")
-    ap.add_argument("--size", type=int, default=None, help="frame side in px (2048; quick 128)")
+    ap.add_argument("--size", type=int, default=None, help="frame side in px (2048; quick 64)")
     ap.add_argument("--batch", type=int, default=None, help="frames per streamed batch (4; quick 2)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of the registry's methods (default all)")
     ap.add_argument("--compile-mode", default="off",
                     help="torch.compile mode for networks on CUDA: off (default), default, "
                          "reduce-overhead (CUDA graphs)")
+    ap.add_argument("--graph-methods", default=None,
+                    help="network methods also timed with CUDA graphs (torch.compile "
+                         "reduce-overhead); default unet (none with --quick)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="wall-time budget of the method section (default 330; quick 300)")
+                    help="wall-time budget of the method section (default 290; quick 300)")
     ap.add_argument("--skip", default="", help="comma-separated: pipeline, fidelity, training")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
     args = ap.parse_args(argv)
     q = args.quick
-    args.size = args.size or (128 if q else 2048)
+    args.size = args.size or (64 if q else 2048)
     args.batch = args.batch or (2 if q else 4)
-    args.budget_s = args.budget_s or (300.0 if q else 330.0)
+    args.budget_s = args.budget_s or (300.0 if q else 290.0)
+    gm = args.graph_methods if args.graph_methods is not None else ("" if q else "unet")
+    args.graph_methods = [m.strip() for m in gm.split(",") if m.strip()]
+    args.graph_after_s = 330.0         # no compilation started after this (8-minute run)
     args.check_px = 64 if q else 160
     args.tile, args.overlap, args.tile_batch = (128, 32, 4) if q else (512, 32, 4)
     args.reps, args.min_reps = (6, 3) if q else (200, 5)
     args.seconds_per_case = 1.0 if q else 3.0
-    args.pipeline_size = min(args.size, 256) if q else args.size
+    args.pipeline_size = 128 if q else args.size
     args.pipeline_s = 2.0 if q else 5.0
     args.pipeline_method = "wiener"
     args.average = 2
@@ -594,6 +642,15 @@ def main(argv=None) -> int:
             if row["method"] == m:
                 log(f"   {row.get('precision', '')}: {row.get('status')} "
                     f"{fmt(row.get('ms_per_frame'), '.2f')} ms/frame {row.get('reason', '')}")
+    for m in args.graph_methods:
+        if device.type != "cuda" or m not in methods:
+            continue
+        if time.monotonic() - t_start > args.graph_after_s:
+            rows.append({"method": m, "precision": "graphs", "status": "skipped",
+                         "reason": "time budget spent"})
+            continue
+        log(f"-- {m} with CUDA graphs")
+        rows.append(bench_graphs(m, rows, profiles, device, args, budget, frames))
     result = {"script": "scripts/gpu_bench.py", "argv": sys.argv[1:] if argv is None else list(argv),
               "device": str(device), "device_name": dev_name, "torch": torch.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(),
