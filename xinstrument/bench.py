@@ -675,8 +675,10 @@ def register(sub) -> None:
                    help="stored sample type: raw uint16 or corrected float32 (default uint16)")
     s.set_defaults(func=_cmd_storage)
 
+    from .bench_focus import register as _register_focus
     from .calibration.bench_metrology import register as _register_metrology
     _register_metrology(bs)
+    _register_focus(bs)
 
     q = bs.add_parser("acquisition", help="acquisition pipeline on the simulated sCMOS")
     q.add_argument("--seconds", type=float, default=3.0, help="camera time per run")
