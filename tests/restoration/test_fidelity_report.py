@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import make_scene
 
 from xinstrument.errors import UserError
 from xinstrument.restoration.fidelity import (
@@ -20,8 +21,6 @@ from xinstrument.restoration.fidelity_report import (
     tile_rms,
 )
 from xinstrument.restoration.physics import DetectorPhysics
-
-from conftest import make_scene
 
 torch.set_num_threads(1)
 
