@@ -95,8 +95,12 @@ def test_acquire_darks_flats_focus_commands(tmp_path, capsys):
     with ScanReader(tmp_path / "f.h5") as r:
         assert r.flats.shape == (2, 64, 64) and float(r.flats.mean()) > dark_mean + 8
     with ScanReader(tmp_path / "a.h5") as r:
-        assert r.projections.shape == (2, 64, 64)
-        assert 0 < float(r.projections.mean()) < 1.5          # corrected: transmission
+        assert r.projections.shape == (2, 64, 64) and not r.is_corrected("measured")
+        assert r.darks.shape == r.flats.shape == (1, 64, 64)  # raw counts beside references
+        assert r.is_corrected("corrected") and r.corrected.shape == (2, 64, 64)
+        assert 0 < float(r.corrected.mean()) < 1.5             # corrected: transmission
+        expect = (r.projections - r.darks[0]) / (r.flats[0] - r.darks[0])
+        assert float(np.median(np.abs(r.corrected - expect))) < 1e-4
     assert main(["acquire", str(tmp_path / "a.h5"), *common]) == 2   # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     rc = main(["focus", "--start-um", "50", "--stop-um", "60", "--step-um", "2",

@@ -156,29 +156,22 @@ def _check_new_output(path: Path, overwrite: bool) -> None:
 
 def _cmd_acquire(a) -> int:
     from .progress import ProgressBar
-    from .storage import ScanWriter
+    from .scans import References, Series
     _check_new_output(a.output, a.overwrite)
     inst = _instrument(a)
     with inst:
         _prepare(inst, a)
         if a.correct:
-            inst.take_darks(a.references)
-            inst.take_flats(a.references)
-        shape = inst.camera.frame_shape
-        with ScanWriter(a.output, shape, "float32", overwrite=a.overwrite,
-                        metadata={"instrument": "xinstrument", "corrected": a.correct}) as w:
-            if a.correct:
-                w.append(inst.dark, image_key=2, frames_averaged=a.references)
-                w.append(inst.flat, image_key=1, frames_averaged=a.references)
-            bar = ProgressBar("acquire", a.frames)
-            for i in range(a.frames):
-                fr = inst.acquire(a.average, correct=a.correct)
-                w.append(fr.data, image_key=0, theta_deg=fr.theta_deg, voltage_kv=fr.voltage_kv,
-                         current_ua=fr.current_ua, exposure_s=fr.exposure_s,
-                         frames_averaged=a.average, focus_z_um=fr.focus_z_um,
-                         timestamp_s=fr.timestamp_s)
-                bar.update(i + 1)
-            bar.close()
+            inst.run(References(dark_frames=a.references, flat_frames=a.references))
+        bar = ProgressBar("acquire", a.frames)
+        unsub = inst.events.frame_ready.connect(lambda f: bar.update(f.index + 1))
+        try:
+            # the recording sink writes the references beside the frames they corrected
+            inst.run(Series(n_frames=a.frames, n_average=a.average, correct=a.correct,
+                            out=a.output, overwrite=a.overwrite))
+        finally:
+            unsub()
+        bar.close()
     print(f"wrote {a.frames} frames ({'corrected' if a.correct else 'raw averages'}) to "
           f"{a.output}")
     return 0
@@ -215,25 +208,14 @@ def _cmd_focus(a) -> int:
 
 def _cmd_reference(a) -> int:
     """Average a dark (X-rays off) or flat (sample out) series into a reference file."""
-    from .storage import ScanWriter
+    from .scans import SingleReference
     _check_new_output(a.output, a.overwrite)
     kind = a.command
     inst = _instrument(a)
     with inst:
         _prepare(inst, a, xray=(kind == "flats"))
-        frames = []
-        for i in range(a.series):
-            ref = inst.take_darks(a.average) if kind == "darks" else inst.take_flats(a.average)
-            frames.append(ref)
-        key = 2 if kind == "darks" else 1
-        st = inst.tube_status()
-        with ScanWriter(a.output, frames[0].shape, "float32", overwrite=a.overwrite,
-                        metadata={"instrument": "xinstrument", "reference": kind}) as w:
-            for ref in frames:
-                w.append(ref, image_key=key, exposure_s=inst.exposure_s,
-                         frames_averaged=a.average,
-                         voltage_kv=0.0 if kind == "darks" else st.voltage_kv,
-                         current_ua=0.0 if kind == "darks" else st.current_ua)
+        inst.run(SingleReference(which=kind[:-1], n_frames=a.average, series=a.series,
+                                 out=a.output, overwrite=a.overwrite))
     print(f"wrote {a.series} {kind[:-1]} reference(s) of {a.average} frames each to {a.output}")
     return 0
 

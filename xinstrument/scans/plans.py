@@ -399,16 +399,19 @@ class SingleReference(_FilePlan):
 
     which: str = "dark"
     n_frames: int = 10
+    series: int = 1            # averaged references recorded; the installed one is their mean
     sample_out: bool = True
     kind: str = field(default="references", init=False)
 
     def describe(self) -> str:
-        return f"{self.which} reference of {self.n_frames} frames"
+        return (f"{self.which} reference of {self.n_frames} frames"
+                + (f", {self.series} times" if self.series > 1 else ""))
 
     def check(self, inst: "Instrument") -> None:
         if self.which not in ("dark", "flat"):
             raise PlanError(f"reference must be 'dark' or 'flat', got {self.which!r}")
         _positive_int("frames to average", self.n_frames)
+        _positive_int("series", self.series)
         if self.which == "flat":
             if not inst.xray_is_on:
                 raise PlanError("flats need X-rays on: switch the tube on first")
@@ -417,30 +420,41 @@ class SingleReference(_FilePlan):
                                 "sample by hand and take flats with sample_out=False")
 
     def sink_layout(self, inst: "Instrument") -> dict[str, Any]:
-        return {"raw_dtype": "float32", "metadata": {"reference": self.which, **self.metadata}}
+        return {"raw_dtype": "float32", "metadata": {"reference": self.which + "s",
+                                                     **self.metadata}}
 
     def run(self, ctx: RunContext) -> Frame:
         inst = ctx.instrument
         ctx.frames_total = self.n_frames
+        ctx.frames_total = self.n_frames * self.series
         if self.which == "dark":
             was_on = inst.xray_is_on
             inst.xray_off()
             time.sleep(0.1)
             try:
-                frame = ctx.acquire(1, n_average=self.n_frames, correct=False, image_key=2)[0]
+                frames = ctx.acquire(self.series, n_average=self.n_frames, correct=False,
+                                     image_key=2)
             finally:
                 if was_on:
                     inst.xray_on()
-            inst.dark, inst.dark_frames_averaged = frame.data, self.n_frames
         else:
             if self.sample_out:
                 inst.set_sample_in(False)
             try:
-                frame = ctx.acquire(1, n_average=self.n_frames, correct=False, image_key=1)[0]
+                frames = ctx.acquire(self.series, n_average=self.n_frames, correct=False,
+                                     image_key=1)
             finally:
                 if self.sample_out:
                     inst.set_sample_in(True)
-            inst.flat, inst.flat_frames_averaged = frame.data, self.n_frames
+        frame = frames[-1]
+        if len(frames) > 1:
+            frame.data = np.mean([f.data for f in frames], axis=0, dtype=np.float64
+                                 ).astype(np.float32)
+        n = self.n_frames * len(frames)
+        if self.which == "dark":
+            inst.dark, inst.dark_frames_averaged = frame.data, n
+        else:
+            inst.flat, inst.flat_frames_averaged = frame.data, n
         ctx.log(f"{self.which} reference: {self.n_frames} frames, mean "
                 f"{frame.data.mean():.1f} ADU")
         inst._update_corrector()
