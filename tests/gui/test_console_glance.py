@@ -112,7 +112,7 @@ def test_the_live_image_keeps_running_during_a_focus_scan(qtbot, window):
     f.frames.setValue(1)
     shown = w.image.frames_shown
     f.run_btn.click()
-    qtbot.waitUntil(lambda: f.curve is not None, timeout=60000)
+    qtbot.waitUntil(lambda: f.curve is not None, timeout=120000)
     # every scored frame reached the main view while the scan ran
     assert w.image.frames_shown - shown >= 3
     assert 39.0 <= w.image.frame.focus_z_um <= 81.0          # a frame of the scan, with its z

@@ -42,15 +42,19 @@ class _Task(QRunnable):
             self.signals.done.emit(result)
 
 
+def is_abort_text(text: str) -> bool:
+    """True for a message that reports an abort the operator asked for."""
+    t = text.lower().rstrip(". ")
+    return "aborted" in t and ("operator" in t or "aborted after" in t or t.endswith("aborted"))
+
+
 def is_abort(exc: BaseException) -> bool:
     """True for the end of an operation the operator asked for (STOP, Esc, Abort): an outcome,
     shown as such, not an error."""
     names = {c.__name__ for c in type(exc).__mro__}
     if names & {"ScanAborted", "PlanAborted", "FocusScanAborted"}:
         return True
-    text = str(exc).lower()
-    return "aborted" in text and ("operator" in text or "abort" in type(exc).__name__.lower()
-                                  or text.rstrip(".").endswith("aborted"))
+    return is_abort_text(str(exc))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -119,8 +123,10 @@ class InstrumentBridge(QObject):
             self.log_line.emit(str(payload))
         elif kind == "error":
             text = str(payload)
-            if "aborted by the operator" in text:
-                self.log_line.emit(text)       # an outcome the operator asked for
+            if is_abort_text(text):
+                # an outcome the operator asked for: one log line (the engine's, when it
+                # logged the end of its plan), never an error
+                self._log_abort_once(text)
             else:
                 self.error.emit(text)
 
