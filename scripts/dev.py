@@ -61,7 +61,8 @@ def main(argv: list[str]) -> int:
     if what == "setup":
         return 0
     if what == "demo":
-        return subprocess.call([str(BIN / "xinstrument"), "demo", *rest], cwd=ROOT, env=env)
+        # like every command, the demo writes to the working directory (or --out)
+        return subprocess.call([str(BIN / "xinstrument"), "demo", *rest], env=env)
     env.setdefault("QT_QPA_PLATFORM", "offscreen")
     return subprocess.call([str(PY), "-m", "pytest", "-q", *rest], cwd=ROOT, env=env)
 
