@@ -359,3 +359,37 @@ def test_every_socket_but_the_pva_search_listener_is_on_loopback(ioc, epics_port
 def test_no_socket_at_all_is_bound_beyond_loopback(ioc):
     bound = _sockets(ioc)
     assert all(ip == "127.0.0.1" for ip, _, _ in bound), bound
+
+
+def _documented() -> tuple[list[str], list[str]]:
+    """(names, PVA-only names) in docs/epics.md's generated PV reference."""
+    import re
+    from xinstrument.epics.docs import BEGIN, DOC, END
+    text = DOC.read_text()
+    table = text[text.index(BEGIN):text.index(END)]
+    names, pva_only = [], []
+    for line in table.splitlines():
+        m = re.match(r"\| `([^`]+)` \|[^|]*\| ([^|]*) \|", line)
+        if not m:
+            continue
+        names.append(m.group(1))
+        if "PVA only" in m.group(2):
+            pva_only.append(m.group(1))
+        names += re.findall(r"`([^`]+)`", line.rsplit("(also ", 1)[1]) if "(also " in line else []
+    return names, pva_only
+
+
+def test_every_pv_is_documented_and_every_documented_pv_connects(ioc, epics):
+    import re
+    names, pva_only = _documented()
+    served = int(re.search(r"ready, (\d+) PVs", ioc.output).group(1))
+    assert len(set(names)) == len(names) == served
+    pvs = [epics.PV(ioc.pv(n), auto_monitor=False) for n in names if n not in pva_only]
+    missing = [p.pvname for p in pvs if not p.wait_for_connection(timeout=5)]
+    assert missing == []
+
+
+@pytest.mark.slow
+def test_the_pv_reference_is_generated_from_the_ioc_table():
+    from xinstrument.epics.docs import main
+    assert main(["--check"]) == 0, "docs/epics.md is out of date: python -m xinstrument.epics.docs"

@@ -136,7 +136,7 @@ class InstrumentIOC:
         thread) carries the setting out and returns the value in force (None: as asked)."""
         rbv = self.ro(f"{name}_RBV", kind, value, f"readback of {self.prefix}{name}",
                       **{k: v for k, v in kw.items() if k in ("units", "precision", "choices",
-                                                               "length", "limits")})
+                                                               "length", "limits", "group")})
 
         async def on_put(v):
             result = await self._run(apply, v) if apply is not None else None
@@ -157,7 +157,7 @@ class InstrumentIOC:
         if rbv:
             self.ro(f"{name}_RBV", kind, value, f"readback of {self.prefix}{name}",
                     **{k: v for k, v in kw.items() if k in ("units", "precision", "choices",
-                                                             "length")})
+                                                             "length", "group")})
         return sp
 
     # --- records -------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class InstrumentIOC:
             key, user(v)), store=False, **num)
         drbv = f("DRBV", "float", pos, "dial readback", **num)
         dmov = f("DMOV", "int", 1, "done moving: 0 during every move put, 1 when it has ended "
-                 "(also after a refused or stopped move)")
+                 "(a refused or stopped move included)")
         movn = f("MOVN", "int", 0, "moving")
         m_stop = f("STOP", "int", 0, "1: stop now (the move put completes, readback true)",
                    on_put=lambda v: self._on_stop(key, v))
