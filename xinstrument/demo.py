@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from .config import InstrumentConfig
 from .errors import UserError
 from .instrument import Instrument
 from .progress import ProgressBar
+from .scans import PlanError
+from .scans.plans import acquisition_layout
 
 # Preference order of restoration methods for the demo, from `xinstrument bench restoration` on
 # the held-out twin set (sim-yag200-5x SSIM: unet 0.961, wiener 0.937, sde 0.943, cold 0.943;
@@ -45,6 +48,61 @@ class DemoResult:
     fell_back: int = 0               # frames the guard re-restored with the classical method
 
 
+@dataclass(kw_only=True)
+class DemoRecording:
+    """The demo's recording as a user plan: ``n_frames`` corrected, restored and guarded frames
+    through the engine into one file, with the focus curve and the twin's ground truth."""
+
+    n_frames: int
+    n_average: int
+    out: Path
+    curve: Any = None
+    true_focus_um: float | None = None
+    ground_truth: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+    overwrite: bool = False
+    kind = "demo"
+    done = 0
+    restore_s = 0.0
+
+    def describe(self) -> str:
+        return f"{self.n_frames} restored frames of {self.n_average}"
+
+    def to_dict(self) -> dict:
+        return {"n_frames": self.n_frames, "n_average": self.n_average, "out": str(self.out)}
+
+    def check(self, inst: Instrument) -> None:
+        if inst.references is None:
+            raise PlanError("the demo records corrected frames: take references first")
+        inst.check_restoration()
+
+    def sink_layout(self, inst: Instrument) -> dict:
+        lay = acquisition_layout(inst, correct=True, restore=True, n_average=self.n_average)
+        lay["metadata"].update(self.metadata)
+        return lay
+
+    def run(self, ctx) -> list:
+        ctx.frames_total = self.n_frames * self.n_average
+        frames = []
+        for _ in range(self.n_frames):     # one at a time: every frame gets its restoration
+            frames.extend(ctx.acquire(1, n_average=self.n_average, correct=True, restore=True))
+            st = ctx.instrument.last_stream_stats
+            if st is not None and "restore" in st.stages:
+                self.restore_s += st.stages["restore"].busy_s
+            self.done = len(frames)
+        return frames
+
+    def finish_file(self, sink, frames, state: str) -> None:
+        c = self.curve
+        if c is not None:
+            sink.write_focus_curve(c.positions_um, c.metric_values, metric=c.metric,
+                                   best_position_um=c.best_position_um,
+                                   attrs={"twin_true_optimum_um": float(self.true_focus_um)})
+        if self.ground_truth is not None:
+            sink.write_array("analysis/ground_truth", self.ground_truth,
+                             {"what": "noise-free thin-screen image from the digital twin"})
+
+
 def check_output_folder(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -63,7 +121,6 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
              profile: str | None = None, method: str | None = None,
              print_fn=print) -> DemoResult:
     from .restoration import available_methods, psnr, ssim
-    from .storage import ScanWriter
 
     if not 64 <= sensor_px <= 4096:
         raise UserError(f"--sensor-px must be between 64 and 4096, got {sensor_px}")
@@ -134,61 +191,33 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
             best = curve.best_position_um
             truth = twin.focus_truth_um(high_frequency_energy, span_um=8.0, step_um=0.5)
 
-        from .restoration.fidelity import hdf5_extras_layout
-        writer = ScanWriter(h5_path, (sensor_px, sensor_px), "float32", restored=True,
-                            restored_extras=hdf5_extras_layout(
-                                guard.tile_grid((sensor_px, sensor_px))),
-                            metadata={"instrument": "xinstrument simulated bench",
-                                      "bench": bench, "sample": twin.sample.description,
-                                      # the detector's pixel (at the screen), as the profile
-                                      # and every other writer give it; the sample-plane pixel
-                                      # (cone-beam magnification) is recorded beside it
-                                      "pixel_size_um": twin.config.pixel_at_screen_um,
-                                      "sample_pixel_size_um": twin.config.pixel_at_object_um,
-                                      "profile": prof.name, "restoration_method": method,
-                                      "seed": seed})
+        gt = twin.ground_truth()
+        recording = DemoRecording(
+            n_frames=n_frames, n_average=n_average, out=h5_path, curve=curve,
+            true_focus_um=truth, ground_truth=gt,
+            metadata={"instrument": "xinstrument simulated bench", "bench": bench,
+                      "sample": twin.sample.description,
+                      # the detector's pixel (at the screen), as the profile and every other
+                      # writer give it; the sample-plane pixel (cone-beam magnification) beside
+                      # it
+                      "pixel_size_um": twin.config.pixel_at_screen_um,
+                      "sample_pixel_size_um": twin.config.pixel_at_object_um,
+                      "profile": prof.name, "restoration_method": method, "seed": seed})
+        bar = ProgressBar("acquire", n_frames)
+        unsub = inst.events.frame_ready.connect(
+            lambda f: bar.update(min(n_frames, recording.done + 1)))
+        t0 = time.monotonic()
         try:
-            writer.append(inst.dark, image_key=2, exposure_s=inst.exposure_s,
-                          frames_averaged=n_ref, voltage_kv=0.0, current_ua=0.0)
-            writer.append(inst.flat, image_key=1, exposure_s=inst.exposure_s,
-                          frames_averaged=n_ref, voltage_kv=kv, current_ua=ua)
-            corrected, restored, fell_back, fid = [], [], 0, None
-            restorer = inst.restorer()
-            bar = ProgressBar("acquire", n_frames)
-            t0 = time.monotonic()
-            restore_s = 0.0
-            for i in range(n_frames):
-                fr = inst.acquire(n_average, correct=True)
-                t1 = time.monotonic()
-                rest = restorer.restore(fr.data)
-                restore_s += time.monotonic() - t1
-                rest, used, fid = inst.check_fidelity(
-                    fr.data, rest, method, frames_averaged=n_average, exposure_s=fr.exposure_s,
-                    voltage_kv=fr.voltage_kv, current_ua=fr.current_ua)
-                fell_back += int(fid.fell_back)
-                idx = writer.append(fr.data, image_key=0, theta_deg=fr.theta_deg,
-                                    voltage_kv=fr.voltage_kv, current_ua=fr.current_ua,
-                                    exposure_s=fr.exposure_s, frames_averaged=n_average,
-                                    focus_z_um=fr.focus_z_um, timestamp_s=fr.timestamp_s)
-                writer.append_restored(rest, source_index=idx, method=used, profile=prof.name,
-                                       extras=fid.hdf5_extras())
-                corrected.append(fr.data)
-                restored.append(rest)
-                bar.update(i + 1)
-            bar.close()
-            elapsed = time.monotonic() - t0
-            if curve is not None:
-                writer.write_array("analysis/focus_curve", curve.as_array(),
-                                   {"columns": "position_um, metric", "metric": "hf_energy",
-                                    "best_position_um": float(best),
-                                    "twin_true_optimum_um": float(truth)})
-            gt = twin.ground_truth()
-            writer.write_array("analysis/ground_truth", gt,
-                               {"what": "noise-free thin-screen image from the digital twin"})
-        except BaseException as exc:
-            writer.close(complete=False, reason=f"{type(exc).__name__}: {exc}")
-            raise
-        writer.close(complete=True)
+            frames = inst.run(recording)
+        finally:
+            unsub()
+        bar.close()
+        elapsed = time.monotonic() - t0
+        restore_s = recording.restore_s
+        corrected = [f.data for f in frames]
+        restored = [f.restored for f in frames]
+        fell_back = sum(int(bool(getattr(f.fidelity, "fell_back", False))) for f in frames)
+        fid = frames[-1].fidelity
         inst.xray_off()
 
     rng = float(gt.max() - gt.min())
