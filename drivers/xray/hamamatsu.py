@@ -385,7 +385,8 @@ class HamamatsuTube:
                        f"uA from the setpoint {self._ua_set:g} uA (tolerance {tol_ua:g} uA)")
         if why is not None:
             self._emergency_off(f"implausible readback: {why}")
-            raise TubeFault(f"{self.name}: {why}; X-rays switched off")
+            self._fault = TubeFault(f"{self.name}: {why}; X-rays switched off")
+            raise self._fault
 
     def _parsed(self, parser, *args):
         """Run a reply parser; a malformed value is a protocol fault (X-rays off)."""
@@ -505,6 +506,8 @@ class HamamatsuTube:
         wire = self.dialect.kv_to_wire(v)
         v_wire = int(wire) * self.dialect.kv_per_count
         self._limits.check(v_wire, self._ua_set, self._focus, self.name)
+        self._changed_at = time.monotonic()   # before sending: the heartbeat may
+        # read the ramping output before this call returns
         self._fields("HIV", wire)
         self._kv_set = v_wire
         self._changed_at = time.monotonic()
@@ -515,6 +518,8 @@ class HamamatsuTube:
         wire = self.dialect.ua_to_wire(i)
         i_wire = int(wire) * self.dialect.ua_per_count
         self._limits.check(self._kv_set, i_wire, self._focus, self.name)
+        self._changed_at = time.monotonic()   # before sending: the heartbeat may
+        # read the ramping output before this call returns
         self._fields("CUR", wire)
         self._ua_set = i_wire
         self._changed_at = time.monotonic()
@@ -524,6 +529,8 @@ class HamamatsuTube:
         if isinstance(mode, bool) or not isinstance(mode, int):
             raise TypeError(f"{self.name}: focus mode must be an int, got {mode!r}")
         self._limits.check(self._kv_set, self._ua_set, mode, self.name)
+        self._changed_at = time.monotonic()   # before sending: the heartbeat may
+        # read the ramping output before this call returns
         self._fields("CFS", str(mode))
         self._focus = mode
         self._changed_at = time.monotonic()
@@ -629,6 +636,8 @@ class HamamatsuTube:
         """Switch X-rays on at the present setpoints (checked against the limits again)."""
         self._limits.check(self._kv_set, self._ua_set, self._focus, self.name)
         try:
+            self._changed_at = time.monotonic()   # before sending: the heartbeat may
+            # read the ramping output before this call returns
             self._fields("XON")
             self._changed_at = time.monotonic()
             self._last_off = None
@@ -897,6 +906,8 @@ class HamamatsuTextTube(HamamatsuTube):
                                  f"{mode!r}")
         self._limits.check(self._kv_set, self._ua_set, mode, self.name)
         self._require_remote("selecting the focus mode")
+        self._changed_at = time.monotonic()   # before sending: the heartbeat may
+        # read the ramping output before this call returns
         self._match(commands[mode])
         self._focus = mode
         self._changed_at = time.monotonic()
@@ -905,6 +916,8 @@ class HamamatsuTextTube(HamamatsuTube):
         self._limits.check(self._kv_set, self._ua_set, self._focus, self.name)
         self._require_remote("X-ray on")
         try:
+            self._changed_at = time.monotonic()   # before sending: the heartbeat may
+            # read the ramping output before this call returns
             self._match("XON")
             self._changed_at = time.monotonic()
             self._last_off = None
