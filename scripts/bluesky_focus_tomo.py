@@ -57,16 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         z = focus_motor(a.prefix)
         theta = rotation_motor(a.prefix)
 
-    RE(bps.mv(tube.warm_up, True))                     # completes when warm
+    if not RE(bps.rd(tube.xray_on_rbv)).plan_result:
+        RE(bps.mv(tube.warm_up, True))                 # completes when warm
     RE(bps.mv(tube.voltage, a.voltage_kv))
     RE(bps.mv(tube.xray_on, True))                     # completes when the output is stable
     centre = float(RE(bps.rd(z.user_readback)).plan_result)
-    half = 0.5 * a.range_um
-    RE(focus_scan(cam, z, centre - half, centre + half, a.step_um))
+    lo = float(RE(bps.rd(z.low_limit_travel)).plan_result)
+    hi = float(RE(bps.rd(z.high_limit_travel)).plan_result)
+    start = max(lo, centre - 0.5 * a.range_um)          # the scan stays inside HLM/LLM
+    stop = min(hi, start + a.range_um)
+    RE(focus_scan(cam, z, start, stop, a.step_um))
     path = Path(resources[-1]["uri"].removeprefix("file://localhost"))
     with h5py.File(path, "r") as f:
         frames = f["/entry/data/data"][...]
-    positions = np.linspace(centre - half, centre + half, len(frames))
+    positions = np.linspace(start, stop, len(frames))
     scores = [sharpness(frame, "hf_energy") for frame in frames]
     best = float(positions[int(np.argmax(scores))])
     print(f"focus scan -> {path}: sharpest at {best:.1f} um")
