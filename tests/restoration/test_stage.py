@@ -184,3 +184,18 @@ def test_stream_bad_input(profile, scene_pair):
         list(r.stream([lr[0]], depth=0))
     # the CPU path stays usable after a refused input
     assert np.isfinite(r.restore(lr[0])).all()
+
+
+def test_live_one_frame_buffers_are_reused_and_give_the_restore_result(profile, scene_pair):
+    """The CUDA live path of restore() (pinned one-frame buffers kept across calls) runs the
+    same loop; on the CPU it is exercised directly."""
+    _, lr = scene_pair
+    r = Restorer(profile, "wiener", device="cpu")
+    first = next(r._stream([lr[0]], 1, r._live_slots, account=False))
+    buffers = r._live_buffers
+    again = next(r._stream([lr[1]], 1, r._live_slots, account=False))
+    assert r._live_buffers is buffers                      # same shape: no new allocation
+    np.testing.assert_array_equal(first, r.restore(lr[0]))
+    np.testing.assert_array_equal(again, r.restore(lr[1]))
+    next(r._stream([lr[0][:64]], 1, r._live_slots, account=False))
+    assert r._live_buffers is not buffers                  # a new frame shape: new buffers

@@ -26,6 +26,7 @@ import functools
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -310,6 +311,10 @@ class Restorer:
         self._compiled = False
         self._predict: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._fn: Callable[..., Any] | None = None
+        # restore() on CUDA: one set of pinned buffers, one caller at a time
+        self._live_lock = threading.Lock()
+        self._live_key: tuple | None = None
+        self._live_buffers: list[dict[str, Any]] = []
         if method in CLASSICAL_METHODS or precision == "fp32" or (precision is None and not self.amp):
             self.precision = "fp32"
         elif precision is not None:
@@ -558,6 +563,12 @@ class Restorer:
         t0 = time.perf_counter()
         while True:
             try:
+                if self.device.type == "cuda" and x.device.type == "cpu":
+                    # the live path: pinned buffers, copy streams, one hand-off (see stream)
+                    with self._live_lock:
+                        result = next(self._stream([x.numpy()], 1, self._live_slots, account=False))
+                    self._account(x.shape[0], time.perf_counter() - t0)
+                    return result[0] if single else result
                 out = self._run(x.to(self.device))
                 break
             except torch.cuda.OutOfMemoryError:
@@ -615,6 +626,35 @@ class Restorer:
         """
         if not (isinstance(depth, int) and depth >= 1):
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        return self._stream(frames, depth, self._new_slots, account=True)
+
+    def _new_slots(self, b: int, h: int, w: int, depth: int) -> list[dict[str, Any]]:
+        """Host (pinned on CUDA) and device buffers and events of ``depth`` frames in flight."""
+        cuda = self.device.type == "cuda"
+        out_shape = (b, h * self.scale, w * self.scale)
+        slots = []
+        for _ in range(depth):
+            slot = {"in": torch.empty((b, h, w), dtype=torch.float32, pin_memory=cuda),
+                    "out": torch.empty(out_shape, dtype=torch.float32, pin_memory=cuda),
+                    "finite": torch.ones(1, dtype=torch.bool, pin_memory=cuda)}
+            if cuda:
+                slot["dev_in"] = torch.empty((b, h, w), dtype=torch.float32, device=self.device)
+                slot["uploaded"] = torch.cuda.Event()
+                slot["computed"] = torch.cuda.Event()
+                slot["ready"] = torch.cuda.Event()
+            slots.append(slot)
+        return slots
+
+    def _live_slots(self, b: int, h: int, w: int, depth: int) -> list[dict[str, Any]]:
+        """The one-frame buffers of :meth:`restore` on CUDA, kept while the frame shape stays."""
+        key = (b, h, w, depth, str(self.device), self.scale)
+        if self._live_key != key:
+            self._live_buffers, self._live_key = self._new_slots(b, h, w, depth), key
+        return self._live_buffers
+
+    def _stream(self, frames: Iterable[Any], depth: int,
+                slots_for: Callable[[int, int, int, int], list[dict[str, Any]]],
+                account: bool) -> Iterator[np.ndarray]:
         cuda = self.device.type == "cuda"
         in_shape: tuple[int, ...] | None = None
         single = False
@@ -632,7 +672,8 @@ class Restorer:
             if not bool(slot["finite"][0]):
                 raise FloatingPointError(f"{self.method} produced non-finite output")
             result = slot["out"].numpy().copy()
-            self._account(n, time.perf_counter() - t0)
+            if account:
+                self._account(n, time.perf_counter() - t0)
             return result[0] if single else result
 
         for k, item in enumerate(frames):
@@ -640,18 +681,7 @@ class Restorer:
             if in_shape is None:
                 x0, single = as_batch(arr, "frame")    # checks type and shape once
                 in_shape = tuple(arr.shape)
-                b, h, w = x0.shape
-                out_shape = (b, h * self.scale, w * self.scale)
-                for _ in range(depth):
-                    slot = {"in": torch.empty((b, h, w), dtype=torch.float32, pin_memory=cuda),
-                            "out": torch.empty(out_shape, dtype=torch.float32, pin_memory=cuda),
-                            "finite": torch.ones(1, dtype=torch.bool, pin_memory=cuda)}
-                    if cuda:
-                        slot["dev_in"] = torch.empty((b, h, w), dtype=torch.float32, device=self.device)
-                        slot["uploaded"] = torch.cuda.Event()
-                        slot["computed"] = torch.cuda.Event()
-                        slot["ready"] = torch.cuda.Event()
-                    slots.append(slot)
+                slots = slots_for(*x0.shape, depth)
             elif tuple(arr.shape) != in_shape:
                 raise ValueError(f"stream: frame {k} has shape {tuple(arr.shape)}, the stream "
                                  f"started with {in_shape}")
