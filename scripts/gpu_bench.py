@@ -462,7 +462,7 @@ def bench_pipeline(profiles: list, device: torch.device, args) -> dict:
                "elapsed_s": stats.elapsed_s, "state": stats.state,
                "restore_stage_fps": st["restore"].frames_per_s if "restore" in st else None,
                "table": stats.table()}
-        for key in ("frames_restored", "frames_not_restored", "restored_late"):
+        for key in ("frames_restored", "frames_not_restored", "restored_late", "restored_per_s"):
             if hasattr(stats, key):
                 out[key] = getattr(stats, key)
         return out
@@ -538,7 +538,8 @@ def table(result: dict) -> str:
                      f"{pipe['camera_frames']}, dropped {pipe['camera_dropped']}; outputs "
                      f"{pipe['outputs']}, recorded {pipe['recorded_frames']}, restored "
                      f"{pipe.get('frames_restored', pipe['recorded_restored'])} "
-                     f"(restore stage {fmt(pipe.get('restore_stage_fps'))} frames/s)")
+                     f"({fmt(pipe.get('restored_per_s'))} frames/s), "
+                     f"{pipe.get('frames_not_restored', '-')} recorded unrestored")
     else:
         lines.append(f"pipeline: {pipe.get('status')} {pipe.get('reason', '')}")
     tr = result.get("training", {})
