@@ -296,8 +296,20 @@ class GcsAxis:
 
     @property
     def position(self) -> float:
-        """Current position in ``unit``."""
-        return parse_float(self._value("POS?"), "POS?", self.name) * self.scale
+        """Current position in ``unit``; a readback far outside the controller's travel range
+        (by more than the range itself, once ``TMN?``/``TMX?`` are known) is a protocol
+        error, not a position."""
+        raw = self._value("POS?")
+        pos = parse_float(raw, "POS?", self.name) * self.scale
+        if self._hw_limits is not None:
+            lo, hi = self._hw_limits
+            span = hi - lo
+            if not lo - span <= pos <= hi + span:
+                raise ProtocolError(f"{self.name}: position readback {raw!r} ({pos:g} "
+                                    f"{self.unit}) is implausible for a travel of {lo:g}..{hi:g} "
+                                    f"{self.unit}", device=self.name, command="POS?",
+                                    received=raw.encode())
+        return pos
 
     @property
     def target(self) -> float:

@@ -320,6 +320,8 @@ class GcsPeer(HostilePeer):
             self._send(conn, b"1=0\n" if c == b"ONT?" else good)
         elif f == "nan_position":
             self._send(conn, b"1=nan\n" if c == b"POS?" else good)
+        elif f == "absurd_position":
+            self._send(conn, b"1=99999.0\n" if c == b"POS?" else good)
         elif f == "inf_position":
             self._send(conn, b"1=1e999\n" if c == b"POS?" else good)
         elif f == "wrong_axis":
@@ -343,7 +345,7 @@ TUBE_FAULTS_CONNECT = ["huge_line", "huge_line_no_eol", "flood", "stale_forever"
 TUBE_HEARTBEAT_ONLY = ["kv_999", "silence", "huge_line", "flood", "one_byte_per_s"]
 GCS_FAULTS = ["huge_line", "huge_line_no_eol", "flood", "endless_continuation", "partial",
               "silence", "one_byte_per_s", "garbage", "nul_bytes", "vel_tiny",
-              "never_on_target", "nan_position", "inf_position", "wrong_axis",
+              "never_on_target", "nan_position", "inf_position", "absurd_position", "wrong_axis",
               "error_after_move", "bad_motion_mask"]
 INSTRUMENT_FAULTS = ["partial", "silence", "one_byte_per_s", "huge_line", "flood"]
 
