@@ -187,22 +187,29 @@ def test_sampler_uncertainty_of_an_sr3_restorer(profile):
 
 
 # ------------------------------------------------------------------------- acquisition policy
-class _Camera:
-    """Delivers one fixed corrected-looking frame (the instrument's corrector is identity)."""
+# the test frames in ADU: dark 100, flat 100 + ADU_PER_T (the installed references)
+ADU_PER_T = 20000.0
 
-    exposure_s = 1.0
 
-    def __init__(self, data):
-        self.data = data
+def _camera(frame):
+    """A simulated sCMOS that delivers one fixed frame (transmission ``frame`` in ADU)."""
+    from drivers.camera.simulated import SimulatedCamera
 
-    def grab(self, n):
-        from drivers.camera.base import Frame
-        return [Frame(self.data, i, 0.0, 1.0, {"voltage_kv": 50.0, "current_ua": 80.0})
-                for i in range(n)]
+    adu = np.clip(np.rint(100.0 + ADU_PER_T * np.asarray(frame, np.float64)), 0, 65535)
+    adu = adu.astype(np.uint16)
+
+    def render(exposure_s, roi, binning, frame_number):
+        return adu.copy(), {"voltage_kv": 50.0, "current_ua": 80.0, "xray_on": True}
+
+    cam = SimulatedCamera(render, sensor_shape=adu.shape, max_fps=1000.0)
+    cam.exposure_s = 0.01
+    return cam
 
 
 class _Inventing:
     """A restorer that adds a via that is not in the data."""
+
+    method = "sr3"
 
     def __init__(self, truth):
         self.truth = truth
@@ -216,9 +223,15 @@ def _instrument(profile, lr, hr):
 
     inst = Instrument()
     inst.connected = True
-    inst.camera = _Camera(lr)
-    inst.corrector = lambda data: data.astype(np.float32)
+    inst.camera = _camera(lr)
+    # references that give back the transmission: dark 100 ADU, flat 100 + ADU_PER_T
+    from xinstrument.acquisition.frame import ReferenceSet
+    inst.install_references(ReferenceSet(np.full(lr.shape, 100.0),
+                                         np.full(lr.shape, 100.0 + ADU_PER_T)))
     inst.profile = profile
+    # the learned restorers are stand-ins injected below: their weights are never loaded, but
+    # the plan checks that the profile names them
+    profile.weights = {**profile.weights, "sr3": "sr3.pt", "sr_x2": "sr_x2.pt"}
     inst.restoration_method = "sr3"
     inst.restoration_device = "cpu"
     inst._restorers[_key(inst, "sr3")] = _Inventing(hr)
@@ -240,7 +253,7 @@ def test_policy_falls_back_to_classical_when_the_restoration_invents(profile):
     assert fr.fidelity.fell_back and fr.fidelity.method == "sr3"
     assert "restored with wiener" in fr.fidelity.fallback_reason
     assert fr.fidelity.flagged[4, 4]
-    np.testing.assert_allclose(fr.restored, inst.restore(lr[0], "wiener"), atol=1e-6)
+    np.testing.assert_allclose(fr.restored, inst.restore(fr.data, "wiener"), atol=1e-6)
 
     inst.set_fidelity_policy(True, fallback_method=None, tile_px=16, dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
@@ -345,6 +358,7 @@ class _InventingSR(_Inventing):
     """A 2x super-resolving restorer that adds a via that is not in the data."""
 
     scale = 2
+    method = "sr_x2"
 
     def restore(self, frame):
         return np.kron(super().restore(frame), np.ones((2, 2), np.float32))
