@@ -441,7 +441,7 @@ def bench_pipeline(profiles: list, device: torch.device, args) -> dict:
     restorer = make_restorer(args.pipeline_method, profile, device, "fp32", args)
     restorer.warm_up((size, size))
     n_out = max(1, int(args.pipeline_s * TARGETS["camera_fps"] / args.average))
-    tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-", dir=args.record_dir))
     try:
         path = tmp / "pipeline.h5"
         live = LiveView(capacity=2)
@@ -456,6 +456,7 @@ def bench_pipeline(profiles: list, device: torch.device, args) -> dict:
                         if "/entry/restored/data" in f else 0)
         st = stats.stages
         out = {"status": "ok", "method": args.pipeline_method, "profile": profile.name,
+               "record_dir": str(tmp.parent),
                "frame_px": size, "camera_fps": TARGETS["camera_fps"], "n_average": args.average,
                "camera_frames": st["camera"].frames_out, "camera_dropped": stats.camera_dropped,
                "outputs": n_out, "recorded_frames": recorded, "recorded_restored": restored,
@@ -573,6 +574,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="wall-time budget of the method section (default 290; quick 300)")
     ap.add_argument("--skip", default="", help="comma-separated: pipeline, fidelity, training")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    ap.add_argument("--pipeline-method", default="wiener",
+                    help="restoration method of the live-pipeline section (default wiener)")
+    ap.add_argument("--record-dir", default=None,
+                    help="folder of the pipeline's HDF5 recording (default: the system's temp "
+                         "folder; /dev/shm leaves the disk out of the figure)")
     args = ap.parse_args(argv)
     q = args.quick
     args.size = args.size or (64 if q else 2048)
@@ -587,7 +593,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seconds_per_case = 1.0 if q else 3.0
     args.pipeline_size = 128 if q else args.size
     args.pipeline_s = 2.0 if q else 5.0
-    args.pipeline_method = "wiener"
+    if not registry.is_registered(args.pipeline_method):
+        raise BenchError(f"--pipeline-method {args.pipeline_method!r} is not a registered method")
+    if args.record_dir is not None and not Path(args.record_dir).is_dir():
+        raise BenchError(f"--record-dir {args.record_dir}: not a folder")
     args.average = 2
     args.train_steps, args.train_batch, args.train_patch = (3, 4, 64) if q else (60, 32, 128)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -606,15 +615,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     t_start = time.monotonic()
-    args = parse_args(argv)
-    device = pick_device(args.device)
-    check_frame_size(args.size, args.batch, device)
     import importlib
-    for mod in _METHOD_MODULES:
+    for mod in _METHOD_MODULES:      # they register their methods
         try:
             importlib.import_module(mod)
         except ImportError as exc:
             log(f"{mod}: not importable ({exc}); its methods are not benchmarked")
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    check_frame_size(args.size, args.batch, device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.compile_mode != "off" and device.type != "cuda":
