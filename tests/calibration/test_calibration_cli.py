@@ -149,25 +149,40 @@ def test_nnps_and_psf_update_an_existing_profile_keeping_the_rest(scans, tmp_pat
     assert (prof_dir / "psf.png").is_file()
 
 
+def _blurred_bars(period_px: float, phase_px: float, n_px: int, sigma_px: float = 1.0) -> np.ndarray:
+    """Bars (1000 open, 200 absorbing) blurred by a Gaussian and integrated over the pixels."""
+    from scipy import ndimage
+    os_ = 50
+    x = (np.arange(n_px * os_) + 0.5) / os_
+    bars = np.where(((x - phase_px) % period_px) < period_px / 2, 1000.0, 200.0)
+    return ndimage.gaussian_filter1d(bars, sigma_px * os_, mode="wrap").reshape(n_px, os_).mean(1)
+
+
 def test_ctf_of_a_bar_pattern(tmp_path, capsys) -> None:
-    """Square-wave bars of known contrast: CTF = Michelson contrast / reference contrast."""
+    """Blurred bars at half-pixel phases: CTF = bar contrast / reference contrast, as the
+    analytic square-wave response of the blur times the pixel aperture (Coltman's series)."""
+    from xinstrument.calibration.ctf import ctf_from_mtf
     img = np.full((80, 200), 1000.0)
-    x = np.arange(200)
-    bars = np.where((x // 4) % 2 == 0, 200.0, 1000.0)       # period 8 px
-    wide = np.where((x // 10) % 2 == 0, 200.0, 1000.0)      # period 20 px
-    img[10:40, :100] = bars[:100]
-    img[10:40, 100:] = wide[100:]
+    img[10:40, :100] = _blurred_bars(5.0, 0.5, 100)          # 5 px period, half-pixel phase
+    img[10:40, 100:] = _blurred_bars(20.0, 0.5, 100)         # 20 px period
     img[50:80, 100:150] = 200.0                              # opaque area
     path = tmp_path / "bars.tif"
     tifffile.imwrite(path, img.astype(np.float32))
     px = 10.0
     rc, out, err = _run(capsys, "ctf", str(path), "--pixel-size-um", str(px),
-                        "--group", str(1000 / (8 * px)), "10", "0", "30", "100",
+                        "--group", str(1000 / (5 * px)), "10", "0", "30", "100",
                         "--group", str(1000 / (20 * px)), "10", "100", "30", "100",
                         "--open-roi", "50", "0", "30", "80", "--opaque-roi", "50", "100", "30", "50",
                         "--plot", str(tmp_path / "ctf.png"))
     assert rc == 0, err
-    assert out.count("CTF 1.000") == 2                       # bars as contrasty as the reference
+    fine = np.linspace(0, 20, 200001)
+    model = ctf_from_mtf(fine, np.exp(-2 * np.pi**2 * fine**2) * np.sinc(fine))
+    rows = [ln for ln in out.splitlines() if "lp/mm  CTF" in ln]
+    assert len(rows) == 2
+    for row, period in zip(rows, (20.0, 5.0), strict=True):   # printed by rising frequency
+        measured = float(row.split("CTF")[1].split()[0])
+        assert measured == pytest.approx(np.interp(1 / period, fine, model), abs=0.01)
+    assert "phase-aware" in out and "+-" in out
     assert (tmp_path / "ctf.png").is_file()
 
 

@@ -7,6 +7,8 @@ from scipy import ndimage, signal
 
 from .synthetic import gaussian_kernel
 from xinstrument.calibration.ctf import (
+    bar_contrast,
+    coltman_mtf,
     ctf_from_bar_groups,
     ctf_from_mtf,
     michelson_contrast,
@@ -134,6 +136,61 @@ def test_extract_psf_with_sparse_defects_in_thin_image(thin_thick_pair) -> None:
         damaged[r - 1 : r + 2, c - 1 : c + 2] = 0.02  # dark specks: scratches, bubbles
     r = extract_psf(damaged, thick)
     assert normalized_cross_correlation(r.psf, true_psf) > 0.95
+
+
+def _bars(period_px: float, phase_px: float, n_px: int = 120, sigma_px: float = 0.7) -> np.ndarray:
+    """Bars (200 / 100) blurred by a Gaussian, integrated over pixels (50x oversampled)."""
+    x = (np.arange(n_px * 50) + 0.5) / 50
+    bars = np.where(((x - phase_px) % period_px) < period_px / 2, 200.0, 100.0)
+    return ndimage.gaussian_filter1d(bars, sigma_px * 50, mode="wrap").reshape(n_px, 50).mean(1)
+
+
+@pytest.mark.parametrize("period_px", [3.3, 5.0, 6.0, 8.0, 10.0])
+def test_bar_contrast_does_not_depend_on_the_phase(period_px: float) -> None:
+    """The known-period fit gives the square-wave response whatever the bar phase (the sampled
+    extremes lose up to 15 %)."""
+    fine = np.linspace(0, 25, 250001)
+    expected = np.interp(1 / period_px, fine, ctf_from_mtf(
+        fine, np.exp(-2 * np.pi**2 * 0.49 * fine**2) * np.sinc(fine))) / 3.0
+    worst_sampled = 0.0
+    for phase in (0.0, 0.25, 0.5, 0.8):
+        prof = _bars(period_px, phase)
+        if period_px == 6.0 and phase == 0.5:
+            continue   # the 3rd harmonic sits on the pixels' zero crossings: refused (below)
+        fit = bar_contrast(np.tile(prof, (8, 1)), period_px)
+        assert fit.contrast == pytest.approx(expected, rel=0.03)
+        worst_sampled = max(worst_sampled, abs(michelson_contrast(prof, period_px) / expected - 1))
+    if period_px in (3.3, 5.0):
+        assert worst_sampled > 0.1   # what the fit removes
+
+
+def test_bar_contrast_refuses_unresolved_bars() -> None:
+    with pytest.raises(ValueError, match="below 3 px"):
+        bar_contrast(_bars(2.5, 0.0), 2.5)
+    # 4 px period at a half-pixel phase: the 3rd harmonic aliases onto the fundamental
+    with pytest.raises(ValueError, match="3rd harmonic cannot be told apart"):
+        bar_contrast(_bars(4.0, 0.5), 4.0)
+    assert bar_contrast(_bars(4.0, 0.25), 4.0).contrast > 0  # a quarter-pixel shift measures
+    with pytest.raises(ValueError, match="3rd harmonic cannot be told apart"):
+        bar_contrast(_bars(6.0, 0.5), 6.0)   # 3rd harmonic at Nyquist, sampled at its zeros
+    with pytest.raises(ValueError, match="fewer than 2.5 bar periods"):
+        bar_contrast(_bars(10.0, 0.0, 20), 10.0)
+
+
+def test_coltman_warns_and_widens_on_a_sparse_chart() -> None:
+    fine = np.linspace(0, 3, 30001)
+    mtf = np.exp(-2 * np.pi**2 * fine**2) * np.sinc(fine)
+    ctf = ctf_from_mtf(fine, mtf)
+    sparse = 0.5 * 2.0 ** -np.arange(7)[::-1]            # 7 groups, an octave apart
+    dense = 0.5 * 2.0 ** (-np.arange(19) / 6)[::-1]      # 6 groups per octave
+    r = coltman_mtf(sparse, np.interp(sparse, fine, ctf))
+    assert r.warnings and "sparse chart" in r.warnings[0]
+    err = np.abs(r.mtf - np.interp(sparse, fine, mtf))
+    assert err.max() > 0.02 and r.uncertainty.max() > err.max()
+    d = coltman_mtf(dense, np.interp(dense, fine, ctf))
+    assert d.warnings == []
+    assert np.abs(d.mtf - np.interp(dense, fine, mtf)).max() < 0.005
+    assert d.uncertainty.max() < r.uncertainty.max()
 
 
 def _halo_psf(n: int = 61, core_px: float = 1.5, halo_len_px: float = 6.0, halo_weight: float = 0.25):

@@ -421,7 +421,7 @@ def bar_axis(roi: np.ndarray) -> int:
 
 
 def _cmd_ctf(a: argparse.Namespace) -> int:
-    from xinstrument.calibration.ctf import ctf_from_bar_groups, ctf_from_mtf, mtf_from_ctf
+    from xinstrument.calibration.ctf import coltman_mtf, ctf_from_bar_groups, ctf_from_mtf
     from xinstrument.calibration.plots import plot_ctf
 
     prof = _require_profile(a.profile, "CTF")
@@ -448,16 +448,32 @@ def _cmd_ctf(a: argparse.Namespace) -> int:
     ctf = np.array([results[i].ctf[0] for i in order])
     if np.any(np.diff(f) == 0):
         raise CalibrationInputError(f"duplicate bar-group frequencies {f.tolist()}")
-    mtf_c = _measure(mtf_from_ctf, f, ctf) if f.size >= 2 else ctf * np.pi / 4
-    for fi, ci, mi in zip(f, ctf, mtf_c, strict=True):
-        print(f"  {fi:8.2f} lp/mm  CTF {ci:.3f}  MTF (Coltman) {mi:.3f}")
+    for r in results:
+        for w in r.warnings or []:
+            print(f"  warning: {w}")
+    if f.size >= 2:
+        colt = _measure(coltman_mtf, f, ctf)
+        mtf_c, unc = colt.mtf, colt.uncertainty
+    else:
+        mtf_c, unc = ctf * np.pi / 4, np.abs(ctf) * (1 - np.pi / 4)
+        print("  warning: one bar group: the Coltman MTF is the CTF times pi/4, uncertain by the "
+              "unmeasured harmonics")
+    print(f"CTF by {results[0].method}")
+    for fi, ci, mi, ui in zip(f, ctf, mtf_c, unc, strict=True):
+        print(f"  {fi:8.2f} lp/mm  CTF {ci:.3f}  MTF (Coltman) {mi:.3f} +- {ui:.3f}")
+    if f.size >= 2:
+        for w in colt.warnings:
+            print(f"  warning: {w}")
     model = None
     if prof is not None:
         curve = prof.mtf_lr if a.screen == "thick" else prof.mtf_hr
         fm = prof.frequency_cy_per_mm
         model = (fm, ctf_from_mtf(fm, curve), f"CTF from the profile's {a.screen} MTF")
         prof.calibration = {**prof.calibration, f"ctf_{a.screen}_frequency_lp_per_mm": f.tolist(),
-                            f"ctf_{a.screen}": ctf.tolist(), f"ctf_{a.screen}_source": img_frames.label}
+                            f"ctf_{a.screen}": ctf.tolist(), f"ctf_{a.screen}_source": img_frames.label,
+                            f"ctf_{a.screen}_method": results[0].method,
+                            f"ctf_{a.screen}_coltman_mtf": np.asarray(mtf_c).tolist(),
+                            f"ctf_{a.screen}_coltman_uncertainty": np.asarray(unc).tolist()}
         prof.save(a.profile)
         print(f"profile {a.profile}: CTF of the {a.screen} screen recorded in [calibration]")
     out = plot_ctf(_plot_path(a, "ctf"), f, ctf, mtf_c, model)
