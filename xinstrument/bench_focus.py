@@ -68,7 +68,8 @@ def _acquirer(twin, which: str, exposure_s: float, rng: np.random.Generator):
     return acquire
 
 
-def run(sensor_px: int = 128, seed: int = 3, frames_per_step: int = 4, scans: bool = True) -> int:
+def run(sensor_px: int = 128, seed: int = 3, frames_per_step: int = 4, scans: bool = True,
+        exposure_s: float = 1.0) -> int:
     from .sim import Twin, lens_bench, panel_bench
 
     t0 = time.monotonic()
@@ -103,8 +104,8 @@ def run(sensor_px: int = 128, seed: int = 3, frames_per_step: int = 4, scans: bo
     print(f"\ndefault metric: {DEFAULT_METRIC} (the smallest max |offset| on the thick screen)")
 
     if scans:
-        print(f"\nfocus scans with {DEFAULT_METRIC}: noisy frames ({frames_per_step} per step, flat-field "
-              f"corrected), 1 um steps over best focus +-{SPAN_UM:g} um, Gaussian fit")
+        print(f"\nfocus scans with {DEFAULT_METRIC}: noisy frames ({frames_per_step} x {exposure_s:g} s "
+              f"per step, flat-field corrected), 1 um steps over best focus +-{SPAN_UM:g} um, Gaussian fit")
         print(f"  {'sample':18s}{'screen':>8s}{'found - best focus':>20s}"
               f"{'found - metric optimum':>24s}{'within':>8s}")
         misses = misses_best = 0
@@ -114,7 +115,7 @@ def run(sensor_px: int = 128, seed: int = 3, frames_per_step: int = 4, scans: bo
                 twin.sample = smp
                 twin.set_state(stage_um=best - SPAN_UM)
                 rng = np.random.default_rng(seed + 17)
-                acquire = _acquirer(twin, which, 1.0, rng)
+                acquire = _acquirer(twin, which, exposure_s, rng)
                 curve = focus_scan(_TwinAxis(twin), acquire, best - SPAN_UM, best + SPAN_UM, 1.0,
                                    frames_per_step, DEFAULT_METRIC)
                 err = curve.best_position_um - best
@@ -136,7 +137,7 @@ def run(sensor_px: int = 128, seed: int = 3, frames_per_step: int = 4, scans: bo
 
 def _cmd(a: argparse.Namespace) -> int:
     try:
-        return run(a.sensor_px, a.seed, a.frames_per_step, not a.no_scans)
+        return run(a.sensor_px, a.seed, a.frames_per_step, not a.no_scans, a.exposure_s)
     except FocusError as exc:
         raise SystemExit(f"xinstrument bench focus: {exc}") from None
 
@@ -152,5 +153,6 @@ def register(bench_subparsers) -> None:
     f.add_argument("--seed", type=int, default=3, help="sample seed (default 3)")
     f.add_argument("--frames-per-step", type=positive_int, default=4,
                    help="frames per focus step in the scans (default 4)")
+    f.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame (default 1 s)")
     f.add_argument("--no-scans", action="store_true", help="the noise-free table only")
     f.set_defaults(func=_cmd)
