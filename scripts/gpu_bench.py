@@ -587,6 +587,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     gm = args.graph_methods if args.graph_methods is not None else ("" if q else "unet")
     args.graph_methods = [m.strip() for m in gm.split(",") if m.strip()]
     args.graph_after_s = 330.0         # no compilation started after this (8-minute run)
+    args.sections_after_s = 420.0      # no section (fidelity, pipeline, training) after this
     args.check_px = 64 if q else 160
     args.tile, args.overlap, args.tile_batch = (128, 32, 4) if q else (512, 32, 4)
     args.reps, args.min_reps = (6, 3) if q else (200, 3)
@@ -682,6 +683,9 @@ def main(argv=None) -> int:
     for name, fn in sections:
         if name in args.skip:
             result[name] = {"status": "skipped", "reason": "--skip"}
+            continue
+        if not args.quick and time.monotonic() - t_start > args.sections_after_s:
+            result[name] = {"status": "skipped", "reason": "time budget spent (8-minute run)"}
             continue
         log(f"-- {name}")
         try:
