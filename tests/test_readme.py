@@ -82,12 +82,13 @@ def test_parse_only_commands_are_accepted_by_the_parser():
 
 
 def _script(blocks) -> str:
-    lines = ["set -euo pipefail"]
+    lines = ["set -euo pipefail", 'echo "--- start $(date +%s)"']
     for k, (mode, lang, code) in enumerate(blocks):
         if mode != "run":
             continue
         # each block starts in the repository's folder, as a reader's would
-        lines += [f"echo '--- README block {k + 1} ({lang})'", "(", 'cd "$XI_ROOT"']
+        lines += [f"echo \"--- README block {k + 1} ({lang}) at $(date +%s)\"", "(",
+                  'cd "$XI_ROOT"']
         if lang == "bash":
             lines.append(code.rstrip("\n"))
         else:
@@ -97,6 +98,8 @@ def _script(blocks) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_the_readme_runs_as_written(tmp_path):
     """The runnable blocks, in order, on the files they make (a few minutes of simulated
     bench on a 256 px sensor)."""
@@ -124,9 +127,11 @@ def test_the_readme_runs_as_written(tmp_path):
         assert (run / name).is_file(), name
     assert not list((REPO / "scripts").glob("*.h5")), "a scan landed beside its plan"
     assert (root / "api_tomo.h5").is_file()
-    # recon leaves its input alone: the scan keeps the plan's own 21 saa slices, the new
-    # file holds the 5 asked for
+    # recon leaves its input alone: the scan keeps only its plan's own reconstructions (21
+    # slices of the restored projections), the new file holds the 5 asked for
     from xinstrument.recon import read_reconstruction
-    assert read_reconstruction(run / "pcb_tomo.h5", "saa")[0].shape[0] == 21
+    assert read_reconstruction(run / "pcb_tomo.h5", "saa_restored")[0].shape[0] == 21
+    with pytest.raises(KeyError):
+        read_reconstruction(run / "pcb_tomo.h5", "saa")
     assert read_reconstruction(run / "pcb_tomo_recon-saa.h5", "saa")[0].shape[0] == 5
     assert "Traceback" not in log and "nan s left" not in log

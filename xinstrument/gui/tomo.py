@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,11 @@ class TomoPanel(Panel):
         self._log_seen: deque[tuple[int, str]] = deque(maxlen=200)
         self._log_count = 0
         bridge.log_line.connect(self._seen)
+        self._last_report = 0.0
+        self._n_angles = 0
+        self._pause_timer = QTimer(self)
+        self._pause_timer.setInterval(100)
+        self._pause_timer.timeout.connect(self._check_paused)
         self.scan_progress.connect(self._on_progress)
         self.recon_progress.connect(self._on_recon_progress)
         self._set_running(False)
@@ -296,10 +302,17 @@ class TomoPanel(Panel):
                 pass
 
         scan = TomoScan(self.instrument, plan, progress=report)
+        try:
+            # the engine checks the plan against the instrument (references, limits) first
+            scan.start()
+        except Exception as exc:  # noqa: BLE001 - a refusal: said here, nothing started
+            self.phase.setText(f"scan refused: {describe_error(exc)}")
+            self.say(f"scan refused: {describe_error(exc)}")
+            return
         self.scan = scan
         self._set_running(True)
-        self.bridge.log_line.emit("tomosynthesis: " + plan_summary(plan))
-        scan.start()
+        self._last_report = time.monotonic()
+        self._pause_timer.start()
 
         def wait():
             # an abort is an outcome the operator asked for, not a failure
@@ -326,7 +339,7 @@ class TomoPanel(Panel):
         self.scan.pause()
         self.pause_btn.setEnabled(False)
         self.resume_btn.setEnabled(True)
-        # the engine logs "paused" when it holds and "resumed" when it goes on: one line each
+        self._pause_mark = self._log_count
         self.phase.setText("pausing before the next frame (X-rays stay on)")
 
     def resume(self) -> None:
@@ -335,7 +348,16 @@ class TomoPanel(Panel):
         self.scan.resume()
         self.pause_btn.setEnabled(True)
         self.resume_btn.setEnabled(False)
+        self._log_once("resumed", "tomosynthesis resumed", self._log_count)
 
+    def _log_once(self, word: str, line: str, mark: int, delay_ms: int = 400) -> None:
+        """Log ``line`` unless the engine logged ``word`` since ``mark`` (it does when it
+        holds or goes on at a plan checkpoint): one line per event, whoever says it."""
+        QTimer.singleShot(delay_ms, lambda: None if any(
+            n > mark and word in text for n, text in self._log_seen) else
+            self.bridge.log_line.emit(line))
+
+    _pause_mark = 0
     _abort_mark: int | None = None
 
     def abort(self) -> None:
@@ -364,9 +386,26 @@ class TomoPanel(Panel):
 
     def _ended(self) -> None:
         self.scan = None
+        self._pause_timer.stop()
         self._set_running(False)
 
+    def _check_paused(self) -> None:
+        """The engine holds a paused scan at its next frame boundary; once reports have
+        stopped coming the panel says it is paused."""
+        scan = self.scan
+        if scan is None or not scan.paused or self.phase.text().startswith("paused"):
+            return
+        if time.monotonic() - self._last_report > 0.3:
+            self.phase.setText(f"paused at projection {scan._angles_done}/"
+                               f"{self._n_angles} (X-rays stay on); Resume goes on")
+            self.pause_btn.setEnabled(False)
+            self.resume_btn.setEnabled(True)
+            self._log_once("paused", "tomosynthesis paused", self._pause_mark, delay_ms=0)
+
     def _on_progress(self, p) -> None:
+        self._last_report = time.monotonic()
+        if p.n_angles:
+            self._n_angles = p.n_angles
         self.progress.setValue(round(100 * p.fraction))
         text = PHASE_TEXT.get(p.phase, p.phase)
         parts = [f"{text}: projection {p.angle_index}/{p.n_angles}",
