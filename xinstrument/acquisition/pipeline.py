@@ -16,7 +16,6 @@ before a fault stays readable.
 from __future__ import annotations
 
 import collections
-import math
 import queue
 import threading
 import time
@@ -166,35 +165,25 @@ class LiveView:
             self._cond.notify_all()
 
 
-def _meta_float(meta: dict, *keys: str) -> float:
-    for k in keys:
-        v = meta.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return math.nan
-
-
-def _scan_writer_class() -> type:
-    try:
-        from xinstrument.storage import ScanWriter
-    except ImportError:  # package namespace not populated yet: use the module directly
-        from xinstrument.storage.writer import ScanWriter
-    return ScanWriter
-
-
 class HDF5Sink:
-    """Writes every frame (and its restored version) to a scan file via storage.ScanWriter.
+    """Records every frame through the recording sink (:class:`xinstrument.storage.sink.
+    RecordingSink`, the one writer of scan files) for a pipeline run outside the engine
+    (benchmarks, scripts that build their own pipeline).
 
-    The file is created on the first frame, when the frame shape is known. Lossless: the
-    pipeline back-pressures instead of dropping. Frame metadata keys understood:
-    voltage_kv, current_ua, theta_deg, focus_z_um (or stage_um).
+    The file is laid out on the first frame, when its shape, whether it is corrected, the
+    restoration scale and the fidelity report's shape are known. ``references``: (frame,
+    image_key, frames_averaged) of the dark (2) and flat (1) that corrected the frames, for a
+    corrector that is not a ReferenceSet. ``raw_dtype``: storage dtype of the camera counts
+    (default: float32 for averages, the camera's dtype for single frames). Lossless: the
+    pipeline back-pressures instead of dropping.
     """
 
     lossless = True
 
     def __init__(self, path: str | Path, metadata: dict | None = None, image_key: int = 0,
                  compression: str | None = "default", overwrite: bool = False,
-                 swmr: bool = True, name: str = "hdf5", references=()) -> None:
+                 swmr: bool = True, name: str = "hdf5", references=(),
+                 raw_dtype: str | None = None) -> None:
         if image_key not in (0, 1, 2):
             raise ValueError(f"image_key must be 0 (projection), 1 (flat) or 2 (dark), got "
                              f"{image_key!r}")
@@ -203,65 +192,57 @@ class HDF5Sink:
         self.image_key, self.compression, self.overwrite, self.swmr = (
             int(image_key), compression, bool(overwrite), bool(swmr))
         self.name = name
-        # (frame, image_key, frames_averaged) written before the first frame: the dark and flat
-        # references that corrected the frames
-        self.references = [(np.asarray(f, np.float32), int(k), n) for f, k, n in references
-                           if f is not None]
-        self.writer = None
+        self.raw_dtype = raw_dtype
+        refs = {int(k): (np.asarray(f, np.float32), int(n or 1)) for f, k, n in references
+                if f is not None}
+        self.references = (ReferenceSet(refs[2][0], refs[1][0], dark_frames_averaged=refs[2][1],
+                                        flat_frames_averaged=refs[1][1])
+                           if 1 in refs and 2 in refs else None)
+        self.sink = None
         self.frames_written = 0
         self.bytes_written = 0
-        self._with_restored: bool | None = None
-        self._fidelity_extras: dict[str, tuple[int, ...]] = {}
 
-    def write(self, item: ProcessedFrame) -> None:
-        if self.writer is None:
-            ScanWriter = _scan_writer_class()
-            self._with_restored = item.restored is not None
-            # super-resolution makes restored frames larger than the measured ones
-            restored_shape = item.restored.shape if self._with_restored else None
-            fid = item.fidelity if self._with_restored else None
-            # the fidelity guard's tile map and frame summary, beside each restored frame
-            if fid is not None:
-                from ..restoration.fidelity import hdf5_extras_layout
-                self._fidelity_extras = hdf5_extras_layout(fid.tile_chi2.shape)
-            self.writer = ScanWriter(self.path, item.data.shape, dtype="float32",
-                                     metadata=self.metadata, restored=self._with_restored,
-                                     restored_shape=restored_shape,
-                                     restored_extras=self._fidelity_extras or None,
-                                     swmr=self.swmr, compression=self.compression,
-                                     overwrite=self.overwrite)
-            m = item.metadata
-            for ref, key, n in self.references:
-                self.writer.append(ref, image_key=key, exposure_s=item.exposure_s,
-                                   frames_averaged=int(n or 1),
-                                   voltage_kv=0.0 if key == 2 else _meta_float(m, "voltage_kv"),
-                                   current_ua=0.0 if key == 2 else _meta_float(m, "current_ua"))
-        m = item.metadata
-        index = self.writer.append(
-            item.data, image_key=self.image_key,
-            theta_deg=_meta_float(m, "theta_deg"),
-            voltage_kv=_meta_float(m, "voltage_kv"), current_ua=_meta_float(m, "current_ua"),
-            exposure_s=item.exposure_s, frames_averaged=item.frames_averaged,
-            focus_z_um=_meta_float(m, "focus_z_um", "stage_um"), timestamp_s=item.timestamp_s)
-        self.bytes_written += item.data.nbytes
-        if item.restored is not None:
-            if not self._with_restored:
-                raise ValueError("restored frame arrived but the file was created without a "
-                                 "restored dataset (restoration switched on mid-run?)")
-            extras = None
-            fid = item.fidelity
-            if self._fidelity_extras and fid is not None \
-                    and tuple(fid.tile_chi2.shape) == self._fidelity_extras["consistency"]:
-                extras = fid.hdf5_extras()
-            self.writer.append_restored(item.restored, source_index=index,
-                                        method=item.restoration_method or "unknown",
-                                        profile=item.restoration_profile or "", extras=extras)
-            self.bytes_written += item.restored.nbytes
+    def _open(self, item: Frame) -> None:
+        # storage sits beside acquisition and imports its Frame: imported here so neither
+        # package needs the other half-initialised
+        from ..storage.sink import RecordingSink
+        fid = item.fidelity if item.restored is not None else None
+        layout = None
+        if fid is not None and hasattr(fid, "tile_chi2"):
+            from ..restoration.fidelity import hdf5_extras_layout
+            layout = hdf5_extras_layout(fid.tile_chi2.shape)
+        raw = item.measured_adu
+        dtype = self.raw_dtype or ("float32" if raw.dtype.kind == "f" else raw.dtype)
+        self.sink = RecordingSink(
+            self.path, tuple(raw.shape), raw_dtype=dtype, corrected=item.corrected,
+            restored_scale=(item.restored.shape[0] // raw.shape[0]
+                            if item.restored is not None else None),
+            restored_pixel_size_um=item.restored_pixel_size_um, fidelity_layout=layout,
+            metadata=self.metadata, overwrite=self.overwrite, swmr=self.swmr,
+            compression=self.compression)
+
+    def write(self, item: Frame) -> None:
+        if self.sink is None:
+            self._open(item)
+        if item.corrected and item.references is None:
+            if self.references is None:
+                raise ValueError("corrected frames need their references: pass references= "
+                                 "(dark and flat) or correct with a ReferenceSet")
+            item.references = self.references
+        if item.image_key == 0:
+            item.image_key = self.image_key
+        self.sink.write(item)
+        self.bytes_written = self.sink.bytes_written
         self.frames_written += 1
 
+    @property
+    def writer(self):
+        """The ScanWriter underneath (None before the first frame)."""
+        return None if self.sink is None else self.sink.writer
+
     def close(self, complete: bool, reason: str | None) -> None:
-        if self.writer is not None and not self.writer.closed:
-            self.writer.close(complete=complete, reason=reason)
+        if self.sink is not None and not self.sink.closed:
+            self.sink.close(complete=complete, reason=reason)
 
 
 # ----------------------------------------------------------------------------------- stats
