@@ -94,17 +94,21 @@ def test_capture_keeps_super_resolved_frames_on_their_grid(ca, tmp_path, wait_fo
     ca.put("HDF1:FilePath", str(tmp_path))
     ca.put("HDF1:FileName", "sr")
     ca.put("HDF1:FileTemplate", "%s%s.h5")
-    ca.put("HDF1:Capture", 1, wait=False)     # completes when the capture ends
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10), \
-        ca.get("StatusMessage_RBV", as_string=True)
+    capture = ca.pv("HDF1:Capture")
+    capture.put(1, use_complete=True)         # completes when the capture ends
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10), (
+        ca.get("HDF1:Capture_RBV"), ca.get("HDF1:FullFileName_RBV", as_string=True),
+        ca.get("HDF1:NumCaptured_RBV"), ca.get("StatusMessage_RBV", as_string=True))
     ca.put("CAM:Acquire", 1, timeout=60)
     ca.put("HDF1:Capture", 0)
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 0, 10)
+    assert wait_for(lambda: capture.put_complete, 10)
     ca.put("RESTORE:Enable", 0)
     assert "not stored" not in ca.get("StatusMessage_RBV", as_string=True)
     from xinstrument.storage import ScanReader
     with ScanReader(tmp_path / "sr.h5") as r:
-        assert r.n_frames == 1 and r.n_restored == 1
+        # the recording sink stores the dark and flat that corrected the frame beside it
+        keys = sorted(int(k) for k in r.frame_metadata["image_key"])
+        assert keys == [0, 1, 2] and r.n_restored == 1
     with h5py.File(tmp_path / "sr.h5", "r") as f:
         assert f["/entry/restored/data"].shape == (1, 256, 256)
         assert f["/entry/restored"].attrs["scale"] == 4

@@ -1094,8 +1094,9 @@ class InstrumentIOC:
     async def _flush(self, v):
         with self._writer_lock:
             w = self._writer
-        if w is not None and hasattr(w, "flush"):
-            await self._run(w.flush)
+        flush = getattr(getattr(w, "writer", w), "flush", None) if w is not None else None
+        if callable(flush):
+            await self._run(flush)
         return 0
 
     def _next_path(self) -> Path:
@@ -1118,15 +1119,13 @@ class InstrumentIOC:
         return 0
 
     def _write_one(self, frame) -> None:
-        from ..storage import ScanWriter
         path = self._next_path()
         if path.exists():
             raise PutRefused(f"HDF1: {path} exists: choose another FileName or FileNumber")
         t0 = time.perf_counter()
-        w = ScanWriter(path, frame.data.shape, "float32", restored=False,
-                       metadata={"instrument": "xinstrument", "source": "epics"})
+        w = self._sink(path, frame)
         try:
-            self._append(w, frame)
+            w.write(frame)
         finally:
             w.close()
         self._wrote(path, time.perf_counter() - t0, frame.data.nbytes)
@@ -1158,30 +1157,46 @@ class InstrumentIOC:
         self._message(f"capturing to {path}")
         await self._capture_done.wait()
 
+    def _sink(self, path: Path, frame=None):
+        """The product's one recording sink for ``path``: raw counts, with the corrected and
+        restored frames and the references that corrected them beside them."""
+        from ..storage.sink import RecordingSink
+        restore = bool(self.restore_enable.value) if frame is None else \
+            frame.restored is not None
+        scale = None
+        if restore:
+            r = self.inst.restorer()
+            scale = int(getattr(r, "scale", 1) or 1)
+        corrected = self._references() is not None if frame is None else bool(frame.corrected)
+        self._writer_rshape = (self.shape[0] * scale, self.shape[1] * scale) if scale else None
+        self._writer_restored = scale is not None
+        return RecordingSink(path, self.shape, raw_dtype="float32", corrected=corrected,
+                             restored_scale=scale,
+                             metadata={"instrument": "xinstrument", "source": "epics",
+                                       "title": f"EPICS capture {path.name}"})
+
+    def _references(self):
+        """The instrument's dark/flat references (None until both exist)."""
+        import inspect
+        refs = getattr(self.inst, "references", None)
+        if inspect.ismethod(refs):
+            refs = refs()
+        if refs is None and not hasattr(self.inst, "references"):
+            refs = self.inst.corrector
+        return refs
+
     def _open_writer(self) -> Path:
-        from ..storage import ScanWriter
         with self._writer_lock:
             path = self._next_path()
             if path.exists():
                 raise PutRefused(f"HDF1:Capture refused: {path} exists (choose another "
                                  "FileName or FileNumber)")
-            restored = bool(self.restore_enable.value)
-            rshape = None
-            if restored:
-                r = self.inst.restorer()
-                scale = int(getattr(r, "scale", 1) or 1)
-                rshape = (self.shape[0] * scale, self.shape[1] * scale)
             try:
-                self._writer = ScanWriter(path, self.shape, "float32", restored=restored,
-                                          restored_shape=rshape,
-                                          metadata={"instrument": "xinstrument",
-                                                    "source": "epics"})
+                self._writer = self._sink(path)
             except Exception as exc:
                 self.write_status.set(1, MINOR, "WRITE")
                 self.write_message.set(str(exc)[:MAX_MESSAGE - 1])
                 raise
-            self._writer_rshape = rshape
-            self._writer_restored = restored
             self._captured = 0
             self._not_stored = 0
             self.num_captured.set(0)
@@ -1206,12 +1221,6 @@ class InstrumentIOC:
         if done is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(done.set)
 
-    def _append(self, w, frame) -> int:
-        return w.append(frame.data.astype(np.float32), image_key=0, theta_deg=frame.theta_deg,
-                        voltage_kv=frame.voltage_kv, current_ua=frame.current_ua,
-                        exposure_s=frame.exposure_s, frames_averaged=frame.frames_averaged,
-                        focus_z_um=frame.focus_z_um, timestamp_s=frame.timestamp_s)
-
     def _save(self, frame, uid: int, ts: float) -> None:
         if not self.hdf["enable"].value:
             return
@@ -1233,14 +1242,21 @@ class InstrumentIOC:
             if w is None:
                 return
             t0 = time.perf_counter()
-            idx = self._append(w, frame)
-            if (self._writer_restored and frame.restored is not None
-                    and tuple(frame.restored.shape) != self._writer_rshape):
+            if frame.restored is not None and (not self._writer_restored or tuple(
+                    frame.restored.shape) != self._writer_rshape):
+                # the method (or its output size) changed during the capture: the measured
+                # frame is stored, the restoration can be repeated from it
                 self._not_stored += 1
-            elif self._writer_restored and frame.restored is not None:
-                w.append_restored(frame.restored, source_index=idx,
-                                  method=frame.restoration_method,
-                                  profile=self.inst.profile.name if self.inst.profile else "")
+                frame = _without_restoration(frame)
+            if frame.corrected and not w.writer.has_corrected:
+                frame = _uncorrected(frame)
+            try:
+                w.write(frame)
+            except Exception as exc:  # noqa: BLE001 - reported; the acquisition goes on
+                self.write_status.set(1, MINOR, "WRITE")
+                self.write_message.set(str(exc)[:MAX_MESSAGE - 1])
+                self._message(f"HDF1: frame not written: {exc}", error=True)
+                return
             self._captured += 1
             n_cap = int(self.num_capture.value)
             close = n_cap > 0 and self._captured >= n_cap
@@ -1290,6 +1306,21 @@ class InstrumentIOC:
         self.fell_back = self.ro("RESTORE:FellBack_RBV", "enum", 0, "the guard replaced the "
                                  "restoration by its fallback", choices=("No", "Fell back"),
                                  group=g)
+        self.undetermined = self.ro("RESTORE:Undetermined_RBV", "float", math.nan, "share of "
+                                    "tiles whose restored detail the data cannot determine "
+                                    "(INVALID when no check ran)", precision=4,
+                                    limits=(0.0, 1.0), allow_nonfinite=True, group=g)
+        self.uncertainty = self.ro("RESTORE:Uncertainty_RBV", "float", math.nan, "mean "
+                                   "half-width of the 90 % band of the restoration error, in "
+                                   "transmission units (INVALID when no check ran)",
+                                   precision=4, allow_nonfinite=True, group=g)
+        self.fid_action = self.ro("RESTORE:FidelityAction_RBV", "enum", 0, "what the guard "
+                                  "did with the last restored frame", choices=(
+                                      "accept", "flag", "fall back"), group=g)
+        self.fid_verdict = self.ro("RESTORE:FidelityVerdict_RBV", "enum", 2, "consistency of "
+                                   "the last restored frame with the measurement",
+                                   choices=("consistent", "inconsistent", "no verdict"),
+                                   group=g)
         self.guard = self.pv("RESTORE:Guard", "enum", 0, "fidelity guard on restored frames",
                              on_put=on_guard, choices=("Off", "On"), group=g)
 
@@ -1416,7 +1447,7 @@ class InstrumentIOC:
             if wait > 0 and self._acq_stop.wait(wait):
                 break
             t_next = time.monotonic() + period
-            correct = inst.corrector is not None
+            correct = self._references() is not None
             restore = bool(self.restore_enable.value) and correct
             self.det_state.set(DETECTOR_STATES.index("Acquire"))
             frame = inst.acquire(n_avg, correct=correct, restore=restore)
@@ -1473,6 +1504,23 @@ class InstrumentIOC:
             else:
                 rec.set(float(v))
         self.fell_back.set(int(bool(summary.get("fell_back", getattr(fid, "fell_back", False)))))
+        for rec, key in ((self.undetermined, "undetermined_fraction"),
+                         (self.uncertainty, "uncertainty_mean")):
+            v = summary.get(key)
+            if v is None or not math.isfinite(float(v)):
+                rec.set(math.nan, INVALID, "UDF")
+            else:
+                rec.set(float(v))
+        action = summary.get("action_code")
+        if action is None and isinstance(summary.get("action"), str):
+            action = {"accept": 0, "flag": 1, "fall back": 2}.get(summary["action"])
+        if action in (0, 1, 2):
+            self.fid_action.set(int(action), MINOR if action else NO_ALARM,
+                                "STATE" if action else 0)
+        verdict = summary.get("verdict")
+        self.fid_verdict.set({"consistent": 0, "inconsistent": 1}.get(verdict, 2),
+                             MINOR if verdict == "inconsistent" else NO_ALARM,
+                             "STATE" if verdict == "inconsistent" else 0)
         if frame.restoration_method is not None:
             with contextlib.suppress(Exception):
                 r = self.inst.restorer(frame.restoration_method)
@@ -1622,8 +1670,19 @@ class InstrumentIOC:
         if value:
             scan.pause()
             self._message("tomosynthesis pauses before the next frame")
+
+            def held() -> None:          # the state says Paused once the engine holds
+                deadline = time.monotonic() + 60.0
+                while self._tomo is scan and time.monotonic() < deadline:
+                    if getattr(scan, "paused", False):
+                        self.tomo_state.set(TOMO_STATES.index("Paused"))
+                        return
+                    time.sleep(0.05)
+            await self._run(held)
         else:
             scan.resume()
+            if self.tomo_state.value == TOMO_STATES.index("Paused"):
+                self.tomo_state.set(TOMO_STATES.index("Projections"))
             self._message("tomosynthesis resumed")
 
     async def _on_abort(self, value):
@@ -1777,6 +1836,18 @@ class InstrumentIOC:
         if self._poll_thread is not None:
             self._poll_thread.join(timeout=5.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _without_restoration(frame):
+    import dataclasses
+    return dataclasses.replace(frame, restored=None, restoration_method=None)
+
+
+def _uncorrected(frame):
+    """A corrected frame for a file laid out without corrected frames (references taken
+    during the capture): its raw counts are stored."""
+    import dataclasses
+    return dataclasses.replace(frame, data=frame.raw, corrected=False)
 
 
 def _format_template(template: str, path: str, name: str, number: int) -> str:
