@@ -413,8 +413,6 @@ def bench_fidelity(profiles: list, device: torch.device, args, frames: np.ndarra
 def bench_pipeline(profiles: list, device: torch.device, args) -> dict:
     """The live chain at the camera's rate: simulated camera (100 frames/s) -> averaging ->
     flat-field correction -> restoration -> HDF5 recording + live view."""
-    import h5py
-
     from drivers.camera.simulated import SimulatedCamera
     from xinstrument.acquisition.correction import FlatFieldCorrector
     from xinstrument.acquisition.pipeline import AcquisitionPipeline, HDF5Sink, LiveView
@@ -445,15 +443,16 @@ def bench_pipeline(profiles: list, device: torch.device, args) -> dict:
     try:
         path = tmp / "pipeline.h5"
         live = LiveView(capacity=2)
-        rec = HDF5Sink(path, compression=None, metadata={"instrument": "gpu_bench"})
+        rec = HDF5Sink(path, compression=None, metadata={"instrument": "gpu_bench"},
+                       references=[(dark, 2, 1), (flat, 1, 1)])
         pipe = AcquisitionPipeline(cam, n_average=args.average, corrector=corrector,
                                    restorer=restorer, sinks=[rec, live], n_outputs=n_out,
                                    camera_buffer_frames=64)
         stats = pipe.run(timeout_s=args.pipeline_s * 10 + 60)
-        with h5py.File(path, "r") as f:
-            recorded = int(f["/entry/data/data"].shape[0]) if "/entry/data/data" in f else -1
-            restored = (int(f["/entry/restored/data"].shape[0])
-                        if "/entry/restored/data" in f else 0)
+        from xinstrument.storage.reader import ScanReader
+        with ScanReader(path) as f:
+            recorded = int(f.projections.shape[0])
+            restored = int(f.n_restored)
         st = stats.stages
         out = {"status": "ok", "method": args.pipeline_method, "profile": profile.name,
                "record_dir": str(tmp.parent),
