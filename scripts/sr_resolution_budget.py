@@ -22,6 +22,7 @@ without inventing it; an SNR of a few (Rose criterion: 5) is the least a bar cou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xinstrument.acquisition.correction import FlatFieldCorrector  # noqa: E402
-from xinstrument.sim.bench import Twin, lens_bench  # noqa: E402
+from xinstrument.sim.bench import Twin, lens_bench, micro_tomo_bench  # noqa: E402
 from xinstrument.sim.samples import chart_groups  # noqa: E402
 
 FREQS_LP_MM = (250.0, 385.0, 500.0)
@@ -86,13 +87,152 @@ def chart_contrast(cfg) -> float:
     return (hi - lo) / (hi + lo)
 
 
+# --------------------------------------------------------------------------------------------
+# The literature's micro-tomosynthesis bench (shared/papers/003): per chart group
+# --------------------------------------------------------------------------------------------
+def _chart_transmission(twin: Twin, width_um: float) -> float:
+    """Detected-energy weighted transmission of the chart's tungsten absorber (Beer-Lambert over
+    the screen's absorbed spectrum)."""
+    from xinstrument.sim.materials import TUNGSTEN
+    from xinstrument.sim.samples import CHART_ABSORBER_UM
+    cfg, st = twin.config, twin.fixed_state
+    e, fl = twin.spectrum(st.voltage_kv)
+    w = fl * cfg.screen("thick").absorption(e) * e
+    t = np.exp(-TUNGSTEN.linear_attenuation_per_mm(e) * CHART_ABSORBER_UM / 1000)
+    return float((w * t).sum() / w.sum())
+
+
+def micro_group_budget(cfg, k_rose: float = ROSE_SNR, exposure_s: float = 1.0,
+                       measure_px: int = 96, seed: int = 0) -> dict:
+    """Resolution budget of each chart group on the 16x bench: MTF factors at the group's
+    fundamental, modulation, noise of the group's bar-count region at the dose of one exposure,
+    and the dose at which the group's fundamental stands k_rose x above that noise.
+
+    Noise: relative NNPS of a flat-field corrected frame (offset removed) at the bar frequency,
+      NNPS(f) = T(f)^2 / q  +  1 / (q g)  +  (read^2 + dark t) / (q g)^2      [px^2]
+    (q absorbed X-ray quanta per pixel, g photo-electrons per absorbed quantum, T the optics'
+    MTF x pixel aperture that the quantum noise passes; cascaded-systems form, Cunningham in
+    Handbook of Medical Imaging vol. 1 (SPIE 2000) ch. 2; aliasing and the Swank factor neglected).
+    The least-squares amplitude of a known-frequency sinusoid over N pixels has variance
+    2 NNPS(f) / N. The analytic per-pixel variance is checked against twin flats below.
+    """
+    from xinstrument.sim.bench import MICRO_CHART_WIDTHS_UM
+    from xinstrument.sim.detector import disc_otf  # noqa: F401  (documents the screen model)
+    twin = Twin(cfg, sample="open", seed=seed)
+    st = twin.fixed_state
+    kv, ua = st.voltage_kv, st.current_ua
+    stage = twin.best_focus_um("thick", kv)
+    p_um = cfg.pixel_at_screen_um
+    m_geo = cfg.geometric_magnification
+    s = cfg.sensor
+    q_px = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())   # open field
+    _, e_mean = twin._quanta_maps(kv, "thick", False)
+    g = cfg.electrons_per_kev("thick") * float(e_mean.mean())        # e- per absorbed quantum
+    t_chart = _chart_transmission(twin, 1.0)
+    m0 = (1 - t_chart) / (1 + t_chart)
+    groups = {gr["width_um"]: gr for gr in chart_groups(cfg.fov_mm, MICRO_CHART_WIDTHS_UM)
+              if gr["orientation"] == "vertical"}
+    rows = []
+    for w_um in MICRO_CHART_WIDTHS_UM:
+        f = 1000.0 / (2 * w_um * m_geo)                  # fundamental at the screen, lp/mm
+        fa = np.array([f])
+        diff = float(cfg.lens.diffraction_otf(fa)[0])
+        optics = float(twin.mtf(fa, "thick", stage, kv, ua, st.focus_mode, include_pixel=False)[0])
+        spot = float(twin._spot_mtf(fa, kv, ua, st.focus_mode)[0])
+        screen = optics / (diff * spot)                  # depth-integrated defocus discs
+        pix = float(np.sinc(f * p_um / 1000))
+        mtf = optics * pix
+        amp = 4 / math.pi * m0 * mtf                      # fundamental amplitude / mean
+        gr = groups[w_um]
+        n_px = (ALONG_FRACTION * gr["length_mm"] * 1000 * m_geo / p_um) * (6 * w_um * m_geo / p_um)
+        a_q, b_q = (optics * pix) ** 2 + 1 / g, (s.read_noise_e ** 2
+                                                  + s.dark_current_e_per_s * exposure_s) / g ** 2
+        nnps = a_q / q_px + b_q / q_px ** 2
+        sigma_amp = math.sqrt(2 * nnps / n_px)
+        snr = amp / sigma_amp
+        # dose for SNR = k: amp^2 N / (2 (a/q + b/q^2)) = k^2  ->  c q^2 - a q - b = 0
+        c = amp ** 2 * n_px / (2 * k_rose ** 2)
+        q_need = (a_q + math.sqrt(a_q ** 2 + 4 * c * b_q)) / (2 * c)
+        rows.append(dict(width_um=w_um, period_um=2 * w_um, lp_mm_object=1000 / (2 * w_um),
+                         lp_mm_screen=f, period_px=2 * w_um * m_geo / p_um,
+                         mtf_diffraction=diff, mtf_screen_defocus=screen, mtf_focal_spot=spot,
+                         mtf_pixel=pix, mtf_system=mtf, modulation_amplitude=amp,
+                         pixels_in_region=n_px, nnps_px2=nnps, noise_amplitude=sigma_amp,
+                         snr=snr, quanta_per_px_needed=q_need,
+                         exposure_s_needed=q_need / q_px * exposure_s))
+    # analytic per-pixel variance vs twin flats (difference of two frames: no fixed pattern)
+    mt = Twin(dataclasses.replace(cfg, sensor=dataclasses.replace(s, rows=measure_px,
+                                                                  cols=measure_px)),
+              sample="open", seed=seed)
+    mt.set_state(stage_um=stage, sample_in=False)
+    a = mt.render(exposure_s)[0].astype(np.float64) - mt.offset_map_adu
+    b = mt.render(exposure_s)[0].astype(np.float64) - mt.offset_map_adu
+    measured_var = float(np.var(a - b) / 2 / np.mean(0.5 * (a + b)) ** 2)
+    fy = np.fft.fftfreq(128)[:, None]
+    fx = np.fft.fftfreq(128)[None, :]
+    fr_mm = np.hypot(fx, fy) / (p_um / 1000)
+    t2 = (twin.mtf(fr_mm.ravel(), "thick", stage, kv, ua, st.focus_mode,
+                   include_pixel=False).reshape(fr_mm.shape) * np.sinc(fx) * np.sinc(fy)) ** 2
+    s0 = rows[0]
+    a_flat = float(t2.mean())
+    predicted_var = a_flat / q_px + 1 / (q_px * g) + (s.read_noise_e ** 2
+                                                      + s.dark_current_e_per_s * exposure_s) / (q_px * g) ** 2
+    del s0
+    return dict(bench=cfg.name, pixel_at_screen_um=p_um, magnification=cfg.lens.magnification,
+                numerical_aperture=cfg.lens.numerical_aperture,
+                screen=cfg.screen("thick").name, focal_spot_fwhm_um=cfg.focal_spot_fwhm_um,
+                chart_gap_mm=cfg.source_detector_mm - cfg.source_object_mm,
+                voltage_kv=kv, current_ua=ua, best_focus_um=stage, exposure_s=exposure_s,
+                quanta_per_px=q_px, electrons_per_quantum=g, chart_transmission=t_chart,
+                chart_modulation=m0, rose_k=k_rose, groups=rows,
+                pixel_variance_measured=measured_var, pixel_variance_predicted=predicted_var)
+
+
+def format_micro_budget(b: dict) -> str:
+    lines = [
+        f"bench {b['bench']}: {b['magnification']:g}x NA {b['numerical_aperture']:g}, "
+        f"{b['pixel_at_screen_um']:.3f} um pixels at the screen; {b['screen']}; "
+        f"{b['voltage_kv']:g} kV {b['current_ua'] / 1000:g} mA, spot {b['focal_spot_fwhm_um']:g} um "
+        f"FWHM, chart {b['chart_gap_mm']:g} mm above the screen; best focus {b['best_focus_um']:.2f} um",
+        f"absorbed X-ray quanta per pixel in {b['exposure_s']:g} s: {b['quanta_per_px']:.2f}; "
+        f"photo-electrons per quantum: {b['electrons_per_quantum']:.1f}; chart (1 um W) transmission "
+        f"{b['chart_transmission']:.4f}, bar modulation {b['chart_modulation']:.4f}",
+        f"per-pixel relative variance of a flat, one exposure: twin {b['pixel_variance_measured']:.4f}, "
+        f"model {b['pixel_variance_predicted']:.4f}",
+        "",
+        "group  period  f_screen  period  MTF                                       modul.  region  "
+        f"SNR in   dose for SNR {b['rose_k']:g}",
+        " (um)   (um)   (lp/mm)    (px)  diffr. screen  spot  pixel  system        ampl.   (px)   "
+        f"{b['exposure_s']:g} s    quanta/px  s at 1 mA",
+    ]
+    for r in b["groups"]:
+        lines.append(
+            f"{r['width_um']:5.1f} {r['period_um']:6.1f} {r['lp_mm_screen']:9.0f} {r['period_px']:7.2f}  "
+            f"{r['mtf_diffraction']:6.3f} {r['mtf_screen_defocus']:6.3f} {r['mtf_focal_spot']:5.3f} "
+            f"{r['mtf_pixel']:6.3f} {r['mtf_system']:7.3f}      {r['modulation_amplitude']:7.4f} "
+            f"{r['pixels_in_region']:6.0f} {r['snr']:7.2f} {r['quanta_per_px_needed']:11.0f} "
+            f"{r['exposure_s_needed']:10.0f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", choices=["lens-yag", "micro-tomo-16x"], default="lens-yag",
+                   help="lens-yag: the 5x bench's screens; micro-tomo-16x: the literature's 16x "
+                   "micro-tomosynthesis bench, per chart group (3, 2, 1.5, 1 um)")
+    p.add_argument("--rose-k", type=float, default=ROSE_SNR, help="SNR a group needs (Rose: 5)")
     p.add_argument("--sensor-px", type=int, default=512)
     p.add_argument("--frames", default="1,16,64,256", help="frame counts averaged")
     p.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    if a.bench == "micro-tomo-16x":
+        b = micro_group_budget(micro_tomo_bench(sensor_px=min(a.sensor_px, 256)), a.rose_k,
+                               a.exposure_s)
+        print(format_micro_budget(b))
+        if a.json:
+            a.json.write_text(json.dumps(b, indent=1))
+        return 0
     frames = [int(x) for x in a.frames.split(",")]
     cfg = lens_bench(sensor_px=a.sensor_px)
     c0 = chart_contrast(cfg)

@@ -47,6 +47,10 @@ class BenchConfig:
     pad_px: int = 48                          # margin rendered around the field (blur tails)
     filter_al_mm: float = 0.25                # added beam filter: removes the soft photons that
     #                                           a 1.6 mm board would absorb anyway (dose, contrast)
+    focal_spot_fwhm_um: float | None = None   # a tube with its own fixed spot (not the
+    #                                           Hamamatsu power table of sim/source.py)
+    tube_voltage_kv: float | None = None      # operating point of the bench's tube (default
+    tube_current_ua: float | None = None      #   world state); None: the lens/panel defaults
     oversample: int = 1                       # sample rendered on an N x finer grid, blurred
     #   there by the optics, then integrated over each camera pixel: the camera samples what the
     #   optics pass, aliasing included. 1: rasterised on the camera grid (area coverage) and
@@ -106,7 +110,48 @@ def panel_bench(sensor_px: int = 512, **kw) -> BenchConfig:
     return BenchConfig(name="panel-gos", kind="panel", sensor=sensor, **kw)
 
 
-BENCHES: dict[str, Callable[..., BenchConfig]] = {"lens-yag": lens_bench, "panel-gos": panel_bench}
+# Lens-coupled micro-tomosynthesis bench of shared/papers/003 (Jeong et al.): Petrick
+# P030-24-12F100W tube at 50 kVp / 1 mA (50 W), focal spot 30-55 um; 20x infinity-corrected
+# objective designed for f = 200 mm with a 160 mm tube lens (16x); pco.edge 4.2 (6.5 um pixels)
+# -> 0.406 um at the scintillator. The paper names no screen: a 5 um YAG:Ce single-crystal film
+# grown by liquid-phase epitaxy on an undoped YAG substrate, the thin screens of micrometre
+# X-ray imaging (Koch et al., J. Opt. Soc. Am. A 15 (1998) 1940; Martin & Koch, J. Synchrotron
+# Rad. 13 (2006) 180, the paper's ref. 2); the substrate does not scintillate and is not modelled.
+# Its reference (SR training target) is a 1 um film. The objective: NA 0.42, the NA of the
+# 20x plan-apochromats made for 200 mm tube lenses (Mitutoyo M Plan Apo 20x).
+MICRO_MAGNIFICATION = 20.0 * 160.0 / 200.0
+MICRO_NA = 0.42
+MICRO_SCREEN_UM = 5.0
+MICRO_REFERENCE_UM = 1.0
+MICRO_FOCAL_SPOT_UM = 40.0         # mid-range of the paper's 30-55 um
+MICRO_VOLTAGE_KV = 50.0
+MICRO_CURRENT_UA = 1000.0
+MICRO_CHART_WIDTHS_UM = (3.0, 2.0, 1.5, 1.0)   # the chart groups the paper reports
+
+
+def micro_tomo_bench(sensor_px: int = 256, **kw) -> BenchConfig:
+    """The literature's lens-coupled micro-tomosynthesis bench (shared/papers/003): 16x lens
+    coupling (0.406 um pixels), 5 um YAG:Ce film, 50 kVp / 1 mA tube with a 40 um spot. The
+    tube rotates on a 50 mm circle about the screen centre; the chart sits 0.5 mm above the
+    screen (its substrate side on the film's protective window). Rendered 4x oversampled: the
+    camera integrates the optics' image over each pixel."""
+    kw.setdefault("lens", det.LensCoupling(magnification=MICRO_MAGNIFICATION,
+                                           numerical_aperture=MICRO_NA))
+    kw.setdefault("thick_um", MICRO_SCREEN_UM)
+    kw.setdefault("thin_um", MICRO_REFERENCE_UM)
+    kw.setdefault("source_object_mm", 49.5)
+    kw.setdefault("source_detector_mm", 50.0)
+    kw.setdefault("pad_px", 32)
+    kw.setdefault("focal_spot_fwhm_um", MICRO_FOCAL_SPOT_UM)
+    kw.setdefault("tube_voltage_kv", MICRO_VOLTAGE_KV)
+    kw.setdefault("tube_current_ua", MICRO_CURRENT_UA)
+    kw.setdefault("oversample", 4)
+    return BenchConfig(name="micro-tomo-16x", kind="lens",
+                       sensor=det.SensorModel(rows=sensor_px, cols=sensor_px), **kw)
+
+
+BENCHES: dict[str, Callable[..., BenchConfig]] = {"lens-yag": lens_bench, "panel-gos": panel_bench,
+                                                  "micro-tomo-16x": micro_tomo_bench}
 
 
 @dataclass
@@ -148,6 +193,10 @@ class Twin:
         self._fixed_state = WorldState()
         if self.config.kind == "panel":     # GOS panel operated at 70 kV (shared/papers/001)
             self._fixed_state.voltage_kv, self._fixed_state.current_ua = 70.0, 50.0
+        if self.config.tube_voltage_kv is not None:
+            self._fixed_state.voltage_kv = float(self.config.tube_voltage_kv)
+        if self.config.tube_current_ua is not None:
+            self._fixed_state.current_ua = float(self.config.tube_current_ua)
         self.state_provider: StateProvider = state or (lambda: self._fixed_state)
         self._lock = threading.RLock()
         self._rng = np.random.default_rng(self.seed + 1)
@@ -360,7 +409,8 @@ class Twin:
 
     def _spot_mtf(self, f_cy_per_mm, voltage_kv, current_ua, focus_mode):
         m = self.config.geometric_magnification
-        spot_um = focal_spot_um(voltage_kv * current_ua * 1e-3, focus_mode)
+        spot_um = (self.config.focal_spot_fwhm_um if self.config.focal_spot_fwhm_um is not None
+                   else focal_spot_um(voltage_kv * current_ua * 1e-3, focus_mode))
         sigma_mm = spot_um * (m - 1) / 2.3548 / 1000     # penumbra at the screen, FWHM -> sigma
         return np.exp(-2 * (np.pi * sigma_mm * f_cy_per_mm) ** 2)
 
