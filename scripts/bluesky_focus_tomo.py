@@ -45,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     from ophyd_async.core import init_devices
 
     from xinstrument.acquisition.focus import sharpness
-    from xinstrument.bluesky import (XCamera, XrayTube, focus_motor, focus_scan,
-                                     rotation_motor, tomosynthesis)
+    from xinstrument.bluesky import (
+        XCamera,
+        XrayTube,
+        focus_motor,
+        focus_scan,
+        rotation_motor,
+        tomosynthesis,
+    )
 
     RE = RunEngine({}, call_returns_result=True)
     resources: list[dict] = []

@@ -4,6 +4,7 @@ put statuses for refused puts; p4p for NTNDArray; the IOC's sockets read from th
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -11,8 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-import importlib.util
 
 # checked without importing: ophyd and ophyd-async start Channel Access when imported, which
 # must wait until the epics_ports fixture has put this run's ports in the environment
@@ -331,7 +330,7 @@ def test_shipped_ophyd_async_devices_run_a_plan_and_write_through_the_plugin(ioc
     assert time.monotonic() - t0 < 1.0
     assert ca.get("TUBE:Voltage_RBV") == pytest.approx(50.0)
     t0 = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(FailedStatus):
         RE(bps.mv(z, 1000.0))
     assert time.monotonic() - t0 < 1.0
     assert ca.get("FOCUS:Z.DMOV") == 1
@@ -364,6 +363,7 @@ def test_no_socket_at_all_is_bound_beyond_loopback(ioc):
 def _documented() -> tuple[list[str], list[str]]:
     """(names, PVA-only names) in docs/epics.md's generated PV reference."""
     import re
+
     from xinstrument.epics.docs import BEGIN, DOC, END
     text = DOC.read_text()
     table = text[text.index(BEGIN):text.index(END)]

@@ -28,10 +28,16 @@ from .devices import (
     XCamera,
     XrayTube,
     focus_motor,
+    focus_scan,
     rotation_motor,
     tomosynthesis,
-    focus_scan,
 )
 
-__all__ = ["XCamera", "XrayTube", "focus_motor", "rotation_motor", "tomosynthesis",
-           "focus_scan"]
+__all__ = [
+    "XCamera",
+    "XrayTube",
+    "focus_motor",
+    "focus_scan",
+    "rotation_motor",
+    "tomosynthesis",
+]

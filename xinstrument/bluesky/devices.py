@@ -25,7 +25,6 @@ from ophyd_async.epics.adcore import (
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw, epics_signal_rw_rbv
 from ophyd_async.epics.motor import Motor
 
-
 # PV Access by default: a put the IOC refuses raises in the plan. Over Channel Access,
 # ophyd-async 0.21 loses that error: aioca's CANothing is falsy, and the retry wrapper around
 # SignalW.set stores it in a concurrent.futures.Future whose result() only raises a truthy
@@ -112,7 +111,7 @@ def focus_scan(camera, motor, start_um: float, stop_um: float, step_um: float = 
     from bluesky.plans import scan
     if not step_um > 0 or not math.isfinite(step_um):
         raise ValueError(f"step_um must be a positive number, got {step_um!r}")
-    num = int(round(abs(stop_um - start_um) / step_um)) + 1
+    num = round(abs(stop_um - start_um) / step_um) + 1
     return (yield from scan([camera], motor, start_um, stop_um, num,
                             md={"plan_name": "focus_scan", **(md or {})}))
 

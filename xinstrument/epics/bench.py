@@ -12,6 +12,7 @@ user + system time over the phase (100 % = one core).
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import socket
@@ -84,7 +85,7 @@ def _client(prefix: str, env: dict[str, str], ready, stop, out) -> None:
     time.sleep(1.0)                   # updates in flight
     with lock:
         seen = (counters[-1] - counters[0]) if len(counters) > 1 else 0
-        gaps = sum(b - a - 1 for a, b in zip(counters, counters[1:]) if b > a + 1)
+        gaps = sum(b - a - 1 for a, b in itertools.pairwise(counters) if b > a + 1)
         out.put({"connected": bool(ok), "frames": seen, "images": max(images[0] - 1, 0),
                  "counter_gaps": gaps})
 

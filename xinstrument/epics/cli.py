@@ -14,8 +14,14 @@ def _cmd_ioc(a: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if not a.prefix or any(c.isspace() for c in a.prefix):
         raise UserError(f"--prefix must be a non-empty name without spaces, got {a.prefix!r}")
-    if a.access_file is not None and not a.access_file.is_file():
-        raise UserError(f"access security file {a.access_file} does not exist")
+    if a.access_file is not None:
+        if not a.access_file.is_file():
+            raise UserError(f"access security file {a.access_file} does not exist")
+        from .pvdb import parse_acf
+        try:
+            parse_acf(a.access_file.read_text())
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"access security file {a.access_file}: {exc}") from None
     hosts = [h.strip() for h in a.write_hosts.split(",")] if a.write_hosts else None
     if hosts is not None and not all(hosts):
         raise UserError(f"--write-hosts needs host names separated by commas, got "

@@ -52,13 +52,14 @@ def markdown(ioc) -> str:
         row = f"| `{short}` | {_kind(pv)} | {access} | {_detail(pv).replace('|', '/')} | {doc} |"
         groups.setdefault(pv.group or "General", []).append(row)
     n = len(ioc.table.pvs) + len(ioc.table.aliases)
-    out = [BEGIN, "", f"{len(ioc.table.pvs)} PVs and {len(ioc.table.aliases)} alias names "
-           f"({n} names) under the prefix (default `{prefix}`), as built for the simulated "
-           "bench; a bench without a rotation stage has no `ROT:` PVs, and limits follow the "
-           "bench config.", ""]
+    summary = (f"{len(ioc.table.pvs)} PVs and {len(ioc.table.aliases)} alias names "
+               f"({n} names) under the prefix (default `{prefix}`), as built for the simulated "
+               "bench; a bench without a rotation stage has no `ROT:` PVs, and limits follow "
+               "the bench config.")
+    out = [BEGIN, "", summary, ""]
     for group, rows in groups.items():
-        out += [f"### {group}", "", "| PV | Type | Access | Choices / units / limits | "
-                "Meaning |", "|---|---|---|---|---|", *rows, ""]
+        header = "| PV | Type | Access | Choices / units / limits | Meaning |"
+        out += [f"### {group}", "", header, "|---|---|---|---|---|", *rows, ""]
     out.append(END)
     return "\n".join(out) + "\n"
 

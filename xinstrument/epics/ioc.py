@@ -257,7 +257,7 @@ class InstrumentIOC:
                 await self._run(self._reset_fault)
             return 0
 
-        kw_kv = dict(units="kV", precision=1, limits=self.kv_range, group=g)
+        kw_kv = {"units": "kV", "precision": 1, "limits": self.kv_range, "group": g}
         self.kv = self.pv("TUBE:Voltage", "float", st.voltage_setpoint_kv,
                           "tube voltage setpoint; refused beyond the limits or the focus mode's "
                           "power", on_put=on_kv, **kw_kv)
@@ -266,7 +266,7 @@ class InstrumentIOC:
         self.kv_act = self.ro("TUBE:VoltageActual_RBV", "float", st.voltage_kv,
                               "measured output voltage (0 with X-rays off)", units="kV",
                               precision=1, limits=(0.0, self.kv_range[1]), group=g)
-        kw_ua = dict(units="uA", precision=1, limits=self.ua_range, group=g)
+        kw_ua = {"units": "uA", "precision": 1, "limits": self.ua_range, "group": g}
         self.ua = self.pv("TUBE:Current", "float", st.current_setpoint_ua,
                           "tube current setpoint; refused beyond the limits or the focus mode's "
                           "power", on_put=on_ua, **kw_ua)
@@ -358,7 +358,7 @@ class InstrumentIOC:
             kw.setdefault("group", g)
             return self.pv(f"{base}.{field}", kind, value, doc, on_put=on_put, **kw)
 
-        num = dict(units=egu, precision=prec)
+        num = {"units": egu, "precision": prec}
         val = f("VAL", "float", pos, f"{what}: user setpoint; the put completes when the move "
                 "has ended (DMOV 1)", on_put=lambda v: self._on_move(key, v), store=False,
                 limits=soft, enforce_limits=False, **num)
@@ -425,7 +425,7 @@ class InstrumentIOC:
                  units=f"{egu}/s", precision=prec)
         vmax = f("VMAX", "float", vmax_v, "highest velocity the controller accepts",
                  units=f"{egu}/s", precision=prec)
-        vbas = f("VBAS", "float", 0.0, "base velocity (the controller ramps from rest)",
+        f("VBAS", "float", 0.0, "base velocity (the controller ramps from rest)",
                  units=f"{egu}/s", precision=prec)
 
         async def on_accl(v):
@@ -465,8 +465,8 @@ class InstrumentIOC:
             m["set"] = int(v)
         f("SET", "enum", 0, "Use / Set: in Set, a VAL put redefines the user position (OFF) "
           "without moving", on_put=on_set, choices=("Use", "Set"))
-        for name, doc in (("HOMF", "home forward: the stage is referenced at connection; a "
-                           "put of 1 is refused"), ("HOMR", "home reverse (see HOMF)")):
+        for name, doc in (("HOMF", ("home forward: the stage is referenced at connection; a "
+                                    "put of 1 is refused")), ("HOMR", "home reverse (see HOMF)")):
             f(name, "int", 0, doc, on_put=functools.partial(self._refuse_home, base))
         res = 10.0 ** -max(prec, 1)
         f("MRES", "float", res, "motor resolution (closed-loop controller: the readback's "
@@ -476,7 +476,7 @@ class InstrumentIOC:
           units=egu, precision=prec + 1)
         f("UREV", "float", 1.0, "units per revolution (linear/rotary closed-loop axis)",
           units=egu, precision=prec)
-        f("SREV", "int", int(round(1.0 / res)), "steps per revolution (1/MRES)")
+        f("SREV", "int", round(1.0 / res), "steps per revolution (1/MRES)")
         f("OUT", "string", f"{getattr(axis, 'name', base)}"[:39], "controller axis")
         msta = f("MSTA", "int", 0, "status bits (bit 2 done, bit 10 moving, bit 9 problem)")
         for alias, field in (("_RBV", "RBV"), ("_DMOV", "DMOV"), ("_STOP", "STOP"),
@@ -731,8 +731,8 @@ class InstrumentIOC:
                 ("FirmwareVersion_RBV", str(getattr(cam, "firmware_version", "")), "firmware"),
                 ("SDKVersion_RBV", "", "camera SDK version"),
                 ("DriverVersion_RBV", _version(), "xinstrument version"),
-                ("ADCoreVersion_RBV", AD_CORE_VERSION, "areaDetector release whose PV interface "
-                 "this IOC follows"),
+                ("ADCoreVersion_RBV", AD_CORE_VERSION, ("areaDetector release whose PV "
+                                                        "interface this IOC follows")),
                 ("PortName_RBV", CAM_PORT, "the driver's port, NDArrayPort of the plugins")):
             self.ro(c + pv_name, "string", value[:39], doc, group=g)
         self.fixed(c + "Temperature", "float", float(getattr(cam, "temperature_setpoint_c",
@@ -1422,7 +1422,7 @@ class InstrumentIOC:
             await self._run(self._acquire_loop, n_images, n_avg)
             self.det_state.set(DETECTOR_STATES.index("Idle"))
             self.cam_status.set("Idle")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the acquisition, fails the put
             aborted = "abort" in str(exc).lower()
             self.det_state.set(DETECTOR_STATES.index("Aborted" if aborted else "Error"))
             self.cam_status.set(f"{'Aborted' if aborted else 'Error'}: {exc}"[:MAX_MESSAGE - 1])
@@ -1864,5 +1864,5 @@ def _version() -> str:
     try:
         from importlib.metadata import version
         return version("xinstrument")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except Exception:  # noqa: BLE001 - not installed as a distribution (source tree)
         return os.environ.get("XINSTRUMENT_VERSION", "0")

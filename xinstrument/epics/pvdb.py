@@ -132,11 +132,12 @@ class PV:
     # --- values from clients --------------------------------------------------------------------
     def parse(self, raw) -> Any:
         """A client's value in this PV's type, or PutRefused naming what is wrong."""
-        if isinstance(raw, np.ndarray) and raw.ndim and self.kind not in ("array", "ndarray"):
+        vector = ("array", "ndarray", "string", "char")     # char waveforms arrive as arrays
+        if isinstance(raw, np.ndarray) and raw.ndim and self.kind not in vector:
             if raw.size != 1:
                 raise PutRefused(f"{self.name}: one value expected, got {raw.size}")
             raw = raw.reshape(-1)[0]
-        if isinstance(raw, (list, tuple)) and self.kind not in ("array", "ndarray"):
+        if isinstance(raw, (list, tuple)) and self.kind not in vector:
             if len(raw) != 1:
                 raise PutRefused(f"{self.name}: one value expected, got {len(raw)}")
             raw = raw[0]
@@ -176,8 +177,11 @@ class PV:
             return i
         if self.kind in ("string", "char"):
             if isinstance(raw, (np.ndarray, list, tuple)):     # a char waveform
-                raw = bytes(int(c) & 0xFF for c in np.asarray(raw).ravel()).split(b"\0")[0] \
-                    .decode("latin-1")
+                arr = np.asarray(raw).ravel()
+                if arr.dtype.kind in "US":      # one string in a list
+                    raw = str(arr[0]) if arr.size == 1 else "".join(map(str, arr))
+                else:
+                    raw = bytes(int(c) & 0xFF for c in arr).split(b"\0")[0].decode("latin-1")
             text = str(raw)
             limit = STRING_MAX - 1 if self.kind == "string" else self.length - 1
             if len(text) > limit:
@@ -236,7 +240,7 @@ class PVTable:
         except PutRefused as exc:
             self._refused(pv, raw, str(exc))
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the action fails the put
+        except Exception as exc:
             self._refused(pv, raw, f"{pv.name}: {exc}")
             raise PutRefused(f"{pv.name}: {exc}") from exc
         if pv.store:
@@ -289,7 +293,7 @@ def parse_acf(text: str) -> AccessRules:
         groups[f"{kind}:{name}"] = {m.strip().strip('"') for m in members.split(",") if m.strip()}
     m = re.search(r"\bASG\s*\(\s*DEFAULT\s*\)\s*\{", body)
     if m is None:
-        raise ValueError("access security file: no ASG(DEFAULT) group")
+        raise ValueError("no ASG(DEFAULT) group")
     depth, i = 1, m.end()
     while depth and i < len(body):
         depth += {"{": 1, "}": -1}.get(body[i], 0)
@@ -322,7 +326,7 @@ def parse_acf(text: str) -> AccessRules:
             elif rules.read_hosts is not None:
                 rules.read_hosts |= hags
         if what not in ("READ", "WRITE", "NONE"):
-            raise ValueError(f"access security file: unknown access {what!r}")
+            raise ValueError(f"unknown access {what!r} in a RULE")
     if not any_write:
         rules.hosts = set()          # nobody writes
     if not any_read:
@@ -417,9 +421,9 @@ class CAServer:
 
         limits = {}
         if pv.limits is not None:
-            limits = dict(lower_ctrl_limit=pv.limits[0], upper_ctrl_limit=pv.limits[1],
-                          lower_disp_limit=pv.limits[0], upper_disp_limit=pv.limits[1])
-        common = dict(reported_record_type=_record_type(pv))
+            limits = {"lower_ctrl_limit": pv.limits[0], "upper_ctrl_limit": pv.limits[1],
+                      "lower_disp_limit": pv.limits[0], "upper_disp_limit": pv.limits[1]}
+        common = {"reported_record_type": _record_type(pv)}
         if pv.kind == "float":
             cls = type("XDouble", (Mixin, caproto.ChannelDouble), {})
             return cls(value=pv.value, units=pv.units, precision=pv.precision, **limits, **common)
@@ -461,8 +465,8 @@ class CAServer:
         if chan is None or pv.limits is None:
             return
         lo, hi = pv.limits
-        item = ("limits", chan, dict(lower_ctrl_limit=lo, upper_ctrl_limit=hi,
-                                     lower_disp_limit=lo, upper_disp_limit=hi))
+        item = ("limits", chan, {"lower_ctrl_limit": lo, "upper_ctrl_limit": hi,
+                                 "lower_disp_limit": lo, "upper_disp_limit": hi})
         if self._loop is None:
             chan._data.update(item[2])
         else:
@@ -509,7 +513,7 @@ class CAServer:
                                      status=AlarmStatus(stat), timestamp=ts)
                 else:
                     await item[1].write_metadata(**item[2])
-            except Exception:  # noqa: BLE001 - one bad update must not stop the others
+            except Exception:
                 log.exception("CA update failed")
             finally:
                 q.task_done()
@@ -525,11 +529,11 @@ class CAServer:
                 being closed: caproto's own loop ends on a refused datagram."""
                 period = 0.02
                 while True:
-                    for address, (interface, sock) in self.beacon_socks.items():
+                    for interface, sock in self.beacon_socks.values():
                         try:
                             beacon = ca.Beacon(13, self.port, self.beacon_count, interface)
                             await sock.send(self.broadcaster.send(beacon))
-                        except Exception:  # noqa: BLE001 - no repeater there: fine
+                        except Exception:  # noqa: BLE001, S110 - no repeater listening: fine
                             pass
                     self.beacon_count += 1
                     period = min(float(self.environ["EPICS_CAS_BEACON_PERIOD"]), period * 2)
@@ -673,7 +677,7 @@ class PVAServer:
         if shared is not None:
             try:
                 shared.post(self._value(pv))
-            except Exception:  # noqa: BLE001 - one bad update must not stop the others
+            except Exception:
                 log.exception("PVA update of %s failed", pv.name)
 
     def update_limits(self, pv: PV) -> None:
