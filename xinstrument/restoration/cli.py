@@ -31,7 +31,7 @@ from ..cliargs import positive_int as _positive_int
 from ..cliargs import torch_device as _torch_device
 
 # Twin benches that produce HR images at a shipped profile's pixel size.
-TWIN_BENCHES = ("lens-yag", "panel-gos")
+TWIN_BENCHES = ("lens-yag", "panel-gos", "micro-tomo-16x")
 
 
 def _load_profile(name: str):
@@ -41,6 +41,9 @@ def _load_profile(name: str):
 
 def bench_for_profile(profile: Any) -> str:
     """The twin bench whose HR images match ``profile``: lens-coupled YAG or GOS panel."""
+    named = (getattr(profile, "calibration", None) or {}).get("bench")
+    if named in TWIN_BENCHES:       # the twin bench the profile was calibrated on
+        return str(named)
     material = str((getattr(profile, "scintillator", None) or {}).get("material", ""))
     if material.upper().startswith("YAG"):
         return "lens-yag"
@@ -54,7 +57,7 @@ def bench_kw_for_profile(profile: Any, bench: str) -> dict:
     """Twin bench settings that make its screens those of ``profile``: the working (thick) and
     reference (thin) YAG thicknesses of a lens-coupled profile; none for panels (the panel
     bench's screens are the shipped profile's)."""
-    if bench != "lens-yag":
+    if bench not in ("lens-yag", "micro-tomo-16x"):
         return {}
     kw = {}
     for key, table in (("thick_um", "scintillator"), ("thin_um", "reference")):
