@@ -24,8 +24,12 @@ def test_benchmark_on_a_small_held_out_set(tmp_path):
     b = fidelity_benchmark(["sim-yag200-5x"], families=("siemens_star",), size_px=96, seeds=1,
                            averaging=(1,), methods=["wiener"], fakes_per_frame=2, cost_px=96,
                            cache=tmp_path)
-    (row,) = b.rows
+    rows = {r.method: r for r in b.rows}
+    assert set(rows) == {"truth", "wiener"}
+    row = rows["wiener"]
     assert row.family == "siemens_star" and row.tiles > 0
+    # the noise-free truth (forward and noise model alone) raises no false alarm here
+    assert rows["truth"].false_alarm == 0 and rows["truth"].frames_accepted == 1
     assert 0 <= row.false_alarm <= 1 and 0 <= row.coverage <= 1 and row.width_ratio > 0
     # fakes the detector passes (signature above 5 sigma of the tile statistic) are seen by
     # the consistency map or, where the method's tolerance hides them, by the uncertainty map
