@@ -16,14 +16,17 @@ two maps per frame (per tile of ``tile_px``):
    there (largest where the restored frame has edges) and propagated noise. The band's
    half-width per tile is
 
-       b^2 = k_null u_rms^2 + k_detail d_rms^2 + k_excess e_rms^2 + k_noise sigma^2 (+ k_spread s_rms^2)
+       b^2 = k_null u^2 + k_detail d^2 + k_excess e^2 + k_noise sigma^2 (+ k_spread s^2)
 
-   with ``d = x_hat - A x_hat`` (the restored detail beyond what the detector passes),
-   ``sigma`` the measurement's noise and ``s`` the spread over samples of a sampling method.
-   The coefficients are fitted per method on frames with known truth (training sample
-   families) by non-negative least squares on the tiles' squared errors, then scaled by the
-   conformal quantile that puts the chosen fraction (0.9) of calibration tiles inside the band:
-   a new tile of the same kind lies outside with probability at most ``1 - coverage + 1/(n+1)``.
+   (tile rms of each) with ``d = x_hat - A x_hat`` (the restored detail beyond what the
+   detector passes), ``e^2 = max(r^2 - sigma^2, 0)`` the residual's excess over the noise (the
+   range-space error the data do show), ``sigma`` the measurement's noise and ``s`` the spread
+   over samples of a sampling method. The coefficients are fitted per method on frames with
+   known truth (training sample families): non-negative, minimising the squared log ratio of
+   each tile's error to its band; then one factor scales them to the largest per-family
+   conformal quantile (rank ``ceil((n + 1) coverage)`` of a family's n tiles), so that every
+   calibration family has at least ``coverage`` (0.9) of its tiles inside. Families not seen in
+   calibration are the benchmark's test (``xinstrument bench fidelity``).
    A tile is *undetermined* where the restored null-band detail exceeds the measurement's
    noise sigma: the frame shows there detail of a size the data cannot confirm.
 
@@ -32,7 +35,8 @@ configured (else it is flagged); a consistent frame whose undetermined share exc
 policy's limit is flagged; otherwise it is accepted.
 
 Cost: one forward transform of the restored frame and two inverse transforms (the model ``A x``
-and the null-band detail; a third with a method tolerance), plus element-wise statistics.
+and the null-band detail; the tolerance's shape ``x - A x`` needs none), plus element-wise
+statistics.
 """
 from __future__ import annotations
 
