@@ -47,6 +47,8 @@ MIN_STEP_SNR = 5.0  # edge step over the noise of the binned ESF under which the
 # second edge or a bar inside the ROI change it more. Above the warning level MTF50 moves > 0.3 %.
 MAX_PLATEAU_CHANGE = 0.05
 WARN_PLATEAU_CHANGE = 0.015
+SECOND_LOBE = 0.3  # a second LSF lobe this high (relative) is a second edge
+PLATEAU_MARGIN_RISES = 1.0  # plateaus start this many 10-90 % rise distances from the edge centre
 # The 10-90 % transition may take at most this fraction of the projected span (a ramp or a flat
 # field with shading spreads over all of it).
 MAX_TRANSITION_FRACTION = 0.5
@@ -346,8 +348,27 @@ def _check_esf(centres: np.ndarray, esf: np.ndarray, counts: np.ndarray, name: s
             f"{name}: no usable edge: the transition spans {rise:.1f} of {width:.1f} px (a shading "
             "ramp or flat field, not an edge); select a ROI across one sharp edge"
         )
+    # one edge: the LSF (derivative of the ESF smoothed over a pixel) has one lobe; a second one
+    # of more than SECOND_LOBE of its height, well apart from it, is a second edge
+    lsf = np.gradient(np.convolve(norm, np.ones(OVERSAMPLING) / OVERSAMPLING, mode="same"))
+    lsf[:OVERSAMPLING] = lsf[-OVERSAMPLING:] = 0.0
+    main = int(np.argmax(lsf))
+    half_max = lsf >= 0.5 * lsf[main]
+    lo_i, hi_i = main, main
+    while lo_i > 0 and half_max[lo_i - 1]:
+        lo_i -= 1
+    while hi_i < n - 1 and half_max[hi_i + 1]:
+        hi_i += 1
+    guard = (hi_i - lo_i + 1) * 2 + 2 * OVERSAMPLING
+    far = np.ones(n, bool)
+    far[max(0, lo_i - guard):hi_i + guard + 1] = False
+    if far.any() and lsf[far].max() > SECOND_LOBE * lsf[main]:
+        other = float(centres[np.flatnonzero(far)[int(np.argmax(lsf[far]))]])
+        raise EdgeNotFoundError(
+            f"{name}: a second edge {abs(other - centres[main]):.1f} px from the first "
+            f"({100 * lsf[far].max() / lsf[main]:.0f} % of its slope); select a ROI across one edge")
     # plateau flatness: fit a line to each side beyond the transition
-    margin = max(2.0 * rise, 3.0)
+    margin = max(PLATEAU_MARGIN_RISES * rise, 3.0)
     mid = 0.5 * (d[i10] + d[i90])
     for label, sel in (("left", centres < mid - margin), ("right", centres > mid + margin)):
         if sel.sum() < 2 * OVERSAMPLING:
@@ -366,8 +387,9 @@ def _check_esf(centres: np.ndarray, esf: np.ndarray, counts: np.ndarray, name: s
                 "with one edge between two uniform areas (flat-field correct the image)"
             )
         if change > WARN_PLATEAU_CHANGE and warnings is not None:
-            warnings.append(f"the {label} plateau changes by {100 * change:.1f} % of the step (shading?); "
-                            "flat-field correct the image for an MTF within 0.3 %")
+            warnings.append(f"the {label} plateau changes by {100 * change:.1f} % of the step: shading "
+                            "(flat-field correct the image) or a PSF tail longer than the ROI (widen "
+                            "it); the MTF at low frequency is uncertain by about as much")
     return (abs(step) / (high + low) if high + low > 0 else 1.0), rise
 
 

@@ -381,6 +381,8 @@ class CalibrationPanel(Panel):
             lines.append(f"{name}: MTF50 {m50} cy/mm (edge {r.edge_angle_deg:.1f} deg)")
             lines.extend(f"  warning: {w}" for w in r.warnings)
         lines.extend(f"not measured: {e}" for e in errors)
+        if out:
+            lines.append(f"method: {next(iter(out.values())).standard} slanted edge")
         self.mtf_text.setText("\n".join(lines))
 
     def measure_nnps(self) -> None:
