@@ -26,20 +26,12 @@ EXIT_USER_ERROR = 2
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from drivers.camera.base import CameraError
-    from drivers.transport import TransportError
-
     from .errors import InstrumentError
+    from .instrument import DEVICE_ERRORS
     from .profiles import ProfileError
     from .storage import StorageError
     types: list[type[BaseException]] = [UserError, InstrumentError, ProfileError, StorageError,
-                                        CameraError, TransportError]
-    try:
-        from drivers.stage import GcsError, StageLimitError
-        from drivers.xray import TubeError, TubeLimitError
-        types += [TubeError, TubeLimitError, GcsError, StageLimitError]
-    except ImportError:
-        pass
+                                        *DEVICE_ERRORS]
     try:
         from .acquisition.correction import CorrectionError
         from .acquisition.focus import FocusError

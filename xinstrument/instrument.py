@@ -34,10 +34,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drivers.camera.base import Camera
+from drivers.camera.base import Camera, CameraError
 from drivers.camera.simulated import SimulatedCamera
-from drivers.stage import GcsAxis, GcsController
-from drivers.xray import HamamatsuTube, TubeLimitError
+from drivers.stage import GcsAxis, GcsController, GcsError, StageLimitError
+from drivers.transport import TransportError
+from drivers.xray import HamamatsuTube, TubeError, TubeLimitError
 from drivers.xray.tables import model as tube_model
 
 from .acquisition.frame import Frame, ReferenceSet
@@ -52,6 +53,10 @@ log = logging.getLogger("xinstrument")
 
 Listener = Callable[[str, Any], None]
 
+
+# What the devices raise, for clients that report device faults without importing drivers.
+DEVICE_ERRORS: tuple[type[BaseException], ...] = (CameraError, TransportError, TubeError,
+                                                  TubeLimitError, GcsError, StageLimitError)
 
 # The one frame type; the name the API used before plans existed.
 AveragedFrame = Frame

@@ -99,14 +99,9 @@ def recon_file(input_path: str | Path, output_path: str | Path, *, method: str =
     try:
         shutil.copyfile(src, partial)
         os.chmod(partial, 0o644)
-        where = save_reconstruction(partial, rec, name)
-        import h5py
-        with h5py.File(partial, "r+") as f:
-            g = f[where]
-            g.attrs["batch_checksum"] = checksum
-            g.attrs["batch_n_projections"] = n_proj
-            g.attrs["batch_source"] = str(src)
-            g.attrs["batch_version"] = __version__
+        save_reconstruction(partial, rec, name, group_attrs={
+            "batch_checksum": checksum, "batch_n_projections": n_proj,
+            "batch_source": str(src), "batch_version": __version__})
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()

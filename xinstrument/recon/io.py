@@ -68,7 +68,8 @@ def load_scan(path: str | Path, restored: bool = False) -> TomoData:
         return TomoData(trans, theta, geometry, r.complete, r.reason, restored)
 
 
-def save_reconstruction(path: str | Path, recon: Reconstruction, name: str | None = None) -> str:
+def save_reconstruction(path: str | Path, recon: Reconstruction, name: str | None = None,
+                        group_attrs: dict | None = None) -> str:
     """Write ``recon`` to ``/entry/recon/<name>`` of a closed scan file; return the HDF5 path."""
     name = name or recon.method
     if not name.replace("_", "").replace("-", "").isalnum():
@@ -77,7 +78,7 @@ def save_reconstruction(path: str | Path, recon: Reconstruction, name: str | Non
              for k, v in recon.attrs().items()}
     try:
         return write_slices(Path(path), name, recon.slices, recon.heights_mm, recon.coverage,
-                            attrs=attrs, units=recon.units)
+                            attrs=attrs, units=recon.units, group_attrs=group_attrs)
     except OSError as exc:
         raise UserError(f"{path}: cannot open for writing the slices ({exc})") from None
 

@@ -125,7 +125,8 @@ def open_for_update(path: Path) -> h5py.File:
 
 
 def write_slices(path: Path, name: str, slices: np.ndarray, heights_mm: np.ndarray,
-                 coverage: np.ndarray, *, attrs: dict, units: str) -> str:
+                 coverage: np.ndarray, *, attrs: dict, units: str,
+                 group_attrs: dict | None = None) -> str:
     """Store reconstructed slices in a closed scan file as NXdata ``/entry/recon/<name>``
     (replacing one of that name); returns its HDF5 path."""
     with open_for_update(Path(path)) as f:
@@ -138,6 +139,8 @@ def write_slices(path: Path, name: str, slices: np.ndarray, heights_mm: np.ndarr
         g.attrs["NX_class"] = "NXdata"
         g.attrs["signal"] = "slices"
         g.attrs["axes"] = ["heights_mm", ".", "."]
+        for k, v in (group_attrs or {}).items():
+            g.attrs[k] = v
         ds = g.create_dataset("slices", data=np.asarray(slices, np.float32),
                               chunks=(1, *np.shape(slices)[1:]))
         for k, v in attrs.items():
