@@ -149,7 +149,10 @@ MetricName = Literal["hf_energy", "brenner", "normalized_variance"]
 # |offset| hf_energy 0.9 um, brenner 13.3 um, normalized_variance 24.6 um (its optimum sits at
 # the mean depth of the light, ~20 um deeper: on a 40-80 um range it lands on the edge). Thin
 # screen (20 um): all three within 0.23 um. Only hf_energy focuses the thick screen where it is
-# sharpest whatever the sample.
+# sharpest whatever the sample. Focus scans with it on noisy twin frames (256 px, 8 x 4 s per
+# step, 1 um steps, Gaussian fit) land within 0.5 um of its noise-free optimum in 23 of 26
+# screen/sample cases (the misses, 0.52-0.73 um, on low-contrast textures), within 0.5 um of the
+# twin's best focus in 17 of 26 (thick screen: +0.3..+1.1 um, the metric's own offset).
 DEFAULT_METRIC: MetricName = "hf_energy"
 
 
@@ -399,8 +402,10 @@ def _curve_warnings(positions: np.ndarray, values: np.ndarray, best: float, at_e
         scatter = float(np.median(np.abs(np.diff(values, 2)))) / np.sqrt(6.0) * 1.4826
         rise = float(values.max() - np.median(values))
         if rise <= 3.0 * scatter or rise <= 1e-6 * abs(float(values.max())):
-            out.append(f"{pass_name}: sharpness does not change over {lo:g}..{hi:g} um beyond its "
-                       "noise (no focus dependence: contact screen, X-rays off or an empty field?)")
+            out.append(f"{pass_name}: sharpness changes by less than 3x its noise over {lo:g}..{hi:g} um, "
+                       "so the optimum is poorly determined: widen the range, average more frames per "
+                       "step, or check that the sample has structure in focus and the X-rays are on "
+                       "(a contact screen has no focus dependence)")
     return out
 
 
