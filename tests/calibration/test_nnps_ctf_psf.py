@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from .synthetic import gaussian_kernel
 from xinstrument.calibration.ctf import (
     bar_contrast,
     coltman_mtf,
@@ -18,14 +17,16 @@ from xinstrument.calibration.nnps import nnps
 from xinstrument.calibration.psf import (
     extract_psf,
     find_defects,
-    psf_shape,
-    repair_defects,
     mtf_ratio,
     normalized_cross_correlation,
     psf_from_mtf_ratio,
+    psf_shape,
     radial_profile,
+    repair_defects,
 )
 from xinstrument.calibration.registration import feature_registration, phase_correlation
+
+from .synthetic import gaussian_kernel
 
 
 def test_nnps_white_noise_within_5_percent() -> None:

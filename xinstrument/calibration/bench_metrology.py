@@ -169,8 +169,8 @@ def rendering_error(shape: tuple[int, int] = (32, 48), angle_deg: float = 5.0, s
 
 
 def format_sweep(scores: list[EdgeScore]) -> str:
-    lines = [f"{'sigma px':>8} {'angles deg':>12} {'max |MTF err|':>14} {'MTF50 err min..max':>22} "
-             f"{'angles over target':>18}"]
+    lines = [(f"{'sigma px':>8} {'angles deg':>12} {'max |MTF err|':>14} {'MTF50 err min..max':>22} "
+              f"{'angles over target':>18}")]
     groups: dict[tuple[float, bool], list[EdgeScore]] = {}
     for s in scores:
         groups.setdefault((s.sigma_px, s.angle_deg > 10.0), []).append(s)

@@ -224,7 +224,7 @@ def _whole_cycles(rows: int, slope: float) -> int:
     cycles = int(np.floor(rows * s))
     if cycles < 1:
         return 0
-    return min(rows, int(round(cycles / s)))
+    return min(rows, round(cycles / s))
 
 
 def _project(fit: EdgeFit, oversampling: int, whole_cycles: bool = True,
