@@ -302,7 +302,9 @@ class InstrumentIOC:
                                      "(Open: MAJOR alarm, X-rays cannot go on)",
                                      choices=("Open", "Closed"), group=g)
         self.error_rbv = self.ro("TUBE:Error_RBV", "int", 0, "latched fault code (0: none; -1 "
-                                 "tube not responding)", group=g)
+                                 "tube not responding; -2 the driver switched X-rays off: "
+                                 "implausible readback or link fault, see ErrorText_RBV)",
+                                 group=g)
         self.error_text_rbv = self.ro("TUBE:ErrorText_RBV", "char", "", "latched fault text",
                                       length=MAX_MESSAGE, group=g)
         self.fault_reset = self.pv("TUBE:FaultReset", "enum", 0, "1: clear latched faults "
@@ -1749,10 +1751,15 @@ class InstrumentIOC:
                     sp.set(v)
             self._follow_xray(on)
             code = tube["error_code"]
+            fault = getattr(self.inst.tube, "fault", None)   # the driver switched X-rays off
             if code:
                 self.error_rbv.set(int(code), MAJOR, "STATE")
                 self.error_text_rbv.set(f"{code}: {tube['error_text']}"[:MAX_MESSAGE - 1],
                                         MAJOR, "STATE")
+            elif fault is not None:
+                self.error_rbv.set(-2, MAJOR, "STATE")
+                self.error_text_rbv.set(f"driver fault: {fault}"[:MAX_MESSAGE - 1], MAJOR,
+                                        "STATE")
             else:
                 self.error_rbv.set(0)
                 self.error_text_rbv.set("")
@@ -1783,7 +1790,9 @@ class InstrumentIOC:
             self._xray_requested = False
             self.xray.set(0)
             self.shutter.set(0)
-            self._message("X-rays went off (trip, interlock or fault): TUBE:XrayOn is 0",
+            fault = getattr(self.inst.tube, "fault", None)
+            why = f": {fault}" if fault is not None else " (trip, interlock or fault)"
+            self._message(f"X-rays went off without a request{why}; TUBE:XrayOn is 0",
                           error=True)
         elif on and self.xray.value == 0:
             self.xray.set(1)          # switched on by another client (GUI, script)
