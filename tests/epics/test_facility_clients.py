@@ -393,3 +393,20 @@ def test_every_pv_is_documented_and_every_documented_pv_connects(ioc, epics):
 def test_the_pv_reference_is_generated_from_the_ioc_table():
     from xinstrument.epics.docs import main
     assert main(["--check"]) == 0, "docs/epics.md is out of date: python -m xinstrument.epics.docs"
+
+
+def test_an_ophyd_signal_with_rbv_completes_a_set_and_refuses_beyond_the_limits(ioc, ca):
+    from ophyd import EpicsSignalWithRBV
+    from ophyd.utils import LimitError
+    # limits=True: ophyd checks the control limits the IOC serves (pyepics ignores the status of
+    # a put-callback, so a stock EpicsSignal cannot see a refusal that happens in the IOC)
+    kv = EpicsSignalWithRBV(ioc.pv("TUBE:Voltage"), name="kv", limits=True)
+    kv.wait_for_connection(timeout=10)
+    kv.set(47.0).wait(5)                      # Voltage_RBV is the setpoint's readback
+    assert kv.get() == pytest.approx(47.0)
+    assert kv.limits == pytest.approx((40.0, 130.0))
+    t0 = time.monotonic()
+    with pytest.raises(LimitError):
+        kv.set(500.0).wait(5)
+    assert time.monotonic() - t0 < 1.0
+    assert ca.get("TUBE:Voltage_RBV") == pytest.approx(47.0)
