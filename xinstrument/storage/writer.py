@@ -37,6 +37,12 @@ from .errors import StorageError, describe_os_error
 # more CPU time than the disk time it saves and would drop camera frames; the default is
 # uncompressed chunks. gzip/lzf remain one argument away for archiving.
 DEFAULT_COMPRESSION: str | None = None
+
+# Space kept free beside a recording (a hidden file in the same folder): when the disk fills,
+# the writer deletes it so that closing the file (metadata flush, completeness flag, Data
+# Exchange views) still succeeds; without it HDF5 cannot close the file at all and the process
+# may crash at exit. 1 MiB holds the closing metadata of a scan of thousands of frames.
+RESERVE_BYTES = 1 << 20
 _COMPRESSIONS = {None, "none", "gzip", "lzf", "default"}
 
 
@@ -309,6 +315,17 @@ class ScanWriter:
             if not self._path.parent.is_dir():
                 cause = f"folder {self._path.parent} does not exist"
             raise StorageError(self._path, f"cannot create scan file: {cause}", code) from exc
+        self._reserve: Path | None = None
+        try:
+            self._reserve = _make_reserve(self._path)
+        except OSError as exc:
+            self._abandon()
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            cause, code = describe_os_error(exc)
+            raise StorageError(self._path, f"not enough free space to start a recording "
+                                           f"({RESERVE_BYTES >> 10} KiB kept for closing it): "
+                                           f"{cause}", code) from exc
         try:
             self._create_layout()
             self._cache_handles()
@@ -496,11 +513,18 @@ class ScanWriter:
             self._h_extras = {name: rest["extras"][name] for name in self._extras}
 
     def _abandon(self) -> None:
+        self._release_reserve()
         if self._file is not None:
             with contextlib.suppress(Exception):  # already reporting the original failure
                 self._file.close()
         self._file = None
         self._closed = True
+
+    def _release_reserve(self) -> None:
+        r, self._reserve = getattr(self, "_reserve", None), None
+        if r is not None:
+            with contextlib.suppress(OSError):
+                r.unlink()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -539,6 +563,8 @@ class ScanWriter:
         return self._file
 
     def _fault(self, exc: Exception, action: str) -> StorageError:
+        # a full disk: free the reserve now, so the file can still be closed properly
+        self._release_reserve()
         cause, code = describe_os_error(exc)
         return StorageError(self._path, f"{action} failed: {cause}; the {self._n} frames "
                                         "flushed before this remain readable (ScanReader, or "
@@ -826,6 +852,7 @@ class ScanWriter:
         if f is None:
             return
         try:
+            self._release_reserve()
             if self._swmr:
                 f.close()
                 f = open_for_update(self._path)
@@ -870,6 +897,31 @@ class ScanWriter:
         state = "closed" if self._closed else "open"
         return (f"ScanWriter({str(self._path)!r}, frame_shape={self._shape}, "
                 f"dtype={self._dtype}, n_frames={self._n}, {state})")
+
+
+def _make_reserve(path: Path) -> Path | None:
+    """Allocate RESERVE_BYTES in a hidden file beside ``path`` (blocks really allocated)."""
+    reserve = path.with_name(f".{path.name}.reserve")
+    fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError as exc:
+            if exc.errno == 27:               # EFBIG: a per-file size limit, which no reserve
+                os.close(fd)                  # in another file can help with
+                reserve.unlink()
+                return None
+            if exc.errno not in (95, 22):     # EOPNOTSUPP / EINVAL: no fallocate, write zeros
+                raise
+            os.write(fd, bytes(RESERVE_BYTES))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            reserve.unlink()
+        raise
+    os.close(fd)
+    return reserve
 
 
 def _fsync(path: Path) -> None:
