@@ -57,10 +57,9 @@ from xinstrument.sim.families import TRAINING_FAMILIES
 AVERAGING = (1, 4)
 
 
-def fit_beta(prof, size_px: int) -> dict:
+def fit_beta(prof, size_px: int, families: tuple[str, ...] = TRAINING_FAMILIES) -> dict:
     scenes = []
-    dose = None
-    for i, fam in enumerate(TRAINING_FAMILIES):
+    for i, fam in enumerate(families):
         stack = [f.measured for f in family_frames(prof, fam, [CALIBRATION_SEED + 50 + i] * 1,
                                                    size_px, 1, repeats=6)]
         scenes.append(np.stack(stack))
@@ -79,12 +78,15 @@ def main(argv=None) -> int:
     p.add_argument("--tile-px", type=int, default=32)
     p.add_argument("--false-alarm-rate", type=float, default=1e-3)
     p.add_argument("--cache", type=Path, default=None, help="folder for rendered frames")
+    p.add_argument("--family", action="append", choices=TRAINING_FAMILIES,
+                   help="only these training families (repeatable; default all)")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the profile")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     for name in a.profile or sorted(PROFILE_BENCH):
         prof = find_profile(str(ROOT / "profiles" / name))
-        beta = fit_beta(prof, a.size)
+        families = tuple(a.family or TRAINING_FAMILIES)
+        beta = fit_beta(prof, a.size, families)
         print(f"{name}: noise hardening exponent {beta['beta']:.3f} from {beta['tiles']} tiles "
               f"(variance measured / modelled: median {beta['ratio_median_before']:.3f} -> "
               f"{beta['ratio_median_after']:.3f}, 90th percentile {beta['ratio_p90_after']:.3f})",
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         prof.noise_hardening_exponent = beta["beta"]
         methods = bench_methods(prof)
         sets = [cached_set(prof, fam, n, a.size, a.seeds, "train", methods, a.cache)
-                for fam in TRAINING_FAMILIES for n in AVERAGING]
+                for fam in families for n in AVERAGING]
         guard = FidelityGuard(prof, a.tile_px, a.false_alarm_rate, tolerance={}, device="cpu")
         tolerances, uncertainty = {}, {}
         for key in [FORWARD_MODEL_TOLERANCE_KEY] + methods:
