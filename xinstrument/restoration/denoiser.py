@@ -263,12 +263,19 @@ def denoise(frames: Any, sigma: float | np.ndarray, *, denoiser: LoadedDenoiser 
 
 
 # --- training ------------------------------------------------------------------------------------
+NOISE_KINDS = ("white", "lowpass", "deconvolved")
+
+
 def noisy_batch(clean: torch.Tensor, gen: torch.Generator,
-                sigma_range: tuple[float, float] = SIGMA_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
+                sigma_range: tuple[float, float] = SIGMA_RANGE,
+                kinds: tuple[str, ...] = ("white", "lowpass")) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy, sigma map) for clean (B, H, W) patches: per patch a noise level log-uniform in
     ``sigma_range``; half the patches with signal-dependent std sigma * sqrt(T / mean T) (quantum
-    noise), a third with spatially correlated noise (white noise blurred by a Gaussian of 0.5-2 px,
-    renormalised to unit variance: screen-blurred quanta)."""
+    noise). Noise spectra (``kinds``, drawn with equal probability): white; ``lowpass``: white
+    noise blurred by a Gaussian of 0.5-2 px (screen-blurred quanta); ``deconvolved``: the noise a
+    regularised deconvolution leaves, white noise through r / (r^2 + w) with r a Gaussian
+    transfer of 0.5-3 px and w log-uniform in 0.01-0.3 (what the plug-and-play data step hands
+    the prior, for any detector). Every spectrum is renormalised to unit variance."""
     b = clean.shape[0]
     lo, hi = math.log(sigma_range[0]), math.log(sigma_range[1])
     sig = torch.exp(lo + (hi - lo) * torch.rand(b, generator=gen)).reshape(-1, 1, 1)
@@ -276,15 +283,34 @@ def noisy_batch(clean: torch.Tensor, gen: torch.Generator,
     rel = torch.sqrt(clean.clamp(min=1e-3) / clean.mean(dim=(-2, -1), keepdim=True).clamp(min=1e-3))
     smap = sig * torch.where(dep, rel, torch.ones_like(rel))
     n = torch.randn(clean.shape, generator=gen)
-    corr = torch.rand(b, generator=gen) < 1 / 3
-    if bool(corr.any()):
-        width = 0.5 + 1.5 * torch.rand(int(corr.sum()), generator=gen)
-        nc = n[corr]
-        fy = torch.fft.fftfreq(n.shape[-2])[:, None]
-        fx = torch.fft.rfftfreq(n.shape[-1])[None, :]
-        g = torch.exp(-2 * math.pi ** 2 * width.reshape(-1, 1, 1) ** 2 * (fy ** 2 + fx ** 2))
-        nc = torch.fft.irfft2(torch.fft.rfft2(nc) * g, s=n.shape[-2:])
-        n[corr] = nc / nc.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+    if tuple(kinds) == ("white", "lowpass"):
+        # the first training stage's draw (kept bit-identical for reproducibility)
+        corr = torch.rand(b, generator=gen) < 1 / 3
+        kind = torch.where(corr, 1, 0)
+    else:
+        bad = [k for k in kinds if k not in NOISE_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"noise kinds must be among {NOISE_KINDS}, got {kinds}")
+        ids = torch.tensor([NOISE_KINDS.index(k) for k in kinds])
+        kind = ids[torch.randint(len(ids), (b,), generator=gen)]
+    fy = torch.fft.fftfreq(n.shape[-2])[:, None]
+    fx = torch.fft.rfftfreq(n.shape[-1])[None, :]
+    f2 = fy ** 2 + fx ** 2
+    for k_id, sel in ((1, kind == 1), (2, kind == 2)):
+        if not bool(sel.any()):
+            continue
+        m = int(sel.sum())
+        if k_id == 1:
+            width = (0.5 + 1.5 * torch.rand(m, generator=gen)).reshape(-1, 1, 1)
+            g = torch.exp(-2 * math.pi ** 2 * width ** 2 * f2)
+        else:
+            width = (0.5 + 2.5 * torch.rand(m, generator=gen)).reshape(-1, 1, 1)
+            w = torch.exp(math.log(0.01) + math.log(30.0) * torch.rand(m, generator=gen)
+                          ).reshape(-1, 1, 1)
+            r = torch.exp(-2 * math.pi ** 2 * width ** 2 * f2)
+            g = r / (r * r + w)
+        nc = torch.fft.irfft2(torch.fft.rfft2(n[sel]) * g, s=n.shape[-2:])
+        n[sel] = nc / nc.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
     return clean + smap * n, smap
 
 
@@ -303,19 +329,26 @@ def train_denoiser(patches: Callable[[np.random.Generator, int, int], np.ndarray
                    seed: int = 0, channels: tuple[int, ...] = (16, 32, 64), blocks: int = 1,
                    validation: np.ndarray | None = None, log: Callable[[str], None] | None = None,
                    checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None,
-                   checkpoint_every: int = 500, device: str | None = None
+                   checkpoint_every: int = 500, device: str | None = None,
+                   init: dict[str, torch.Tensor] | None = None,
+                   noise_kinds: tuple[str, ...] = ("white", "lowpass")
                    ) -> tuple[Denoiser, DenoiserTrainResult]:
     """Train a :class:`Denoiser` on clean patches from ``patches(rng, count, patch_px)``.
 
     Patches get random flips and 90-degree rotations and a random gain (0.6-1.1: other
     exposures and contrasts). ``validation``: clean images scored at sigma 0.01 / 0.03 / 0.1.
+    ``init``: start from these :func:`pack_denoiser` weights (a fine-tuning stage);
+    ``noise_kinds``: the noise spectra drawn (:func:`noisy_batch`).
     """
     say = log or (lambda m: None)
     dev = default_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = Denoiser(channels, blocks).to(dev)
+    model = Denoiser(channels, blocks) if init is None else denoiser_from_weights(init)[0]
+    model = model.to(dev).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02)
     res = DenoiserTrainResult(steps, 0.0, 0.0)
@@ -328,7 +361,7 @@ def train_denoiser(patches: Callable[[np.random.Generator, int, int], np.ndarray
             hr[k] = im[:, ::-1] if rng.random() < 0.5 else im
         clean = torch.from_numpy(hr) * torch.from_numpy(
             rng.uniform(0.6, 1.1, (batch, 1, 1)).astype(np.float32))
-        noisy, smap = noisy_batch(clean, gen)
+        noisy, smap = noisy_batch(clean, gen, kinds=noise_kinds)
         out = model(noisy[:, None].to(dev), smap[:, None].to(dev))[:, 0]
         loss = F.l1_loss(out, clean.to(dev))
         opt.zero_grad(set_to_none=True)
