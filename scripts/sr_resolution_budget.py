@@ -90,7 +90,7 @@ def chart_contrast(cfg) -> float:
 # --------------------------------------------------------------------------------------------
 # The literature's micro-tomosynthesis bench (shared/papers/003): per chart group
 # --------------------------------------------------------------------------------------------
-def _chart_transmission(twin: Twin, width_um: float) -> float:
+def _chart_transmission(twin: Twin) -> float:
     """Detected-energy weighted transmission of the chart's tungsten absorber (Beer-Lambert over
     the screen's absorbed spectrum)."""
     from xinstrument.sim.materials import TUNGSTEN
@@ -128,7 +128,6 @@ def micro_group_budget(cfg, k_rose: float = ROSE_SNR, exposure_s: float = 1.0,
     2 NNPS(f) / N. The analytic per-pixel variance is checked against twin flats below.
     """
     from xinstrument.sim.bench import MICRO_CHART_WIDTHS_UM
-    from xinstrument.sim.detector import disc_otf  # noqa: F401  (documents the screen model)
     twin = Twin(cfg, sample="open", seed=seed)
     st = twin.fixed_state
     kv, ua = st.voltage_kv, st.current_ua
@@ -139,7 +138,7 @@ def micro_group_budget(cfg, k_rose: float = ROSE_SNR, exposure_s: float = 1.0,
     q_px = float(twin.expected_quanta("thick", exposure_s=exposure_s).mean())   # open field
     _, e_mean = twin._quanta_maps(kv, "thick", False)
     g = cfg.electrons_per_kev("thick") * float(e_mean.mean())        # e- per absorbed quantum
-    t_chart = _chart_transmission(twin, 1.0)
+    t_chart = _chart_transmission(twin)
     m0 = (1 - t_chart) / (1 + t_chart)
     groups = {gr["width_um"]: gr for gr in chart_groups(cfg.fov_mm, MICRO_CHART_WIDTHS_UM)
               if gr["orientation"] == "vertical"}
