@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="folder for rendered frames")
     p.add_argument("--family", action="append", choices=TRAINING_FAMILIES,
                    help="only these training families (repeatable; default all)")
+    p.add_argument("--max-tolerance", type=float, default=4.0,
+                   help="largest tolerance tried; a method that needs more is not calibrated")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the profile")
     a = p.parse_args(argv)
     torch.manual_seed(0)
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
             try:
                 out = calibrate_tolerance(guard, pairs, method=key, dose_ratio=doses,
                                           frames_averaged=averaged,
-                                          flat_frames_averaged=sets[0].flat_frames_averaged)
+                                          flat_frames_averaged=sets[0].flat_frames_averaged,
+                                          max_tolerance=a.max_tolerance)
             except ValueError as exc:
                 print(f"  {key:16s} tolerance not calibrated: {exc}", flush=True)
                 continue
