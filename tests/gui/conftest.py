@@ -74,3 +74,15 @@ def references(qtbot, w, n=3):
     a.flats_btn.click()
     qtbot.waitUntil(lambda: w.instrument.corrector is not None and a.flats_btn.isEnabled(),
                     timeout=20000)
+
+
+def acquire_one(qtbot, w, timeout=20000):
+    """Click "Acquire one" and wait until the window shows that frame (the references before
+    it go through the live view too)."""
+    a = w.acquisition
+    seen = w.bridge.frames_seen
+    a.acquire_btn.click()
+    qtbot.waitUntil(lambda: a.acquire_btn.isEnabled() and w.bridge.frames_seen > seen
+                    and w.instrument.last_frame is not None
+                    and w.image.frame is w.instrument.last_frame, timeout=timeout)
+    return w.image.frame

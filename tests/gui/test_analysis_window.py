@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from .conftest import make_instrument, ready, references
+from .conftest import acquire_one, make_instrument, ready, references
 
 
 def test_restoration_before_after_with_speed(qtbot, window):
@@ -19,8 +19,7 @@ def test_restoration_before_after_with_speed(qtbot, window):
     qtbot.waitUntil(lambda: w.instrument.restoration_method == "richardson_lucy", timeout=5000)
     r.steps.setValue(4)
     r.device.setCurrentText("cpu")
-    w.acquisition.acquire_btn.click()
-    qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=10000)
+    acquire_one(qtbot, w, timeout=10000)
     r.preview_btn.click()
     qtbot.waitUntil(lambda: r.last_result is not None, timeout=30000)
     assert r.last_result.shape == w.image.frame.data.shape
@@ -36,8 +35,7 @@ def test_restored_frames_in_the_live_image(qtbot, window):
     references(qtbot, w)
     w.acquisition.restore.setChecked(True)
     w.image.mode.setCurrentText("frame | restored")
-    w.acquisition.acquire_btn.click()
-    qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=30000)
+    acquire_one(qtbot, w, timeout=30000)
     assert w.image.frame.restored is not None
     assert "restored by wiener" in w.image.title.text()
     assert w.image.views["restored"].isVisible() and w.image.views["frame"].isVisible()
@@ -59,8 +57,7 @@ def test_mtf_from_edge_roi_and_nnps(qtbot, settings):
         w.acquisition.exposure.setValue(0.2)
         references(qtbot, w, n=4)
         w.acquisition.n_average.setValue(8)
-        w.acquisition.acquire_btn.click()
-        qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=20000)
+        acquire_one(qtbot, w, timeout=20000)
         # the ROI across the sample's one straight edge, plateaus on both sides
         w.image.edge_roi.setPos([16, 32])
         w.image.edge_roi.setSize([80, 64])
@@ -114,10 +111,11 @@ def test_closing_stops_the_stream_and_switches_xrays_off(qtbot, window):
     w.acquisition.live_btn.click()
     qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=15000)
     emu = w.instrument.tube_emulator
-    assert emu.xray_on and w.instrument.busy == "live"
+    assert emu.xray_on and w.instrument.busy in ("live", "series")
     w.close()
     assert not emu.xray_on
-    assert w.instrument.busy is None and not w.instrument.pipeline.running
+    assert w.instrument.busy is None
+    assert w.instrument.pipeline is None or not w.instrument.pipeline.running
 
 
 def test_gui_command_is_registered():

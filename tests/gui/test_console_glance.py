@@ -6,7 +6,7 @@ import pytest
 from xinstrument.acquisition.frame import Frame
 from xinstrument.gui.screenshots import WINDOW_SIZE, layout_problems
 
-from .conftest import ready, references
+from .conftest import acquire_one, ready, references
 
 
 def test_xray_lamp_is_red_with_kv_ua_while_emitting(qtbot, window):
@@ -69,8 +69,7 @@ def test_restore_preview_goes_to_the_main_view(qtbot, window):
     r = w.restoration
     r.load_btn.click()
     qtbot.waitUntil(lambda: r.method.count() > 0 and r.load_btn.isEnabled(), timeout=20000)
-    w.acquisition.acquire_btn.click()
-    qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=10000)
+    acquire_one(qtbot, w, timeout=10000)
     assert w.image.frame.restored is None
     r.preview_btn.click()
     qtbot.waitUntil(lambda: r.last_result is not None and w.image.frame.restored is not None,

@@ -9,7 +9,7 @@ from xinstrument.acquisition.correction import FlatFieldCorrector
 from xinstrument.acquisition.pipeline import ProcessedFrame
 from xinstrument.instrument import AveragedFrame
 
-from .conftest import ready, references
+from .conftest import acquire_one, ready, references
 
 
 def load_profile(qtbot, w):
@@ -68,8 +68,7 @@ def test_raw_next_to_corrected_in_acquire_and_live_view(qtbot, window):
     w.image.mode.setCurrentText("raw | frame | restored")
     assert all(not w.image.views[n].isHidden() for n in ("raw", "frame", "restored"))
     w.acquisition.n_average.setValue(2)
-    w.acquisition.acquire_btn.click()
-    qtbot.waitUntil(lambda: w.image.frames_shown >= 1, timeout=10000)
+    acquire_one(qtbot, w, timeout=10000)
     f = w.image.frame
     assert f.corrected and f.raw is not None
     shown_raw = w.image.views["raw"].getImageItem().image

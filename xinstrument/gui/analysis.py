@@ -159,6 +159,7 @@ class RestorationPanel(Panel):
         def done(_=None) -> None:
             self._show_applied()
             note = {"live": "; the live view uses it from its next frame",
+                    "series": "; the live view uses it from its next frame",
                     "recording": "; the running recording keeps its method"}.get(busy, "")
             self.say(f"restoration {self._describe(m, steps, dev)} (used by acquire, live view "
                      f"and scans){note}", error=False)

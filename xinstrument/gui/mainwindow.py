@@ -72,7 +72,10 @@ def _scroll(widget: QWidget) -> QScrollArea:
 
 
 def _tab(panel) -> QScrollArea:
-    """A panel under its busy line, scrollable."""
+    """A panel under its busy line, scrollable. Its text lines wrap: a long result or status
+    line makes the tab taller, never the dock wider than the screen."""
+    for label in panel.findChildren(QLabel):
+        label.setWordWrap(True)
     box = QWidget()
     lay = QVBoxLayout(box)
     lay.setContentsMargins(0, 0, 0, 0)

@@ -129,6 +129,7 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
     ini = settings_path or out_dir / ".screenshot-settings.ini"
     settings = QSettings(str(ini), QSettings.Format.IniFormat)
     saved: list[Path] = []
+    w = None
     try:
         w = MainWindow(inst, settings, poll_ms=200)
         w.resize(*WINDOW_SIZE)
@@ -144,8 +145,21 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
         def shot(name: str) -> None:
             _settle(app)
             if check_layout and (w.width() > WINDOW_SIZE[0] or w.height() > WINDOW_SIZE[1]):
+                from PyQt6.QtWidgets import QWidget
+                page = w.tabs.currentWidget().widget()
+                limit = w.tabs.width() - 40
+                wide = [c for c in page.findChildren(QWidget) if c.isVisible()
+                        and max(c.minimumSizeHint().width(), c.minimumWidth()) > limit]
+                # the innermost of the widgets too wide for the dock: the one to fix
+                widest = min(wide, key=lambda c: len(c.findChildren(QWidget))) if wide \
+                    else page
                 raise RuntimeError(f"{name}: the window grew to {w.width()} x {w.height()} px "
-                                   f"(screen {WINDOW_SIZE[0]} x {WINDOW_SIZE[1]})")
+                                   f"(screen {WINDOW_SIZE[0]} x {WINDOW_SIZE[1]}); widest: "
+                                   f"{type(widest).__name__} "
+                                   f"{getattr(widest, 'text', lambda: '')()!r:.60} "
+                                   f"{widest.minimumSizeHint().width()} / "
+                                   f"{widest.minimumWidth()} px, in "
+                                   f"{type(widest.parentWidget()).__name__}")
             path = out_dir / name
             _save_small_png(w.grab().toImage(), path)
             saved.append(path)
@@ -242,6 +256,8 @@ def capture(out_dir: Path, sensor_px: int = 256, settings_path: Path | None = No
             shot(SHOTS[4])
         w.close()
     finally:
+        if w is not None and w.isVisible():
+            w.close()          # also on a failure: views released, X-rays off
         inst.disconnect()
         if settings_path is None:
             ini.unlink(missing_ok=True)
