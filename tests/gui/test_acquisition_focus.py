@@ -1,5 +1,4 @@
 """Acquisition (references, single frames, live view, HDF5 recording) and focus scan panels."""
-import h5py
 import numpy as np
 
 from .conftest import acquire_one, ready, references
