@@ -24,8 +24,6 @@ from xinstrument.restoration.networks import build_model, pack_weights
 from xinstrument.restoration.physics import DetectorPhysics
 from xinstrument.restoration.pnp import noise_sigma, pnp_restore
 
-from conftest import make_scene
-
 
 @pytest.fixture(scope="module")
 def den():
