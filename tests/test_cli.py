@@ -29,7 +29,10 @@ def test_demo_end_to_end(tmp_path, capsys):
         keys = f["entry/instrument/detector/image_key"][()]
         assert sorted(keys.tolist()) == [0, 1, 2]
         assert f["entry/restored/data"].shape[0] == 1
-        assert "focus_curve" in f["entry/analysis"]
+        curve = f["entry/focus_curve"]          # NXdata that silx and nexusformat plot
+        assert curve.attrs["NX_class"] == "NXdata" and curve.attrs["signal"] == "metric"
+        assert curve["metric"].shape == curve["position"].shape and curve["metric"].size >= 5
+        assert np.isfinite(curve.attrs["best_position_um"])
         # the fidelity guard's tile map and summary beside the restored frame
         extras = f["entry/restored/extras"]
         assert extras["consistency"].shape[0] == 1 and np.isfinite(extras["reduced_chi2"][0])

@@ -253,8 +253,10 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
     """
     import torch
 
+    from xinstrument.sim.hr_source import twin_hr_source
+
     from ..profiles import DetectorProfile
-    from .superres import SuperResolutionError, sr_method, train_sr, twin_hr_source
+    from .superres import SuperResolutionError, sr_method, train_sr
     from .training import crop_source, pooled_source
 
     try:
@@ -377,7 +379,7 @@ def _cmd_train_sr(a: argparse.Namespace, profile: Any, t0: float) -> int:
 
 def register(sub) -> None:
     from .networks import METHOD_CONFIGS
-    from .stage import METHODS, SR_METHODS
+    from .stage import SR_METHODS
 
     p = sub.add_parser("restore", help="restore a stored scan into a new HDF5 file",
                        description="Restore every projection of a scan file with a profile's "

@@ -23,7 +23,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +44,13 @@ __all__ = [
     "SR_DOWNSAMPLES",
     "SR_FACTORS",
     "BarGroupResult",
-    "bar_group_contrast_at_centres",
     "SRDegradation",
     "SRNet",
     "SRTrainResult",
     "SuperResolutionError",
     "SuperResolver",
     "background_noise_sigma",
+    "bar_group_contrast_at_centres",
     "bar_group_profile",
     "bicubic_downsample",
     "bicubic_upsample",
@@ -63,7 +63,6 @@ __all__ = [
     "sr_method",
     "sr_net_from_weights",
     "train_sr",
-    "twin_hr_source",
 ]
 
 SR_FACTORS = (2, 4)
@@ -419,40 +418,6 @@ def fine_grid_config(config: Any, factor: int) -> Any:
                                               oversample=oversample))
 
 
-def twin_hr_source(factor: int, bench: str = "lens-yag",
-                   samples: Sequence[str] = ("pcb", "pcb", "chart", "bars", "edge"),
-                   bench_kw: dict | None = None,
-                   ) -> Callable[[np.random.Generator, int, int], np.ndarray]:
-    """HR source ``(rng, count, patch_px) -> (count, patch_px, patch_px)``: noise-free twin ground
-    truth (thin screen, thick spectrum) on a ``factor`` x finer pixel grid than the bench camera,
-    of random samples at a random tube voltage and field scale (each image its own small twin).
-    ``bench_kw`` goes to the bench factory (e.g. ``thick_um``, ``thin_um`` of a profile whose
-    screens differ from the bench's defaults)."""
-    from xinstrument.sim.bench import BENCHES, Twin
-    from xinstrument.sim.samples import make_sample
-
-    sr_method(factor)
-    if bench not in BENCHES:
-        raise ValueError(f"unknown bench {bench!r}; choose from {sorted(BENCHES)}")
-
-    def source(rng: np.random.Generator, count: int, patch_px: int) -> np.ndarray:
-        if patch_px % factor or patch_px < 16:
-            raise ValueError(f"HR patch {patch_px} px must be >= 16 and a multiple of {factor}")
-        lr_cfg = BENCHES[bench](sensor_px=patch_px // factor, **(bench_kw or {}))
-        cfg = fine_grid_config(lr_cfg, factor)
-        out = np.empty((count, patch_px, patch_px), np.float32)
-        for i in range(count):
-            name = samples[int(rng.integers(len(samples)))]
-            twin = Twin(cfg, sample="open", seed=int(rng.integers(2**31)))
-            lo, hi = (40.0, 60.0) if cfg.kind == "lens" else (60.0, 80.0)
-            twin.set_state(voltage_kv=float(rng.uniform(lo, hi)))
-            twin.sample = make_sample(name, cfg.fov_mm * float(rng.uniform(1.0, 3.0)), int(rng.integers(2**31)))
-            out[i] = twin.ground_truth()
-        return out
-
-    return source
-
-
 # ------------------------------------------------------------------------------ training
 @dataclass
 class SRTrainResult:
@@ -500,7 +465,7 @@ def train_sr(
     ----------
     profile : DetectorProfile with ``esf_sigma_um`` (and ``noise_sigma`` unless ``noise_sigma`` or
         ``background`` is given); the weights are saved into it as ``sr_x<factor>``.
-    hr_source : callable ``(rng, count, patch_px)`` (e.g. :func:`twin_hr_source`) or HR images
+    hr_source : callable ``(rng, count, patch_px)`` (e.g. :func:`xinstrument.sim.hr_source.twin_hr_source`) or HR images
         (on the fine grid: ``factor`` x smaller pixels than the detector) to crop from.
     steps, seed : optimiser steps; seed of initialisation, patch draws and noise (deterministic
         on the CPU).
