@@ -19,6 +19,7 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..scans.plans import NNPSMeasurement
 from .bridge import describe_error
 from .imageview import make_image_view
 from .panels import Panel
@@ -387,30 +388,14 @@ class CalibrationPanel(Panel):
         self.mtf_text.setText("\n".join(lines))
 
     def measure_nnps(self) -> None:
-        from ..calibration.nnps import nnps
         inst = self.instrument
-        n = self.n_flats.value()
         if inst.dark is None:
             self.say("NNPS needs a dark reference: take darks first")
             return
-        px = pixel_size_um(inst)
-
-        def work():
-            try:
-                inst.set_sample_in(False)
-                moved = True
-            except Exception:  # noqa: BLE001 - no sample stage: the operator removes the sample
-                moved = False
-            try:
-                frames = [inst.acquire(1, correct=False).data for _ in range(n)]
-            finally:
-                if moved:
-                    inst.set_sample_in(True)
-            size = min(256, min(frames[0].shape) // 2)
-            size -= size % 2
-            return nnps(np.stack(frames), px, roi_size_px=max(16, size), dark=inst.dark)
-
-        self.run(work, self._nnps_done, "NNPS", [self.nnps_btn])
+        # One plan through the engine: it holds the operation lock, moves the sample out and
+        # back, and records the flats with the NNPS curve.
+        plan = NNPSMeasurement(n_frames=self.n_flats.value(), sample_out=inst.can_move_sample)
+        self.run(lambda: inst.run(plan), self._nnps_done, "NNPS", [self.nnps_btn])
 
     def _nnps_done(self, r) -> None:
         self.nnps_result = r
