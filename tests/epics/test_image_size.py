@@ -96,12 +96,13 @@ def test_capture_keeps_super_resolved_frames_on_their_grid(ca, tmp_path, wait_fo
     ca.put("HDF1:FileTemplate", "%s%s.h5")
     capture = ca.pv("HDF1:Capture")
     capture.put(1, use_complete=True)         # completes when the capture ends
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10), (
+    # opening the capture loads the restorer and creates the file: seconds on a loaded machine
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60), (
         ca.get("HDF1:Capture_RBV"), ca.get("HDF1:FullFileName_RBV", as_string=True),
         ca.get("HDF1:NumCaptured_RBV"), ca.get("StatusMessage_RBV", as_string=True))
     ca.put("CAM:Acquire", 1, timeout=60)
     ca.put("HDF1:Capture", 0)
-    assert wait_for(lambda: capture.put_complete, 10)
+    assert wait_for(lambda: capture.put_complete, 60)
     ca.put("RESTORE:Enable", 0)
     assert "not stored" not in ca.get("StatusMessage_RBV", as_string=True)
     from xinstrument.storage import ScanReader
