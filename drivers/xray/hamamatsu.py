@@ -299,8 +299,8 @@ class HamamatsuTube:
         self._hb_stop.set()
         if self._connected:
             since = time.monotonic() - self._last_off[0] if self._last_off else math.inf
-            if since < 1.0:
-                log.info("%s: X-ray off was sent %.2f s ago; closing", self.name, since)
+            if since < 1.0 and self._last_off[1]:
+                log.info("%s: X-ray off was confirmed %.2f s ago; closing", self.name, since)
             elif since < 5.0:
                 # a fault just sent XOF; on a bad link a full exchange would only add delay
                 self._emergency_off("close after a link fault")

@@ -206,6 +206,13 @@ class TubePeer(HostilePeer):
     def xof_times(self) -> list[float]:
         return [t for t, c in self.commands if c == b"XOF"]
 
+    def read_pending(self, since: float, wait_s: float = 1.0) -> None:
+        """Give the peer's threads time to accept and read what the driver already sent (a
+        loaded machine schedules them late); the XOF delay is still stamped on receipt."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not any(t >= since for t in self.xof_times()):
+            time.sleep(0.02)
+
     def normal(self, cmd: bytes) -> bytes:
         parts = cmd.decode("ascii", "replace").split()
         if not parts:
@@ -397,6 +404,8 @@ def _tube_emitting(fault: str, heartbeat_only: bool) -> dict:
         finally:
             tube.close()
     finally:
+        if peer.armed_at is not None:
+            peer.read_pending(peer.armed_at)
         peer.close()
     xof = [t for t, c in peer.commands if c == b"XOF" and t >= t0]
     first = peer.first_faulty_cmd_at or t0
@@ -470,6 +479,8 @@ def _instrument(fault: str) -> dict:
         out["status_s"] = t1 - t0
         out["outcome"] = "returned"
     finally:
+        if peer.armed_at is not None:
+            peer.read_pending(peer.armed_at)
         peer.close()
     xof = [t for t in peer.xof_times() if t >= t0]
     first = peer.first_faulty_cmd_at or t0

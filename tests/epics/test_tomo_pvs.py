@@ -70,12 +70,22 @@ def test_abort_ends_the_scan_with_an_incomplete_file(ca, wait_for):
     small_plan(ca, "aborted.h5", n_angles=40, arc_deg=20.0, frames=3)
     start = ca.pv("SCAN:TomoStart")
     start.put(1, use_complete=True)
+    try:
+        _pause_resume_abort(ca, start, wait_for)
+    finally:          # a failure here must not leave a scan running into the next tests
+        if not start.put_complete:
+            ca.put("SCAN:TomoPause", 0)
+            ca.put("SCAN:Abort", 1)
+            wait_for(lambda: start.put_complete, 60)
+
+
+def _pause_resume_abort(ca, start, wait_for):
     # (the state tells a running scan's index from the last scan's)
     assert wait_for(lambda: ca.get("SCAN:TomoState_RBV", as_string=True) == "Projections"
                     and ca.get("SCAN:TomoAngleIndex_RBV") >= 2, 60)
     assert not start.put_complete
     ca.put("SCAN:TomoPause", 1)                   # holds before the next frame
-    assert wait_for(lambda: ca.get("SCAN:TomoState_RBV", as_string=True) == "Paused", 10)
+    assert wait_for(lambda: ca.get("SCAN:TomoState_RBV", as_string=True) == "Paused", 30)
     held = ca.get("SCAN:TomoAngleIndex_RBV")
     time.sleep(0.6)
     assert ca.get("SCAN:TomoAngleIndex_RBV") == held and not start.put_complete

@@ -1607,6 +1607,9 @@ class InstrumentIOC:
         self.tomo_index.set(int(p.angle_index))
         self.tomo_time_left.set(float(p.time_left_s))
         phase = p.phase.capitalize()
+        scan = self._tomo
+        if scan is not None and scan.paused:
+            phase = "Paused"     # a frame finishing after the pause request does not unpause
         if phase in ("Darks", "Flats", "Projections", "Paused"):
             self.tomo_state.set(TOMO_STATES.index(phase))
 

@@ -275,6 +275,15 @@ class Engine:
             return "idle"
         return "paused" if self._pause.is_set() else "running"
 
+    @property
+    def holding(self) -> bool:
+        """True while the running plan is actually held: at a checkpoint, or with the camera
+        stopped at a frame boundary (a pause request lets the frame in progress finish)."""
+        if self._paused.is_set():
+            return True
+        pipe = self._pipeline       # one reference read; progress callbacks may hold no lock
+        return pipe is not None and pipe.paused
+
     def pause(self) -> None:
         """Hold the running plan at its next frame boundary (X-rays stay on for stability)."""
         if self.current is None:

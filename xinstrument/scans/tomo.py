@@ -391,7 +391,9 @@ class TomoScan:
 
     @property
     def paused(self) -> bool:
-        return self.state == "paused"
+        """Held (not merely asked to pause): no further frame comes until resume."""
+        return (self._handle is not None and not self._handle.done
+                and self.inst.engine.holding)
 
     def abort(self) -> None:
         """Stop at the next frame boundary; the file is closed as incomplete."""
