@@ -156,6 +156,11 @@ class Instrument:
         self._handle = self.engine.start(plan, sinks=sinks, paused=paused)
         return self._handle
 
+    def stop(self) -> None:
+        """End the running open-ended plan (a continuous or paced series) cleanly after the
+        frame in progress; its file is complete."""
+        self.engine.stop()
+
     def pause(self) -> None:
         """Hold the running plan at its next frame boundary."""
         self.engine.pause()

@@ -108,6 +108,12 @@ class Camera(abc.ABC):
     def trigger_mode(self, value: TriggerMode) -> None: ...
 
     @property
+    def frame_period_s(self) -> float:
+        """Time between frames when free-running; at least the exposure (drivers that know
+        their readout time say more)."""
+        return float(self.exposure_s)
+
+    @property
     def frame_shape(self) -> tuple[int, int]:
         """Shape of delivered frames after ROI and binning."""
         _, _, rows, cols = self.roi

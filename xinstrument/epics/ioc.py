@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from ..acquisition.pipeline import CallbackSink
+from ..scans.plans import Series
 from .frames import fit_image, image_elements
 from .pvdb import INVALID, MAJOR, MINOR, NO_ALARM, PV, PutRefused, PVTable
 
@@ -1437,31 +1439,38 @@ class InstrumentIOC:
             self.acquire.set(0)
 
     def _acquire_loop(self, n_images: int | None, n_avg: int) -> None:
-        inst = self.inst
+        """ImageMode Single / Multiple / Continuous as one Series plan through the engine
+        (AcquirePeriod paces it); each averaged frame reaches the image PVs and the file
+        plugin from a sink of that plan."""
         done = 0
+        period = float(self.acq_period.value)
         self.num_images_counter.set(0)
-        t_next = time.monotonic()
-        while n_images is None or done < n_images:
-            if self._stop_requested():
-                break
-            period = float(self.acq_period.value)
-            wait = t_next - time.monotonic()
-            if wait > 0 and self._acq_stop.wait(wait):
-                break
-            t_next = time.monotonic() + period
-            correct = self._references() is not None
-            restore = bool(self.restore_enable.value) and correct
-            self.det_state.set(DETECTOR_STATES.index("Acquire"))
-            frame = inst.acquire(n_avg, correct=correct, restore=restore)
-            self.det_state.set(DETECTOR_STATES.index("Readout"))
+
+        def on_frame(frame) -> None:
+            nonlocal done
             done += 1
             self.num_images_counter.set(done)
-            self.num_exposures_counter.set(n_avg)
+            self.num_exposures_counter.set(int(frame.frames_averaged))
             if n_images is not None:
                 per = max(period, float(self.acq_time.value) * n_avg)
                 self.time_remaining.set((n_images - done) * per)
             if self.array_callbacks.value:
                 self._publish(frame)
+                self.det_state.set(DETECTOR_STATES.index("Acquire"))
+
+        correct = self._references() is not None
+        plan = Series(n_frames=n_images, n_average=n_avg, correct=correct,
+                      restore=bool(self.restore_enable.value) and correct, period_s=period)
+        # a finite series and a file plugin get every frame; a live view the latest ones
+        sink = CallbackSink(on_frame, name="epics",
+                            lossless=n_images is not None or bool(self.hdf["enable"].value))
+        self.det_state.set(DETECTOR_STATES.index("Acquire"))
+        handle = self.inst.start(plan, sinks=[sink])
+        while not handle.done:
+            if self._acq_stop.wait(0.05):
+                self.inst.stop()           # Acquire 0: the frame in progress is kept
+                break
+        handle.wait()
         self._message(f"acquired {done} frame(s) of {n_avg} averaged")
 
     def _publish(self, frame) -> None:

@@ -104,6 +104,24 @@ class RunContext:
             self.instrument.log_message(f"{self.plan.kind} resumed")
 
     @property
+    def stop_requested(self) -> bool:
+        """``Engine.stop()`` was called: an open-ended plan ends after its current frame."""
+        return self.engine._stop.is_set()
+
+    def wait_s(self, seconds: float) -> bool:
+        """Wait between frames (a paced series): True when a stop ended the wait; aborts and
+        pauses act during it as at any frame boundary."""
+        deadline = time.monotonic() + max(0.0, float(seconds))
+        while True:
+            self.checkpoint()
+            if self.stop_requested:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.engine._stop.wait(min(left, 0.05))
+
+    @property
     def elapsed_s(self) -> float:
         paused = self.engine._paused.is_set()
         return self._active_s + (0.0 if paused else time.monotonic() - self._t_resume)
@@ -169,6 +187,8 @@ class RunContext:
             eng._pipeline = pipe
             if eng._pause.is_set():
                 pipe.pause()
+            if eng._stop.is_set() and n_outputs is None:
+                pipe.stop()          # stop() came before this open-ended acquisition began
         try:
             pipe.start()
             stats = pipe.wait()
@@ -263,6 +283,7 @@ class Engine:
         self._pause = threading.Event()
         self._paused = threading.Event()
         self._abort = threading.Event()
+        self._stop = threading.Event()
         self._pipeline: AcquisitionPipeline | None = None
         self.current: Any = None
         self.handle: RunHandle | None = None
@@ -309,6 +330,7 @@ class Engine:
 
     def stop(self) -> None:
         """End an open-ended acquisition cleanly (the partial average is kept)."""
+        self._stop.set()
         with self._lock:
             if self._pipeline is not None:
                 self._pipeline.stop()
@@ -391,6 +413,7 @@ class Engine:
                     paused: bool = False) -> Any:
         inst = self.inst
         self._abort.clear()
+        self._stop.clear()
         self._pause.clear()
         if paused:
             self._pause.set()

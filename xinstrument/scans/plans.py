@@ -121,6 +121,9 @@ class Series(_FilePlan):
     correct: bool = True
     restore: bool = False
     keep: bool = False
+    # time from one output frame's start to the next (areaDetector's AcquirePeriod); 0 or a
+    # period the averaging already fills: free-running at the camera's rate
+    period_s: float = 0.0
     kind: str = field(default="series", init=False)
 
     @property
@@ -131,13 +134,21 @@ class Series(_FilePlan):
     def describe(self) -> str:
         n = "continuous" if self.n_frames is None else f"{self.n_frames} frames"
         return (f"{n} of {self.n_average}" + (", corrected" if self.correct else ", raw")
-                + (", restored" if self.restore else ""))
+                + (", restored" if self.restore else "")
+                + (f", one every {self.period_s:g} s" if self.period_s else ""))
 
     def check(self, inst: "Instrument") -> None:
         if self.n_frames is not None:
             _positive_int("n_frames", self.n_frames)
         _positive_int("n_average", self.n_average)
+        if not (isinstance(self.period_s, (int, float)) and math.isfinite(self.period_s)
+                and self.period_s >= 0):
+            raise PlanError(f"series: period_s must be a finite number >= 0 s, got "
+                            f"{self.period_s!r}")
         _check_corrected(inst, self.correct, self.restore)
+
+    def _paced(self, inst: "Instrument") -> bool:
+        return self.period_s > self.n_average * float(inst.camera.frame_period_s)
 
     def sink_layout(self, inst: "Instrument") -> dict[str, Any]:
         lay = acquisition_layout(inst, correct=self.correct, restore=self.restore,
@@ -147,8 +158,19 @@ class Series(_FilePlan):
 
     def run(self, ctx: RunContext):
         ctx.frames_total = (self.n_frames or 0) * self.n_average
-        frames = ctx.acquire(self.n_frames, n_average=self.n_average, correct=self.correct,
-                             restore=self.restore, keep=self.keep)
+        if not self._paced(ctx.instrument):
+            frames = ctx.acquire(self.n_frames, n_average=self.n_average,
+                                 correct=self.correct, restore=self.restore, keep=self.keep)
+            return frames if self.keep else ctx.instrument.last_stream_stats
+        # paced: one averaged frame per period, the camera idle in between
+        frames, done, t_next = [], 0, time.monotonic()
+        while self.n_frames is None or done < self.n_frames:
+            if ctx.wait_s(t_next - time.monotonic()):
+                break
+            t_next = time.monotonic() + self.period_s
+            frames += ctx.acquire(1, n_average=self.n_average, correct=self.correct,
+                                  restore=self.restore, keep=self.keep)
+            done += 1
         return frames if self.keep else ctx.instrument.last_stream_stats
 
 
