@@ -127,7 +127,7 @@ def test_nnps_and_psf_update_an_existing_profile_keeping_the_rest(scans, tmp_pat
     assert q.psf.shape == (31, 31) and q.psf.sum() == pytest.approx(1.0)
     np.testing.assert_array_equal(q.psf, np.load(npy))
     np.testing.assert_array_equal(q.nnps_lr, p.nnps_lr)
-    assert q.calibration["psf_source"] == "richardson-lucy extraction"
+    assert q.calibration["psf_source"] == "least-squares extraction" and q.calibration["psf_method"] == "lsq"
     assert 0 < q.calibration["psf_peak"] < 1 and q.calibration["psf_fwhm_um"] > 0
     assert 0 <= q.calibration["psf_halo_energy"] < 1
     # The extracted kernel is the extra blur of the thick screen: the fraction of its weight

@@ -124,7 +124,8 @@ def thin_thick_pair():
 def test_extract_psf_ncc_above_095(thin_thick_pair) -> None:
     thin, thick, true_psf = thin_thick_pair
     r = extract_psf(thin, thick)
-    assert r.iterations == 30 and r.psf.shape == (61, 61) and r.psf.sum() == pytest.approx(1.0)
+    assert r.method == "lsq" and r.psf.shape == (61, 61) and r.psf.sum() == pytest.approx(1.0)
+    assert r.psf.min() >= 0.0
     assert r.registration.shift_px == pytest.approx((-1.4, 2.3), abs=0.2)
     assert normalized_cross_correlation(r.psf, true_psf) > 0.95
 
@@ -244,28 +245,60 @@ def test_extracted_shape_is_close_to_the_true_one(halo_pair) -> None:
     r = extract_psf(thin, thick)
     truth = psf_shape(true_psf, r.shape.halo_radius_px)
     assert normalized_cross_correlation(r.psf, true_psf) > 0.99
-    assert r.shape.peak == pytest.approx(truth.peak, rel=0.2)
-    assert r.shape.fwhm_px == pytest.approx(truth.fwhm_px, rel=0.1)
-    # the halo is the least determined part (noise in both images): within a factor 2.5
-    assert truth.halo_energy / 2.5 < r.shape.halo_energy < 2.5 * truth.halo_energy
+    # the measured figures include the resampling of the registration (two cubic shifts)
+    assert r.shape.peak == pytest.approx(truth.peak, rel=0.08)
+    assert r.shape.fwhm_px == pytest.approx(truth.fwhm_px, rel=0.08)
+    assert r.shape.halo_energy == pytest.approx(truth.halo_energy, rel=0.10)
+    assert r.masked_fraction < 0.01  # a clean pair loses (almost) nothing to defect handling
+    # paper 004's Richardson-Lucy, kept as an option, stops early: its halo is far off
+    rl = extract_psf(thin, thick, method="rl")
+    assert rl.method == "rl" and rl.iterations == 30
+    assert abs(psf_shape(rl.psf, r.shape.halo_radius_px).halo_energy / truth.halo_energy - 1) > 0.25
+    with pytest.raises(ValueError, match="method"):
+        extract_psf(thin, thick, method="wiener")
 
 
-def test_hot_pixels_and_dust_change_the_shape_by_less_than_10_percent(halo_pair) -> None:
-    """60 hot pixels and a dozen dust spots in the thick image, and 60 hot pixels in each image:
-    halo energy and peak within 10 % of the same pair without defects (without the defect
-    handling, 60 hot pixels double the halo energy)."""
+def _with_dust(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return _defects(img, rng, n_hot=0)
+
+
+@pytest.mark.parametrize("seed", [101])
+def test_hot_pixels_and_dust_change_the_shape_by_less_than_10_percent(halo_pair, seed) -> None:
+    """60 hot pixels and a dozen dust spots in either image of the pair, or in both: halo
+    energy and peak within 10 % of the same pair without defects. Measured (pairs 4 and 5, seeds
+    101-103): worst 3.0 % (halo) and 1.9 % (peak); Richardson-Lucy with residual masking moved
+    the halo by up to 17 % with dust in the thin image, 2x with hot pixels unmasked."""
     thin, thick, _ = halo_pair
     clean = extract_psf(thin, thick)
     radius = clean.shape.halo_radius_px
-    rng = np.random.default_rng(101)
-    cases = ((thin, _defects(thick, rng)),
-             (_defects(thin, rng, n_dust=0), _defects(thick, rng, n_dust=0)))
-    for a, b in cases:
+    rng = np.random.default_rng(seed)
+    cases = {"thick hot+dust": (thin, _defects(thick, rng)),
+             "thin dust": (_with_dust(thin, rng), thick),
+             "thin hot+dust": (_defects(thin, rng), thick),
+             "both hot+dust": (_defects(thin, rng), _defects(thick, rng))}
+    for name, (a, b) in cases.items():
         r = extract_psf(a, b)
-        assert r.defects_thick >= 55 and r.masked_fraction < 0.1
+        assert r.masked_fraction < 0.2, name
+        if "thick" in name or "both" in name:
+            assert r.defects_thick >= 55, name
         shape = psf_shape(r.psf, radius)
-        assert shape.halo_energy == pytest.approx(clean.shape.halo_energy, rel=0.10)
-        assert shape.peak == pytest.approx(clean.shape.peak, rel=0.10)
+        assert shape.halo_energy == pytest.approx(clean.shape.halo_energy, rel=0.10), name
+        assert shape.peak == pytest.approx(clean.shape.peak, rel=0.10), name
+
+
+def test_thin_image_dust_is_found_and_left_out(halo_pair) -> None:
+    """Dust in the thin image only: left out of the fit (masked_fraction rises); without the
+    residual rejection the same dust moves the halo more than with it."""
+    thin, thick, _ = halo_pair
+    clean = extract_psf(thin, thick)
+    radius = clean.shape.halo_radius_px
+    dusty = _with_dust(thin, np.random.default_rng(7))
+    r = extract_psf(dusty, thick)
+    raw = extract_psf(dusty, thick, reject_outliers=False)
+    assert r.masked_fraction > clean.masked_fraction + 0.02
+    err = abs(psf_shape(r.psf, radius).halo_energy / clean.shape.halo_energy - 1)
+    err_raw = abs(psf_shape(raw.psf, radius).halo_energy / clean.shape.halo_energy - 1)
+    assert err < 0.05 and err < err_raw
 
 
 def test_defect_detection_and_repair() -> None:

@@ -10,7 +10,7 @@ Inputs are HDF5 files (``--dataset``, default ``/exchange/data``; all frames ave
   needed).
 - ``nnps FLATS --adu-per-quantum G``: IEC 62220-1 NNPS of the thick screen's flats; fills nnps_lr,
   nnps_mean_signal (absorbed X-ray quanta per pixel = dark-subtracted ADU / G) and noise_sigma.
-- ``psf --thin T --thick K``: PSF_all by Richardson-Lucy extraction from a registered thin/thick
+- ``psf --thin T --thick K``: PSF_all by regularised least-squares (or Richardson-Lucy) extraction from a registered thin/thick
   image pair of the same scene; fills psf.
 - ``ctf IMAGE --group LP_PER_MM R0 C0 ROWS COLS ...``: CTF per bar group, Coltman MTF; stored in
   the profile's [calibration] table.
@@ -369,10 +369,12 @@ def _cmd_psf(a: argparse.Namespace) -> int:
     a_img = crop(thin.mean, a.roi, a.window + 8, f"thin ({thin.label})")
     b_img = crop(thick.mean, a.roi, a.window + 8, f"thick ({thick.label})")
     res = _measure(extract_psf, a_img, b_img, window_px=a.window, iterations=a.iterations,
-                   registration=a.registration, saturation_level=a.saturation_level)
+                   registration=a.registration, saturation_level=a.saturation_level, method=a.method)
     psf = res.psf
     reg = res.registration
-    print(f"PSF {psf.shape[0]}x{psf.shape[1]} px by {res.iterations} Richardson-Lucy iterations; "
+    how = (f"{res.iterations} Richardson-Lucy iterations" if res.method == "rl"
+           else "regularised non-negative least squares")
+    print(f"PSF {psf.shape[0]}x{psf.shape[1]} px by {how}; "
           f"registration {reg.method} shift ({reg.shift_px[0]:+.2f}, {reg.shift_px[1]:+.2f}) px")
     print(f"defects: {res.defects_thin} hot/cold/clipped pixels repaired in the thin image, "
           f"{res.defects_thick} masked in the thick one; {100 * res.masked_fraction:.1f} % of the "
@@ -388,7 +390,8 @@ def _cmd_psf(a: argparse.Namespace) -> int:
                   f"previous {before.summary(pixel)}")
         if a.store:
             prof.psf = psf
-            prof.calibration = {**prof.calibration, "psf_source": "richardson-lucy extraction",
+            source = "richardson-lucy extraction" if res.method == "rl" else "least-squares extraction"
+            prof.calibration = {**prof.calibration, "psf_source": source, "psf_method": res.method,
                                 "psf_date": datetime.date.today().isoformat(), "psf_thin_source": thin.label,
                                 "psf_thick_source": thick.label, "psf_iterations": int(res.iterations),
                                 "psf_registration": reg.method,
@@ -406,7 +409,7 @@ def _cmd_psf(a: argparse.Namespace) -> int:
         np.save(a.save_npy, psf)
         print(f"PSF array {a.save_npy}")
     out = plot_psf(_plot_path(a, "psf"), psf, pixel,
-                   f"PSF (RL extraction): FWHM {res.shape.fwhm_px * pixel:.2f} um, halo "
+                   f"PSF ({'RL' if res.method == 'rl' else 'least-squares'} extraction): FWHM {res.shape.fwhm_px * pixel:.2f} um, halo "
                    f"{res.shape.halo_energy:.2f}", reference, "previous PSF")
     print(f"plot {out}")
     return 0
@@ -600,13 +603,16 @@ def register(sub) -> None:
     _add_profile_options(n, "nnps")
     n.set_defaults(func=_cmd_nnps)
 
-    s = csub.add_parser("psf", help="PSF_all by Richardson-Lucy extraction from a thin/thick pair")
+    s = csub.add_parser("psf", help="PSF_all from a thin/thick pair (least squares or Richardson-Lucy)")
     s.add_argument("--thin", type=Path, required=True, help="image of a structured scene through the thin screen")
     s.add_argument("--thick", type=Path, required=True, help="same scene through the thick screen")
     _add_input_options(s)
     s.add_argument("--window", type=int, default=61, help="odd truncation window in px (default 61)")
+    s.add_argument("--method", choices=["lsq", "rl"], default="lsq",
+                   help="lsq (default): non-negative least squares with a smoothness penalty that "
+                   "grows with radius, converged, robust to left-out defects; rl: Richardson-Lucy")
     s.add_argument("--iterations", type=int, default=30,
-                   help="Richardson-Lucy iterations per estimate (default 30)")
+                   help="Richardson-Lucy iterations per estimate with --method rl (default 30)")
     s.add_argument("--saturation-level", type=_positive_float, default=None,
                    help="counts at which the camera clips; such pixels are left out (default: "
                    "detected as a value many pixels share at the top or bottom of the image)")
