@@ -49,12 +49,46 @@ from xinstrument.restoration.fidelity import (
     forward_model_for,
 )
 from xinstrument.restoration.fidelity_report import (
+    UNSEEN_FALSE_ALARM_TERM,
     FidelityReporter,
     calibrate_uncertainty,
 )
 from xinstrument.sim.families import TRAINING_FAMILIES
 
 AVERAGING = (1, 4)
+nan = float("nan")
+
+
+def frame_pairs(sets, method):
+    """(measured, restored) pairs of ``sets`` (the twin's truth for the forward model), with
+    each frame's dose and averaging."""
+    pairs, doses, averaged = [], [], []
+    for s in sets:
+        outs = s.truth if method is None else s.restored[method]
+        pairs += list(zip(s.measured, outs))
+        doses += [s.dose_ratio] * len(outs)
+        averaged += [s.frames_averaged] * len(outs)
+    return pairs, doses, averaged
+
+
+def flagged_share(guard, sets, method, key, eps) -> float:
+    """Share of tiles flagged on ``sets`` with tolerance ``eps`` for ``key``."""
+    saved = dict(guard.tolerances)
+    guard.tolerances = {**saved, key: eps}
+    flagged = tiles = 0
+    try:
+        for s in sets:
+            outs = s.truth if method is None else s.restored[method]
+            for y, x in zip(s.measured, outs):
+                r = guard.check(y, x, dose_ratio=s.dose_ratio, frames_averaged=s.frames_averaged,
+                                flat_frames_averaged=s.flat_frames_averaged,
+                                forward=forward_model_for(key) if method else "mtf_ratio", method=key)
+                tested = np.isfinite(r.tile_chi2)
+                flagged += int(r.flagged[tested].sum())
+                tiles += int(tested.sum())
+    finally:
+        guard.tolerances = saved
+    return flagged / max(tiles, 1)
 
 
 def fit_beta(prof, size_px: int, families: tuple[str, ...] = TRAINING_FAMILIES) -> dict:
@@ -83,12 +117,18 @@ def main(argv=None) -> int:
     p.add_argument("--max-tolerance", type=float, default=4.0,
                    help="largest tolerance tried; a method that needs more is not calibrated")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the profile")
+    p.add_argument("--keep-beta", action="store_true",
+                   help="keep the profile's noise hardening exponent (do not measure it again)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     for name in a.profile or sorted(PROFILE_BENCH):
         prof = find_profile(str(ROOT / "profiles" / name))
         families = tuple(a.family or TRAINING_FAMILIES)
-        beta = fit_beta(prof, a.size, families)
+        if a.keep_beta:
+            beta = {"beta": prof.noise_hardening_exponent, "tiles": 0, "ratio_median_before": nan,
+                    "ratio_median_after": nan, "ratio_p90_after": nan}
+        else:
+            beta = fit_beta(prof, a.size, families)
         print(f"{name}: noise hardening exponent {beta['beta']:.3f} from {beta['tiles']} tiles "
               f"(variance measured / modelled: median {beta['ratio_median_before']:.3f} -> "
               f"{beta['ratio_median_after']:.3f}, 90th percentile {beta['ratio_p90_after']:.3f})",
@@ -101,29 +141,45 @@ def main(argv=None) -> int:
         tolerances, uncertainty = {}, {}
         for key in [FORWARD_MODEL_TOLERANCE_KEY] + methods:
             method = None if key == FORWARD_MODEL_TOLERANCE_KEY else key
-            pairs, doses, averaged = [], [], []
-            for s in sets:
-                outs = s.truth if method is None else s.restored[method]
-                pairs += list(zip(s.measured, outs))
-                doses += [s.dose_ratio] * len(outs)
-                averaged += [s.frames_averaged] * len(outs)
-            try:
-                out = calibrate_tolerance(guard, pairs, method=key, dose_ratio=doses,
-                                          frames_averaged=averaged,
-                                          flat_frames_averaged=sets[0].flat_frames_averaged,
-                                          max_tolerance=a.max_tolerance)
-            except ValueError as exc:
-                print(f"  {key:16s} tolerance not calibrated: {exc}", flush=True)
-                continue
-            tolerances[key] = round(out["tolerance"], 4)
-            print(f"  {key:16s} tolerance {out['tolerance']:.4f} ({out['frames']} frames, "
-                  f"{out['tiles']} tiles; held-out tile rate <= {out['held_out_rate_bound']:.1e}); "
-                  f"flagged {out['flagged_before']} -> {out['flagged_after']}, reduced chi2 "
-                  f"{out['reduced_chi2_before']:.3f} -> {out['reduced_chi2_after']:.3f}", flush=True)
+            per_family = {fam: [s for s in sets if s.family == fam] for fam in families}
+            need, notes = {}, []
+            for fam, fsets in per_family.items():
+                pairs, doses, averaged = frame_pairs(fsets, method)
+                try:
+                    out = calibrate_tolerance(guard, pairs, method=key, dose_ratio=doses,
+                                              frames_averaged=averaged,
+                                              flat_frames_averaged=fsets[0].flat_frames_averaged,
+                                              max_tolerance=a.max_tolerance)
+                    need[fam] = out["tolerance"]
+                except ValueError:
+                    need[fam] = None
+                    notes.append(fam)
+            # leave one family out: the tolerance the other families need, on the left-out one
+            unseen = {}
+            for fam, fsets in per_family.items():
+                others = [v for f, v in need.items() if f != fam and v is not None]
+                eps = max(others) if others and len(others) == len(need) - 1 else a.max_tolerance
+                unseen[fam] = flagged_share(guard, fsets, method, key, eps)
+            worst = max(unseen.values())
+            text = ", ".join(f"{f} {'>' + format(a.max_tolerance, 'g') if v is None else format(v, '.3f')}"
+                             for f, v in need.items())
+            if notes:
+                print(f"  {key:16s} not calibrated: {', '.join(notes)} need more than "
+                      f"{a.max_tolerance:g} ({text}); flagged on an unseen family up to "
+                      f"{100 * worst:.1f} %", flush=True)
+            else:
+                tolerances[key] = round(max(need.values()), 4)
+                print(f"  {key:16s} tolerance {tolerances[key]:.4f} (per family: {text}); left-out "
+                      f"family flagged: " + ", ".join(f"{f} {100 * v:.1f} %" for f, v in unseen.items()),
+                      flush=True)
+            if method is not None:
+                uncertainty[f"{method}_{UNSEEN_FALSE_ALARM_TERM}"] = round(worst, 5)
         rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, tolerance=tolerances,
-                               device="cpu", uncertainty={})
+                               device="cpu", uncertainty={}, max_unseen_false_alarm=None)
         for method in methods:
-            reports, truths, outs = [], [], []
+            if method not in tolerances:
+                continue
+            reports, truths, outs, groups = [], [], [], []
             for s in sets:
                 for y, t, x in zip(s.measured, s.truth, s.restored[method]):
                     reports.append(rep.check(y, x, dose_ratio=s.dose_ratio,
@@ -132,11 +188,13 @@ def main(argv=None) -> int:
                                              forward=forward_model_for(method), method=method))
                     truths.append(t)
                     outs.append(x)
-            cal = calibrate_uncertainty(reports, truths, outs, method=method)
+                    groups.append(s.family)
+            cal = calibrate_uncertainty(reports, truths, outs, method=method, groups=groups)
             uncertainty.update({k: round(v, 6) for k, v in cal["coefficients"].items()})
             coefs = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.3g}" for k, v in cal["coefficients"].items())
             print(f"  {method:16s} band: {coefs}; coverage {cal['coverage']:.3f} on "
-                  f"{cal['tiles']} tiles, mean half-width / rms error {cal['width_ratio']:.2f}",
+                  f"{cal['tiles']} tiles (unseen-family margin {cal['lofo_margin']:.2f}), mean "
+                  f"half-width / rms error {cal['width_ratio']:.2f}",
                   flush=True)
         if not a.dry_run:
             prof.fidelity_tolerance = tolerances

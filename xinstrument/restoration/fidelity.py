@@ -205,6 +205,12 @@ class FidelityResult:
     restored_detail_rms: np.ndarray | None = None
     null_band_cutoff_cy_per_px: float = float("nan")
     null_band_fraction: float = float("nan")
+    # the window test: per tile the largest reduced chi-square of a ``window_px`` window inside
+    # it and its threshold (None when not normalised; NaN where a tile holds no window)
+    local_chi2: np.ndarray | None = None
+    test_tile_sigma: np.ndarray | None = None    # per tile sigma with the tolerance (tested)
+    local_threshold: np.ndarray | None = None
+    window_px: int = 0
 
     def hdf5_extras(self) -> dict[str, Any]:
         """The arrays stored beside the restored frame (see :func:`hdf5_extras_layout`); a
@@ -267,6 +273,34 @@ def _tile_sums(a: torch.Tensor, ry: np.ndarray, rx: np.ndarray) -> torch.Tensor:
     return out.index_add_(1, col_tile, rows.double())
 
 
+def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile, the largest mean of ``z2`` over square windows of ``window_px`` at a stride of
+    half a window (windows assigned to the tile holding their centre), and the number of windows
+    per tile; ``(-inf, 0)`` for tiles without one (or ``window_px`` 0). Integral image: one pass."""
+    grid = (ry.size - 1, rx.size - 1)
+    best = np.full(grid, -np.inf)
+    count = np.zeros(grid, np.int64)
+    h, w = z2.shape
+    win = int(window_px)
+    if win <= 0 or h < win or w < win:
+        return best, count
+    a = z2.detach().double().cpu().numpy()
+    s = np.zeros((h + 1, w + 1))
+    np.cumsum(np.cumsum(a, 0), 1, out=s[1:, 1:])
+    step = max(1, win // 2)
+    sy = np.arange(0, h - win + 1, step)
+    sx = np.arange(0, w - win + 1, step)
+    sums = (s[np.ix_(sy + win, sx + win)] - s[np.ix_(sy, sx + win)]
+            - s[np.ix_(sy + win, sx)] + s[np.ix_(sy, sx)])
+    ti = np.clip(np.searchsorted(ry, sy + win / 2, side="right") - 1, 0, grid[0] - 1)
+    tj = np.clip(np.searchsorted(rx, sx + win / 2, side="right") - 1, 0, grid[1] - 1)
+    ii, jj = np.broadcast_arrays(ti[:, None], tj[None, :])
+    np.maximum.at(best, (ii, jj), sums / (win * win))
+    np.add.at(count, (ii, jj), 1)
+    return best, count
+
+
 class FidelityGuard:
     """Check restored frames against their measurements with a profile's forward and noise model.
 
@@ -305,6 +339,7 @@ class FidelityGuard:
         border_px: int | None = None,
         tolerance: float | dict[str, float] | None = None,
         noise_hardening_exponent: float | None = None,
+        window_px: int | None = None,
     ) -> None:
         if not isinstance(tile_px, (int, np.integer)) or isinstance(tile_px, bool) or tile_px < 4:
             raise ValueError(f"tile_px must be an integer >= 4, got {tile_px!r}")
@@ -315,6 +350,13 @@ class FidelityGuard:
         self.profile = profile
         self.physics = DetectorPhysics.from_profile(profile)
         self.tile_px = int(tile_px)
+        if window_px is None:
+            window_px = max(4, self.tile_px // 2)
+        if isinstance(window_px, bool) or not isinstance(window_px, (int, np.integer)) or not (
+                window_px == 0 or 4 <= window_px <= self.tile_px):
+            raise ValueError(f"window_px must be 0 (no local test) or an integer in 4..tile_px, "
+                             f"got {window_px!r}")
+        self.window_px = int(window_px)
         self.false_alarm_rate = float(false_alarm_rate)
         self.device = default_device(device)
         self.pad_px = int(pad_px)
@@ -340,6 +382,7 @@ class FidelityGuard:
             raise ValueError(f"noise_hardening_exponent must be in [0, 1), got {beta!r}")
         self.noise_hardening_exponent = float(beta)
         self._cache: dict[tuple, Any] = {}
+        self._last_noise_shape: tuple[int, int] | None = None
 
     def tolerance_for(self, method: str | None) -> tuple[float, str]:
         """``(eps, source)``: the method's calibrated tolerance, else the forward model's, else 0."""
@@ -418,8 +461,24 @@ class FidelityGuard:
                 mult[-1] = 1.0
             mean_p = float((p * mult).sum()) / (h * w)
             mean_p2 = float((p * p * mult).sum()) / (h * w)
+            mean_p3 = float((p * p * p * mult).sum()) / (h * w)
             self._cache[key] = (mean_p, mean_p2 / mean_p**2)
+            self._cache[("noise3", shape)] = mean_p3 / mean_p**3
         return self._cache[key]
+
+    def _chi2_isf(self, p: Any, k: Any, c: float) -> np.ndarray:
+        """Upper ``p`` quantile of a tile's reduced chi-square ``Q / k`` (k pixels) under
+        coloured Gaussian noise. ``Q = sum z^2`` is a weighted sum of chi-square(1) variables
+        with cumulants ``k``, ``2 k c2``, ``8 k c3`` (``c2 = mean NNPS^2 / mean NNPS^2``,
+        ``c3 = mean NNPS^3 / mean NNPS^3``, Parseval); the shifted scaled chi-square
+        ``a chi2(d) + b`` with the same three cumulants (Pearson's approximation, better in the
+        far tail than Satterthwaite's two-moment one for small windows) gives the quantile."""
+        c3 = self._cache.get(("noise3", self._last_noise_shape), c * c)
+        k = np.asarray(k, dtype=np.float64)
+        a = c3 / c
+        d = k * c**3 / c3**2
+        b = k - a * d
+        return (a * stats.chi2.isf(p, d) + b) / k
 
     def variance_map(self, t_local: torch.Tensor, scale_var: float, frames_averaged: int,
                      flat_frames_averaged: int | None) -> torch.Tensor:
@@ -441,17 +500,56 @@ class FidelityGuard:
             t_local.pow_(1.0 - beta)
         return t_local.mul_(scale_var / frames_averaged)
 
+    @property
+    def _tests_per_tile(self) -> int:
+        """Tests sharing a tile's false-alarm rate: the tile statistic, and the window one."""
+        return 2 if self.window_px else 1
+
     def _thresholds(self, counts: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per-tile reduced chi-square thresholds: at the false-alarm rate, and the frame-wise
-        Bonferroni one at ``false_alarm_rate / (2 M)``."""
-        key = ("thr", counts.tobytes(), counts.shape, round(c, 12))
+        """Per-tile reduced chi-square thresholds: at the false-alarm rate (its share of it
+        when the window test runs too), and the frame-wise Bonferroni one at
+        ``false_alarm_rate / (2 M)`` (same share)."""
+        key = ("thr", counts.tobytes(), counts.shape, round(c, 12), self.window_px,
+               self._last_noise_shape)
         if key not in self._cache:
-            nu = counts / c
             m = max(int(counts.size), 1)
-            tile = stats.chi2.isf(self.false_alarm_rate, nu) / nu
-            frame = stats.chi2.isf(self.false_alarm_rate / (2 * m), nu) / nu
+            alpha = self.false_alarm_rate / self._tests_per_tile
+            tile = self._chi2_isf(alpha, counts, c)
+            frame = self._chi2_isf(alpha / (2 * m), counts, c)
             self._cache[key] = (tile.astype(np.float64), frame.astype(np.float64))
         return self._cache[key]
+
+    def _local_thresholds(self, windows: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        """Thresholds of a tile's largest window reduced chi-square (``windows`` per tile):
+        Bonferroni over the tile's windows at its share of the false-alarm rate, and the
+        frame-wise one over all tiles; +inf where a tile has no window."""
+        key = ("lthr", windows.tobytes(), windows.shape, round(c, 12), self.window_px,
+               self._last_noise_shape)
+        if key not in self._cache:
+            k = max(self.window_px, 1) ** 2
+            m = max(int(windows.size), 1)
+            alpha = self.false_alarm_rate / self._tests_per_tile
+            n = np.maximum(windows, 1)
+            tile = np.where(windows > 0, self._chi2_isf(alpha / n, k, c), np.inf)
+            frame = np.where(windows > 0, self._chi2_isf(alpha / (2 * m * n), k, c), np.inf)
+            self._cache[key] = (tile.astype(np.float64), frame.astype(np.float64))
+        return self._cache[key]
+
+    def measured_detail(self, measured: torch.Tensor, forward: str = "mtf_ratio") -> torch.Tensor:
+        """The tolerance's shape from the measurement: ``A y - A A y``, the measured detail in
+        the band where the blur's width matters (a change of blur width, or a restoration's
+        bias near edges, leaves a residual of this shape). From the measurement, so a feature a
+        restoration invents cannot widen its own null variance; the extra blur keeps the
+        measurement's noise out of it."""
+        y = measured[None] if measured.ndim == 2 else measured
+        yp = pad_frames(y.to(self.device), self.pad_px, fast=True)
+        shape = tuple(yp.shape[-2:])
+        key = ("mdetail", forward, shape, str(self.device))
+        if key not in self._cache:
+            t = self._transfer(forward, shape)
+            self._cache[key] = t * (1 - t)
+        out = torch.fft.irfft2(torch.fft.rfft2(yp) * self._cache[key], s=shape)
+        return crop_frames(out, self.pad_px, tuple(y.shape[-2:]))[0]
 
     def reblur(self, restored: Any, forward: str = "mtf_ratio", detail: bool = False,
                keep_spectrum: bool = False):
@@ -618,9 +716,9 @@ class FidelityGuard:
         y = y.to(self.device)[0]
         self._last_spectrum = None
         model = self.reblur(x, forward, keep_spectrum=null_space)[0]
-        # the tolerance's shape: the restored detail the forward blur removes, x - A x (no
-        # transform of its own)
-        detail = x[0].to(self.device) - model if eps > 0 else None
+        # the tolerance's shape, from the measurement (a feature the restoration invents must
+        # not widen its own null variance): the measured detail near the blur's edge, A y - A A y
+        detail = self.measured_detail(y, forward) if eps > 0 else None
         resid = y - model
         ry, rx = _tile_edges(h, self.tile_px), _tile_edges(w, self.tile_px)
         nan = float("nan")
@@ -642,6 +740,7 @@ class FidelityGuard:
 
         if reason is None:
             var_unit, c = self.noise_statistics((h, w))
+            self._last_noise_shape = (h, w)
             mean_t = float(model.mean().clamp(min=0))
             sigma_mean = math.sqrt(var_unit / float(dose_ratio) * (
                 mean_t / frames_averaged + (mean_t**2 / flat_frames_averaged if flat_frames_averaged else 0.0)))
@@ -705,7 +804,7 @@ class FidelityGuard:
                                                            flat_frames_averaged, mean_t, (h, w))
             u = u[inner]
             u_rms = np.sqrt(_tile_sums(u * u, iry, irx).cpu().numpy() / safe_counts)
-            sharp = detail[inner] if detail is not None else x[0].to(self.device)[inner] - model[inner]
+            sharp = x[0].to(self.device)[inner] - model[inner]
             sharp_rms = np.sqrt(_tile_sums(sharp * sharp, iry, irx).cpu().numpy() / safe_counts)
             null_extras = {"null_rms": np.where(tested, u_rms, nan).astype(np.float32),
                            "restored_detail_rms": np.where(tested, sharp_rms, nan).astype(np.float32),
@@ -713,12 +812,18 @@ class FidelityGuard:
         if detail is not None:
             d = detail[inner]
             var.addcmul_(d, d, value=eps * eps)
+        # per tile the sigma the residual is tested against (noise and model tolerance)
+        test_tile_sigma = np.sqrt(_tile_sums(var, iry, irx).cpu().numpy() / safe_counts) \
+            if detail is not None else noise_tile_sigma
         z = var.rsqrt_().mul_(resid)
         z2 = z * z
         tile_chi2 = _tile_sums(z2, iry, irx).cpu().numpy() / safe_counts
         thresholds, strong_thresholds = self._thresholds(safe_counts, c)
-        flagged = tested & (tile_chi2 > thresholds)
-        strong = tested & (tile_chi2 > strong_thresholds)
+        # the local statistic: the largest window reduced chi-square inside each tile
+        local_chi2, windows = _window_max(z2, iry, irx, self.window_px)
+        local_thr, local_strong = self._local_thresholds(windows, c)
+        flagged = tested & ((tile_chi2 > thresholds) | (local_chi2 > local_thr))
+        strong = tested & ((tile_chi2 > strong_thresholds) | (local_chi2 > local_strong))
         tile_chi2 = np.where(tested, tile_chi2, nan)
         reduced = float(tile_chi2[tested] @ counts[tested]) / n_pix
         nu_frame = n_pix / c
@@ -727,9 +832,14 @@ class FidelityGuard:
         flagged_p = float(stats.binom.sf(k - 1, m, self.false_alarm_rate)) if k > 0 else 1.0
         consistent = flagged_p >= self.false_alarm_rate / 2 and not strong.any()
         nu_full = self.tile_px**2 / c
-        full = float(stats.chi2.isf(self.false_alarm_rate, nu_full) / nu_full)
-        meaning = (f"tile reduced chi-square above the upper {self.false_alarm_rate:g} quantile of "
-                   f"chi2(nu)/nu, nu = pixels / {c:.3f} (Satterthwaite, coloured NNPS noise)")
+        alpha = self.false_alarm_rate / self._tests_per_tile
+        full = float(self._chi2_isf(alpha, self.tile_px**2, c))
+        meaning = (f"tile reduced chi-square above its upper {alpha:g} quantile under coloured "
+                   f"NNPS noise (three-cumulant chi-square, correlation factor {c:.3f})")
+        if self.window_px:
+            meaning += (f", or its largest {self.window_px} px window above the upper "
+                        f"{alpha:g} / windows quantile (Bonferroni over the tile's windows)")
+        local_chi2 = np.where(tested & np.isfinite(local_chi2), local_chi2, nan)
         verdict = "consistent with the measurement" if consistent else "NOT consistent with the measurement"
         message = (f"{verdict}: reduced chi2 {reduced_noise:.3f} against the noise ({reduced:.3f} "
                    f"with the model tolerance), {k}/{m} tiles flagged "
@@ -746,7 +856,10 @@ class FidelityGuard:
             correlation_factor=c, strong_tiles=strong, elapsed_s=time.perf_counter() - t0,
             noise_tile_sigma=np.where(tested, noise_tile_sigma, nan).astype(np.float32),
             residual_tile_rms=np.where(tested, resid_tile_rms, nan).astype(np.float32),
-            **null_extras, **common)
+            local_chi2=local_chi2.astype(np.float32),
+            test_tile_sigma=np.where(tested, test_tile_sigma, nan).astype(np.float32),
+            local_threshold=np.where(tested, local_thr, nan).astype(np.float32),
+            window_px=self.window_px, **null_extras, **common)
 
 
 # ---------------------------------------------------------------------------------------------

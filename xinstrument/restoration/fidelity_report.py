@@ -74,7 +74,15 @@ ACTIONS = POLICY_ACTIONS
 UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread")
 # A tile is undetermined where the restored null-band detail exceeds this many noise sigma.
 UNDETERMINED_SIGMA = 1.0
+# ... or where its band exceeds the smallest deviation the consistency test confirms: one whose
+# forward-model signature reaches this many sigma of the tile statistic.
+DETECTION_SIGMA = 5.0
 DEFAULT_COVERAGE = 0.9
+# Profile [fidelity_uncertainty] key "<method>_unseen_false_alarm": the largest share of tiles
+# a training family left out of the method's tolerance calibration had flagged on clean frames
+# (scripts/calibrate_fidelity.py). The policy accepts a method only when it is at most this.
+UNSEEN_FALSE_ALARM_TERM = "unseen_false_alarm"
+MAX_UNSEEN_FALSE_ALARM = 0.01
 # HDF5 scalars of each restored frame (FidelityReport.summary keys)
 REPORT_HDF5_SCALARS = HDF5_SUMMARY_KEYS
 
@@ -137,6 +145,8 @@ class FidelityReport:
     uncertainty_source: str
     verdict: str
     max_undetermined_fraction: float | None = None
+    method_accepted: bool = True
+    acceptance: str = ""
     fell_back: bool = False
     fallback_reason: str | None = None
     method: str | None = None
@@ -164,7 +174,7 @@ class FidelityReport:
     def flagged_by_policy(self) -> bool:
         if self.fell_back:
             return False
-        if self.verdict == "inconsistent":
+        if self.verdict == "inconsistent" or not self.method_accepted:
             return True
         limit = self.max_undetermined_fraction
         return limit is not None and self.undetermined_fraction > limit
@@ -186,6 +196,8 @@ class FidelityReport:
             text += (f"; {100 * self.undetermined_fraction:.0f} % of tiles undetermined by the "
                      f"data, uncertainty {self.uncertainty_mean:.3g} (coverage "
                      f"{self.coverage:.0%}, {self.uncertainty_source}); action: {self.action}")
+        if not self.method_accepted:
+            text += f"; {self.acceptance}"
         if self.fell_back and self.fallback_reason:
             text += f" ({self.fallback_reason})"
         return text
@@ -203,6 +215,7 @@ class FidelityReport:
             "uncertainty_max": float(np.nanmax(self.uncertainty)) if np.isfinite(
                 self.uncertainty).any() else float("nan"),
             "coverage": float(self.coverage),
+            "method_accepted": int(self.method_accepted),
             "null_band_cutoff_cy_per_px": float(self.consistency.null_band_cutoff_cy_per_px),
             "elapsed_s": float(self.elapsed_s),
         })
@@ -216,6 +229,23 @@ class FidelityReport:
                 "uncertainty": self.uncertainty.astype(np.float32),
                 "undetermined": self.undetermined.astype(np.float32),
                 **{k: float(s[k]) for k in REPORT_HDF5_SCALARS}}
+
+
+def detection_floor(res: FidelityResult, signature_sigma: float = DETECTION_SIGMA) -> np.ndarray:
+    """Per tile, the rms of the smallest deviation the consistency test confirms: a deviation
+    ``delta`` seen through the detector adds ``sum (A delta)^2 / var`` to the tile's chi-square
+    statistic, whose null standard deviation is ``sqrt(2 c k)`` (k pixels); reaching
+    ``signature_sigma`` of it needs ``rms(A delta) >= sigma_t (signature_sigma sqrt(2 c / k))^0.5``
+    with ``sigma_t`` the tile's tested sigma (noise and model tolerance). Detail the blur passes
+    (``A delta ~ delta``) below this, and any null-space detail, the data cannot confirm."""
+    ry, rx = res.tile_edges
+    h, w = np.shape(res.map)
+    b = res.border_px
+    k = np.outer(np.diff(np.clip(ry, b, h - b)), np.diff(np.clip(rx, b, w - b))).astype(np.float64)
+    sigma = res.test_tile_sigma if res.test_tile_sigma is not None else res.noise_tile_sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor = sigma * np.sqrt(signature_sigma * np.sqrt(2 * res.correlation_factor / k))
+    return np.where(k > 0, floor, np.nan).astype(np.float32)
 
 
 def band_features(res: FidelityResult, spread: np.ndarray | None = None) -> np.ndarray:
@@ -254,7 +284,8 @@ class FidelityReporter:
                  nnps_lr: Any = None, device: Any = None, tolerance: Any = None,
                  border_px: int | None = None, uncertainty: dict[str, float] | None = None,
                  coverage: float = DEFAULT_COVERAGE,
-                 max_undetermined_fraction: float | None = None) -> None:
+                 max_undetermined_fraction: float | None = None,
+                 max_unseen_false_alarm: float | None = MAX_UNSEEN_FALSE_ALARM) -> None:
         self.guard = FidelityGuard(profile, tile_px=tile_px, false_alarm_rate=false_alarm_rate,
                                    nnps_lr=nnps_lr, device=device, tolerance=tolerance,
                                    border_px=border_px)
@@ -278,6 +309,38 @@ class FidelityReporter:
             raise ValueError("max_undetermined_fraction must be None or in [0, 1], got "
                              f"{max_undetermined_fraction!r}")
         self.max_undetermined_fraction = max_undetermined_fraction
+        if max_unseen_false_alarm is not None and not 0 <= max_unseen_false_alarm <= 1:
+            raise ValueError("max_unseen_false_alarm must be None or in [0, 1], got "
+                             f"{max_unseen_false_alarm!r}")
+        self.max_unseen_false_alarm = max_unseen_false_alarm
+
+    def accepts(self, method: str | None) -> tuple[bool, str]:
+        """Whether the policy accepts ``method``'s restorations with this profile, and why.
+
+        A method is accepted when its clean restorations stayed consistent with the measurement
+        on sample families its tolerance was not calibrated on: the profile records, per
+        method, the largest share of tiles flagged on a training family left out of the
+        calibration (``<method>_unseen_false_alarm``); above ``max_unseen_false_alarm`` the
+        method's frames are flagged (or fall back), whatever their own verdict. A profile
+        without these figures (calibrated before them), or a policy without a limit, accepts
+        every method."""
+        if method is None or self.max_unseen_false_alarm is None:
+            return True, ""
+        suffix = "_" + UNSEEN_FALSE_ALARM_TERM
+        recorded = {k[:-len(suffix)]: v for k, v in self.uncertainty.items() if k.endswith(suffix)}
+        if not recorded:
+            return True, ""
+        if method not in recorded:
+            return False, (f"{method} is not accepted with profile {self.profile.name}: its "
+                           "consistency on unseen sample families was never measured")
+        v = recorded[method]
+        if v > self.max_unseen_false_alarm:
+            return False, (f"{method} is not accepted with profile {self.profile.name}: on a "
+                           f"sample family left out of its calibration {100 * v:.1f} % of clean "
+                           f"tiles disagreed with the measurement (limit "
+                           f"{100 * self.max_unseen_false_alarm:g} %)")
+        return True, (f"{method} accepted: {100 * v:.1f} % of clean tiles flagged on an unseen "
+                      "family at most")
 
     # the guard's interface, so the report can stand where the guard stood
     @property
@@ -387,19 +450,25 @@ class FidelityReporter:
             feats = band_features(res, spread)
             band = np.sqrt(feats ** 2 @ np.array([coef[t] for t in UNCERTAINTY_TERMS])
                            ).astype(np.float32)
+        # undetermined: restored detail in the band the data cannot see exceeds the noise, or
+        # the error the band admits exceeds the smallest deviation the test would confirm
+        floor = detection_floor(res)
         undetermined = np.isfinite(res.null_rms) & (
             res.null_rms > UNDETERMINED_SIGMA * res.noise_tile_sigma)
+        undetermined |= np.isfinite(band) & np.isfinite(floor) & (band > floor)
         verdict = "consistent" if res.consistent else "inconsistent"
+        accepted, why = self.accepts(method)
         return FidelityReport(res, band, undetermined, res.null_rms, spread, self.coverage, source,
-                              verdict, self.max_undetermined_fraction, method=method,
-                              elapsed_s=time.perf_counter() - t0)
+                              verdict, self.max_undetermined_fraction, accepted, why,
+                              method=method, elapsed_s=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
 def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray],
                           restored: list[np.ndarray], *, method: str,
                           coverage: float = DEFAULT_COVERAGE,
-                          groups: list[str] | None = None) -> dict[str, Any]:
+                          groups: list[str] | None = None,
+                          leave_one_group_out: bool = True) -> dict[str, Any]:
     """Band coefficients of ``method`` from reports of frames with known truth.
 
     The coefficients minimise the squared log ratio of each tile's rms error to its band (a
@@ -407,7 +476,11 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
     common factor scales them: per group of frames (``groups``, e.g. the sample family of each
     frame; default one group) the conformal quantile (rank ``ceil((n + 1) coverage)`` of the
     group's n tiles) of error / band, and the largest over the groups, so every calibration
-    family has at least ``coverage`` of its tiles inside. Returns ``{"coefficients":
+    family has at least ``coverage`` of its tiles inside. With ``leave_one_group_out`` (and at
+    least 3 groups) the factor also carries the margin an unseen family needs: for each group,
+    the coefficients are fitted without it and its conformal quantile is compared with the
+    largest of the other groups' under those coefficients; the largest such excess (>= 1)
+    multiplies the factor ("lofo_margin"). Returns ``{"coefficients":
     {"<method>_<term>": c}, "tiles", "coverage", "width_ratio", "group_coverage"}``
     (``width_ratio``: mean band half-width / rms error on the calibration tiles).
     """
@@ -436,23 +509,37 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
     used = np.flatnonzero(a.any(0))
     log_e = np.log(e)
 
-    def resid(p: np.ndarray) -> np.ndarray:
-        return 0.5 * np.log(a[:, used] @ np.exp(p) + 1e-30) - log_e
+    def fit(mask: np.ndarray) -> np.ndarray:
+        def resid(p: np.ndarray) -> np.ndarray:
+            return 0.5 * np.log(a[mask][:, used] @ np.exp(p) + 1e-30) - log_e[mask]
 
-    p = least_squares(resid, np.full(used.size, -2.0)).x
-    coef = np.zeros(a.shape[1])
-    coef[used] = np.exp(p)
-    band = np.sqrt(a @ coef)
-    ratio = e / np.maximum(band, 1e-12)
-    factor = 0.0
-    for g in np.unique(labels):
-        r = np.sort(ratio[labels == g])
-        factor = max(factor, float(r[min(r.size, math.ceil((r.size + 1) * coverage)) - 1]))
+        out = np.zeros(a.shape[1])
+        out[used] = np.exp(least_squares(resid, np.full(used.size, -2.0)).x)
+        return out
+
+    def quantiles(coef: np.ndarray) -> dict[str, float]:
+        ratio = e / np.maximum(np.sqrt(a @ coef), 1e-12)
+        out = {}
+        for g in np.unique(labels):
+            r = np.sort(ratio[labels == g])
+            out[str(g)] = float(r[min(r.size, math.ceil((r.size + 1) * coverage)) - 1])
+        return out
+
+    everything = np.ones(e.size, bool)
+    coef = fit(everything)
+    factor = max(quantiles(coef).values())
+    margin = 1.0
+    names = [str(g) for g in np.unique(labels)]
+    if leave_one_group_out and len(names) >= 3:
+        for g in names:
+            q = quantiles(fit(labels != g))
+            margin = max(margin, q[g] / max(v for k, v in q.items() if k != g))
+    factor *= margin
     coef *= factor ** 2
-    band = band * factor
+    band = np.sqrt(a @ coef)
     inside = e <= band * (1 + 1e-9)
     return {"coefficients": {f"{method}_{t}": float(c) for t, c in zip(UNCERTAINTY_TERMS, coef)},
-            "tiles": int(e.size), "coverage": float(np.mean(inside)),
+            "tiles": int(e.size), "coverage": float(np.mean(inside)), "lofo_margin": margin,
             "group_coverage": {str(g): float(np.mean(inside[labels == g]))
                                for g in np.unique(labels)},
             "width_ratio": float(band.mean() / math.sqrt(np.mean(e ** 2)))}
