@@ -96,6 +96,8 @@ class Instrument:
         self.restoration_steps: int | None = None       # sampler steps / RL iterations
         self.restoration_device: str | None = self.config.restoration.device
         self.flat_frames_averaged: int | None = None    # frames in the flat reference
+        # tube output and angle while the flat was taken (recorded beside it in scan files)
+        self.flat_conditions: dict[str, float] = {}
         self.dark_frames_averaged: int | None = None
         self.last_frame: AveragedFrame | None = None
         self._fidelity: dict[str, Any] | None = None    # set_fidelity_policy; None = off
@@ -636,7 +638,7 @@ class Instrument:
                               dark_frames_averaged=int(self.dark_frames_averaged or 1),
                               flat_frames_averaged=int(self.flat_frames_averaged or 1),
                               exposure_s=float(self.camera.exposure_s) if self.camera else
-                              math.nan)
+                              math.nan, **self.flat_conditions)
             self.dark, self.flat = rs.dark, rs.flat
             self._refset = rs
         return rs

@@ -162,7 +162,9 @@ def ioc_factory(tmp_path_factory, epics_ports):
 
 
 def _wait_for(predicate, timeout_s: float = 10.0, poll_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
+    # at least 30 s: a loaded 2-core machine schedules the IOC late, and a wait that
+    # succeeds returns at once (no test waits for something not to happen)
+    deadline = time.monotonic() + max(timeout_s, 30.0)
     while True:
         value = predicate()
         if value or time.monotonic() > deadline:

@@ -223,7 +223,7 @@ def test_hdf_capture_writes_acquired_frames(ca, tmp_path, wait_for):
     ca.put("HDF1:NumCapture", 0)
     capture = ca.pv("HDF1:Capture")
     capture.put(1, use_complete=True)         # completes when the capture has ended
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 10)
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60), (ca.get("StatusMessage_RBV", as_string=True), ca.get("HDF1:WriteMessage", as_string=True), ca.get("CAM:Acquire_RBV"))
     assert ca.get("HDF1:FullFileName_RBV", as_string=True) == str(tmp_path / "capture.h5")
     ca.put("CAM:ImageMode", 1)
     ca.put("CAM:NumImages", 2)
@@ -294,6 +294,36 @@ def test_references_and_restoration(ca):
     assert ca.get("RESTORE:Method", as_string=True) == "wiener"
     ca.put("RESTORE:Enable", 0)
     ca.put("CAM:AcquireTime", 0.01)
+
+
+def test_a_corrected_restored_capture_passes_the_reader_checks(ca, tmp_path, wait_for):
+    from scanfile_checks import check_scan_file
+    assert ca.get("CAM:References_RBV", as_string=True) == "Dark+Flat"
+    ca.put("CAM:AcquireTime", 0.5)
+    ca.put("CAM:NumAverage", 2)
+    ca.put("RESTORE:Method", "wiener")
+    ca.put("RESTORE:Enable", 1)
+    ca.put("HDF1:FilePath", str(tmp_path))
+    ca.put("HDF1:FileName", "corrected")
+    ca.put("HDF1:FileTemplate", "%s%s.h5")
+    ca.put("HDF1:FileWriteMode", "Stream")
+    ca.put("HDF1:NumCapture", 2)
+    capture = ca.pv("HDF1:Capture")
+    try:
+        capture.put(1, use_complete=True)     # completes after NumCapture frames
+        assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60), (ca.get("StatusMessage_RBV", as_string=True), ca.get("HDF1:WriteMessage", as_string=True), ca.get("CAM:Acquire_RBV"))
+        ca.put("CAM:ImageMode", 1)
+        ca.put("CAM:NumImages", 2)
+        ca.put("CAM:Acquire", 1, timeout=120)
+        assert wait_for(lambda: capture.put_complete, 30)
+    finally:
+        ca.put("HDF1:Capture", 0)
+        ca.put("RESTORE:Enable", 0)
+        ca.put("CAM:AcquireTime", 0.01)
+        ca.put("CAM:ImageMode", 0)
+    info = check_scan_file(tmp_path / "corrected.h5",
+                           nxdata=("/entry/data", "/entry/corrected", "/entry/restored"))
+    assert info["keys"].count(0) == 2 and 1 in info["keys"] and 2 in info["keys"]
 
 
 def test_losing_the_tube_turns_xrays_off_and_raises_alarms(ca, tube_emulator, wait_for):

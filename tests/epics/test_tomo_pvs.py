@@ -57,6 +57,8 @@ def test_tomo_start_completes_when_the_scan_has_ended(ca):
     assert "5 projections" in msg and ca.severity("SCAN:TomoMessage_RBV") == 0
     path = output(ca, "done.h5")
     assert ca.get("SCAN:TomoFullFileName_RBV", as_string=True) == str(path)
+    from scanfile_checks import check_scan_file
+    check_scan_file(path)                 # the file as every client writes it
     with ScanReader(path) as r:
         assert r.complete
         assert list(r.frame_metadata["image_key"]) == [2, 1, 0, 0, 0, 0, 0]

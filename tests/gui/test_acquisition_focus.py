@@ -1,5 +1,6 @@
 """Acquisition (references, single frames, live view, HDF5 recording) and focus scan panels."""
 import numpy as np
+from scanfile_checks import check_scan_file
 
 from .conftest import acquire_one, ready, references
 
@@ -72,6 +73,7 @@ def test_record_to_hdf5_writes_the_file_with_progress(qtbot, window, tmp_path):
         assert float(np.nanmean(r.projections[0])) > 50.0          # raw ADU
         assert r.corrected.shape == (3, 128, 128)
         assert 0.0 < float(np.nanmean(r.corrected[0])) < 2.0         # transmission
+    check_scan_file(path, nxdata=("/entry/data", "/entry/corrected"))   # as every client's
     # an existing file is refused unless overwrite is ticked
     a.record_btn.click()
     assert "exists" in a.message.text()

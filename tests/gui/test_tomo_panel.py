@@ -68,6 +68,8 @@ def test_scan_runs_reconstructs_and_the_slider_walks_the_slices(qtbot, layered, 
     slices, heights, _attrs = read_reconstruction(out, "sirt")
     assert slices.shape[0] == 4 and heights == pytest.approx(np.linspace(0, 1.6, 4))
     assert t.recon.slices == pytest.approx(slices)
+    from scanfile_checks import check_scan_file
+    check_scan_file(out)                  # the file as every client writes it, slices beside
     assert "/entry/recon/sirt" in t.recon_label.text()
     k = t.slice_index
     shown = t.viewer.getImageItem().image

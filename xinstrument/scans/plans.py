@@ -477,6 +477,9 @@ class SingleReference(_FilePlan):
             inst.dark, inst.dark_frames_averaged = frame.data, n
         else:
             inst.flat, inst.flat_frames_averaged = frame.data, n
+            inst.flat_conditions = {"voltage_kv": float(frame.voltage_kv),
+                                    "current_ua": float(frame.current_ua),
+                                    "theta_deg": float(frame.theta_deg)}
         ctx.log(f"{self.which} reference: {self.n_frames} frames, mean "
                 f"{frame.data.mean():.1f} ADU")
         inst._update_corrector()
