@@ -7,7 +7,10 @@ from xinstrument.restoration import Restorer, available_methods, tiled_apply, wi
 
 
 def test_available_methods(profile):
-    assert available_methods(profile) == ["wiener", "inverse", "richardson_lucy"]
+    # no weights in this profile: the classical methods, and the plug-and-play ones whose
+    # denoiser ships with the package
+    assert available_methods(profile) == ["wiener", "inverse", "richardson_lucy", "pnp_hqs",
+                                          "dc_diffusion"]
     profile.nnps_lr = None
     assert "wiener" not in available_methods(profile)
     profile.weights["unet"] = "weights/unet.pt"

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..acquisition.pipeline import CallbackSink
+from ..restoration import registry
 from ..scans.plans import Series
 from .frames import fit_image, image_elements
 from .pvdb import INVALID, MAJOR, MINOR, NO_ALARM, PV, PutRefused, PVTable
@@ -1272,11 +1273,11 @@ class InstrumentIOC:
 
     # --- restoration ---------------------------------------------------------------------------
     def _build_restoration(self) -> None:
-        from ..restoration.stage import METHODS
         inst = self.inst
         g = "Restoration"
-        self.methods = tuple(METHODS)
-        current = inst.restoration_method if inst.restoration_method in METHODS else METHODS[0]
+        self.methods = registry.methods()      # the one table of methods, all of them
+        current = (inst.restoration_method if inst.restoration_method in self.methods
+                   else self.methods[0])
         self.restore_enable = self.pv("RESTORE:Enable", "enum", 0, "restore corrected frames "
                                       "in the acquisition", on_put=self._stored,
                                       choices=("Off", "On"), group=g)

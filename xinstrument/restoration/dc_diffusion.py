@@ -33,7 +33,10 @@ __all__ = ["DC_DEFAULTS", "PosteriorSamples", "dc_diffusion_restore", "posterior
 
 # Tuned like PNP_DEFAULTS on training families only: lambda 1 gave +2.2 dB per sample on the YAG
 # profile over lambda 0.25 (and -0.6 dB on GOS), zeta 0.3 over 0.1 (+0.3 dB).
-DC_DEFAULTS = {"steps": 10, "sigma_start": 0.15, "lam": 1.0, "zeta": 0.3}
+DC_DEFAULTS = {"steps": registry.get("dc_diffusion").steps_default,
+               "sigma_start": 0.15,
+               "lam": 1.0,
+               "zeta": 0.3}
 
 
 @dataclass
@@ -129,9 +132,3 @@ def dc_diffusion_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     out = _sample(x, phys, dose, den, steps, sigma_start, lam, zeta, gen, pad_px)
     from ._fourier import restore_type
     return restore_type(out, frames, single)
-
-
-registry.register(registry.MethodSpec(
-    "dc_diffusion", "plug_and_play", needs_nnps=True, steps_default=DC_DEFAULTS["steps"],
-    description="data-consistent diffusion (DiffPIR): shared denoiser prior, MTF ratio and "
-                "NNPS proximal step; several samples give a per-pixel spread"))

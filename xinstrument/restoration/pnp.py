@@ -40,7 +40,10 @@ __all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_rest
 # lambda 0.1 / 0.5 and end factors 0.5 / 1 / 2 this was best or within 0.1 dB on both profiles.
 # The prior is told the data step's actual error level ("effective", :meth:`DataStep.
 # residual_sigma`), not the schedule's s, because the data step's error is deconvolved noise.
-PNP_DEFAULTS = {"iterations": 6, "sigma_start": 0.15, "lam": 0.25, "sigma_end_factor": 0.7}
+PNP_DEFAULTS = {"iterations": registry.get("pnp_hqs").steps_default,
+                "sigma_start": 0.15,
+                "lam": 0.25,
+                "sigma_end_factor": 0.7}
 PAD_PX = 32
 
 
@@ -197,9 +200,3 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     z = den(xk, level(sched[-1]))
     out = data(z, sched[-1], lam)
     return restore_type(crop_frames(out, pad_px, tuple(x.shape[-2:])), frames, single)
-
-
-registry.register(registry.MethodSpec(
-    "pnp_hqs", "plug_and_play", needs_nnps=True, steps_default=PNP_DEFAULTS["iterations"],
-    description="plug-and-play half-quadratic splitting: MTF ratio and NNPS in closed form, "
-                "shared learned denoiser prior"))

@@ -2,11 +2,12 @@
 
 Every part of the product that has to know something about a method (the real-time stage, the
 samplers, the fidelity guard, the CLI choices, the GUI menus, the IOC's method PV, the recording
-sink's restored-frame shape) asks this table instead of comparing names. A new method is one
-:func:`register` call in the module that implements it::
+sink's restored-frame shape) asks this table instead of comparing names. The shipped methods
+are listed at the end of this module, so that every client sees all of them without importing
+torch; a user's own method is one :func:`register` call::
 
-    register(MethodSpec("pnp_hqs", kind="plug_and_play", needs_weights=True, needs_nnps=True,
-                        description="plug-and-play half-quadratic splitting"))
+    register(MethodSpec("my_tv", kind="classical", needs_nnps=True,
+                        description="total-variation deconvolution"))
 
 Pure: no torch, devices or Qt are imported here, so clients can list methods cheaply.
 """
@@ -162,5 +163,14 @@ for _spec in (
                description="super-resolution by 2 below the camera pixel"),
     MethodSpec("sr_x4", "super_resolution", needs_weights=True, scale=4,
                description="super-resolution by 4 below the camera pixel"),
+    # plug-and-play: the shared denoiser ships with the package, so only the profile's NNPS
+    # is needed; iteration / step defaults are read by pnp.py and dc_diffusion.py from here
+    MethodSpec("pnp_hqs", "plug_and_play", needs_nnps=True, steps_default=6,
+               description="plug-and-play half-quadratic splitting: MTF ratio and NNPS in "
+                           "closed form, shared learned denoiser prior"),
+    MethodSpec("dc_diffusion", "plug_and_play", needs_nnps=True, steps_default=10,
+               description="data-consistent diffusion (DiffPIR): shared denoiser prior, MTF "
+                           "ratio and NNPS proximal step; several samples give a per-pixel "
+                           "spread"),
 ):
     register(_spec)

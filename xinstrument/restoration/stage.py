@@ -61,7 +61,7 @@ CLASSICAL_METHODS = registry.methods("classical")
 LEARNED_METHODS = registry.methods(("regression", "diffusion"))
 # Super-resolution networks, one per trained factor (superres.SR_FACTORS).
 SR_METHODS = registry.methods("super_resolution")
-METHODS = CLASSICAL_METHODS + LEARNED_METHODS + SR_METHODS
+METHODS = registry.methods()            # every shipped method, in the registry's order
 # Methods implemented as one function ``fn(frames, profile, *, denoiser=..., **options)`` of
 # their own module (sibling of this one), run whole-frame on the stage's device.
 FUNCTION_METHODS = {"pnp_hqs": ("pnp", "pnp_restore"),
