@@ -190,7 +190,7 @@ def restoration_benchmark(profile: Any, *, n_test: int = 4, size_px: int = 256,
     import torch
     from skimage import restoration as skr
 
-    from .restoration import Restorer, available_methods
+    from .restoration import Restorer, available_methods, registry
     from .restoration._fourier import default_device
     from .restoration.cli import bench_for_profile
     from .restoration.metrics import high_frequency_psd_gain, psnr, ssim
@@ -253,7 +253,8 @@ def restoration_benchmark(profile: Any, *, n_test: int = 4, size_px: int = 256,
             small = speed_frame[:learned_speed_px, :learned_speed_px]
             scale = _n_tiles(learned_speed_px, r.tile, r.overlap) / _n_tiles(speed_px, r.tile,
                                                                               r.overlap)
-            step_list = [None] if m == "unet" else list(speed_steps)
+            # one network call (no sampler): no steps to sweep
+            step_list = [None] if registry.get(m).sampler is None else list(speed_steps)
             for k in step_list:
                 rk = r if k is None else Restorer(profile, m, device=dev, steps=k)
                 say(f"timing {m}" + ("" if k is None else f" at {k} steps")

@@ -321,9 +321,10 @@ class Restorer:
             self.precision = precision
         else:
             self.precision = "auto" if self.device.type == "cuda" else "fp32"
-        if method == "wiener" and not self.physics.has_noise_model:
+        if (registry.is_registered(method) and registry.get(method).needs_nnps
+                and not self.physics.has_noise_model):
             raise ValueError(
-                f"profile {getattr(profile, 'name', '?')!r} has no NNPS; 'wiener' needs it"
+                f"profile {getattr(profile, 'name', '?')!r} has no NNPS; {method!r} needs it"
                 " (use 'inverse' or 'richardson_lucy')"
             )
         if method in LEARNED_METHODS:
