@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -29,6 +30,7 @@ __all__ = [
     "fit_peak",
     "focus_scan",
     "high_frequency_energy",
+    "high_frequency_energy_sd",
     "normalized_variance",
     "sharpness",
 ]
@@ -113,6 +115,18 @@ def brenner_gradient(image: np.ndarray) -> float:
     return _debiased(image, q)
 
 
+def _hf_band(shape: tuple[int, int], cutoff_fraction: float):
+    if not 0 < cutoff_fraction < 1:
+        raise FocusError(f"cutoff_fraction must be in (0, 1), got {cutoff_fraction}")
+    win = np.outer(np.hanning(shape[0]), np.hanning(shape[1]))
+    fr = np.fft.fftfreq(shape[0])[:, None]
+    fc = np.fft.rfftfreq(shape[1])[None, :]
+    band = np.hypot(fr, fc) / 0.5 > cutoff_fraction  # radius 1.0 at Nyquist
+    # the DC power of the windowed mean level is mean^2 * (sum of the window)^2
+    norm = float(win.sum()) ** 2
+    return win, band, norm
+
+
 def high_frequency_energy(image: np.ndarray, cutoff_fraction: float = 0.25) -> float:
     """Power-spectrum energy above ``cutoff_fraction`` of the Nyquist radius, relative to the
     DC (mean-level) power, so it does not depend on exposure or tube current.
@@ -120,25 +134,54 @@ def high_frequency_energy(image: np.ndarray, cutoff_fraction: float = 0.25) -> f
     Normalising by the DC term rather than by the total non-DC power keeps the metric monotonic
     in defocus. The frame is Hann-windowed so its edges add no leakage.
     """
-    if not 0 < cutoff_fraction < 1:
-        raise FocusError(f"cutoff_fraction must be in (0, 1), got {cutoff_fraction}")
-    shape = _frame(image).shape[-2:]
-    win = np.outer(np.hanning(shape[0]), np.hanning(shape[1]))
-    fr = np.fft.fftfreq(shape[0])[:, None]
-    fc = np.fft.rfftfreq(shape[1])[None, :]
-    band = np.hypot(fr, fc) / 0.5 > cutoff_fraction  # radius 1.0 at Nyquist
-    # the DC power of the windowed mean level is mean^2 * (sum of the window)^2
-    norm = float(win.sum()) ** 2
+    win, band, norm = _hf_band(_frame(image).shape[-2:], cutoff_fraction)
 
     def q(x):
         return float((np.abs(np.fft.rfft2(x * win)) ** 2)[band].sum() / norm)
     return _debiased(image, q)
 
 
+def high_frequency_energy_sd(image: np.ndarray, cutoff_fraction: float = 0.25) -> float:
+    """Standard deviation of :func:`high_frequency_energy` on a pair of half-averages, from the
+    pair itself (no repeated steps needed).
+
+    Per Fourier mode k of the band, with A_k, D_k the windowed transforms of the average and of
+    the half-difference, noise power s_k and structure power P_k: the debiased term
+    |A_k|^2 - |D_k|^2 has the variance 2 P_k s_k + 2 s_k^2 = 2 (P_k + s_k) s_k for complex
+    Gaussian noise (structure x noise, and the two noise powers); the average and the
+    half-difference are independent with E|A_k|^2 = P_k + s_k and E|D_k|^2 = s_k, so the product
+    2 |A_k|^2 |D_k|^2 estimates it without bias. The window makes neighbouring modes covary: the
+    sum is multiplied by N sum(w^4) / (sum(w^2))^2 (1.94 per axis for a Hann window); in the 0
+    and Nyquist columns of the half spectrum, modes k and -k are conjugates and count twice.
+    Returns NaN for a single frame (no noise estimate).
+    """
+    img = _frame(image)
+    if img.ndim == 2:
+        return float("nan")
+    win, band, norm = _hf_band(img.shape[-2:], cutoff_fraction)
+    avg = 0.5 * (img[0] + img[1])
+    diff = 0.5 * (img[0] - img[1])
+    mean = _mean_level(avg)
+    a2 = np.abs(np.fft.rfft2((avg - avg.mean()) * win)) ** 2
+    d2 = np.abs(np.fft.rfft2((diff - diff.mean()) * win)) ** 2
+    # in the 0 (and Nyquist) column of the rfft the rows k and -k are conjugates, both summed
+    weight = np.ones(a2.shape)
+    weight[:, 0] = 2.0
+    if img.shape[-1] % 2 == 0:
+        weight[:, -1] = 2.0
+    var = float((weight * 2.0 * a2 * d2)[band].sum())
+    kappa = win.size * float((win ** 4).sum()) / float((win ** 2).sum()) ** 2
+    return float(np.sqrt(kappa * var) / norm / mean ** 2)
+
+
 METRICS: dict[str, Callable[[np.ndarray], float]] = {
     "hf_energy": high_frequency_energy,
     "brenner": brenner_gradient,
     "normalized_variance": normalized_variance,
+}
+# metric -> its standard deviation from one pair of half-averages (where derived)
+METRIC_SD: dict[Callable[[np.ndarray], float], Callable[[np.ndarray], float]] = {
+    high_frequency_energy: high_frequency_energy_sd,
 }
 MetricName = Literal["hf_energy", "brenner", "normalized_variance"]
 
@@ -180,16 +223,23 @@ def _gauss(z: np.ndarray, amp: float, z0: float, sigma: float, base: float) -> n
 
 
 def fit_peak(positions_um: np.ndarray, values: np.ndarray, model: str = "gaussian",
-             half_window: int = 4) -> tuple[float, dict[str, float]]:
-    """Sub-step peak position of a sharpness curve.
+             half_window: int = 4, sigma: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+    """Sub-step peak position of a sharpness curve, with its statistical uncertainty.
 
     Fits ``model`` ("gaussian": base + amp exp(-(z-z0)^2 / 2 sigma^2), or "parabola") to the
-    points within ``half_window`` samples of the maximum. Falls back to the parabola, then to the
-    sampled maximum, if a fit fails or puts the centre outside the fitted window.
+    points within ``half_window`` samples of the maximum (for the Gaussian: of the smoothed
+    curve's maximum, then of the fitted centre). Falls back to the parabola, then to the sampled
+    maximum, if a fit fails or puts the centre outside the fitted window.
+
+    ``sigma`` (optional): the standard deviation of each value (e.g. from
+    :func:`high_frequency_energy_sd`); the fit is then weighted by it and the centre's standard
+    deviation ``centre_sd_um`` follows from the fit covariance in absolute terms. Without it the
+    covariance is scaled by the residuals (the scatter about the model stands for the noise).
+    A 3-point parabola or the sampled maximum has no such estimate (NaN).
 
     Returns
     -------
-    (best position in um, parameters including "model" used and "centre_um")
+    (best position in um, parameters including "model" used, "centre_um" and "centre_sd_um")
     """
     z = np.asarray(positions_um, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
@@ -199,42 +249,87 @@ def fit_peak(positions_um: np.ndarray, values: np.ndarray, model: str = "gaussia
         raise FocusError(f"peak fit needs at least 3 points, got {z.size}")
     if model not in ("gaussian", "parabola"):
         raise FocusError(f"fit model must be 'gaussian' or 'parabola', got {model!r}")
+    sd = None
+    if sigma is not None:
+        sd = np.asarray(sigma, dtype=np.float64)
+        if sd.shape != z.shape:
+            raise FocusError(f"sigma {sd.shape} must match the positions {z.shape}")
+        if not (np.all(np.isfinite(sd)) and np.all(sd > 0)):
+            sd = None  # some step has no noise estimate: fall back to the residual scatter
     order = np.argsort(z)
     z, v = z[order], v[order]
+    sd = None if sd is None else sd[order]
     i = int(np.argmax(v))
-    lo, hi = max(0, i - half_window), min(z.size, i + half_window + 1)
-    zw, vw = z[lo:hi], v[lo:hi]
-    params: dict[str, float] = {"window_lo_um": float(zw[0]), "window_hi_um": float(zw[-1]),
-                                "peak_at_edge": float(i in (0, z.size - 1))}
+    params: dict[str, float] = {"peak_at_edge": float(i in (0, z.size - 1)),
+                                "centre_sd_um": float("nan")}
 
-    def inside(c: float) -> bool:
-        return bool(np.isfinite(c) and zw[0] <= c <= zw[-1])
+    def window(j: int) -> slice:
+        return slice(max(0, j - half_window), min(z.size, j + half_window + 1))
 
-    if model == "gaussian" and zw.size >= 4:
-        base0 = float(min(vw.min(), v.min()))
-        amp0 = float(v[i] - base0) or 1e-12
-        step = float(np.median(np.diff(z))) if z.size > 1 else 1.0
-        width0 = max(step, 0.25 * float(zw[-1] - zw[0]))
-        try:
-            popt, _ = optimize.curve_fit(_gauss, zw, vw, p0=(amp0, z[i], width0, base0),
-                                         maxfev=4000)
+    if model == "gaussian" and min(z.size, 2 * half_window + 1) >= 4:
+        # The window starts at the maximum of the lightly smoothed curve and is re-centred on the
+        # fitted centre (up to 3 times): a window cut off-centre by one noisy step takes in more
+        # of one flank, and an asymmetric curve (a thick screen's) then pulls the centre over.
+        smooth = np.convolve(v, [0.25, 0.5, 0.25], mode="same")
+        smooth[[0, -1]] = v[[0, -1]]
+        j = int(np.argmax(smooth))
+        fitted = None
+        for _ in range(4):
+            w = window(j)
+            zw, vw = z[w], v[w]
+            if zw.size < 4:
+                break
+            base0 = float(min(vw.min(), v.min()))
+            amp0 = float(v[j] - base0) or 1e-12
+            step = float(np.median(np.diff(z))) if z.size > 1 else 1.0
+            width0 = max(step, 0.25 * float(zw[-1] - zw[0]))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optimize.OptimizeWarning)
+                    popt, pcov = optimize.curve_fit(
+                        _gauss, zw, vw, p0=(amp0, z[j], width0, base0),
+                        sigma=None if sd is None else sd[w], absolute_sigma=sd is not None,
+                        maxfev=4000)
+            except (RuntimeError, ValueError, optimize.OptimizeWarning):
+                break
             amp, c, sig, base = (float(p) for p in popt)
-            if amp > 0 and inside(c):
-                params.update(model="gaussian", centre_um=c, amplitude=amp,
-                              sigma_um=abs(sig), baseline=base)
-                return c, params
-        except (RuntimeError, ValueError, optimize.OptimizeWarning):
-            pass
+            if not (amp > 0 and np.isfinite(c) and zw[0] <= c <= zw[-1]):
+                break
+            fitted = (c, amp, sig, base, pcov, zw)
+            k = int(np.argmin(np.abs(z - c)))
+            if k == j:
+                break
+            j = k
+        if fitted is not None:
+            c, amp, sig, base, pcov, zw = fitted
+            c_sd = float(np.sqrt(pcov[1, 1])) if np.isfinite(pcov[1, 1]) and pcov[1, 1] >= 0 \
+                else float("nan")
+            params.update(model="gaussian", centre_um=c, amplitude=amp, sigma_um=abs(sig),
+                          baseline=base, centre_sd_um=c_sd, window_lo_um=float(zw[0]),
+                          window_hi_um=float(zw[-1]))
+            return c, params
+    w = window(i)
+    params.update(window_lo_um=float(z[w][0]), window_hi_um=float(z[w][-1]))
     # parabola over the three to five points around the maximum
     k = min(2, i, z.size - 1 - i)
     if k >= 1:
         zp, vp = z[i - k:i + k + 1], v[i - k:i + k + 1]
-        a, b, c0 = np.polyfit(zp - z[i], vp, 2)
+        wp = None if sd is None else 1.0 / sd[i - k:i + k + 1]
+        if zp.size > 3 or wp is not None:
+            coef, cov = np.polyfit(zp - z[i], vp, 2, w=wp, cov="unscaled" if wp is not None else True)
+        else:
+            coef, cov = np.polyfit(zp - z[i], vp, 2), np.full((3, 3), np.nan)
+        a, b, c0 = coef
         if a < 0:
             c = float(z[i] - b / (2 * a))
             if zp[0] <= c <= zp[-1]:
+                # delta method: c = z_i - b / 2a
+                g = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])
+                var = float(g @ cov @ g)
                 params.update(model="parabola", centre_um=c, curvature=float(a),
-                              peak_value=float(c0 - b * b / (4 * a)))
+                              peak_value=float(c0 - b * b / (4 * a)),
+                              centre_sd_um=float(np.sqrt(var)) if np.isfinite(var) and var >= 0
+                              else float("nan"))
                 return c, params
     params.update(model="sample_max", centre_um=float(z[i]), peak_value=float(v[i]))
     return float(z[i]), params
@@ -256,6 +351,10 @@ class FocusCurve:
     final_position_um: float | None = None
     coarse: FocusCurve | None = None  # the coarse pass of a coarse-then-fine scan
     warnings: list[str] = field(default_factory=list)  # optimum on the range's edge, flat curve
+    # standard deviation of each step's metric (from its pair of half-averages; NaN where the
+    # metric has no such estimate or the frame was single) and of the fitted optimum
+    metric_sd: np.ndarray = field(default_factory=lambda: np.empty(0))
+    best_position_sd_um: float = float("nan")
 
     def as_array(self) -> np.ndarray:
         """(n, 2) array of (position_um, metric) for storage (e.g. analysis/focus_curve)."""
@@ -307,7 +406,7 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
                abort: threading.Event | None = None,
                roi: tuple[int, int, int, int] | None = None,
                limits_um: tuple[float, float] | None = None,
-               pass_name: str = "scan") -> FocusCurve:
+               pass_name: str = "scan", tolerance_um: float | None = None) -> FocusCurve:
     """Step ``axis`` from ``start_um`` to ``stop_um``, score each averaged frame, fit the peak.
 
     Parameters
@@ -325,19 +424,30 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
     roi : (row0, col0, rows, cols) of the frame to score (e.g. the sample, not the blank edge)
     limits_um : the axis travel (soft limits); a range outside it is refused before any move
     pass_name : "scan", "coarse" or "fine", for the warnings
+    tolerance_um : how well the optimum must be determined (default half a step; not checked
+        on a coarse pass): an optimum whose 2-sd uncertainty exceeds it is a warning that says
+        how many frames per step would bring it there
 
     An optimum on the first or last step is reported in ``warnings`` (widen the range), so is a
     curve that does not rise above its noise (no focus dependence: a contact screen, no X-rays).
+    With pairs of half-averages and the default metric, each step's metric has its standard
+    deviation from the pair itself (:func:`high_frequency_energy_sd`): the peak fit is weighted
+    by it and the optimum's standard deviation is ``best_position_sd_um``.
     """
     if int(frames_per_step) != frames_per_step or frames_per_step < 1:
         raise FocusError(f"frames_per_step must be an integer >= 1, got {frames_per_step!r}")
     metric_fn = _metric_fn(metric)
+    metric_sd_fn = METRIC_SD.get(metric_fn)
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     targets = _positions(float(start_um), float(stop_um), float(step_um))
+    tol = 0.5 * float(step_um) if tolerance_um is None else float(tolerance_um)
+    if not tol > 0:
+        raise FocusError(f"tolerance_um must be > 0, got {tolerance_um}")
     check_range(float(start_um), float(stop_um), limits_um)
     start_position = float(axis.position_um)
     read_back = np.full(targets.size, np.nan)
     values = np.full(targets.size, np.nan)
+    value_sd = np.full(targets.size, np.nan)
     done = 0
     try:
         for k, target in enumerate(targets):
@@ -351,6 +461,8 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
                 frame = frame[..., r0:r0 + nr, c0:c0 + nc]
             try:
                 values[k] = sharpness(frame, metric_fn)
+                if metric_sd_fn is not None:
+                    value_sd[k] = metric_sd_fn(frame)
             except FocusError as exc:
                 raise FocusError(f"step {k} at {read_back[k]:.3f} um: {exc}") from exc
             done = k + 1
@@ -367,16 +479,32 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
             exc.curve = FocusCurve(read_back[:done], values[:done], metric_name, float("nan"),
                                    {}, targets[:done], int(frames_per_step))
         raise
-    best, params = fit_peak(read_back, values, fit)
+    best, params = fit_peak(read_back, values, fit, sigma=value_sd)
+    best_sd = float(params.get("centre_sd_um", float("nan")))
     at_edge = bool(params.get("peak_at_edge", 0.0))
-    warnings = _curve_warnings(read_back, values, best, at_edge, float(step_um), pass_name,
-                               limits_um)
-    for w in warnings:
+    notes = _curve_warnings(read_back, values, best, at_edge, float(step_um), pass_name,
+                            limits_um)
+    span = float(np.nanmax(read_back) - np.nanmin(read_back))
+    if pass_name != "coarse" and not at_edge and np.isfinite(best_sd) and 2 * best_sd > tol:
+        if 2 * best_sd > span:
+            notes.append(f"{pass_name} optimum {best:.2f} um is not determined by the curve: its "
+                         f"uncertainty (2 sd, from the metric's noise) exceeds the {span:g} um "
+                         "range; choose a region of the sample with fine structure, or average "
+                         "many more frames per step")
+        else:
+            # the optimum's uncertainty scales as 1 / sqrt(frames per step) where noise dominates
+            need = int(np.ceil(frames_per_step * (2 * best_sd / tol) ** 2))
+            notes.append(f"{pass_name} optimum {best:.2f} um is uncertain by +-{2 * best_sd:.2f} um "
+                         f"(2 sd, from the metric's noise), more than +-{tol:g} um: average about "
+                         f"{need} frames per step (now {frames_per_step}) or longer exposures, or "
+                         "choose a region of the sample with more fine structure")
+    for w in notes:
         _log.warning("focus scan: %s", w)
     final = best if move_to_best else start_position
     axis.move_to(final, wait=True)
     return FocusCurve(read_back, values, metric_name, best, params, targets,
-                      int(frames_per_step), at_edge, float(axis.position_um), warnings=warnings)
+                      int(frames_per_step), at_edge, float(axis.position_um), warnings=notes,
+                      metric_sd=value_sd, best_position_sd_um=best_sd)
 
 
 def _curve_warnings(positions: np.ndarray, values: np.ndarray, best: float, at_edge: bool,
