@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -190,7 +191,9 @@ def _cmd_focus(a) -> int:
         bar.close()
     for pos, val in zip(curve.positions_um, curve.metric_values):
         print(f"  {pos:9.2f} um  {val:.6g}")
-    print(f"best focus: {curve.best_position_um:.2f} um ({curve.metric})")
+    sd = curve.best_position_sd_um  # NaN where the metric has no noise estimate
+    spread = "" if math.isnan(sd) else f" +- {2 * sd:.2f} um (2 sd)"
+    print(f"best focus: {curve.best_position_um:.2f} um{spread} ({curve.metric})")
     for warning in curve.warnings:
         print(f"WARNING: {warning}")
     if a.out is not None:
