@@ -97,4 +97,4 @@ def test_scan_reports_the_optimum_sd_and_warns_with_the_frames_it_needs():
     assert not any("uncertain" in w for w in loose.warnings)
     # almost no signal: the fit's uncertainty exceeds the range, the optimum is undetermined
     dark = focus_scan(stage, _pair_acquirer(stage, 100.0, seed=1), -6.0, 8.0, 1.0, 2)
-    assert any("not determined by the curve" in w for w in dark.warnings)
+    assert any("poorly determined, not at all by the curve" in w for w in dark.warnings)

@@ -233,7 +233,8 @@ def fit_peak(positions_um: np.ndarray, values: np.ndarray, model: str = "gaussia
 
     ``sigma`` (optional): the standard deviation of each value (e.g. from
     :func:`high_frequency_energy_sd`); the fit is then weighted by it and the centre's standard
-    deviation ``centre_sd_um`` follows from the fit covariance in absolute terms. Without it the
+    deviation ``centre_sd_um`` follows from the fit covariance in absolute terms, widened by the
+    reduced chi^2 where the curve departs from the model by more than its noise. Without it the
     covariance is scaled by the residuals (the scatter about the model stands for the noise).
     A 3-point parabola or the sampled maximum has no such estimate (NaN).
 
@@ -283,17 +284,24 @@ def fit_peak(positions_um: np.ndarray, values: np.ndarray, model: str = "gaussia
             amp0 = float(v[j] - base0) or 1e-12
             step = float(np.median(np.diff(z))) if z.size > 1 else 1.0
             width0 = max(step, 0.25 * float(zw[-1] - zw[0]))
+            # bounded: on a flat, noisy top an unbounded Gaussian runs off to an infinite width
+            # and amplitude; held to widths up to 10x the scanned span it stays a peak whose
+            # covariance says how flat it is
+            span = float(z[-1] - z[0])
+            lower = (0.0, float(zw[0]), 0.25 * step, -np.inf)
+            upper = (np.inf, float(zw[-1]), 10.0 * span, np.inf)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optimize.OptimizeWarning)
                     popt, pcov = optimize.curve_fit(
-                        _gauss, zw, vw, p0=(amp0, z[j], width0, base0),
+                        _gauss, zw, vw, p0=(amp0, float(np.clip(z[j], zw[0], zw[-1])),
+                                            min(width0, 5.0 * span), base0),
                         sigma=None if sd is None else sd[w], absolute_sigma=sd is not None,
-                        maxfev=4000)
+                        bounds=(lower, upper), maxfev=4000)
             except (RuntimeError, ValueError, optimize.OptimizeWarning):
                 break
             amp, c, sig, base = (float(p) for p in popt)
-            if not (amp > 0 and np.isfinite(c) and zw[0] <= c <= zw[-1]):
+            if not (amp > 0 and np.isfinite(c) and zw[0] < c < zw[-1]):
                 break
             fitted = (c, amp, sig, base, pcov, zw)
             k = int(np.argmin(np.abs(z - c)))
@@ -302,6 +310,12 @@ def fit_peak(positions_um: np.ndarray, values: np.ndarray, model: str = "gaussia
             j = k
         if fitted is not None:
             c, amp, sig, base, pcov, zw = fitted
+            if sd is not None and zw.size > 4:
+                # a curve the model does not follow within the noise (chi^2 per degree of
+                # freedom > 1) widens the uncertainty by that ratio (Birge)
+                sel = (z >= zw[0]) & (z <= zw[-1])
+                chi2 = float(np.sum(((v[sel] - _gauss(z[sel], amp, c, sig, base)) / sd[sel]) ** 2))
+                pcov = pcov * max(1.0, chi2 / (zw.size - 4))
             c_sd = float(np.sqrt(pcov[1, 1])) if np.isfinite(pcov[1, 1]) and pcov[1, 1] >= 0 \
                 else float("nan")
             params.update(model="gaussian", centre_um=c, amplitude=amp, sigma_um=abs(sig),
@@ -487,14 +501,14 @@ def focus_scan(axis: FocusAxis, acquire: Acquire, start_um: float, stop_um: floa
     span = float(np.nanmax(read_back) - np.nanmin(read_back))
     if pass_name != "coarse" and not at_edge and np.isfinite(best_sd) and 2 * best_sd > tol:
         if 2 * best_sd > span:
-            notes.append(f"{pass_name} optimum {best:.2f} um is not determined by the curve: its "
-                         f"uncertainty (2 sd, from the metric's noise) exceeds the {span:g} um "
+            notes.append(f"{pass_name} optimum {best:.2f} um is poorly determined, not at all by "
+                         f"the curve: its uncertainty (2 sd, from the metric's noise) exceeds the {span:g} um "
                          "range; choose a region of the sample with fine structure, or average "
                          "many more frames per step")
         else:
             # the optimum's uncertainty scales as 1 / sqrt(frames per step) where noise dominates
             need = int(np.ceil(frames_per_step * (2 * best_sd / tol) ** 2))
-            notes.append(f"{pass_name} optimum {best:.2f} um is uncertain by +-{2 * best_sd:.2f} um "
+            notes.append(f"{pass_name} optimum {best:.2f} um is poorly determined: uncertain by +-{2 * best_sd:.2f} um "
                          f"(2 sd, from the metric's noise), more than +-{tol:g} um: average about "
                          f"{need} frames per step (now {frames_per_step}) or longer exposures, or "
                          "choose a region of the sample with more fine structure")
