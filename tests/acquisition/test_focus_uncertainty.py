@@ -35,14 +35,14 @@ def test_metric_sd_from_one_pair_matches_the_scatter(amplitude, noise_blur_px):
 
 def test_fit_sd_matches_the_scatter_of_the_optimum():
     """Gaussian curve (sigma 4 um) with known per-step noise: the weighted fit's centre sd is
-    the scatter of the centre over 300 noisy curves within 20 %; without sigma the residuals
+    the scatter of the centre over 150 noisy curves within 20 %; without sigma the residuals
     stand in for it (within 35 %)."""
     rng = np.random.default_rng(2)
     z = np.arange(-8.0, 8.01, 1.0)
     truth = 0.3 + np.exp(-0.5 * ((z - 0.37) / 4.0) ** 2)
     sd = np.full(z.size, 0.02)
     found, reported, unweighted = [], [], []
-    for _ in range(300):
+    for _ in range(150):
         v = truth + sd * rng.standard_normal(z.size)
         c, p = fit_peak(z, v, sigma=sd)
         found.append(c)
@@ -98,3 +98,19 @@ def test_scan_reports_the_optimum_sd_and_warns_with_the_frames_it_needs():
     # almost no signal: the fit's uncertainty exceeds the range, the optimum is undetermined
     dark = focus_scan(stage, _pair_acquirer(stage, 100.0, seed=1), -6.0, 8.0, 1.0, 2)
     assert any("poorly determined, not at all by the curve" in w for w in dark.warnings)
+
+
+def test_predicted_sd_from_the_curve_shape_matches_the_scatter():
+    """What bench focus predicts from a noise-free curve and each step's sd (the Cramer-Rao
+    form of the Gaussian fit) is the scatter of the fitted optimum over 300 noisy curves
+    within 20 %; four times the frames (half the sd) halve it."""
+    from xinstrument.bench_focus import _predicted_sd
+
+    rng = np.random.default_rng(8)
+    z = np.arange(-8.0, 8.01, 1.0)
+    truth = 0.2 + np.exp(-0.5 * ((z + 0.6) / 3.0) ** 2)
+    sd = np.full(z.size, 0.03)
+    found = [fit_peak(z, truth + sd * rng.standard_normal(z.size), sigma=sd)[0] for _ in range(300)]
+    predicted = _predicted_sd(z, truth, sd)
+    assert predicted == pytest.approx(np.std(found), rel=0.2)
+    assert _predicted_sd(z, truth, sd / 2) == pytest.approx(predicted / 2, rel=1e-6)
