@@ -159,6 +159,8 @@ def main(argv=None) -> int:
             for fam, fsets in per_family.items():
                 others = [v for f, v in need.items() if f != fam and v is not None]
                 eps = max(others) if others and len(others) == len(need) - 1 else a.max_tolerance
+                # the guard never uses less than the forward model's tolerance
+                eps = max(eps, tolerances.get(FORWARD_MODEL_TOLERANCE_KEY, 0.0))
                 unseen[fam] = flagged_share(guard, fsets, method, key, eps)
             worst = max(unseen.values())
             text = ", ".join(f"{f} {'>' + format(a.max_tolerance, 'g') if v is None else format(v, '.3f')}"

@@ -484,8 +484,12 @@ def format_fidelity_bench(b: FidelityBench) -> str:
                      f"{100 * t['null_undetermined']:.1f} % of {t['null']} (tiles undetermined "
                      f"before the fake: {100 * t['null_undetermined_before']:.1f} %)"
                      + (" MET" if t["null_undetermined"] >= 0.9 else " NOT MET"))
-        cov = min(rows, key=lambda r: r.coverage)
-        wid = max(rows, key=lambda r: r.width_ratio)
+        banded = [r for r in rows if np.isfinite(r.coverage)]
+        if not banded:
+            lines.append("    coverage, band width: no calibrated band")
+            continue
+        cov = min(banded, key=lambda r: r.coverage)
+        wid = max(banded, key=lambda r: r.width_ratio)
         lines.append(f"    coverage >= 90 % on every family: worst {100 * cov.coverage:.1f} % "
                      f"({cov.profile} {cov.method} {cov.family})"
                      + (" MET" if cov.coverage >= 0.9 else " NOT MET"))

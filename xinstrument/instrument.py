@@ -861,6 +861,9 @@ class Instrument:
                            f"{int(np.isfinite(result.tile_chi2).sum())} tiles flagged, "
                            f"{int(result.strong_tiles.sum())} beyond the frame-wise threshold "
                            f"(false-alarm rate {result.expected_false_alarm_rate:g} per frame)")
+        if result.normalised and getattr(result, "method_accepted", True) is False:
+            # the policy does not accept this method with this profile (FidelityReporter.accepts)
+            reasons.append(result.acceptance)
         limit = pol["max_reduced_chi2"]
         if result.normalised and limit is not None and result.reduced_chi2 > limit:
             reasons.append(f"reduced chi2 {result.reduced_chi2:.3f} > {limit:g}")

@@ -49,6 +49,7 @@ import numpy as np
 
 from ..errors import UserError
 from .fidelity import (
+    FORWARD_MODEL_TOLERANCE_KEY,
     HDF5_SUMMARY_KEYS,
     POLICY_ACTIONS,
     FidelityGuard,
@@ -330,17 +331,26 @@ class FidelityReporter:
         recorded = {k[:-len(suffix)]: v for k, v in self.uncertainty.items() if k.endswith(suffix)}
         if not recorded:
             return True, ""
+        head = f"{method} is not accepted with profile {self.profile.name}"
         if method not in recorded:
-            return False, (f"{method} is not accepted with profile {self.profile.name}: its "
-                           "consistency on unseen sample families was never measured")
+            return False, f"{head}: its consistency on unseen sample families was never measured"
+        tolerances = self.guard.tolerances
+        own = tolerances.get(method)
+        model = tolerances.get(FORWARD_MODEL_TOLERANCE_KEY, 0.0)
+        if own is None:
+            return False, f"{head}: no tolerance makes its clean restorations consistent"
+        if own > model:
+            return False, (f"{head}: its clean restorations of the training families disagree "
+                           f"with the measurement beyond the forward model's own mismatch "
+                           f"(tolerance {own:.3g} against the model's {model:.3g})")
         v = recorded[method]
         if v > self.max_unseen_false_alarm:
-            return False, (f"{method} is not accepted with profile {self.profile.name}: on a "
-                           f"sample family left out of its calibration {100 * v:.1f} % of clean "
-                           f"tiles disagreed with the measurement (limit "
+            return False, (f"{head}: on a sample family left out of its calibration {100 * v:.1f} "
+                           f"% of clean tiles disagreed with the measurement (limit "
                            f"{100 * self.max_unseen_false_alarm:g} %)")
-        return True, (f"{method} accepted: {100 * v:.1f} % of clean tiles flagged on an unseen "
-                      "family at most")
+        return True, (f"{method} accepted: as consistent as the forward model (tolerance "
+                      f"{own:.3g} <= {model:.3g}); {100 * v:.1f} % of clean tiles flagged on an "
+                      "unseen family at most")
 
     # the guard's interface, so the report can stand where the guard stood
     @property
