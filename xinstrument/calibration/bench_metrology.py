@@ -1,4 +1,5 @@
-"""``xinstrument bench metrology``: the slanted-edge MTF against the analytic answer.
+"""``xinstrument bench metrology``: the slanted-edge MTF against the analytic answer (and PSF
+extraction with defects, :mod:`xinstrument.calibration.bench_psf`).
 
 Edges are rendered exactly: a step blurred by a Gaussian PSF of ``sigma_px`` is integrated over
 each square pixel in closed form (the second antiderivative of the normal CDF at the pixel's four
@@ -191,7 +192,7 @@ def format_sweep(scores: list[EdgeScore]) -> str:
     return "\n".join(lines)
 
 
-def run(seeds: int = 30, quick: bool = False) -> int:
+def run(seeds: int = 30, quick: bool = False, psf_pairs: int = 2, psf_defect_seeds: int = 3) -> int:
     print(f"slanted-edge MTF, {STANDARD}, against exp(-2 pi^2 sigma^2 f^2) x projected pixel aperture")
     print(f"rendering: closed-form pixel integral; max difference to 64x64 supersampling "
           f"{rendering_error():.2e} of the step")
@@ -210,11 +211,14 @@ def run(seeds: int = 30, quick: bool = False) -> int:
         for s in SIGMAS_PX:
             vals = [noisy_rms(s, a, seeds, lsf_window=window) for a in NOISY_ANGLES_DEG]
             print(f"{s:8.2f} " + " ".join(f"{100 * v:11.2f}%" for v in vals))
+    if psf_pairs:
+        from xinstrument.calibration.bench_psf import run as run_psf
+        run_psf(psf_pairs, psf_defect_seeds)
     return 0
 
 
 def _cmd(a: argparse.Namespace) -> int:
-    return run(a.seeds, a.quick)
+    return run(a.seeds, a.quick, a.psf_pairs, a.psf_defect_seeds)
 
 
 def register(bench_subparsers) -> None:
@@ -232,7 +236,21 @@ def register(bench_subparsers) -> None:
         "metrology", help="slanted-edge MTF angle sweep against the analytic MTF",
         description="ISO 12233 e-SFR on exactly rendered Gaussian-blurred edges (sigma 0.7, 1, "
         "2 px): max MTF error to Nyquist and MTF50 error for every angle 2-10 deg in 0.25 deg "
-        "steps and at 20 and 40 deg, then the MTF50 RMS error with noise over seeds.")
+        "steps and at 20 and 40 deg, then the MTF50 RMS error with noise over seeds; then PSF "
+        "extraction with hot pixels and dust in either image of a thin/thick pair.")
     m.add_argument("--seeds", type=positive_int, default=30, help="noise seeds per edge (default 30)")
     m.add_argument("--quick", action="store_true", help="every fourth angle of the sweep only")
+    def non_negative_int(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        return v
+
+    m.add_argument("--psf-pairs", type=non_negative_int, default=2,
+                   help="scenes for the PSF extraction table with defects (default 2, 0: skip)")
+    m.add_argument("--psf-defect-seeds", type=positive_int, default=3,
+                   help="defect draws per scene (default 3)")
     m.set_defaults(func=_cmd)
