@@ -29,7 +29,8 @@ from xinstrument.calibration.registration import Registration, register
 # from a regularised Fourier quotient, which is smoother than the PSF: on thin/thick pairs with a
 # known Gaussian + exponential-halo PSF (doses 300-5000 quanta/px), 8 iterations leave the halo
 # energy 2.5x too high and the peak at half its value, 30 come within 20 % of both (NCC 0.985-
-# 0.998, the best of 8-50); 50 over-sharpen.
+# 0.998, the best of 8-50); 50 over-sharpen. Its residual masking then selects the pixels where
+# the unconverged estimate misfits most (sharp specks), which doubles the halo: see lsq_kernel.
 RL_ITERATIONS = 30
 PSF_WINDOW_PX = 61  # paper 004 truncates to 60 x 60; odd so that the kernel has a centre pixel
 MTF_HR_FLOOR = 0.02  # below this the thin detector carries no usable signal; ratio is regularised
