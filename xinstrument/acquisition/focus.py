@@ -193,15 +193,16 @@ MetricName = Literal["hf_energy", "brenner", "normalized_variance"]
 # the mean depth of the light, ~20 um deeper: on a 40-80 um range it lands on the edge). Thin
 # screen (20 um): all three within 0.23 um. Only hf_energy focuses the thick screen where it is
 # sharpest whatever the sample.
-# Noisy scans with it (128 px, 4 x 1 s per step, 1 um steps over +-8 um, 2 scans per case):
-# thin screen within 0.5 um of its noise-free optimum but for the low-contrast textures, which
-# the uncertainty warning names (median 1 frame per step for +-0.5 um, fractal texture 1000);
-# thick screen rms error 1.6 um: its curve is broad (3 um off the optimum the metric drops by
-# 1.5-5 step sd on structured samples, 0.03-0.9 on low-contrast ones) and asymmetric (the
-# Gaussian fit over +-4 um lands 0.25-0.37 um off on noise-free frames), so +-0.5 um takes a
-# median 46 frames per step, 1500 for the mixed family and ~1e5 for the fractal texture. The
-# expected sd of the optimum from the curve's shape and the step sd matches the scatter of
-# repeated scans (rms ratio 1.01 thick, 1.03 thin).
+# Noisy scans with it (128 px, 1 um steps over +-8 um, flat-field corrected): at 4 x 1 s per
+# step the thin screen lands within 0.5 um of the metric's noise-free optimum but on the
+# low-contrast families (powders, fractal texture; both warned), at 16 x 1 s on all 13 samples
+# (rms 0.12 um). The thick screen's curve is broad (3 um off the optimum the metric drops by
+# 1.5-5 step sd on structured samples at 4 x 1 s, 0.03-0.9 on low-contrast ones) and asymmetric
+# (the Gaussian fit over +-4 um lands 0.25-0.37 um off on noise-free frames): 16 x 1 s brings 10
+# of 13 within 0.5 um; the expected uncertainty says +-0.5 um takes a median 34-46 frames per
+# step, 420-1500 for the chart, powders and mixed families and ~4e4-1e5 for the fractal texture.
+# That expected sd (from the curve's shape and the step sd) matches the scatter of repeated scans
+# (rms ratio 1.01 thick, 1.03 thin); a single thick-screen scan's own fit sd is ~2x too small.
 DEFAULT_METRIC: MetricName = "hf_energy"
 
 
