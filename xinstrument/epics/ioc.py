@@ -26,10 +26,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
+import importlib.metadata
+import inspect
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,9 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from ..acquisition.frame import Frame
 from ..acquisition.pipeline import CallbackSink
 from ..restoration import registry
 from ..scans.plans import Series
+from ..scans.tomo import PlanError, ScanAborted, TomoPlan, TomoScan
+from ..storage.sink import RecordingSink
+from ..storage.writer import DEFAULT_COMPRESSION
 from .frames import fit_image, image_elements
 from .pvdb import INVALID, MAJOR, MINOR, NO_ALARM, PV, PutRefused, PVTable
 
@@ -1021,13 +1029,9 @@ class InstrumentIOC:
         self.fixed(p + "PositionMode", "enum", 0, "frames are appended in arrival order",
                    choices=("Off", "On"), group=g)
         comp_choices = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
-        try:
-            from ..storage.writer import DEFAULT_COMPRESSION as comp
-        except ImportError:
-            comp = None
-        comp_i = {"gzip": 3, "szip": 2}.get(comp or "", 0)
+        comp_i = {"gzip": 3, "szip": 2}.get(DEFAULT_COMPRESSION or "", 0)
         self.fixed(p + "Compression", "enum", comp_i, "the HDF5 writer's own lossless setting "
-                   f"({comp or 'uncompressed'})", choices=comp_choices, group=g)
+                   f"({DEFAULT_COMPRESSION or 'uncompressed'})", choices=comp_choices, group=g)
         self.fixed(p + "NumExtraDims", "int", 0, "frames form one stack", group=g)
         for nm in ("N", "X", "Y"):
             self.fixed(f"{p}ExtraDimSize{nm}", "int", 1, "no extra dimensions", group=g)
@@ -1165,7 +1169,6 @@ class InstrumentIOC:
     def _sink(self, path: Path, frame=None):
         """The product's one recording sink for ``path``: raw counts, with the corrected and
         restored frames and the references that corrected them beside them."""
-        from ..storage.sink import RecordingSink
         restore = bool(self.restore_enable.value) if frame is None else \
             frame.restored is not None
         scale = None
@@ -1182,7 +1185,6 @@ class InstrumentIOC:
 
     def _references(self):
         """The instrument's dark/flat references (None until both exist)."""
-        import inspect
         refs = getattr(self.inst, "references", None)
         if inspect.ismethod(refs):
             refs = refs()
@@ -1572,7 +1574,6 @@ class InstrumentIOC:
     # --- tomosynthesis -------------------------------------------------------------------------
     def _tomo_plan(self):
         """The plan the Tomo PVs describe, checked as far as possible without the devices."""
-        from ..scans.tomo import PlanError, TomoPlan
         geometry = {key: float(rec.value) for key, rec in (
             ("source_object_mm", self.tomo_sod), ("source_detector_mm", self.tomo_sdd),
             ("pixel_um", self.tomo_pixel)) if float(rec.value) > 0}
@@ -1625,13 +1626,11 @@ class InstrumentIOC:
 
     def _on_frame_event(self, kind: str, payload) -> None:
         """Projections of a running tomosynthesis scan go to the image PVs."""
-        from ..instrument import AveragedFrame
-        if kind == "frame" and self._tomo is not None and isinstance(payload, AveragedFrame):
+        if kind == "frame" and self._tomo is not None and isinstance(payload, Frame):
             with contextlib.suppress(Exception):
                 self._publish(payload)
 
     async def _on_tomo(self, value):
-        from ..scans.tomo import PlanError, ScanAborted, TomoScan
         if not value:
             return
         try:
@@ -1861,21 +1860,18 @@ class InstrumentIOC:
 
 
 def _without_restoration(frame):
-    import dataclasses
     return dataclasses.replace(frame, restored=None, restoration_method=None)
 
 
 def _uncorrected(frame):
     """A corrected frame for a file laid out without corrected frames (references taken
     during the capture): its raw counts are stored."""
-    import dataclasses
     return dataclasses.replace(frame, data=frame.raw, corrected=False)
 
 
 def _format_template(template: str, path: str, name: str, number: int) -> str:
     """areaDetector's FileTemplate: a printf format taking path, name and number in that
     order; a template may use fewer of them (C's sprintf ignores the rest)."""
-    import re
     n = len(re.findall(r"%(?!%)[-+ #0-9.]*[a-zA-Z]", template))
     if n > 3:
         raise ValueError("more than three conversions (path, name, number)")
@@ -1884,7 +1880,6 @@ def _format_template(template: str, path: str, name: str, number: int) -> str:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-        return version("xinstrument")
+        return importlib.metadata.version("xinstrument")
     except Exception:  # noqa: BLE001 - not installed as a distribution (source tree)
         return os.environ.get("XINSTRUMENT_VERSION", "0")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +37,11 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..errors import UserError
+from ..outputs import derived_output
+from ..recon import METHODS, ReconError, load_scan, reconstruct, save_reconstruction
+from ..scans import PlanError, ScanAborted, TomoPlan, TomoScan
+from ..scans.tomo import plan_summary
 from .bridge import describe_error
 from .imageview import make_image_view
 from .panels import Panel
@@ -84,7 +91,6 @@ class TomoPanel(Panel):
 
     def __init__(self, bridge, parent=None) -> None:
         super().__init__(bridge, parent)
-        from ..recon import METHODS
         inst = self.instrument
         self.scan = None                    # the running TomoScan
         self.result = None                  # TomoResult of the last scan that ended
@@ -242,7 +248,6 @@ class TomoPanel(Panel):
     # --- plan ----------------------------------------------------------------------------------
     def plan(self):
         """The plan the widgets describe, validated (raises PlanError with the reason)."""
-        from ..scans import PlanError, TomoPlan
         text = self.path.text().strip()
         if not text:
             raise PlanError("choose an output HDF5 file first")
@@ -274,8 +279,6 @@ class TomoPanel(Panel):
 
     # --- scan control --------------------------------------------------------------------------
     def run_scan(self) -> None:
-        from ..scans import PlanError, ScanAborted, TomoScan
-        from ..scans.tomo import plan_summary
         if self.scan is not None:
             self.say("a tomosynthesis scan is already running")
             return
@@ -421,7 +424,6 @@ class TomoPanel(Panel):
             self.resume_btn.setEnabled(True)
 
     def _finished(self, outcome) -> None:
-        from ..scans import ScanAborted
         self._ended()
         if isinstance(outcome, ScanAborted):
             res = outcome.result
@@ -448,7 +450,6 @@ class TomoPanel(Panel):
 
     # --- reconstruction ------------------------------------------------------------------------
     def heights_mm(self) -> np.ndarray:
-        from ..recon import ReconError
         a, b, n = self.height_start_um.value(), self.height_stop_um.value(), self.n_slices.value()
         if n > 1 and b <= a:
             raise ReconError(f"slice heights: the last height {b:g} um must be above the first "
@@ -493,8 +494,6 @@ class TomoPanel(Panel):
         plan's [recon] section does), or, for a file opened with "Load", of a copy
         ``<stem>_recon-<method>.h5`` in the panel's output folder (the recon command's rule:
         an input is never modified)."""
-        from ..errors import UserError
-        from ..recon import ReconError
         if self._recon_running:
             self.say("a reconstruction is already running")
             return
@@ -509,14 +508,12 @@ class TomoPanel(Panel):
         device = self.instrument.restoration_device
         emit = self.recon_progress.emit
         into_copy = self._loaded_input is not None and Path(path) == self._loaded_input
-        from ..outputs import derived_output
         target = (derived_output(path, "recon", method + ("_restored" if restored else ""),
                                  self.output_folder()) if into_copy else Path(path))
         self.bridge.log_line.emit(f"reconstructing {path} ({method}, {heights.size} slices)"
                                   + (f" into {target}" if into_copy else ""))
 
         def work() -> ReconView:
-            from ..recon import load_scan, reconstruct, save_reconstruction
             try:
                 data = load_scan(path, restored=restored)
                 rec = reconstruct(data.transmission, data.theta_deg, data.geometry, heights,
@@ -528,8 +525,6 @@ class TomoPanel(Panel):
             name = method + ("_restored" if restored else "")
             try:
                 if target != Path(path):
-                    import os
-                    import shutil
                     partial = target.with_name(target.name + ".partial")
                     shutil.copyfile(path, partial)
                     os.chmod(partial, 0o644)
