@@ -129,3 +129,17 @@ def test_plan_file_errors_are_one_line(tmp_path, capsys):
     plan.write_text("[scan]\narc_deg = 4\nn_angle = 3\n")
     assert main(["scan", "tomo", str(plan)]) != 0
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_cli_tomosynthesis_file_passes_the_reader_checks(tmp_path):
+    from scanfile_checks import check_scan_file
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[bench]\nsensor_px = 64\nsample = "chart"\nseed = 1\nexposure_s = 0.05\n'
+                    'warmup_duration_s = 0.2\n\n'
+                    '[scan]\narc_deg = 4.0\nn_angles = 3\nframes_per_angle = 2\ndarks = 1\n'
+                    'flats = 1\nvoltage_kv = 50\ncurrent_ua = 80\nrestore = true\n'
+                    'restoration_method = "wiener"\n')
+    out = tmp_path / "cli_tomo.h5"
+    assert main(["scan", "tomo", str(plan), "--out", str(out)]) == 0
+    info = check_scan_file(out, nxdata=("/entry/data", "/entry/corrected", "/entry/restored"))
+    assert info["keys"].count(0) == 3
