@@ -1,4 +1,4 @@
-"""NNPS, CTF/Coltman, PSF from MTF ratio and RL extraction, registration: known answers."""
+"""NNPS, CTF/Coltman, PSF from MTF ratio, least-squares and RL extraction, registration: known answers."""
 from __future__ import annotations
 
 import numpy as np
