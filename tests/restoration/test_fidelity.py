@@ -390,3 +390,22 @@ def test_photon_starved_frames_are_not_normalised(profile):
     assert not r.normalised and r.consistent is None and "quanta per pixel" in r.message
     # averaging 8 such frames gives 16 quanta: normalised again
     assert guard.check(lr[0], hr[0], dose_ratio=starved, frames_averaged=8).normalised
+
+
+def test_policy_falls_back_for_a_method_it_does_not_accept(profile):
+    hr, lr = _pairs(profile, 1, seed=14)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst._restorers[_key(inst, "sr3")].restore = lambda frame: hr[0]      # consistent frames
+    # the profile's calibration: sr3 needed a tolerance beyond the forward model's
+    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 2.0}
+    profile.fidelity_uncertainty = {"sr3_unseen_false_alarm": 0.0}
+    inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.fidelity.verdict == "consistent" and not fr.fidelity.method_accepted
+    assert fr.restoration_method == "wiener" and fr.fidelity.fell_back
+    assert "not accepted" in fr.fidelity.fallback_reason
+    # accepted once its figures say so
+    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 0.05}
+    inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    fr = inst.acquire(1, restore=True)
+    assert fr.restoration_method == "sr3" and fr.fidelity.action == "accept"
