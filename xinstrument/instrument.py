@@ -403,6 +403,44 @@ class Instrument:
         soft limits within the controller's travel."""
         return tuple(float(v) for v in self._axis(axis).limits)  # type: ignore[return-value]
 
+    def travel_limits(self, axis: str) -> tuple[float, float]:
+        """The controller's travel of ``axis`` (what soft limits must lie within)."""
+        ax = self._axis(axis)
+        saved = ax.soft_limits
+        ax.soft_limits = None
+        try:
+            return tuple(float(v) for v in ax.limits)  # type: ignore[return-value]
+        finally:
+            ax.soft_limits = saved
+
+    def axis_position(self, axis: str) -> float:
+        """Position of ``axis`` ("focus" um, "rotation" deg) as the controller reads it."""
+        return float(self._axis(axis).position)
+
+    def axis_on_target(self, axis: str) -> bool:
+        """The last move of ``axis`` has ended on its target."""
+        return bool(self._axis(axis).on_target)
+
+    def axis_velocity(self, axis: str) -> float:
+        return float(self._axis(axis).velocity)
+
+    def axis_velocity_limits(self, axis: str) -> tuple[float, float] | None:
+        """(lowest, highest) velocity the controller accepts, when the driver knows them."""
+        lim = getattr(self._axis(axis), "velocity_limits", None)
+        return None if lim is None else (float(lim[0]), float(lim[1]))
+
+    def set_axis_velocity(self, axis: str, velocity: float) -> float:
+        """Set the velocity of ``axis`` (unit per s); the driver refuses values outside its
+        velocity limits. Returns the velocity in force."""
+        ax = self._axis(axis)
+        ax.velocity = float(velocity)
+        return float(ax.velocity)
+
+    def stop_axis(self, axis: str) -> None:
+        """Stop ``axis`` where it is (the other axes keep moving)."""
+        self._axis(axis).stop()
+        self.publish_state()
+
     def set_soft_limits(self, axis: str, low: float, high: float) -> tuple[float, float]:
         """Set the soft limits of ``axis`` (from config, CLI, GUI or EPICS alike): they must lie
         inside the controller's travel; the stage driver refuses moves beyond them before
@@ -415,12 +453,7 @@ class Instrument:
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise UserError(f"{axis} soft limits must be finite with low < high, got "
                             f"{lo:g}, {hi:g}")
-        saved = ax.soft_limits
-        ax.soft_limits = None
-        try:
-            hw_lo, hw_hi = ax.limits
-        finally:
-            ax.soft_limits = saved
+        hw_lo, hw_hi = self.travel_limits(axis)
         if lo < hw_lo - 1e-9 or hi > hw_hi + 1e-9:
             raise UserError(f"{axis} soft limits [{lo:g}, {hi:g}] exceed the controller travel "
                             f"[{hw_lo:g}, {hw_hi:g}]")
@@ -468,6 +501,23 @@ class Instrument:
             raise InstrumentError(f"{what} aborted by the operator")
 
     # --- tube ----------------------------------------------------------------------------------
+    def reset_tube_fault(self) -> None:
+        """Clear a latched tube fault: reconnect a link that failed, then reset the
+        controller's overload latch (X-rays stay off; switching on is a separate command)."""
+        self._require()
+        tube = self.tube
+        if getattr(tube, "fault", None) is not None or not getattr(tube, "connected", True):
+            tube.reconnect()
+        tube.reset_overload()
+        self._log("tube fault reset")
+        self.publish_state()
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the camera's frames with the present ROI and binning."""
+        self._require()
+        return tuple(int(x) for x in self.camera.frame_shape)  # type: ignore[return-value]
+
     def tube_status(self):
         self._require()
         return self.tube.status()

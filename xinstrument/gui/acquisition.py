@@ -252,7 +252,7 @@ class FocusPanel(Panel):
     def __init__(self, bridge, parent=None) -> None:
         super().__init__(bridge, parent)
         from ..acquisition.focus import DEFAULT_METRIC, METRICS
-        lo, hi = self.instrument.focus_axis.limits
+        lo, hi = self.instrument.soft_limits("focus")
         self.start = LimitedSpinBox("scan start", "um", lo, hi, 1, "travel limit")
         self.stop = LimitedSpinBox("scan stop", "um", lo, hi, 1, "travel limit")
         self.start.setValue(lo)

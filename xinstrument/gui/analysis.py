@@ -32,7 +32,7 @@ def pixel_size_um(instrument) -> float:
     prof = instrument.profile
     if prof is not None and getattr(prof, "pixel_size_um", None):
         return float(prof.pixel_size_um)
-    return float(instrument.camera.pixel_size_um)
+    return float(instrument.pixel_size_um)
 
 
 COLOURS = {"thick (measured)": "c", "restored": "y", "thin (twin truth)": "m"}

@@ -106,7 +106,7 @@ class SourcePanel(Panel):
     def __init__(self, bridge, parent=None) -> None:
         super().__init__(bridge, parent)
         inst = self.instrument
-        lim = inst.tube.limits
+        lim = inst.tube_limits
         site = inst.config.tube
         kv_hi = min(lim.kv_max, site.kv_max) if site.kv_max is not None else lim.kv_max
         ua_hi = min(lim.ua_max, site.ua_max) if site.ua_max is not None else lim.ua_max
@@ -204,7 +204,7 @@ class SourcePanel(Panel):
                  "warm-up", [self.warm_btn, self.on_btn])
 
     def reset_fault(self) -> None:
-        self.run(self.instrument.tube.reset_overload, lambda _: self.bridge.refresh(),
+        self.run(self.instrument.reset_tube_fault, lambda _: self.bridge.refresh(),
                  "reset fault", [self.reset_btn])
 
     def _progress(self, what: str, fraction: float) -> None:
@@ -252,11 +252,11 @@ class SourcePanel(Panel):
 class AxisBox(QGroupBox):
     """Position, absolute move, jog, stop and limits of one axis."""
 
-    def __init__(self, panel: StagePanel, title: str, axis, unit: str, move, key: str,
+    def __init__(self, panel: StagePanel, title: str, unit: str, move, key: str,
                  jog_default: float) -> None:
         super().__init__(title)
-        self.panel, self.axis, self.unit, self._move, self.key = panel, axis, unit, move, key
-        lo, hi = axis.limits
+        self.panel, self.unit, self._move, self.key = panel, unit, move, key
+        lo, hi = self.travel()
         self.position = QLabel("-")
         self.position.setStyleSheet("font-weight: bold")
         self.target = LimitedSpinBox(f"{title} target", unit, lo, hi, 2, "travel limit")
@@ -286,8 +286,12 @@ class AxisBox(QGroupBox):
         form.addRow("jog", row2)
         form.addRow(self.stop_btn, self.limits)
 
+    def travel(self) -> tuple[float, float]:
+        """The axis's soft limits in force (set from config, GUI, CLI or EPICS alike)."""
+        return self.panel.instrument.soft_limits(self.title())
+
     def move_to(self, target: float) -> None:
-        lo, hi = self.axis.limits
+        lo, hi = self.travel()
         if not lo <= target <= hi:
             self.panel.say(f"{self.title()} target {target:g} {self.unit} refused: outside the "
                            f"travel limits {lo:g} .. {hi:g} {self.unit}")
@@ -312,12 +316,12 @@ class StagePanel(Panel):
         super().__init__(bridge, parent)
         inst = self.instrument
         lay = QVBoxLayout(self)
-        self.focus = AxisBox(self, "focus", inst.focus_axis, "um",
+        self.focus = AxisBox(self, "focus", "um",
                              lambda v: inst.move_focus_um(v), "focus_um", 1.0)
         lay.addWidget(self.focus)
         self.rotation = None
-        if inst.rotation_axis is not None:
-            self.rotation = AxisBox(self, "rotation", inst.rotation_axis, "deg",
+        if inst.has_rotation_stage:
+            self.rotation = AxisBox(self, "rotation", "deg",
                                     lambda v: inst.move_rotation_deg(v), "rotation_deg", 1.0)
             lay.addWidget(self.rotation)
         lay.addWidget(self.message)

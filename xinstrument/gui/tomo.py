@@ -224,7 +224,7 @@ class TomoPanel(Panel):
         self.scan_progress.connect(self._on_progress)
         self.recon_progress.connect(self._on_recon_progress)
         self._set_running(False)
-        if inst.rotation_axis is None:
+        if not inst.has_rotation_stage:
             self.run_btn.setEnabled(False)
             self.run_btn.setToolTip("this bench has no rotation stage")
 
@@ -239,10 +239,9 @@ class TomoPanel(Panel):
                 "tomo/height_stop_um": self.height_stop_um, "tomo/n_slices": self.n_slices}
 
     def _limits_text(self) -> str:
-        axis = self.instrument.rotation_axis
-        if axis is None:
+        if not self.instrument.has_rotation_stage:
             return "no rotation stage on this bench: tomosynthesis cannot run"
-        lo, hi = axis.limits
+        lo, hi = self.instrument.soft_limits("rotation")
         return f"rotation stage limits {lo:g} .. {hi:g} deg"
 
     # --- plan ----------------------------------------------------------------------------------
@@ -263,11 +262,10 @@ class TomoPanel(Panel):
                         flats_every=self.flats_every.value(), restore=self.restore.isChecked(),
                         exposure_s=self.exposure_s.value() or None, out=out,
                         overwrite=self.overwrite.isChecked())
-        axis = self.instrument.rotation_axis
-        if axis is None:
+        if not self.instrument.has_rotation_stage:
             raise PlanError("this bench has no rotation stage: tomosynthesis needs one "
                             "([rotation_stage] in the instrument config)")
-        plan.validate(tuple(axis.limits))
+        plan.validate(self.instrument.soft_limits("rotation"))
         return plan
 
     def choose_file(self) -> None:
@@ -381,7 +379,7 @@ class TomoPanel(Panel):
             scan.wait(timeout_s)
 
     def _set_running(self, running: bool) -> None:
-        self.run_btn.setEnabled(not running and self.instrument.rotation_axis is not None)
+        self.run_btn.setEnabled(not running and self.instrument.has_rotation_stage)
         self.load_btn.setEnabled(not running)
         self.pause_btn.setEnabled(running)
         self.resume_btn.setEnabled(False)
