@@ -150,7 +150,6 @@ def cached_set(profile: Any, family: str, frames_averaged: int, size_px: int, n_
 
 def bench_methods(profile: Any, only: list[str] | None = None) -> list[str]:
     """Deblurring methods of ``profile`` (same grid as the measurement)."""
-    from .restoration import dc_diffusion, pnp  # noqa: F401  (register their methods)
     from .restoration import registry
 
     methods = [m for m in registry.available(profile) if registry.scale_of(m) == 1]

@@ -4,6 +4,7 @@ falls back to the classical method."""
 import numpy as np
 import pytest
 import torch
+from conftest import make_scene
 from scipy import ndimage, stats
 
 from xinstrument.restoration.fidelity import (
@@ -12,8 +13,6 @@ from xinstrument.restoration.fidelity import (
     sampler_uncertainty,
 )
 from xinstrument.restoration.physics import DetectorPhysics
-
-from conftest import make_scene
 
 torch.set_num_threads(1)
 

@@ -26,11 +26,17 @@ per-pixel variance is ``sigma^2 = sum_f NPS_r(f) / (H W)`` and the z-score map i
 Tile statistics with coloured noise. ``z`` has unit variance but neighbouring pixels are
 correlated (correlation rho(l) = F^-1[NNPS] / var). For a tile of k pixels ``Q = sum z^2`` has
 mean k and variance ``2 sum_ij rho_ij^2 ~= 2 k c`` with ``c = sum_l rho(l)^2 =
-mean_f(NNPS^2) / mean_f(NNPS)^2`` (Parseval). Satterthwaite's approximation matches the first two
-moments with a scaled chi-square: ``Q ~ c chi^2_nu``, ``nu = k / c``, so the tile's reduced
-chi-square ``Q / k`` follows ``chi^2_nu / nu``. The tile threshold is its upper
-``false_alarm_rate`` quantile (``scipy.stats.chi2.isf``); on noise alone that fraction of tiles is
-flagged. This needs one forward blur and no whitening transform, which keeps the guard cheap.
+mean_f(NNPS^2) / mean_f(NNPS)^2`` (Parseval); its third cumulant is ``8 k c3``, ``c3 =
+mean_f(NNPS^3) / mean_f(NNPS)^3``. The threshold is the upper quantile of the shifted scaled
+chi-square ``a chi^2_d + b`` with these three cumulants (Pearson; Satterthwaite's two-moment
+``c chi^2_{k/c}`` underestimates the far tail of small windows). This needs one forward blur and
+no whitening transform, which keeps the guard cheap.
+
+Two statistics per tile share its false-alarm rate: the tile's reduced chi-square, and the
+largest reduced chi-square of the ``window_px`` windows (stride half a window) centred in the
+tile, at the rate over the number of windows (Bonferroni). A feature of a few pixels adds about
+the same ``sum (A fake)^2 / var`` to a window as to its tile, whose null spread is larger by
+the ratio of their sides: the window test finds small inventions the tile statistic dilutes.
 
 A restoration that reproduces the measurement's noise (an unregularised inverse) has a residual
 smaller than the noise: reduced chi-square below 1. The test is one-sided (too large a residual
@@ -47,14 +53,16 @@ MTF ratio is measured with finite accuracy (and a real screen's blur varies with
 field position), and a regularised or learned restoration trades detail for noise, so near
 strong edges ``A x_hat`` misses the measurement by a small fraction of the local detail even
 when nothing is invented. Both errors have the shape of a change of blur width, which to first
-order is the detail the forward blur removes, ``D = x_hat - A x_hat``. The null model adds it
-as a systematic term, ``sigma^2 -> sigma^2 + (eps D)^2``, with ``eps`` the relative tolerance of
-the method. ``eps`` is calibrated, never guessed: :func:`calibrate_tolerance` finds the smallest
-value for which ordinary frames of the method (measured frames the operator accepts, or twin
-frames) show no more flagged tiles than the false-alarm rate, and the profile stores it per method
-(``[fidelity_tolerance]``, key ``forward_model`` for methods without their own). A feature the
-data do not contain survives it: its residual is ``A fake`` while its own tolerance term is only
-``eps (1 - R) A fake`` (the ratio ``R`` is near 1 where a feature's energy lies).
+order is detail in the band where the blur's width matters. The null model adds it as a
+systematic term, ``sigma^2 -> sigma^2 + (eps D)^2``, with ``eps`` the relative tolerance of the
+method and ``D = A y - A A y`` taken from the measurement (:meth:`FidelityGuard.measured_detail`):
+taken from the restoration (``x_hat - A x_hat``) it let an invented feature widen its own null
+variance, ``eps (1 - H) fake`` against a residual ``H fake``. ``eps`` is calibrated, never
+guessed: :func:`calibrate_tolerance` finds the smallest value for which ordinary frames of the
+method (measured frames the operator accepts, or twin frames) show no more flagged tiles than
+the false-alarm rate, and the profile stores it per method (``[fidelity_tolerance]``, key
+``forward_model`` for the model itself and for methods without their own; a method's tolerance
+is never below the model's).
 
 Super-resolved restorations (``factor`` times finer grid) are binned ``factor x factor`` (pixel
 integration) onto the measured grid before the forward model.
@@ -840,7 +848,6 @@ class FidelityGuard:
         m, k = int(tested.sum()), int(flagged.sum())
         flagged_p = float(stats.binom.sf(k - 1, m, self.false_alarm_rate)) if k > 0 else 1.0
         consistent = flagged_p >= self.false_alarm_rate / 2 and not strong.any()
-        nu_full = self.tile_px**2 / c
         alpha = self.false_alarm_rate / self._tests_per_tile
         full = float(self._chi2_isf(alpha, self.tile_px**2, c))
         meaning = (f"tile reduced chi-square above its upper {alpha:g} quantile under coloured "

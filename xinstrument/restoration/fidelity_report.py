@@ -28,15 +28,20 @@ two maps per frame (per tile of ``tile_px``):
    calibration family has at least ``coverage`` (0.9) of its tiles inside. Families not seen in
    calibration are the benchmark's test (``xinstrument bench fidelity``).
    A tile is *undetermined* where the restored null-band detail exceeds the measurement's
-   noise sigma: the frame shows there detail of a size the data cannot confirm.
+   noise sigma, or where the band exceeds the tile's detection floor (:func:`detection_floor`:
+   the smallest deviation whose forward-model signature reaches 5 sigma of the tile
+   statistic): the restoration may be wrong there by more than the data could show.
 
-Policy: a frame the consistency test rejects falls back to the classical method when one is
-configured (else it is flagged); a consistent frame whose undetermined share exceeds the
-policy's limit is flagged; otherwise it is accepted.
+Policy: a method the profile's calibration does not accept (:meth:`FidelityReporter.accepts`:
+its training-family restorations needed more tolerance than the forward model, or a training
+family left out of its calibration had more than 1 % of its clean tiles flagged) is flagged on
+every frame (the instrument falls back); a frame the consistency test rejects falls back to the
+classical method when one is configured (else it is flagged); a consistent frame whose
+undetermined share exceeds the policy's limit is flagged; otherwise it is accepted.
 
 Cost: one forward transform of the restored frame and two inverse transforms (the model ``A x``
-and the null-band detail; the tolerance's shape ``x - A x`` needs none), plus element-wise
-statistics.
+and the null-band detail), one transform pair more for the tolerance's shape from the
+measurement when the method has a tolerance, plus element-wise statistics.
 """
 from __future__ import annotations
 
