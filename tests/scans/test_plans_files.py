@@ -82,6 +82,9 @@ def test_focus_scan_file_has_frames_with_z_and_the_curve(inst, tmp_path):
         g = f["/entry/focus_curve"]
         assert g.attrs["signal"] == "metric" and list(g.attrs["axes"]) == ["position"]
         np.testing.assert_allclose(g["position"][()], curve.positions_um)
+        # the optimum with its uncertainty (NaN only where the metric gives no noise estimate)
+        assert g.attrs["best_position_um"] == curve.best_position_um
+        np.testing.assert_equal(g.attrs["best_position_sd_um"], curve.best_position_sd_um)
         z = f["/entry/sample/focus_z"][()][f["/entry/instrument/detector/image_key"][()] == 0]
     assert set(np.round(z)) == set(np.round(curve.positions_um))
 

@@ -312,8 +312,11 @@ class FocusScan(_FilePlan):
 
     def finish_file(self, sink, curve, state: str) -> None:
         if curve is not None:
+            attrs = {"best_position_sd_um": float(curve.best_position_sd_um)}
+            if curve.warnings:
+                attrs["warnings"] = "; ".join(curve.warnings)
             sink.write_focus_curve(curve.positions_um, curve.metric_values, metric=self.metric,
-                                   best_position_um=curve.best_position_um)
+                                   best_position_um=curve.best_position_um, attrs=attrs)
 
 
 @dataclass(kw_only=True)
