@@ -149,3 +149,24 @@ def test_band_margin_for_an_unseen_family(profile):
     # the family with larger errors is the one an unseen family resembles: the band left
     # fitted without it would not cover it, the margin does
     assert lofo["width_ratio"] > one["width_ratio"]
+
+
+@pytest.mark.parametrize("shape, window_px", [((200, 173), 8), ((97, 130), 16), ((64, 64), 9)])
+def test_window_maxima_are_those_of_every_window(shape, window_px):
+    from xinstrument.restoration.fidelity import _tile_edges, _window_max
+
+    z2 = np.random.default_rng(5).random(shape).astype(np.float32)
+    ry, rx = _tile_edges(shape[0], 32), _tile_edges(shape[1], 32)
+    best, count = _window_max(torch.from_numpy(z2), ry, rx, window_px)
+    ref = np.full(best.shape, -np.inf)
+    ref_count = np.zeros(best.shape, int)
+    step = window_px // 2
+    for y0 in range(0, shape[0] - window_px + 1, step):
+        for x0 in range(0, shape[1] - window_px + 1, step):
+            i = min(np.searchsorted(ry, y0 + window_px / 2, "right") - 1, best.shape[0] - 1)
+            j = min(np.searchsorted(rx, x0 + window_px / 2, "right") - 1, best.shape[1] - 1)
+            mean = z2[y0:y0 + window_px, x0:x0 + window_px].astype(np.float64).mean()
+            ref[i, j] = max(ref[i, j], mean)
+            ref_count[i, j] += 1
+    np.testing.assert_allclose(best, ref, rtol=1e-5)
+    np.testing.assert_array_equal(count, ref_count)

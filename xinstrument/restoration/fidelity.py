@@ -285,7 +285,7 @@ def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per tile, the largest mean of ``z2`` over square windows of ``window_px`` at a stride of
     half a window (windows assigned to the tile holding their centre), and the number of windows
-    per tile; ``(-inf, 0)`` for tiles without one (or ``window_px`` 0). Integral image: one pass."""
+    per tile; ``(-inf, 0)`` for tiles without one (or ``window_px`` 0)."""
     grid = (ry.size - 1, rx.size - 1)
     best = np.full(grid, -np.inf)
     count = np.zeros(grid, np.int64)
@@ -293,14 +293,25 @@ def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
     win = int(window_px)
     if win <= 0 or h < win or w < win:
         return best, count
-    a = z2.detach().double().cpu().numpy()
-    s = np.zeros((h + 1, w + 1))
-    np.cumsum(np.cumsum(a, 0), 1, out=s[1:, 1:])
     step = max(1, win // 2)
-    sy = np.arange(0, h - win + 1, step)
-    sx = np.arange(0, w - win + 1, step)
-    sums = (s[np.ix_(sy + win, sx + win)] - s[np.ix_(sy, sx + win)]
-            - s[np.ix_(sy + win, sx)] + s[np.ix_(sy, sx)])
+    if win == 2 * step:
+        # even windows: sums of 2 x 2 blocks of half a window (segment sums, no integral image)
+        a = z2.detach().float().cpu().numpy()
+        ny, nx = h // step, w // step
+        blocks = np.add.reduceat(np.add.reduceat(a[:ny * step, :nx * step],
+                                                 np.arange(0, nx * step, step), axis=1),
+                                 np.arange(0, ny * step, step), axis=0, dtype=np.float64)
+        sums = blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]
+        sy = np.arange(ny - 1) * step
+        sx = np.arange(nx - 1) * step
+    else:
+        a = z2.detach().double().cpu().numpy()
+        s = np.zeros((h + 1, w + 1))
+        np.cumsum(np.cumsum(a, 0), 1, out=s[1:, 1:])
+        sy = np.arange(0, h - win + 1, step)
+        sx = np.arange(0, w - win + 1, step)
+        sums = (s[np.ix_(sy + win, sx + win)] - s[np.ix_(sy, sx + win)]
+                - s[np.ix_(sy + win, sx)] + s[np.ix_(sy, sx)])
     ti = np.clip(np.searchsorted(ry, sy + win / 2, side="right") - 1, 0, grid[0] - 1)
     tj = np.clip(np.searchsorted(rx, sx + win / 2, side="right") - 1, 0, grid[1] - 1)
     ii, jj = np.broadcast_arrays(ti[:, None], tj[None, :])
