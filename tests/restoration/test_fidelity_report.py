@@ -111,7 +111,7 @@ def test_calibrated_band_covers_held_out_errors(profile):
     cal = calibrate_uncertainty(reports, truths, outs, method="sharpen", groups=["a", "a", "b", "b"])
     assert cal["coverage"] >= 0.9 and min(cal["group_coverage"].values()) >= 0.9
     assert set(cal["coefficients"]) == {f"sharpen_{t}" for t in
-                                        ("null", "detail", "excess", "noise", "spread")}
+                                        ("null", "detail", "excess", "noise", "spread", "edge")}
     rep.uncertainty = cal["coefficients"]
     inside, width, err2 = [], [], []
     hr, lr = _frames(profile, 4, seed=20)         # other scenes, other noise

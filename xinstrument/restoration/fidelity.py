@@ -211,6 +211,7 @@ class FidelityResult:
     # radial frequency (cy/px) and its share of the frequency plane
     null_rms: np.ndarray | None = None
     restored_detail_rms: np.ndarray | None = None
+    measured_detail_rms: np.ndarray | None = None   # per tile rms of A y - A A y (edges seen)
     null_band_cutoff_cy_per_px: float = float("nan")
     null_band_fraction: float = float("nan")
     # the window test: per tile the largest reduced chi-square of a ``window_px`` window inside
@@ -833,9 +834,13 @@ class FidelityGuard:
             u = u[inner]
             u_rms = np.sqrt(_tile_sums(u * u, iry, irx).cpu().numpy() / safe_counts)
             sharp = x[0].to(self.device)[inner] - model[inner]
+            # the measured detail (edges the data show; restorations err most there)
+            seen = (detail if detail is not None else self.measured_detail(y, forward))[inner]
+            edge_rms = np.sqrt(_tile_sums(seen * seen, iry, irx).cpu().numpy() / safe_counts)
             sharp_rms = np.sqrt(_tile_sums(sharp * sharp, iry, irx).cpu().numpy() / safe_counts)
             null_extras = {"null_rms": np.where(tested, u_rms, nan).astype(np.float32),
                            "restored_detail_rms": np.where(tested, sharp_rms, nan).astype(np.float32),
+                           "measured_detail_rms": np.where(tested, edge_rms, nan).astype(np.float32),
                            "null_band_cutoff_cy_per_px": cutoff, "null_band_fraction": band_frac}
         if detail is not None:
             d = detail[inner]

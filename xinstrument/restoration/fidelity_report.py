@@ -77,7 +77,7 @@ __all__ = [
 
 ACTIONS = POLICY_ACTIONS
 # terms of the band (keys "<method>_<term>" of the profile's [fidelity_uncertainty])
-UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread")
+UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread", "edge")
 # A tile is undetermined where the restored null-band detail exceeds this many noise sigma.
 UNDETERMINED_SIGMA = 1.0
 # ... or where its band exceeds the smallest deviation the consistency test confirms: one whose
@@ -255,13 +255,16 @@ def detection_floor(res: FidelityResult, signature_sigma: float = DETECTION_SIGM
 
 
 def band_features(res: FidelityResult, spread: np.ndarray | None = None) -> np.ndarray:
-    """(rows, cols, 5) per-tile features of the band, in transmission units: restored
+    """(rows, cols, 6) per-tile features of the band, in transmission units: restored
     null-band detail, restored detail beyond the forward model, the residual's excess over the
-    noise (range-space error the data show), noise sigma, spread over samples (0 without)."""
+    noise (range-space error the data show), noise sigma, spread over samples (0 without), and
+    the measured detail ``A y - A A y`` (edges the data show, where restorations err most)."""
     excess = np.sqrt(np.clip(res.residual_tile_rms ** 2 - res.noise_tile_sigma ** 2, 0, None))
     spread = np.zeros_like(res.null_rms) if spread is None else spread
+    edge = res.measured_detail_rms if res.measured_detail_rms is not None else \
+        np.zeros_like(res.null_rms)
     return np.stack([res.null_rms, res.restored_detail_rms, excess, res.noise_tile_sigma,
-                     spread], -1).astype(np.float64)
+                     spread, edge], -1).astype(np.float64)
 
 
 def _coefficients(table: dict[str, float], method: str) -> dict[str, float] | None:
