@@ -95,6 +95,35 @@ def test_cli_and_demo_never_reach_the_devices():
     assert _violations(paths, ("drivers",)) == []
 
 
+DEVICES = ("tube", "camera", "focus_axis", "rotation_axis")
+INSTRUMENT_NAMES = ("inst", "instrument")
+
+
+def _device_access(path: Path) -> list[str]:
+    """``inst.tube``, ``self.instrument.camera``, ``inst._private``: a client reaching past
+    the Instrument API to a device or a private member."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        v = node.value
+        owner = v.id if isinstance(v, ast.Name) else (
+            v.attr if isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name)
+            and v.value.id == "self" else None)
+        if owner not in INSTRUMENT_NAMES:
+            continue
+        if node.attr in DEVICES or (node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("client", ["gui", "bluesky"])
+def test_clients_use_the_instrument_api_not_its_devices(client):
+    # (a client holding the config may read it: inst.config.tube is configuration, not a device)
+    assert [a for p in _modules(f"xinstrument/{client}") for a in _device_access(p)] == []
+
+
 def _writes_hdf5(path: Path) -> list[str]:
     """Calls that create a ScanWriter or open an HDF5 file writable, outside storage."""
     tree = ast.parse(path.read_text(), filename=str(path))

@@ -513,6 +513,11 @@ class Instrument:
         self.publish_state()
 
     @property
+    def camera_name(self) -> str:
+        """The camera's name as its driver gives it (the configured driver before connect)."""
+        return str(getattr(self.camera, "name", None) or self.config.camera.driver)
+
+    @property
     def frame_shape(self) -> tuple[int, int]:
         """(rows, cols) of the camera's frames with the present ROI and binning."""
         self._require()

@@ -103,7 +103,7 @@ class MainWindow(QMainWindow):
         self.settings = settings if settings is not None else QSettings("xinstrument", "gui")
         self.bridge = InstrumentBridge(instrument, poll_ms=poll_ms, parent=self)
         self.setWindowTitle(f"xinstrument: {instrument.config.tube.model} / "
-                            f"{getattr(instrument.camera, 'name', 'camera')}")
+                            f"{instrument.camera_name}")
 
         # --- central: error banner + live image
         self.image = LiveImagePanel(self.bridge)
