@@ -524,6 +524,17 @@ class CAServer:
         from caproto.asyncio.server import Context as _Context
 
         class Context(_Context):
+            async def tcp_handler(self, client, addr):
+                """Each circuit sends with Nagle off, as rsrv does. caproto's listening socket
+                is opened without IPPROTO_TCP, so asyncio leaves Nagle on: a small reply
+                written while an earlier one is unacknowledged then waits for the client's
+                delayed ACK (40 ms on Linux) and lands just ahead of later monitor updates,
+                where pyepics lets the older read overwrite the newer monitored value."""
+                sock = client.writer.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await super().tcp_handler(client, addr)
+
             async def broadcast_beacon_loop(self):
                 """Beacons (to EPICS_CAS_BEACON_ADDR_LIST only) that survive a peer's port
                 being closed: caproto's own loop ends on a refused datagram."""
