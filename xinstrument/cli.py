@@ -66,7 +66,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
               f"{r.fell_back} of {r.n_frames} frames re-restored with Wiener")
         if "undetermined_fraction" in f:
             print(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles undetermined "
-                  f"by the data (restored detail where transfer x SNR < 1), uncertainty "
+                  f"by the data (error band above what the data confirm, or restored detail "
+                  f"where transfer x SNR < 1), uncertainty "
                   f"+-{f['uncertainty_mean']:.3g} (coverage {100 * f['coverage']:.0f} %); "
                   f"action: {f['action']}")
     print(f"  acquisition      {r.frames_per_s:.2f} camera frames/s; restoration "
