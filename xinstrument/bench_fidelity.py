@@ -34,7 +34,9 @@ __all__ = ["FamilyFrame", "FidelityBench", "family_frames", "fidelity_benchmark"
            "format_fidelity_bench", "inject_fake", "register_bench", "restore_all"]
 
 # bench of each shipped profile and its calibration exposure (scripts/make_sim_profiles.py)
-PROFILE_BENCH = {"sim-yag200-5x": ("lens-yag", 1.0), "sim-gos134": ("panel-gos", 0.05)}
+PROFILE_BENCH = {"sim-yag200-5x": ("lens-yag", 1.0), "sim-gos134": ("panel-gos", 0.05),
+                 # the 100 um screen no network was trained for (scripts/calibrate_sim_profiles.py)
+                 "sim-yag100-5x": ("lens-yag", 1.0, {"thick_um": 100.0})}
 N_REFERENCES = 8          # frames averaged into each dark and flat
 # sample seeds: calibration below EVAL_SEED_BASE (the families' evaluation seeds start there)
 CALIBRATION_SEED = 5000
@@ -66,10 +68,12 @@ def family_frames(profile: Any, family: str, seeds: list[int], size_px: int,
     from .sim import BENCHES, Twin
     from .sim.families import _mean_energy_kev, family_sample
 
-    bench, exposure_s = PROFILE_BENCH[profile.name]
+    bench, exposure_s, *rest = PROFILE_BENCH[profile.name]
+    bench_options = rest[0] if rest else {}
     out = []
     for seed in seeds:
-        twin = Twin(BENCHES[bench](sensor_px=size_px), sample="open", seed=int(seed))
+        twin = Twin(BENCHES[bench](sensor_px=size_px, **bench_options), sample="open",
+                    seed=int(seed))
         cfg = twin.config
         twin.sample = family_sample(family, cfg.fov_mm, cfg.pixel_at_object_um / 1000, int(seed),
                                     _mean_energy_kev(twin))
