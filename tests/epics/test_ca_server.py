@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import threading
 import uuid
@@ -10,7 +12,7 @@ import pytest
 
 
 @pytest.fixture
-def ca_server(epics):
+def ca_server(epics, epics_ports):
     """A CAServer of a one-PV table on this test run's loopback port, in a thread."""
     from xinstrument.epics.pvdb import PV, CAServer, PVTable
     table = PVTable(f"XCS{uuid.uuid4().hex[:6]}:")
@@ -18,21 +20,49 @@ def ca_server(epics):
     server = CAServer(table)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
+    task: list[asyncio.Task] = []
 
     def serve():
         asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.run(ready.set))
-        except asyncio.CancelledError:
-            pass
+        task.append(loop.create_task(server.run(ready.set)))
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task[0])
+        for circuit in list(server.context.circuits):
+            circuit.client.writer.close()
+        loop.run_until_complete(asyncio.sleep(0.2))     # transports close on the loop
+        loop.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     assert ready.wait(30), "CA server did not start"
     yield table, server
-    loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
-    thread.join(10)
+    loop.call_soon_threadsafe(task[0].cancel)
+    thread.join(30)
+    # nothing of it is left to answer the searches of the IOCs started after it
+    assert not thread.is_alive() and not _bound_to(epics_ports["ca"])
 
+
+def _bound_to(port: int) -> list:
+    """This process's sockets bound to ``port`` on any address."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            dup = os.dup(int(fd))
+        except OSError:             # the descriptor listdir itself used
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:             # not a socket
+            os.close(dup)
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                found.append(sock.getsockname())
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return found
 
 def test_circuits_send_each_reply_at_once(ca_server, epics):
     """Nagle off on every circuit, as rsrv: with it on, a read reply written while the
