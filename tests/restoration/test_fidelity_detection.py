@@ -149,6 +149,12 @@ def test_band_margin_for_an_unseen_family(profile):
     # the family with larger errors is the one an unseen family resembles: the band left
     # fitted without it would not cover it, the margin does
     assert lofo["width_ratio"] > one["width_ratio"]
+    # the margin never widens the band beyond twice the calibration tiles' rms error
+    assert lofo["width_ratio"] <= max(2.0, one["width_ratio"]) + 1e-6
+    capped = calibrate_uncertainty(reports, truths, outs, method="sharpen", groups=groups,
+                                   max_width_ratio=one["width_ratio"])
+    assert capped["width_ratio"] == pytest.approx(one["width_ratio"], rel=1e-6)
+    assert min(capped["group_coverage"].values()) >= 0.9
 
 
 @pytest.mark.parametrize("shape, window_px", [((200, 173), 8), ((97, 130), 16), ((64, 64), 9)])

@@ -89,6 +89,9 @@ DEFAULT_COVERAGE = 0.9
 # (scripts/calibrate_fidelity.py). The policy accepts a method only when it is at most this.
 UNSEEN_FALSE_ALARM_TERM = "unseen_false_alarm"
 MAX_UNSEEN_FALSE_ALARM = 0.01
+# The unseen-family margin never widens the band beyond this mean half-width / rms error on the
+# calibration tiles (the sharpness the report promises).
+MAX_WIDTH_RATIO = 2.0
 # HDF5 scalars of each restored frame (FidelityReport.summary keys)
 REPORT_HDF5_SCALARS = HDF5_SUMMARY_KEYS
 
@@ -486,7 +489,8 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
                           restored: list[np.ndarray], *, method: str,
                           coverage: float = DEFAULT_COVERAGE,
                           groups: list[str] | None = None,
-                          leave_one_group_out: bool = True) -> dict[str, Any]:
+                          leave_one_group_out: bool = True,
+                          max_width_ratio: float | None = MAX_WIDTH_RATIO) -> dict[str, Any]:
     """Band coefficients of ``method`` from reports of frames with known truth.
 
     The coefficients minimise the squared log ratio of each tile's rms error to its band (a
@@ -498,7 +502,10 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
     least 3 groups) the factor also carries the margin an unseen family needs: for each group,
     the coefficients are fitted without it and its conformal quantile is compared with the
     largest of the other groups' under those coefficients; the largest such excess (>= 1)
-    multiplies the factor ("lofo_margin"). Returns ``{"coefficients":
+    multiplies the factor ("lofo_margin"), but never so far that the band's mean half-width
+    exceeds ``max_width_ratio`` times the calibration tiles' rms error (a band that marks
+    everything is no report; the calibration families' own coverage is kept whatever the
+    limit). Returns ``{"coefficients":
     {"<method>_<term>": c}, "tiles", "coverage", "width_ratio", "group_coverage"}``
     (``width_ratio``: mean band half-width / rms error on the calibration tiles).
     """
@@ -552,6 +559,10 @@ def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray
         for g in names:
             q = quantiles(fit(labels != g))
             margin = max(margin, q[g] / max(v for k, v in q.items() if k != g))
+    if max_width_ratio is not None and margin > 1:
+        width = factor * margin * float(np.mean(np.sqrt(a @ coef))) / math.sqrt(np.mean(e ** 2))
+        if width > max_width_ratio:
+            margin = max(1.0, margin * max_width_ratio / width)
     factor *= margin
     coef *= factor ** 2
     band = np.sqrt(a @ coef)
