@@ -118,7 +118,7 @@ def _device_access(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("client", ["gui", "bluesky"])
+@pytest.mark.parametrize("client", ["gui", "epics", "bluesky"])
 def test_clients_use_the_instrument_api_not_its_devices(client):
     # (a client holding the config may read it: inst.config.tube is configuration, not a device)
     assert [a for p in _modules(f"xinstrument/{client}") for a in _device_access(p)] == []

@@ -513,6 +513,43 @@ class Instrument:
         self.publish_state()
 
     @property
+    def tube_focus_modes(self) -> dict:
+        """Focus mode number -> its spec (spot size, highest power) for the configured tube."""
+        return dict(tube_model(self.config.tube.model).focus_modes)
+
+    @property
+    def tube_setpoints(self) -> tuple[float, float]:
+        """(kV, uA) setpoints the tube driver last sent (no exchange with the controller)."""
+        self._require()
+        return float(self.tube.voltage_setpoint_kv), float(self.tube.current_setpoint_ua)
+
+    @property
+    def tube_fault(self) -> BaseException | None:
+        """The link or protocol fault that made the tube driver switch X-rays off (None when
+        none is latched)."""
+        return getattr(self.tube, "fault", None) if self.tube is not None else None
+
+    @property
+    def camera_info(self) -> dict[str, Any]:
+        """What the connected camera says of itself (driver class, maker, model, serial,
+        firmware, binning, cooling setpoint), for facility clients."""
+        self._require()
+        cam = self.camera
+        name = type(cam).__name__
+        return {"driver": name, "model": str(getattr(cam, "model", None) or name),
+                "manufacturer": "xinstrument" if "Sim" in name else
+                str(getattr(cam, "manufacturer", "PCO")),
+                "serial_number": str(getattr(cam, "serial_number", "")),
+                "firmware_version": str(getattr(cam, "firmware_version", "")),
+                "binning": int(getattr(cam, "binning", 1) or 1),
+                "temperature_setpoint_c": float(getattr(cam, "temperature_setpoint_c", 20.0)
+                                                or 20.0)}
+
+    def axis_controller_name(self, axis: str) -> str:
+        """The controller's name of ``axis`` (its axis identifier on the controller)."""
+        return str(getattr(self._axis(axis), "name", axis))
+
+    @property
     def camera_name(self) -> str:
         """The camera's name as its driver gives it (the configured driver before connect)."""
         return str(getattr(self.camera, "name", None) or self.config.camera.driver)

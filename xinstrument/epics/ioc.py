@@ -182,10 +182,10 @@ class InstrumentIOC:
         self.busy = self.ro("Busy_RBV", "string", "", "the instrument operation running "
                             "(any client), empty when idle", group="IOC")
         self._build_tube()
-        self._build_motor("FOCUS:Z", "focus", inst.focus_axis, "um", 3, inst.move_focus_um,
+        self._build_motor("FOCUS:Z", "focus", "um", 3, inst.move_focus_um,
                           "focus stage (axial)")
-        if inst.rotation_axis is not None:
-            self._build_motor("ROT:Theta", "rotation", inst.rotation_axis, "deg", 3,
+        if inst.has_rotation_stage:
+            self._build_motor("ROT:Theta", "rotation", "deg", 3,
                               inst.move_rotation_deg, "sample rotation (tomosynthesis)")
         self._build_camera()
         self._build_image_plugin()
@@ -196,7 +196,7 @@ class InstrumentIOC:
     # --- tube ----------------------------------------------------------------------------------
     def _build_tube(self) -> None:
         inst = self.inst
-        lim = inst.tube.limits
+        lim = inst.tube_limits
         cfg = inst.config.tube
         kv_hi = min(lim.kv_max, cfg.kv_max) if cfg.kv_max is not None else lim.kv_max
         ua_hi = min(lim.ua_max, cfg.ua_max) if cfg.ua_max is not None else lim.ua_max
@@ -204,7 +204,7 @@ class InstrumentIOC:
         self.ua_range = (float(lim.ua_min), float(ua_hi))
         st = inst.tube_status()
         self.focus_modes = sorted(lim.max_power_w_by_focus)
-        spots = inst.tube.model.focus_modes
+        spots = inst.tube_focus_modes
         g = "Tube"
 
         def check_power(kv, ua, mode) -> None:
@@ -216,7 +216,7 @@ class InstrumentIOC:
         async def on_kv(v):
             check_power(v, self.ua.value, self.focus_modes[self.focus_mode.value])
             await self._run(inst.set_voltage_kv, v)
-            got = float(inst.tube.voltage_setpoint_kv)
+            got = inst.tube_setpoints[0]
             self.kv_rbv.set(got)
             self.poll_soon()
             return got
@@ -224,7 +224,7 @@ class InstrumentIOC:
         async def on_ua(v):
             check_power(self.kv.value, v, self.focus_modes[self.focus_mode.value])
             await self._run(inst.set_current_ua, v)
-            got = float(inst.tube.current_setpoint_ua)
+            got = inst.tube_setpoints[1]
             self.ua_rbv.set(got)
             self.poll_soon()
             return got
@@ -323,10 +323,7 @@ class InstrumentIOC:
                                    on_put=on_reset, choices=("Done", "Reset"), group=g)
 
     def _reset_fault(self) -> None:
-        tube = self.inst.tube
-        if getattr(tube, "fault", None) is not None or not getattr(tube, "connected", True):
-            tube.reconnect()
-        tube.reset_overload()
+        self.inst.reset_tube_fault()
         self.poll_once()
         if self.error_rbv.value:
             raise PutRefused(f"fault {self.error_rbv.value} still latched after reset: "
@@ -334,21 +331,17 @@ class InstrumentIOC:
         self._message("tube faults reset")
 
     # --- axes as motor records -----------------------------------------------------------------
-    def _build_motor(self, base: str, key: str, axis, egu: str, prec: int,
+    def _build_motor(self, base: str, key: str, egu: str, prec: int,
                      move: Callable[[float], None], what: str) -> None:
         """Motor-record fields of ``base`` (user = DIR-signed dial + OFF). HLM/LLM are the
         axis's soft limits (the driver enforces them before a command is sent)."""
         g = f"Axis {base}"
         # the controller's travel bounds HLM/LLM; the soft limits in force start them
-        saved = axis.soft_limits
-        try:
-            axis.soft_limits = None
-            travel = tuple(float(x) for x in axis.limits)
-        finally:
-            axis.soft_limits = saved
-        soft = tuple(float(x) for x in axis.limits)
-        pos = float(axis.position)
-        m: dict[str, Any] = {"axis": axis, "travel": travel, "egu": egu, "off": 0.0, "dir": 0,
+        inst = self.inst
+        travel = inst.travel_limits(key)
+        soft = inst.soft_limits(key)
+        pos = inst.axis_position(key)
+        m: dict[str, Any] = {"travel": travel, "egu": egu, "off": 0.0, "dir": 0,
                              "set": 0, "stop_req": False}
         self._axes[key] = m
 
@@ -430,11 +423,11 @@ class InstrumentIOC:
                 raise PutRefused(f"{base}.VELO {v:g} {egu}/s: must be > 0")
             if v > vmax.value:
                 raise PutRefused(f"{base}.VELO {v:g} {egu}/s above VMAX {vmax.value:g} {egu}/s")
-            await self._run(setattr, axis, "velocity", v)
-            return float(await self._run(lambda: axis.velocity))
-        vlim = getattr(axis, "velocity_limits", None)
-        vmax_v = float(vlim[1]) if vlim else float(axis.velocity) * 10.0
-        velo = f("VELO", "float", float(axis.velocity), "velocity", on_put=on_velo,
+            return float(await self._run(inst.set_axis_velocity, key, v))
+        vlim = inst.axis_velocity_limits(key)
+        velo0 = inst.axis_velocity(key)
+        vmax_v = vlim[1] if vlim else velo0 * 10.0
+        velo = f("VELO", "float", velo0, "velocity", on_put=on_velo,
                  units=f"{egu}/s", precision=prec)
         vmax = f("VMAX", "float", vmax_v, "highest velocity the controller accepts",
                  units=f"{egu}/s", precision=prec)
@@ -490,7 +483,7 @@ class InstrumentIOC:
         f("UREV", "float", 1.0, "units per revolution (linear/rotary closed-loop axis)",
           units=egu, precision=prec)
         f("SREV", "int", round(1.0 / res), "steps per revolution (1/MRES)")
-        f("OUT", "string", f"{getattr(axis, 'name', base)}"[:39], "controller axis")
+        f("OUT", "string", inst.axis_controller_name(key)[:39], "controller axis")
         msta = f("MSTA", "int", 0, "status bits (bit 2 done, bit 10 moving, bit 9 problem)")
         for alias, field in (("_RBV", "RBV"), ("_DMOV", "DMOV"), ("_STOP", "STOP"),
                              ("_VELO", "VELO"), ("_HLM", "HLM"), ("_LLM", "LLM"),
@@ -510,12 +503,8 @@ class InstrumentIOC:
 
     def _set_soft(self, key: str, dlo: float, dhi: float) -> None:
         m = self._axes[key]
-        axis = m["axis"]
-        setter = getattr(self.inst, "set_soft_limits", None)
-        if callable(setter):        # the Instrument's one implementation (kept across restarts)
-            dlo, dhi = (float(x) for x in setter(key, dlo, dhi))
-        else:
-            axis.soft_limits = (dlo, dhi)
+        # the Instrument's one implementation (kept across restarts)
+        dlo, dhi = (float(x) for x in self.inst.set_soft_limits(key, dlo, dhi))
         m["dlo"], m["dhi"] = dlo, dhi
         ulo, uhi = m["user_limits"]()
         m["hlm"].set(uhi)
@@ -526,7 +515,7 @@ class InstrumentIOC:
 
     def _axis_readback(self, key: str) -> float:
         m = self._axes[key]
-        d = float(m["axis"].position)
+        d = self.inst.axis_position(key)
         m["drbv"].set(d)
         # a refused or failed move's alarm stays on the readback until the next move
         m["rbv"].set(m["user"](d), *m.get("rbv_alarm", (NO_ALARM, 0)))
@@ -606,7 +595,7 @@ class InstrumentIOC:
         """The move (in a worker), the readback published while it runs; returns when the
         axis is on target or has been stopped."""
         m = self._axes[key]
-        axis = m["axis"]
+        inst = self.inst
         mover = self.inst.move_focus_um if key == "focus" else self.inst.move_rotation_deg
         start = float(m["drbv"].value)
         mover(dial, wait=False)
@@ -617,11 +606,11 @@ class InstrumentIOC:
             self._axis_readback(key)
             if m["stop_req"]:
                 return
-            if axis.on_target:
+            if inst.axis_on_target(key):
                 return
             if time.monotonic() > deadline:
-                where = float(axis.position)
-                axis.stop()
+                where = inst.axis_position(key)
+                inst.stop_axis(key)
                 raise TimeoutError(f"not on target in time (at {where:g} {m['egu']}); "
                                    "axis stopped")
 
@@ -630,19 +619,18 @@ class InstrumentIOC:
             return 0
         m = self._axes[key]
         m["stop_req"] = True
-        await self._run(m["axis"].stop)
+        await self._run(self.inst.stop_axis, key)
         return 0
 
     # --- camera (areaDetector ADBase) ----------------------------------------------------------
     def _build_camera(self) -> None:
         inst = self.inst
-        rows, cols = (int(x) for x in inst.camera.frame_shape)
+        rows, cols = inst.frame_shape
         self.shape = (rows, cols)
         self.image_elements = image_elements((rows, cols))
         g = "Camera (areaDetector ADBase, prefix CAM:)"
         c = "CAM:"
         exp = float(inst.exposure_s)
-        cam = inst.camera
 
         def kw(**k):
             k.setdefault("group", g)
@@ -701,7 +689,8 @@ class InstrumentIOC:
                                                   f"size of dimension {i}", group=g))
         self.ro(c + "MaxSizeX_RBV", "int", cols, "sensor columns", group=g)
         self.ro(c + "MaxSizeY_RBV", "int", rows, "sensor rows", group=g)
-        binning = int(getattr(cam, "binning", 1) or 1)
+        cam = inst.camera_info
+        binning = cam["binning"]
         self.fixed(c + "MinX", "int", 0, "region of interest: the full sensor is read", **kw())
         self.fixed(c + "MinY", "int", 0, "region of interest: the full sensor is read", **kw())
         self.fixed(c + "SizeX", "int", cols * binning, "region of interest: the full sensor "
@@ -734,22 +723,18 @@ class InstrumentIOC:
                                   length=MAX_MESSAGE, group=g)
         self.time_remaining = self.ro(c + "TimeRemaining_RBV", "float", 0.0, "estimated time "
                                       "left in the acquisition", units="s", precision=2, group=g)
-        name = type(cam).__name__
-        model = getattr(cam, "model", None) or name
         for pv_name, value, doc in (
-                ("Manufacturer_RBV", "xinstrument" if "Sim" in name else
-                 str(getattr(cam, "manufacturer", "PCO")), "camera maker"),
-                ("Model_RBV", str(model), "camera model"),
-                ("SerialNumber_RBV", str(getattr(cam, "serial_number", "")), "serial number"),
-                ("FirmwareVersion_RBV", str(getattr(cam, "firmware_version", "")), "firmware"),
+                ("Manufacturer_RBV", cam["manufacturer"], "camera maker"),
+                ("Model_RBV", cam["model"], "camera model"),
+                ("SerialNumber_RBV", cam["serial_number"], "serial number"),
+                ("FirmwareVersion_RBV", cam["firmware_version"], "firmware"),
                 ("SDKVersion_RBV", "", "camera SDK version"),
                 ("DriverVersion_RBV", _version(), "xinstrument version"),
                 ("ADCoreVersion_RBV", AD_CORE_VERSION, ("areaDetector release whose PV "
                                                         "interface this IOC follows")),
                 ("PortName_RBV", CAM_PORT, "the driver's port, NDArrayPort of the plugins")):
             self.ro(c + pv_name, "string", value[:39], doc, group=g)
-        self.fixed(c + "Temperature", "float", float(getattr(cam, "temperature_setpoint_c",
-                                                             20.0) or 20.0),
+        self.fixed(c + "Temperature", "float", cam["temperature_setpoint_c"],
                    "sensor temperature setpoint (fixed by the camera's cooling)",
                    **kw(units="C", precision=1))
         self.cam_temp = self.ro(c + "TemperatureActual", "float", math.nan,
@@ -1334,7 +1319,7 @@ class InstrumentIOC:
     # --- scans ---------------------------------------------------------------------------------
     def _build_scans(self) -> None:
         inst = self.inst
-        lo, hi = (float(x) for x in inst.focus_axis.limits)
+        lo, hi = inst.soft_limits("focus")
         g = "Scans"
         self.focus_start = self.pv("SCAN:FocusStart", "enum", 0, "1: focus scan around the "
                                    "current Z; completes when it has finished",
@@ -1586,7 +1571,7 @@ class InstrumentIOC:
                         flats_every=int(self.tomo_flats_every.value),
                         restore=bool(self.tomo_restore.value), return_to_deg=centre,
                         geometry=geometry, out=out, title="tomosynthesis (EPICS)")
-        if self.inst.rotation_axis is None:
+        if not self.inst.has_rotation_stage:
             raise PlanError("this bench has no rotation stage: tomosynthesis needs one")
         m = self._axes["rotation"]
         plan.validate((m["dlo"], m["dhi"]))
@@ -1763,7 +1748,7 @@ class InstrumentIOC:
                     sp.set(v)
             self._follow_xray(on)
             code = tube["error_code"]
-            fault = getattr(self.inst.tube, "fault", None)   # the driver switched X-rays off
+            fault = self.inst.tube_fault   # the driver switched X-rays off
             if code:
                 self.error_rbv.set(int(code), MAJOR, "STATE")
                 self.error_text_rbv.set(f"{code}: {tube['error_text']}"[:MAX_MESSAGE - 1],
@@ -1780,7 +1765,7 @@ class InstrumentIOC:
                 with contextlib.suppress(Exception):
                     self._axis_readback(key)
                     m = self._axes[key]
-                    on_t = bool(m["axis"].on_target)
+                    on_t = self.inst.axis_on_target(key)
                     if m["dmov"].value != int(on_t):
                         m["dmov"].set(int(on_t))
                         m["movn"].set(int(not on_t))
@@ -1802,7 +1787,7 @@ class InstrumentIOC:
             self._xray_requested = False
             self.xray.set(0)
             self.shutter.set(0)
-            fault = getattr(self.inst.tube, "fault", None)
+            fault = self.inst.tube_fault
             why = f": {fault}" if fault is not None else " (trip, interlock or fault)"
             self._message(f"X-rays went off without a request{why}; TUBE:XrayOn is 0",
                           error=True)
