@@ -47,7 +47,7 @@ from .config import InstrumentConfig
 from .errors import InstrumentError, UserError
 from .restoration import registry
 from .scans.engine import Engine, PlanError, RunHandle
-from .scans.events import EngineEvents, Progress
+from .scans.events import EngineEvents
 
 log = logging.getLogger("xinstrument")
 

@@ -478,8 +478,10 @@ class CAServer:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        # one FIFO for every thread: an update set in the loop goes behind those that worker
+        # threads scheduled before it (a move's last readback before its DMOV 1)
         if running is loop:
-            self._queue.put_nowait(item)
+            loop.call_soon(self._queue.put_nowait, item)
         else:
             loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
@@ -487,6 +489,7 @@ class CAServer:
         """Wait until every update queued so far has reached the channels (a put's readback is
         in place before its completion goes to the client)."""
         if self._queue is not None:
+            await asyncio.sleep(0)       # updates scheduled so far are in the queue
             await self._queue.join()
         # ... and the monitor updates they caused are on the wire before the put's reply
         # (caproto queues them through two asyncio queues; the reply goes straight out)
