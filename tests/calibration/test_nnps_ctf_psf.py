@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from xinstrument.calibration.bench_psf import CASES, defect_changes
+from xinstrument.calibration.bench_psf import CASES, add_defects, defect_changes, halo_psf
 from xinstrument.calibration.ctf import (
     bar_contrast,
     coltman_mtf,
@@ -196,25 +196,9 @@ def test_coltman_warns_and_widens_on_a_sparse_chart() -> None:
     assert d.uncertainty.max() < r.uncertainty.max()
 
 
-def _halo_psf(n: int = 61, core_px: float = 1.5, halo_len_px: float = 6.0, halo_weight: float = 0.25):
-    """Gaussian core plus an exponential halo (scattered light in a thick screen)."""
-    y, x = np.mgrid[:n, :n] - (n - 1) / 2.0
-    halo = np.exp(-np.hypot(x, y) / halo_len_px)
-    return (1 - halo_weight) * gaussian_kernel(n, core_px) + halo_weight * halo / halo.sum()
-
-
-def _defects(img: np.ndarray, rng: np.random.Generator, n_hot: int = 60, n_dust: int = 12) -> np.ndarray:
-    """Hot pixels (2-10x the mean) and dust spots (radius 1.5-4 px, 30-70 % transmission)."""
-    out = img.copy()
-    m = img.shape[0]
-    rr, cc = rng.integers(0, m, (2, n_hot))
-    out[rr, cc] += rng.uniform(2, 10, n_hot) * img.mean()
-    yy, xx = np.mgrid[:m, :m]
-    dust = np.ones_like(out)
-    for _ in range(n_dust):
-        r, c = rng.integers(5, m - 5, 2)
-        dust[np.hypot(yy - r, xx - c) <= rng.uniform(1.5, 4.0)] *= rng.uniform(0.3, 0.7)
-    return out * ndimage.gaussian_filter(dust, 0.8)
+# the benchmark's known PSF and defects: the test and `bench metrology` measure the same thing
+_halo_psf = halo_psf
+_defects = add_defects
 
 
 @pytest.fixture(scope="module")

@@ -215,15 +215,22 @@ def test_continuous_acquisition_stops_on_acquire_0(ca, wait_for):
     ca.put("CAM:ImageMode", 0)
 
 
-def test_hdf_capture_writes_acquired_frames(ca, tmp_path, wait_for):
-    ca.put("HDF1:FilePath", str(tmp_path))
-    ca.put("HDF1:FileName", "capture")
+def _start_capture(ca, folder, name: str, n_capture: int, wait_for):
+    """HDF1 in Stream mode to ``folder/name.h5``; the returned Capture PV's put completes when
+    the capture has ended (NumCapture frames, 0: until Capture 0)."""
+    ca.put("HDF1:FilePath", str(folder))
+    ca.put("HDF1:FileName", name)
     ca.put("HDF1:FileTemplate", "%s%s.h5")
     ca.put("HDF1:FileWriteMode", "Stream")
-    ca.put("HDF1:NumCapture", 0)
+    ca.put("HDF1:NumCapture", n_capture)
     capture = ca.pv("HDF1:Capture")
-    capture.put(1, use_complete=True)         # completes when the capture has ended
-    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60), (ca.get("StatusMessage_RBV", as_string=True), ca.get("HDF1:WriteMessage", as_string=True), ca.get("CAM:Acquire_RBV"))
+    capture.put(1, use_complete=True)
+    assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60)
+    return capture
+
+
+def test_hdf_capture_writes_acquired_frames(ca, tmp_path, wait_for):
+    capture = _start_capture(ca, tmp_path, "capture", 0, wait_for)
     assert ca.get("HDF1:FullFileName_RBV", as_string=True) == str(tmp_path / "capture.h5")
     ca.put("CAM:ImageMode", 1)
     ca.put("CAM:NumImages", 2)
@@ -303,15 +310,8 @@ def test_a_corrected_restored_capture_passes_the_reader_checks(ca, tmp_path, wai
     ca.put("CAM:NumAverage", 2)
     ca.put("RESTORE:Method", "wiener")
     ca.put("RESTORE:Enable", 1)
-    ca.put("HDF1:FilePath", str(tmp_path))
-    ca.put("HDF1:FileName", "corrected")
-    ca.put("HDF1:FileTemplate", "%s%s.h5")
-    ca.put("HDF1:FileWriteMode", "Stream")
-    ca.put("HDF1:NumCapture", 2)
-    capture = ca.pv("HDF1:Capture")
     try:
-        capture.put(1, use_complete=True)     # completes after NumCapture frames
-        assert wait_for(lambda: ca.get("HDF1:Capture_RBV") == 1, 60), (ca.get("StatusMessage_RBV", as_string=True), ca.get("HDF1:WriteMessage", as_string=True), ca.get("CAM:Acquire_RBV"))
+        capture = _start_capture(ca, tmp_path, "corrected", 2, wait_for)
         ca.put("CAM:ImageMode", 1)
         ca.put("CAM:NumImages", 2)
         ca.put("CAM:Acquire", 1, timeout=120)

@@ -36,6 +36,18 @@ PSF_WINDOW_PX = 61  # paper 004 truncates to 60 x 60; odd so that the kernel has
 MTF_HR_FLOOR = 0.02  # below this the thin detector carries no usable signal; ratio is regularised
 
 
+def _interior_weights(shape, margin_px: int, weights=None) -> np.ndarray:
+    """1 inside ``margin_px`` of the border (the kernel's reach), times ``weights`` (a defect
+    mask); an error when nothing is left to fit."""
+    w = np.zeros(shape)
+    w[margin_px:shape[0] - margin_px, margin_px:shape[1] - margin_px] = 1.0
+    if weights is not None:
+        w = w * np.asarray(weights, dtype=float)
+    if not w.any():
+        raise ValueError("PSF extraction: no usable pixels left after masking defects")
+    return w
+
+
 def _odd_size(size: int, label: str) -> int:
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1 or size % 2 == 0:
         raise ValueError(f"{label} must be an odd positive integer (kernel with a centre pixel), got {size!r}")
@@ -175,12 +187,7 @@ def lsq_kernel(
     shape = a.shape
     h = size // 2
     margin = h if margin_px is None else int(margin_px)
-    w = np.zeros(shape)
-    w[margin:shape[0] - margin, margin:shape[1] - margin] = 1.0
-    if weights is not None:
-        w = w * np.asarray(weights, dtype=float)
-    if not w.any():
-        raise ValueError("PSF extraction: no usable pixels left after masking defects")
+    w = _interior_weights(shape, margin, weights)
     am = a - float(a.mean())
     fa = np.fft.rfft2(am)
     taps = np.ix_(np.arange(-h, h + 1) % shape[0], np.arange(-h, h + 1) % shape[1])
@@ -354,12 +361,7 @@ def richardson_lucy_kernel(
     a = thin - min(0.0, float(thin.min()))
     b = thick - min(0.0, float(thick.min()))
     shape = a.shape
-    m = np.zeros(shape)
-    m[margin_px : shape[0] - margin_px, margin_px : shape[1] - margin_px] = 1.0
-    if mask is not None:
-        m = m * np.asarray(mask, dtype=float)
-    if not m.any():
-        raise ValueError("PSF extraction: no usable pixels left after masking defects")
+    m = _interior_weights(shape, margin_px, mask)
     fa = np.fft.rfft2(a)
 
     def conv(fk: np.ndarray) -> np.ndarray:
