@@ -327,7 +327,8 @@ class Twin:
         k = self.config.oversample if sample_in else 1
         if k == 1:
             q, e_mean = self._quanta_maps(voltage_kv, spectral, sample_in, theta_deg)
-            otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode)
+            otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode,
+                                 theta_deg=theta_deg if sample_in else 0.0)
             return sfft.irfft2(sfft.rfft2(q * e_mean, workers=2) * otf, s=q.shape, workers=2)
         key = ("blur", round(voltage_kv, 2), spectral, which, round(float(theta_deg), 4),
                round(stage_um, 3), round(current_ua, 1), focus_mode)
@@ -335,7 +336,7 @@ class Twin:
             if key in self._cache:
                 return self._cache[key]
         q_f, e_f = self._quanta_maps(voltage_kv, spectral, True, theta_deg, k)
-        otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode, k)
+        otf = self._otf_grid(which, stage_um, voltage_kv, current_ua, focus_mode, k, theta_deg)
         fine = sfft.irfft2(sfft.rfft2(q_f * e_f, workers=2) * otf, s=q_f.shape, workers=2)
         out = _bin_sum(fine.astype(np.float32), k)
         with self._lock:
@@ -472,11 +473,15 @@ class Twin:
         return float(stages[i])
 
     def _otf_grid(self, which: str, stage_um: float, voltage_kv: float, current_ua: float,
-                  focus_mode: int, k: int = 1) -> np.ndarray:
+                  focus_mode: int, k: int = 1, theta_deg: float = 0.0) -> np.ndarray:
         """System OTF on the padded rfft2 grid (pixel aperture separable, the rest radial).
-        ``k`` > 1: the optics alone (no pixel aperture) on the k x finer grid."""
+        ``k`` > 1: the optics alone (no pixel aperture) on the k x finer grid. With the tube at
+        ``theta_deg`` the beam crosses the screen obliquely: each depth's light is offset along
+        x by its parallax (:func:`~.detector.oblique_parallax_shift_mm`), which makes the OTF
+        complex and anisotropic."""
+        theta_deg = round(float(theta_deg), 4)
         key = ("otf", which, round(stage_um, 3), round(voltage_kv, 2),
-               round(current_ua, 1), focus_mode, k)
+               round(current_ua, 1), focus_mode, k, theta_deg)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -488,18 +493,38 @@ class Twin:
         fr = np.hypot(fx, fy)
         # evaluate the radial part on a fine 1-D grid and interpolate (the depth integral is costly)
         f1 = np.linspace(0, fr.max() * 1.0001, 2048)
-        radial = self.mtf(f1, which, stage_um if self.config.kind == "lens" else None,
-                          voltage_kv, current_ua, focus_mode, include_pixel=False)
-        otf = np.interp(fr, f1, radial)
+        if theta_deg == 0.0:
+            radial = self.mtf(f1, which, stage_um if self.config.kind == "lens" else None,
+                              voltage_kv, current_ua, focus_mode, include_pixel=False)
+            otf = np.interp(fr, f1, radial).astype(np.float32)
+        else:
+            z, w, per_depth = self._depth_otfs(f1, which, stage_um, voltage_kv)
+            spot = self._spot_mtf(f1, voltage_kv, current_ua, focus_mode)
+            shift_mm = det.oblique_parallax_shift_mm(z, theta_deg)
+            otf = np.zeros(fr.shape, np.complex64)
+            for wj, rj, sj in zip(w, per_depth, shift_mm):
+                if wj > 0:
+                    ramp = np.exp(-2j * np.pi * fx * sj).astype(np.complex64)
+                    otf += np.float32(wj) * np.interp(fr, f1, rj * spot).astype(np.float32) * ramp
         if k == 1:
-            otf = otf * np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
-        otf = otf.astype(np.float32)
+            otf = otf * (np.sinc(fx * p_mm) * np.sinc(fy * p_mm)).astype(np.float32)
         with self._lock:
             if len([c for c in self._cache if c[0] == "otf"]) > 16 or k > 1:
-                for c in [c for c in self._cache if c[0] == "otf" and (c[-1] > 1 or k == 1)]:
+                for c in [c for c in self._cache if c[0] == "otf" and (c[6] > 1 or k == 1)]:
                     del self._cache[c]
             self._cache[key] = otf
         return otf
+
+    def _depth_otfs(self, f_cy_per_mm: np.ndarray, which: str, stage_um: float,
+                    voltage_kv: float):
+        """Depths (um), deposited-energy weights and each depth's screen (+optics) OTF
+        [n_depths, n_f] of screen ``which``; their weighted sum is the radial screen OTF of
+        :meth:`mtf` without the focal spot."""
+        cfg = self.config
+        z, w = self.depth_weights(voltage_kv, which)
+        if cfg.kind == "lens":
+            return z, w, det.lens_coupled_depth_otfs(f_cy_per_mm, cfg.lens, stage_um, z)
+        return z, w, det.contact_screen_depth_otfs(f_cy_per_mm, cfg.screen(which), z)
 
     def _fixed_pattern(self) -> None:
         s = self.config.sensor
@@ -534,7 +559,9 @@ class Twin:
             q, e_mean = self._camera_maps(st.voltage_kv, which, st.sample_in, st.theta_deg)
             dose = np.float32(st.current_ua * exposure_s)
             n = rng.poisson(q * dose).astype(np.float32)
-            otf = self._otf_grid(which, st.stage_um, st.voltage_kv, st.current_ua, st.focus_mode)
+            # the beam meets the screen at the tube angle, flats and sample frames alike
+            otf = self._otf_grid(which, st.stage_um, st.voltage_kv, st.current_ua, st.focus_mode,
+                                 theta_deg=st.theta_deg)
             if cfg.oversample > 1 and st.sample_in:
                 # mean image from the fine grid; the quantum fluctuations (zero mean) blurred on
                 # the camera grid, as in the direct path - the blur is linear, so the sum is the

@@ -116,26 +116,48 @@ def disc_otf(f_cy_per_mm: np.ndarray, diameter_mm: np.ndarray) -> np.ndarray:
 def lens_coupled_otf(f_cy_per_mm: np.ndarray, scint: Scintillator, lens: LensCoupling,
                      stage_um: float, depths_um: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Depth-integrated OTF of a lens-coupled screen (radial, at the scintillator plane)."""
+    return np.asarray(k, np.float64) @ lens_coupled_depth_otfs(f_cy_per_mm, lens, stage_um,
+                                                               depths_um)
+
+
+def lens_coupled_depth_otfs(f_cy_per_mm: np.ndarray, lens: LensCoupling, stage_um: float,
+                            depths_um: np.ndarray) -> np.ndarray:
+    """OTF of the light from each depth of a lens-coupled screen [n_depths, n_f] (radial):
+    the defocus disc of that depth (geometric, half-angle of the NA inside the crystal) times
+    the objective's diffraction OTF."""
     f = np.asarray(f_cy_per_mm, dtype=np.float64)
     z_f = lens.focal_depth_um(stage_um)
     sin_t = lens.numerical_aperture / lens.refractive_index
     tan_t = sin_t / np.sqrt(1 - sin_t ** 2)
-    otf = np.zeros_like(f)
-    for z, w in zip(depths_um, k):
-        diameter_mm = 2 * abs(z - z_f) * tan_t * 1e-3
-        otf += w * disc_otf(f, diameter_mm)
-    return otf * lens.diffraction_otf(f)
+    diffraction = lens.diffraction_otf(f)
+    return np.stack([disc_otf(f, 2 * abs(z - z_f) * tan_t * 1e-3) * diffraction
+                     for z in np.atleast_1d(depths_um)])
+
+
+def contact_screen_depth_otfs(f_cy_per_mm: np.ndarray, scint: Scintillator,
+                              depths_um: np.ndarray,
+                              spread_factor: float = GOS_LIGHT_SPREAD_FACTOR) -> np.ndarray:
+    """OTF of the light from each depth of a powder screen on a sensor [n_depths, n_f]."""
+    f = np.abs(np.asarray(f_cy_per_mm, dtype=np.float64))
+    return np.stack([np.exp(-2 * np.pi * f * (scint.thickness_um - z) * spread_factor * 1e-3)
+                     for z in np.atleast_1d(depths_um)])
+
+
+def oblique_parallax_shift_mm(depths_um: np.ndarray, tilt_deg: float) -> np.ndarray:
+    """Lateral offset (mm, along the tilt) of a quantum absorbed at each depth when the beam
+    enters the screen at ``tilt_deg`` from its normal: z tan(tilt), away from the source side,
+    the same sense in which a sample layer's projection moves with its height. X-rays are not
+    refracted at the screen, so the offset follows the ray's own angle (the depth blur of
+    oblique incidence; e.g. Mainprize et al., Med. Phys. 33 (2006) 3159 for indirect screens).
+    """
+    return -np.asarray(depths_um, np.float64) * np.tan(np.deg2rad(tilt_deg)) / 1000
 
 
 def contact_screen_otf(f_cy_per_mm: np.ndarray, scint: Scintillator, depths_um: np.ndarray,
                        k: np.ndarray, spread_factor: float = GOS_LIGHT_SPREAD_FACTOR) -> np.ndarray:
     """Depth-integrated OTF of a powder screen on a sensor at its exit face."""
-    f = np.asarray(f_cy_per_mm, dtype=np.float64)
-    otf = np.zeros_like(f)
-    for z, w in zip(depths_um, k):
-        h_mm = (scint.thickness_um - z) * spread_factor * 1e-3
-        otf += w * np.exp(-2 * np.pi * np.abs(f) * h_mm)
-    return otf
+    return np.asarray(k, np.float64) @ contact_screen_depth_otfs(f_cy_per_mm, scint, depths_um,
+                                                                 spread_factor)
 
 
 @dataclass(frozen=True)
