@@ -163,7 +163,28 @@ def test_train_task_sr_on_user_hr_images(tmp_path):
     assert Restorer(find_profile(str(prof.path)), "sr_x4", device="cpu").scale == 4
 
 
+def test_train_task_sr_on_training_families_records_them(tmp_path):
+    prof = _copy_profile(tmp_path)
+    assert main(["train", "--profile", str(prof.path), "--task", "sr", "--factor", "2",
+                 "--hr-families", "fibres,powders", *TINY]) == 0
+    rec = json.loads((prof.path / "weights" / "sr_x2.json").read_text())
+    assert rec["hr_families"] == ["fibres", "powders"]
+    assert "families fibres, powders" in rec["hr_source"]
+
+
+def test_sr_hr_source_draws_only_the_named_training_families():
+    from xinstrument.sim.hr_source import twin_hr_source
+    src = twin_hr_source(2, "lens-yag", families=("fibres",))
+    a, b = src(np.random.default_rng(1), 2, 32), src(np.random.default_rng(1), 2, 32)
+    assert a.shape == (2, 32, 32) and np.array_equal(a, b)      # seeded
+    assert np.ptp(a[0]) > 0.01                                   # structure, not a flat field
+    with pytest.raises(ValueError, match="held-out families"):
+        twin_hr_source(2, "lens-yag", families=("fibres", "foam"))
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--factor", "2", "--hr-families", "pcb,siemens_star"], "held-out families ['siemens_star']"),
+    (["--factor", "2", "--hr-families", "pcb,wood"], "unknown sample family 'wood'"),
     (["--factor", "3"], "SR factor must be one of (2, 4), got 3"),
     ([], "--task sr needs --factor"),
     (["--factor", "2", "--method", "unet"], "does not fit --task sr"),

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,13 +242,14 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
                      pool_images: int = 64, pool_px: int = 192, val_patches: int = 16,
                      blur: str = "gaussian", downsample: str = "bicubic",
                      device: str | None = None, threads: int | None = None,
-                     progress=None) -> dict:
+                     hr_families: Sequence[str] | None = None, progress=None) -> dict:
     """Train the ``sr_x<factor>`` network of ``profile`` and save weights + a record.
 
     HR images: noise-free twin ground truth on a ``factor`` x finer grid (a pool of
     ``pool_images`` renderings of ``pool_px`` fine pixels from ``seed``), or the user's
-    ``hr_images`` (.npy, on the fine grid: ``factor`` x smaller pixels than the detector).
-    Validation: twin images from another seed. LR inputs come from the profile's calibrated
+    ``hr_images`` (.npy, on the fine grid: ``factor`` x smaller pixels than the detector), or
+    twin images of the named training sample families (``hr_families``; held-out ones refused).
+    Validation: twin images from another seed (of the same families). LR inputs come from the profile's calibrated
     degradation (``esf_sigma_um`` or, with ``blur="mtf_ratio"``, ``mtf_ratio``; ``noise_sigma``). The profile is re-read just before saving,
     so weights written meanwhile by other trainings are kept.
     """
@@ -274,9 +276,18 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
     if patch % factor:
         raise UserError(f"--patch {patch} px must be a multiple of the SR factor {factor}")
     bench_kw = bench_kw_for_profile(profile, bench)
+    if hr_families is not None:
+        from xinstrument.sim.families import check_training_families
+        if hr_images is not None:
+            raise UserError("give --hr-images or --hr-families, not both")
+        try:
+            hr_families = check_training_families(hr_families)
+        except ValueError as exc:
+            raise UserError(f"--hr-families: {exc}") from None
     if threads is not None:
         torch.set_num_threads(threads)
     cpu0 = time.process_time()
+    twin_source = twin_hr_source(factor, bench, bench_kw=bench_kw, families=hr_families)
     if hr_images is not None:
         hr = _load_hr_images(Path(hr_images), factor)
         if min(hr.shape[1:]) < patch:
@@ -285,13 +296,12 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         train_src = crop_source(hr)
         hr_desc = f"user HR images {hr_images} ({hr.shape[0]} x {hr.shape[1]} x {hr.shape[2]})"
     else:
-        train_src = pooled_source(twin_hr_source(factor, bench, bench_kw=bench_kw), pool_images,
-                                  pool_px, seed)
-        hr_desc = (f"twin fine-grid ground truth ({bench} {bench_kw}), pool {pool_images} x "
-                   f"{pool_px} px")
+        train_src = pooled_source(twin_source, pool_images, pool_px, seed)
+        hr_desc = (f"twin fine-grid ground truth ({bench} {bench_kw}"
+                   + (f", families {', '.join(hr_families)}" if hr_families else "")
+                   + f"), pool {pool_images} x {pool_px} px")
     # validation: twin images from seeds the training pool does not use
-    val_src = pooled_source(twin_hr_source(factor, bench, bench_kw=bench_kw),
-                            max(4, pool_images // 8), pool_px, seed + 10_000)
+    val_src = pooled_source(twin_source, max(4, pool_images // 8), pool_px, seed + 10_000)
     try:
         res = train_sr(profile, factor, train_src, steps, seed, patch=patch, batch=batch, lr=lr,
                        channels=channels, layers=layers, device=device, val_source=val_src,
@@ -305,7 +315,8 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         "method": method, "profile": profile.name, "factor": factor, "bench": bench,
         "steps": steps, "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
         "optimizer": "AdamW", "loss": "L1", "channels": channels, "layers": layers,
-        "hr_source": hr_desc, "bench_kw": bench_kw, "blur": blur, "downsample": downsample,
+        "hr_source": hr_desc, "hr_families": list(hr_families) if hr_families else None,
+        "bench_kw": bench_kw, "blur": blur, "downsample": downsample,
         "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
         "noise_sigma": res.degradation.noise_sigma,
         "parameters": int(sum(x.numel() for x in res.model.parameters())),
@@ -331,8 +342,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.method is None:
         raise UserError("--method is required for --task restore (the learned restoration "
                         "method to train)")
-    if a.factor is not None or a.hr_images is not None:
-        raise UserError("--factor and --hr-images belong to --task sr")
+    if a.factor is not None or a.hr_images is not None or a.hr_families is not None:
+        raise UserError("--factor, --hr-images and --hr-families belong to --task sr")
 
     def progress(report: dict) -> None:
         if "epoch" in report:
@@ -368,13 +379,20 @@ def _cmd_train_sr(a: argparse.Namespace, profile: Any, t0: float) -> int:
                            hr_images=a.hr_images, patch=a.patch, batch=a.batch, lr=a.lr,
                            channels=a.channels, layers=a.layers, pool_images=a.pool_images,
                            pool_px=a.pool_px, blur=a.blur, downsample=a.downsample,
-                           device=a.device,
-                           threads=a.threads, progress=progress)
+                           device=a.device, threads=a.threads,
+                           hr_families=a.hr_families, progress=progress)
     print(f"trained sr_x{a.factor} for {profile.name}: {a.steps} steps, val PSNR "
           f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f} (bicubic "
           f"{rec['val_bicubic_psnr_db']:.2f} dB / {rec['val_bicubic_ssim']:.4f}), "
           f"{rec['wall_s']:.0f} s; weights in {profile.path / 'weights'}")
     return 0
+
+
+def _family_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one sample family")
+    return names
 
 
 def register(sub) -> None:
@@ -418,6 +436,9 @@ def register(sub) -> None:
                    help="super-resolution factor, 2 or 4 (--task sr)")
     p.add_argument("--hr-images", type=Path, default=None,
                    help="--task sr: .npy (N, H, W) HR images on the fine grid instead of the twin")
+    p.add_argument("--hr-families", type=_family_list, default=None, metavar="F1,F2,...",
+                   help="--task sr: twin HR images of these training sample families (comma "
+                   "separated; held-out families are refused) instead of the default samples")
     p.add_argument("--channels", type=_positive_int, default=32, help="SR network width")
     p.add_argument("--layers", type=_positive_int, default=8, help="SR network 3x3 conv layers")
     p.add_argument("--blur", choices=["gaussian", "mtf_ratio"], default="gaussian",
