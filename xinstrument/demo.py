@@ -2,8 +2,9 @@
 
 Warm up the tube, take darks and flats, run a coarse-then-fine focus scan (lens-coupled bench),
 acquire averaged frames of a PCB through the thick scintillator, correct them, restore them with
-the best method the profile offers, write everything to an HDF5 file (NXtomo + Data Exchange) with
-a PNG figure beside it, and print a summary scored against the twin's ground truth.
+the best method the profile offers and its fidelity policy accepts, write everything to an HDF5
+file (NXtomo + Data Exchange) with a PNG figure beside it, and print a summary scored against the
+twin's ground truth.
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from .progress import ProgressBar
 from .scans import PlanError
 from .scans.plans import acquisition_layout
 
-# Preference order of restoration methods for the demo, from `xinstrument bench restoration` on
-# the held-out twin set (sim-yag200-5x SSIM: unet 0.961, wiener 0.937, sde 0.943, cold 0.943;
-# sim-gos134: unet 0.929, wiener 0.919): the U-Net when the profile ships its weights, else Wiener,
-# which every profile with a noise model supports.
-METHOD_PREFERENCE = ("unet", "wiener", "inverse")
+# Preference order of restoration methods for the demo, from `xinstrument bench restoration
+# --families` (README, held-out sample families, SSIM): plug-and-play first (best on 3 of the 4
+# held-out families of sim-yag200-5x and sim-gos134, 0.749-0.948), then the PCB-trained U-Net
+# and Wiener (0.748-0.972), then the inverse. The demo takes the first one the profile can run
+# and its fidelity policy accepts (a method it does not accept would be replaced on every frame);
+# on a profile without the acceptance calibration, the first one it can run (the report then
+# says the policy is not calibrated).
+METHOD_PREFERENCE = ("pnp_hqs", "unet", "wiener", "inverse")
 
 
 @dataclass
@@ -43,9 +47,36 @@ class DemoResult:
     psnr_restored: float
     frames_per_s: float
     restore_frames_per_s: float
-    fidelity: dict | None = None     # the last frame's fidelity summary (FidelityResult.summary)
+    fidelity: dict | None = None     # the last frame's fidelity summary (FidelityReport.summary)
     fidelity_message: str = ""
-    fell_back: int = 0               # frames the guard re-restored with the classical method
+    fell_back: int = 0               # frames the policy re-restored with its fallback
+    flagged: int = 0                 # frames the policy flagged (kept, or a fallback that fails)
+    fallback_method: str | None = None   # the policy's fallback (None: failing frames are kept)
+    fallback_why: str = ""           # why that fallback (or none)
+    method_why: str = ""             # why this method (the policy's acceptance of it)
+
+    def fidelity_lines(self) -> list[str]:
+        """The summary's fidelity lines: the policy on the method, what it did to the frames,
+        and the last frame's report."""
+        f = self.fidelity
+        if f is None:
+            return []
+        out = [f"  fidelity policy  {self.method}: {self.method_why}"]
+        fb = self.fallback_method or "none"
+        out.append(f"  fallback         {fb} ({self.fallback_why})")
+        verdict = {1: "consistent", 0: "NOT consistent", -1: "not normalised"}[f["consistent"]]
+        judged = f.get("method") or self.method
+        out.append(f"  fidelity guard   {judged}: {verdict}: reduced chi2 {f['reduced_chi2']:.3f} "
+                   f"against the noise, {100 * f['flagged_fraction']:.1f} % of tiles flagged "
+                   f"(last frame); {self.fell_back} of {self.n_frames} frames re-restored with "
+                   f"{fb}, {self.flagged} of {self.n_frames} flagged")
+        if "undetermined_fraction" in f:
+            out.append(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles "
+                       f"undetermined by the data (error band above what the data confirm, or "
+                       f"restored detail where transfer x SNR < 1), uncertainty "
+                       f"+-{f['uncertainty_mean']:.3g} (coverage {100 * f['coverage']:.0f} %); "
+                       f"action: {f['action']}")
+        return out
 
 
 @dataclass(kw_only=True)
@@ -141,16 +172,20 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
     inst = Instrument(cfg)
     prof = inst.load_profile()     # before any hardware: a broken profile stops us early
     methods = available_methods(prof)
-    if method is None:
-        method = next(m for m in METHOD_PREFERENCE if m in methods)
-    if method.startswith("sr_x"):
+    if method is not None and method.startswith("sr_x"):
         raise UserError(f"--method {method}: the demo scores restorations on the camera grid; "
                         "measure super-resolution with `xinstrument bench sr`")
-    inst.set_restoration(method)
-    # every restored frame is checked against its measurement; a frame that disagrees is
-    # re-restored with Wiener and says so in the file
-    inst.set_fidelity_policy(True, fallback_method="wiener" if "wiener" in methods else None)
+    # every restored frame is checked against its measurement; a frame that disagrees, or whose
+    # method the profile's policy does not accept, is restored again with the classical method
+    # the policy accepts with the best calibration figures (none: kept and flagged), and the
+    # file says so
+    inst.set_fidelity_policy(True, fallback_method="auto")
     guard = inst.fidelity_guard
+    if method is None:
+        ranked = [m for m in METHOD_PREFERENCE if m in methods]
+        method = next((m for m in ranked if guard.accepts(m)[0]), ranked[0])
+    method_why = guard.accepts(method)[1] or f"{method} accepted"
+    inst.set_restoration(method)
     with inst:
         twin = inst.twin
         kv, ua = twin.fixed_state.voltage_kv, twin.fixed_state.current_ua
@@ -217,6 +252,7 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
         corrected = [f.data for f in frames]
         restored = [f.restored for f in frames]
         fell_back = sum(int(bool(getattr(f.fidelity, "fell_back", False))) for f in frames)
+        flagged = sum(int(getattr(f.fidelity, "action", "") == "flag") for f in frames)
         fid = frames[-1].fidelity
         inst.xray_off()
 
@@ -230,7 +266,9 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
                         n_frames / restore_s if restore_s > 0 else float("inf"),
                         fidelity=fid.summary() if fid is not None else None,
                         fidelity_message=fid.message if fid is not None else "",
-                        fell_back=fell_back)
+                        fell_back=fell_back, flagged=flagged,
+                        fallback_method=inst.fidelity_fallback,
+                        fallback_why=inst.fidelity_fallback_reason, method_why=method_why)
     _figure(png_path, inp, res, gt, map_in, map_out, result)
     return result
 

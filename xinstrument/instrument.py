@@ -879,21 +879,31 @@ class Instrument:
         return self.profile
 
     def set_fidelity_policy(self, enabled: bool, max_reduced_chi2: float | None = None,
-                            fallback_method: str | None = "wiener", *, tile_px: int = 32,
+                            fallback_method: str | None = "auto", *, tile_px: int = 32,
                             false_alarm_rate: float = 1e-3, dose_ratio: float | None = None,
                             flat_frames_averaged: int | None = None,
                             nnps_lr: np.ndarray | None = None) -> None:
-        """Check every frame restored by ``acquire(restore=True)`` against its measurement
-        (:class:`~xinstrument.restoration.fidelity.FidelityGuard`); the result goes to
-        ``AveragedFrame.fidelity``.
+        """Check every frame restored by ``acquire(restore=True)`` and by the stream against its
+        measurement; the report (:class:`~xinstrument.restoration.fidelity_report.FidelityReport`)
+        goes to ``frame.fidelity``.
 
-        A frame falls back to ``fallback_method`` (None: never) when the guard finds it
-        inconsistent (``result.consistent`` False: at most ``false_alarm_rate`` of consistent
-        frames are), or its reduced chi-square exceeds ``max_reduced_chi2`` (if given); ``restoration_method`` then names the fallback and the
-        result carries ``fell_back=True`` and the reason. ``dose_ratio``: quanta per pixel of the
-        flat over the profile's ``nnps_mean_signal``; None takes it from the digital twin on the
-        simulated bench, otherwise the guard reports unnormalised residuals and never falls back.
-        ``flat_frames_averaged``: frames in the flat reference (its noise enters the check).
+        A frame falls back when the check finds it inconsistent (at most ``false_alarm_rate``
+        of consistent frames are), its reduced chi-square exceeds ``max_reduced_chi2`` (if
+        given), or the profile's calibrated policy does not accept its method: the measurement
+        is restored again with the fallback, whose restoration gets its own report (``fell_back``
+        True, ``replaced`` the report of the restoration it replaced, ``fallback_reason`` why).
+
+        ``fallback_method``: "auto" takes the classical method the profile's policy accepts
+        with the best calibration figures (:meth:`FidelityReporter.choose_fallback`); a method
+        name must be classical and accepted by the policy (else a UserError naming the method,
+        the profile and the reason); None never falls back. Without an accepted fallback a
+        failing frame is kept and flagged, with the reason. A profile without the acceptance
+        calibration accepts nothing: its frames are flagged and never fall back.
+
+        ``dose_ratio``: quanta per pixel of the flat over the profile's ``nnps_mean_signal``;
+        None takes it from the digital twin on the simulated bench, otherwise the guard reports
+        unnormalised residuals and never falls back. ``flat_frames_averaged``: frames in the
+        flat reference (its noise enters the check).
         """
         if not enabled:
             self._fidelity = None
@@ -903,57 +913,118 @@ class Instrument:
         from .restoration.fidelity_report import FidelityReporter
         if self.profile is None:
             self.load_profile()
-        if fallback_method is not None and fallback_method not in CLASSICAL_METHODS:
+        if fallback_method is not None and fallback_method != "auto" \
+                and fallback_method not in CLASSICAL_METHODS:
             raise UserError(f"fallback method must be classical ({', '.join(CLASSICAL_METHODS)}), "
-                            f"got {fallback_method!r}")
+                            f"'auto' or None, got {fallback_method!r}")
         if max_reduced_chi2 is not None and not (np.isfinite(max_reduced_chi2)
                                                  and max_reduced_chi2 > 0):
             raise UserError(f"max_reduced_chi2 must be a positive number or None, got {max_reduced_chi2!r}")
         # the fidelity report: consistency and null-space uncertainty maps, verdict, action
         guard = FidelityReporter(self.profile, tile_px, false_alarm_rate, nnps_lr=nnps_lr,
                                  device=self.config.restoration.device)
+        runnable = [m for m in CLASSICAL_METHODS if registry.get(m).available_with(self.profile)]
+        name = self.profile.name
+        if fallback_method == "auto":
+            fallback, why = guard.choose_fallback(runnable)
+        elif fallback_method is not None:
+            if fallback_method not in runnable:
+                raise UserError(f"fallback method {fallback_method!r} cannot run with profile "
+                                f"{name}; it can run: {', '.join(runnable) or 'none'}")
+            ok, reason = guard.accepts(fallback_method)
+            if ok is not True:
+                best, _ = guard.choose_fallback(runnable)
+                said = ("is not calibrated, so it accepts no fallback" if ok is None
+                        else "does not accept it")
+                raise UserError(
+                    f"fallback method {fallback_method!r} refused: the fidelity policy of "
+                    f"profile {name} {said} ({reason}); "
+                    + (f"the classical method it accepts with the best figures is {best!r} "
+                       "(fallback_method='auto' takes it)" if best else
+                       "fallback_method=None keeps failing frames and flags them"))
+            fallback, why = fallback_method, reason
+        else:
+            fallback, why = None, "no fallback configured"
         self._fidelity = {"guard": guard, "max_reduced_chi2": max_reduced_chi2,
-                          "fallback_method": fallback_method, "dose_ratio": dose_ratio,
-                          "flat_frames_averaged": flat_frames_averaged}
+                          "fallback_method": fallback, "fallback_why": why,
+                          "dose_ratio": dose_ratio, "flat_frames_averaged": flat_frames_averaged}
         self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
-                  f"max reduced chi2 {max_reduced_chi2}, fallback {fallback_method})")
+                  f"max reduced chi2 {max_reduced_chi2}, fallback "
+                  f"{fallback or 'none'}: {why})")
 
     @property
     def fidelity_guard(self):
         """The FidelityReporter of the current policy, or None when the guard is off."""
         return None if self._fidelity is None else self._fidelity["guard"]
 
+    @property
+    def fidelity_fallback(self) -> str | None:
+        """The fallback method of the current policy (None: failing frames are kept, flagged)."""
+        return None if self._fidelity is None else self._fidelity["fallback_method"]
+
+    @property
+    def fidelity_fallback_reason(self) -> str:
+        """Why the current policy has that fallback (or none); "" when the guard is off."""
+        return "" if self._fidelity is None else self._fidelity["fallback_why"]
+
+    def frame_dose_ratio(self, exposure_s: float, voltage_kv: float | None = None,
+                         current_ua: float | None = None) -> float | None:
+        """Detected quanta per pixel of one exposure's flat over the profile's
+        ``nnps_mean_signal`` at these settings: the fidelity policy's ``dose_ratio`` when one
+        was given, else the digital twin's on the simulated bench (the tube's present settings
+        where none are given), else None (unknown)."""
+        pol = self._fidelity
+        if pol is not None and pol["dose_ratio"] is not None:
+            return float(pol["dose_ratio"])
+        mean_signal = getattr(self.profile, "nnps_mean_signal", None)
+        if self.twin is None or mean_signal is None or not (
+                exposure_s is not None and np.isfinite(exposure_s) and exposure_s > 0):
+            return None
+        st = self._world_state()
+        kv = st.voltage_kv if voltage_kv is None else voltage_kv
+        ua = st.current_ua if current_ua is None else current_ua
+        if not (np.isfinite(kv) and np.isfinite(ua)):
+            return None
+        # simulated bench: detected quanta per pixel of the flat at this frame's settings
+        st = dataclasses.replace(st, sample_in=False, xray_on=True, current_ua=ua, voltage_kv=kv)
+        quanta = self.twin.expected_quanta("thick", st, exposure_s)
+        return float(quanta.mean()) / float(mean_signal)
+
+    def restore_frame(self, frame: np.ndarray, method: str | None = None, *,
+                      frames_averaged: int = 1, dose_ratio: float | None = None) -> np.ndarray:
+        """Restore a measured frame with its noise: methods whose noise model takes the dose
+        (:data:`DOSE_METHODS`) get ``dose_ratio`` (one exposure's; None: the profile's
+        calibration dose) times ``frames_averaged`` (averaging N frames divides the noise
+        variance by N). The fidelity policy's calibration restored its frames this way."""
+        r = self.restorer(method)
+        return _restore_with_dose(r, frame, frames_averaged, dose_ratio)
+
     def check_fidelity(self, measured: np.ndarray, restored: np.ndarray, method: str, *,
                        frames_averaged: int, exposure_s: float, voltage_kv: float,
                        current_ua: float):
-        """Run the fidelity policy on one restored frame: returns ``(restored, method, result)``,
-        with the fallback restoration and its method when the frame failed the check."""
+        """Run the fidelity policy on one restored frame: returns ``(restored, method, report)``,
+        with the fallback's restoration, its method and its report when the frame failed."""
         from .restoration.fidelity import forward_model_for
         pol = self._fidelity
         if pol is None:
             raise InstrumentError("the fidelity guard is off: call set_fidelity_policy first")
-        dose = pol["dose_ratio"]
-        mean_signal = getattr(self.profile, "nnps_mean_signal", None)
-        if dose is None and self.twin is not None and mean_signal is not None \
-                and np.isfinite(voltage_kv) and np.isfinite(current_ua):
-            # simulated bench: detected quanta per pixel of the flat at this frame's settings
-            import dataclasses
-            st = dataclasses.replace(self._world_state(), sample_in=False, xray_on=True,
-                                     current_ua=current_ua, voltage_kv=voltage_kv)
-            quanta = self.twin.expected_quanta("thick", st, exposure_s)
-            dose = float(quanta.mean()) / float(mean_signal)
-        result = pol["guard"].check(measured, restored, dose_ratio=dose,
-                                    frames_averaged=int(frames_averaged),
-                                    flat_frames_averaged=(pol["flat_frames_averaged"]
-                                                          or self.flat_frames_averaged),
-                                    forward=forward_model_for(method), method=method)
+        dose = self.frame_dose_ratio(exposure_s, voltage_kv, current_ua)
+        guard = pol["guard"]
+        flat_n = pol["flat_frames_averaged"] or self.flat_frames_averaged
+
+        def check(x, m):
+            return guard.check(measured, x, dose_ratio=dose, frames_averaged=int(frames_averaged),
+                               flat_frames_averaged=flat_n, forward=forward_model_for(m),
+                               method=m)
+
+        result = check(restored, method)
         reasons = []
         if result.normalised and not result.consistent:
             reasons.append(f"{int(result.flagged.sum())} of "
                            f"{int(np.isfinite(result.tile_chi2).sum())} tiles flagged, "
                            f"{int(result.strong_tiles.sum())} beyond the frame-wise threshold "
                            f"(false-alarm rate {result.expected_false_alarm_rate:g} per frame)")
-        if result.normalised and getattr(result, "method_accepted", True) is False:
+        if result.normalised and result.method_accepted is False:
             # the policy does not accept this method with this profile (FidelityReporter.accepts)
             reasons.append(result.acceptance)
         limit = pol["max_reduced_chi2"]
@@ -963,17 +1034,29 @@ class Instrument:
         if reasons:
             text = f"{method} restoration disagrees with the measurement: " + "; ".join(reasons)
             if fallback is not None and fallback != method:
-                result.fell_back = True
-                restored = self.restore(measured, fallback)
+                out = self.restore_frame(measured, fallback, frames_averaged=int(frames_averaged),
+                                         dose_ratio=dose)
+                label = fallback
                 if result.scale > 1:
                     # keep the super-resolved grid: the fallback, bicubic-interpolated onto it
                     from .restoration.superres import bicubic_upsample
-                    restored = bicubic_upsample(restored, result.scale)
-                    fallback = f"{fallback}+bicubic_x{result.scale}"
-                result.fallback_reason = f"{text}; restored with {fallback} instead"
-                method = fallback
+                    out = bicubic_upsample(out, result.scale)
+                    label = f"{fallback}+bicubic_x{result.scale}"
+                # the delivered frame is the fallback's: its report is the frame's report
+                replaced, result = result, check(out, fallback)
+                result.fell_back, result.replaced = True, replaced
+                result.fallback_reason = f"{text}; restored with {label} instead"
+                restored, method = out, label
                 text = result.fallback_reason
+                if result.action != "fall back":
+                    text += f"; the fallback's restoration is flagged too: {result.message}"
+            else:
+                result.kept_reason = (f"kept and flagged: no accepted fallback "
+                                      f"({pol['fallback_why']})")
+                text += f"; {result.kept_reason}"
             self._log(f"fidelity guard: {text}", logging.WARNING)
+        elif result.normalised and result.method_accepted is None:
+            self._log(f"fidelity guard: {method}: {result.policy_text}", logging.WARNING)
         return restored, method, result
 
     def set_restoration(self, method: str, steps: int | None = None,
@@ -1128,9 +1211,41 @@ class _RestoreFn:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         r = self._current()
-        out = r.restore(frame)
+        inst = self._inst
+        # the frame's noise: frames averaged by the running acquisition, one exposure's dose
+        pipe = getattr(inst.engine, "_pipeline", None)
+        n = int(getattr(pipe, "n_average", 1) or 1)
+        dose = None
+        if r.method in DOSE_METHODS:
+            with contextlib.suppress(Exception):      # unknown: the calibration dose
+                dose = inst.frame_dose_ratio(float(inst.camera.exposure_s))
+        out = _restore_with_dose(r, frame, n, dose)
         self.method = r.method      # read by the pipeline right after this call, same thread
         return out
+
+
+# Restorers whose noise model takes the frame's dose (``dose_ratio=`` of classical.wiener,
+# pnp.pnp_restore, dc_diffusion.dc_diffusion_restore); the fidelity calibration restores its
+# frames with their dose times the frames averaged (bench_fidelity.restore_all).
+DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion")
+
+
+def _restore_with_dose(restorer, frame: np.ndarray, frames_averaged: int,
+                       dose_ratio: float | None) -> np.ndarray:
+    """``restorer.restore(frame)`` with the noise of a frame of ``frames_averaged`` exposures at
+    ``dose_ratio`` each (None: the profile's calibration dose, 1). Without it an average of N
+    frames was restored as if it held one exposure's noise: N times too much regularisation
+    (measured on the simulated bench, PCB, 8 frames averaged: plug-and-play flagged on 41 % of
+    tiles, none with the frame's dose)."""
+    if restorer.method not in DOSE_METHODS:
+        return restorer.restore(frame)
+    effective = (1.0 if dose_ratio is None else float(dose_ratio)) * max(1, int(frames_averaged))
+    saved = restorer.options
+    restorer.options = {**saved, "dose_ratio": effective}
+    try:
+        return restorer.restore(frame)
+    finally:
+        restorer.options = saved
 
 
 def _check_processed(inst: Instrument, item) -> None:

@@ -239,7 +239,17 @@ def _instrument(profile, lr, hr):
     inst.restoration_method = "sr3"
     inst.restoration_device = "cpu"
     inst._restorers[_key(inst, "sr3")] = _Inventing(hr)
+    _calibrate(profile)
     return inst
+
+
+def _calibrate(profile, **unseen):
+    """The stand-in's acceptance calibration: every method as consistent as the forward model
+    (tolerance 0), with ``unseen`` (method=share) flagged on an unseen family (default 0)."""
+    methods = ("sr3", "sr_x2", "wiener", "inverse", "richardson_lucy")
+    profile.fidelity_tolerance = {"forward_model": 0.0, **{m: 0.0 for m in methods}}
+    profile.fidelity_uncertainty = {f"{m}_unseen_false_alarm": float(unseen.get(m, 0.0))
+                                    for m in methods}
 
 
 def _key(inst, method):
@@ -254,15 +264,22 @@ def test_policy_falls_back_to_classical_when_the_restoration_invents(profile):
                              dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
     assert fr.restoration_method == "wiener"
-    assert fr.fidelity.fell_back and fr.fidelity.method == "sr3"
-    assert "restored with wiener" in fr.fidelity.fallback_reason
-    assert fr.fidelity.flagged[4, 4]
+    # the frame's report judges the restoration delivered (the fallback's), and carries the
+    # report of the one it replaced
+    rep = fr.fidelity
+    assert rep.fell_back and rep.method == "wiener" and rep.replaced.method == "sr3"
+    assert rep.verdict == "consistent" and rep.method_accepted and rep.action == "fall back"
+    assert "restored with wiener" in rep.fallback_reason
+    assert rep.replaced.flagged[4, 4] and not rep.flagged.any()
+    assert rep.summary()["replaced_method"] == "sr3"
     np.testing.assert_allclose(fr.restored, inst.restore(fr.data, "wiener"), atol=1e-6)
 
     inst.set_fidelity_policy(True, fallback_method=None, tile_px=16, dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
     assert fr.restoration_method == "sr3" and not fr.fidelity.fell_back
-    assert fr.fidelity.consistent is False
+    assert fr.fidelity.consistent is False and fr.fidelity.action == "flag"
+    assert "kept and flagged: no accepted fallback (no fallback configured)" in \
+        fr.fidelity.message
 
     inst.set_fidelity_policy(False)
     assert inst.acquire(1, restore=True).fidelity is None
@@ -378,7 +395,8 @@ def test_policy_falls_back_on_the_super_resolved_grid(profile):
     assert fr.fidelity.scale == 2 and fr.fidelity.fell_back
     assert fr.restoration_method == "wiener+bicubic_x2"
     assert fr.restored.shape == (2 * lr[0].shape[0], 2 * lr[0].shape[1])
-    assert fr.fidelity.flagged[64 // 16, 64 // 16]
+    assert fr.fidelity.replaced.flagged[64 // 16, 64 // 16]
+    assert fr.fidelity.replaced.scale == 2 and fr.fidelity.method == "wiener"
 
 
 def test_photon_starved_frames_are_not_normalised(profile):
@@ -396,15 +414,97 @@ def test_policy_falls_back_for_a_method_it_does_not_accept(profile):
     inst = _instrument(profile, lr[0], hr[0])
     inst._restorers[_key(inst, "sr3")].restore = lambda frame: hr[0]      # consistent frames
     # the profile's calibration: sr3 needed a tolerance beyond the forward model's
-    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 2.0}
-    profile.fidelity_uncertainty = {"sr3_unseen_false_alarm": 0.0}
+    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 2.0, "wiener": 0.1}
+    profile.fidelity_uncertainty = {"sr3_unseen_false_alarm": 0.0,
+                                    "wiener_unseen_false_alarm": 0.0}
     inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
-    assert fr.fidelity.verdict == "consistent" and not fr.fidelity.method_accepted
+    replaced = fr.fidelity.replaced
+    assert replaced.verdict == "consistent" and replaced.method_accepted is False
     assert fr.restoration_method == "wiener" and fr.fidelity.fell_back
+    assert fr.fidelity.method_accepted is True and fr.fidelity.action == "fall back"
     assert "not accepted" in fr.fidelity.fallback_reason
     # accepted once its figures say so
-    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 0.05}
+    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 0.05, "wiener": 0.1}
     inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
     fr = inst.acquire(1, restore=True)
     assert fr.restoration_method == "sr3" and fr.fidelity.action == "accept"
+
+
+def test_a_fallback_the_policy_does_not_accept_is_refused(profile):
+    from xinstrument.errors import UserError
+
+    hr, lr = _pairs(profile, 1, seed=15)
+    inst = _instrument(profile, lr[0], hr[0])
+    # Wiener consistent on the training families only with a tolerance beyond the model's
+    profile.fidelity_tolerance = {"forward_model": 0.1, "sr3": 0.05, "wiener": 3.3,
+                                  "inverse": 0.05}
+    profile.fidelity_uncertainty = {"sr3_unseen_false_alarm": 0.0,
+                                    "wiener_unseen_false_alarm": 0.0,
+                                    "inverse_unseen_false_alarm": 0.0}
+    with pytest.raises(UserError) as exc:
+        inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    text = str(exc.value)
+    assert "'wiener' refused" in text and "profile stand-in" in text
+    assert "tolerance 3.3 against the model's 0.1" in text and "'inverse'" in text
+    assert inst.fidelity_guard is None                      # the policy was not set
+    # "auto" takes the accepted classical method (richardson_lucy has no figures: refused)
+    inst.set_fidelity_policy(True, fallback_method="auto", tile_px=16, dose_ratio=1.0)
+    assert inst.fidelity_fallback == "inverse"
+    fr = inst.acquire(1, restore=True)                      # sr3 invents a via
+    assert fr.restoration_method == "inverse" and fr.fidelity.fell_back
+    assert fr.fidelity.method == "inverse" and fr.fidelity.method_accepted is True
+    assert "restored with inverse" in fr.fidelity.fallback_reason
+
+
+def test_without_an_accepted_fallback_the_frame_is_kept_and_flagged(profile):
+    hr, lr = _pairs(profile, 1, seed=16)
+    inst = _instrument(profile, lr[0], hr[0])
+    _calibrate(profile, wiener=0.05, inverse=0.05, richardson_lucy=0.05)
+    inst.set_fidelity_policy(True, fallback_method="auto", tile_px=16, dose_ratio=1.0)
+    assert inst.fidelity_fallback is None
+    assert "accepts no classical method" in inst.fidelity_fallback_reason
+    fr = inst.acquire(1, restore=True)
+    rep = fr.fidelity
+    assert fr.restoration_method == "sr3" and not rep.fell_back
+    assert rep.action == "flag" and rep.summary()["action_code"] == 1
+    assert "kept and flagged: no accepted fallback" in rep.message
+    assert "accepts no classical method" in rep.kept_reason
+
+
+def test_the_best_accepted_classical_method_is_the_fallback(profile):
+    hr, lr = _pairs(profile, 1, seed=17)
+    inst = _instrument(profile, lr[0], hr[0])
+    _calibrate(profile, wiener=0.004, inverse=0.0)
+    inst.set_fidelity_policy(True, tile_px=16, dose_ratio=1.0)        # default: "auto"
+    assert inst.fidelity_fallback == "inverse"
+    assert "0.0 % of clean tiles" in inst.fidelity_fallback_reason
+    _calibrate(profile, wiener=0.0, inverse=0.0)
+    profile.fidelity_tolerance["inverse"] = 0.2        # ties broken by the smaller tolerance
+    inst.set_fidelity_policy(True, tile_px=16, dose_ratio=1.0)
+    assert inst.fidelity_fallback == "wiener"
+
+
+def test_a_profile_without_calibration_claims_nothing(profile):
+    from xinstrument.errors import UserError
+
+    hr, lr = _pairs(profile, 1, seed=18)
+    inst = _instrument(profile, lr[0], hr[0])
+    inst._restorers[_key(inst, "sr3")].restore = lambda frame: hr[0]      # consistent frames
+    profile.fidelity_tolerance = {}
+    profile.fidelity_uncertainty = {}
+    with pytest.raises(UserError, match="not calibrated, so it accepts no fallback"):
+        inst.set_fidelity_policy(True, fallback_method="wiener", tile_px=16, dose_ratio=1.0)
+    inst.set_fidelity_policy(True, tile_px=16, dose_ratio=1.0)
+    assert inst.fidelity_fallback is None
+    fr = inst.acquire(1, restore=True)
+    rep = fr.fidelity
+    # consistent with the data, but the policy vouches for nothing it was not calibrated for
+    assert rep.verdict == "consistent" and rep.method_accepted is None
+    assert rep.action == "flag" and fr.restoration_method == "sr3"
+    assert rep.acceptance == ("profile stand-in has no fidelity calibration; run "
+                              "scripts/calibrate_fidelity.py")
+    assert "policy not calibrated: profile stand-in has no fidelity calibration" in rep.message
+    s = rep.summary()
+    assert s["method_accepted"] == -1 and s["action_code"] == 1
+    assert rep.hdf5_extras()["method_accepted"] == -1.0

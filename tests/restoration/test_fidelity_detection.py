@@ -123,10 +123,23 @@ def test_policy_accepts_only_methods_consistent_on_unseen_families(profile):
     assert not loose.method_accepted and "beyond the forward model" in loose.acceptance
     unknown = rep.check(lr[0], hr[0], dose_ratio=1.0, method="other")
     assert not unknown.method_accepted and "never measured" in unknown.acceptance
-    # a policy without a limit, or a profile without the figures, accepts every method
-    assert FidelityReporter(profile, device="cpu", uncertainty=table,
-                            max_unseen_false_alarm=None).accepts("bad")[0]
-    assert FidelityReporter(profile, device="cpu", uncertainty={}).accepts("bad")[0]
+    # a policy without a limit accepts every method, and says so
+    ok, why = FidelityReporter(profile, device="cpu", uncertainty=table,
+                               max_unseen_false_alarm=None).accepts("bad")
+    assert ok is True and "no limit" in why
+    # a profile without the figures claims nothing either way: not calibrated, flagged
+    bare = FidelityReporter(profile, device="cpu", uncertainty={})
+    assert bare.accepts("bad") == (None, "profile stand-in has no fidelity calibration; run "
+                                         "scripts/calibrate_fidelity.py")
+    assert not bare.calibrated and rep.calibrated
+    plain = bare.check(lr[0], hr[0], dose_ratio=1.0, method="good")
+    assert plain.verdict == "consistent" and plain.method_accepted is None
+    assert plain.action == "flag" and plain.summary()["method_accepted"] == -1
+    assert "policy not calibrated" in plain.message
+    # ... also when its tolerances predate the acceptance figures
+    profile.fidelity_tolerance = tolerance
+    old = FidelityReporter(profile, device="cpu", uncertainty={})
+    assert old.accepts("good")[0] is None and "predates" in old.accepts("good")[1]
 
 
 def test_band_margin_for_an_unseen_family(profile):

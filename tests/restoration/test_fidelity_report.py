@@ -130,15 +130,20 @@ def test_calibrated_band_covers_held_out_errors(profile):
 
 def test_policy_action_and_hdf5_layout(profile):
     hr, lr = _frames(profile, 1, seed=5)
-    rep = FidelityReporter(profile, tile_px=32, device="cpu", tolerance={}, uncertainty={})
+    rep = FidelityReporter(profile, tile_px=32, device="cpu", tolerance={"wiener": 0.0},
+                           uncertainty={"wiener_unseen_false_alarm": 0.0})
     ok = rep.check(lr[0], hr[0], dose_ratio=1.0, method="wiener")
     assert ok.verdict == "consistent" and ok.action == "accept"
+    assert ok.summary()["method_accepted"] == 1 and ok.hdf5_extras()["method_accepted"] == 1.0
     faked = hr[0].copy()
     faked[40:60, 40:60] += 0.4
     bad = rep.check(lr[0], faked, dose_ratio=1.0, method="wiener")
     assert bad.verdict == "inconsistent" and bad.action == "flag"
-    bad.fell_back = True
-    assert bad.action == "fall back" and bad.summary()["action_code"] == 2
+    # the report of an accepted fallback's consistent restoration: "fall back"
+    fallback = dataclasses.replace(ok, fell_back=True, replaced=bad)
+    assert fallback.action == "fall back" and fallback.summary()["action_code"] == 2
+    # a fallback whose own restoration is inconsistent is flagged, not passed off
+    assert dataclasses.replace(bad, fell_back=True).action == "flag"
     strict = dataclasses.replace(ok, max_undetermined_fraction=0.0,
                                  undetermined=np.ones_like(ok.undetermined))
     assert strict.action == "flag"
@@ -153,6 +158,7 @@ def test_policy_action_and_hdf5_layout(profile):
     # a bare consistency result fills the same HDF5 keys
     bare = FidelityGuard(profile, tile_px=32, device="cpu").check(lr[0], hr[0], dose_ratio=1.0)
     assert set(bare.hdf5_extras()) == set(layout)
+    assert bare.hdf5_extras()["method_accepted"] == -1      # it judges no method: no claim
 
 
 def test_bad_input_gets_an_error_and_no_verdict(profile):

@@ -90,6 +90,7 @@ from .physics import BLUR_PAD_PX, DetectorPhysics
 __all__ = [
     "FORWARD_MODELS",
     "FORWARD_MODEL_TOLERANCE_KEY",
+    "METHOD_ACCEPTED_CODES",
     "FidelityGuard",
     "FidelityResult",
     "UncertaintyResult",
@@ -104,11 +105,17 @@ FORWARD_MODELS = ("mtf_ratio", "psf")
 # Frame summary stored per restored frame in HDF5 (keys of the fidelity report's summary();
 # a bare guard result fills the report's own ones with NaN / its verdict).
 HDF5_SUMMARY_KEYS = ("reduced_chi2", "flagged_fraction", "consistent", "fell_back",
-                     "undetermined_fraction", "uncertainty_mean", "action_code")
+                     "undetermined_fraction", "uncertainty_mean", "action_code",
+                     "method_accepted")
 # HDF5 tile maps: tile reduced chi-square, flagged tiles, uncertainty band, undetermined tiles
 HDF5_TILE_MAPS = ("consistency", "flagged", "uncertainty", "undetermined")
 # Policy actions, in the order of the stored action_code.
 POLICY_ACTIONS = ("accept", "flag", "fall back")
+# Stored method_accepted: whether the profile's calibrated policy accepts the method of the
+# restoration the report judges. Like ``consistent`` (-1: not normalised), -1 makes no claim: the
+# profile has no acceptance calibration. Files written before this key have no such dataset:
+# read its absence as -1 (no claim).
+METHOD_ACCEPTED_CODES = {True: 1, False: 0, None: -1}
 
 
 def hdf5_extras_layout(tile_grid: tuple[int, int]) -> dict[str, tuple[int, ...]]:
@@ -230,8 +237,10 @@ class FidelityResult:
             action = "fall back"
         else:
             action = "accept" if self.consistent else "flag"
+        # a bare consistency check judges no method: no acceptance claimed
         summary.update({"undetermined_fraction": float("nan"), "uncertainty_mean": float("nan"),
-                        "action_code": POLICY_ACTIONS.index(action)})
+                        "action_code": POLICY_ACTIONS.index(action),
+                        "method_accepted": METHOD_ACCEPTED_CODES[None]})
         return {"consistency": self.tile_chi2, "flagged": self.flagged.astype(np.float32),
                 "uncertainty": nan_map, "undetermined": np.zeros_like(nan_map),
                 **{k: float(summary[k]) for k in HDF5_SUMMARY_KEYS}}

@@ -35,9 +35,12 @@ two maps per frame (per tile of ``tile_px``):
 Policy: a method the profile's calibration does not accept (:meth:`FidelityReporter.accepts`:
 its training-family restorations needed more tolerance than the forward model, or a training
 family left out of its calibration had more than 1 % of its clean tiles flagged) is flagged on
-every frame (the instrument falls back); a frame the consistency test rejects falls back to the
-classical method when one is configured (else it is flagged); a consistent frame whose
-undetermined share exceeds the policy's limit is flagged; otherwise it is accepted.
+every frame (the instrument falls back); a profile without the acceptance calibration accepts
+nothing and rejects nothing (``method_accepted`` None, "not calibrated"): its frames are
+flagged, never presented as accepted. A frame the consistency test rejects falls back to a
+classical method the policy accepts when there is one (:meth:`FidelityReporter.choose_fallback`;
+else it is kept and flagged); the fallback's restoration gets its own report. A consistent frame
+whose undetermined share exceeds the policy's limit is flagged; otherwise it is accepted.
 
 Cost: one forward transform of the restored frame and two inverse transforms (the model ``A x``
 and the null-band detail), one transform pair more for the tolerance's shape from the
@@ -56,6 +59,7 @@ from ..errors import UserError
 from .fidelity import (
     FORWARD_MODEL_TOLERANCE_KEY,
     HDF5_SUMMARY_KEYS,
+    METHOD_ACCEPTED_CODES,
     POLICY_ACTIONS,
     FidelityGuard,
     FidelityResult,
@@ -65,6 +69,7 @@ from .fidelity import (
 
 __all__ = [
     "ACTIONS",
+    "NOT_CALIBRATED",
     "UNCERTAINTY_TERMS",
     "FidelityInputError",
     "FidelityReport",
@@ -89,6 +94,9 @@ DEFAULT_COVERAGE = 0.9
 # (scripts/calibrate_fidelity.py). The policy accepts a method only when it is at most this.
 UNSEEN_FALSE_ALARM_TERM = "unseen_false_alarm"
 MAX_UNSEEN_FALSE_ALARM = 0.01
+# The reason a profile without these figures gives (``{profile}``: its name).
+NOT_CALIBRATED = ("profile {profile} has no fidelity calibration; run "
+                  "scripts/calibrate_fidelity.py")
 # The unseen-family margin never widens the band beyond this mean half-width / rms error on the
 # calibration tiles (the sharpness the report promises).
 MAX_WIDTH_RATIO = 2.0
@@ -140,9 +148,17 @@ class FidelityReport:
     null_rms, spread_rms : (rows, cols) the restored detail the data cannot determine, and the
         spread over samples (None without samples).
     verdict : "consistent", "inconsistent" or "no verdict" (the guard could not normalise).
-    flagged_by_policy : the policy flagged the frame (inconsistent without fallback, or too
-        much undetermined).
-    fell_back, fallback_reason, method : set when the frame was restored again by the fallback.
+    method_accepted : True / False whether the profile's calibrated policy accepts ``method``;
+        None when the profile has no acceptance calibration (no claim either way; the frame is
+        flagged, never presented as accepted). ``acceptance`` says why.
+    flagged_by_policy : the policy flagged the frame (inconsistent, method not accepted or not
+        calibrated, or too much undetermined).
+    method : the method whose restoration this report judges.
+    fell_back, fallback_reason, replaced : set when the policy replaced the restoration by its
+        fallback's: this report then judges the fallback's restoration (``method``), and
+        ``replaced`` is the report of the restoration it replaced (``replaced.method``).
+    kept_reason : why an inconsistent or not accepted restoration was kept (no accepted
+        fallback), stated with the "flag".
     """
 
     consistency: FidelityResult
@@ -154,11 +170,13 @@ class FidelityReport:
     uncertainty_source: str
     verdict: str
     max_undetermined_fraction: float | None = None
-    method_accepted: bool = True
+    method_accepted: bool | None = True
     acceptance: str = ""
     fell_back: bool = False
     fallback_reason: str | None = None
     method: str | None = None
+    replaced: FidelityReport | None = None
+    kept_reason: str | None = None
     elapsed_s: float = float("nan")
     notes: list[str] = field(default_factory=list)
 
@@ -181,34 +199,49 @@ class FidelityReport:
 
     @property
     def flagged_by_policy(self) -> bool:
-        if self.fell_back:
-            return False
-        if self.verdict == "inconsistent" or not self.method_accepted:
+        """The frame as delivered (after any fallback) is not one the policy vouches for."""
+        if self.verdict == "inconsistent" or self.method_accepted is not True:
             return True
         limit = self.max_undetermined_fraction
         return limit is not None and self.undetermined_fraction > limit
 
     @property
     def action(self) -> str:
-        """What the policy did: "fall back", "flag" or "accept" ("flag" without a verdict)."""
-        if self.fell_back:
-            return "fall back"
+        """What the policy did: "fall back" (replaced by an accepted method's restoration that
+        passes), "flag" (kept, or replaced by one that does not pass; always without a
+        verdict) or "accept"."""
         if self.verdict == "no verdict" or self.flagged_by_policy:
             return "flag"
-        return "accept"
+        return "fall back" if self.fell_back else "accept"
+
+    @property
+    def method_accepted_code(self) -> int:
+        """``method_accepted`` as stored: 1 accepted, 0 not accepted, -1 not calibrated."""
+        return METHOD_ACCEPTED_CODES[self.method_accepted]
+
+    @property
+    def policy_text(self) -> str:
+        """What the profile's policy says of the method: "" when it accepts it."""
+        if self.method_accepted is None:
+            return f"policy not calibrated: {self.acceptance}"
+        if self.method_accepted is False:
+            return f"method not accepted by the profile's policy: {self.acceptance}"
+        return ""
 
     @property
     def message(self) -> str:
         c = self.consistency
-        text = c.message
+        text = (f"{self.method}: " if self.method else "") + c.message
         if self.verdict != "no verdict":
             text += (f"; {100 * self.undetermined_fraction:.0f} % of tiles undetermined by the "
                      f"data, uncertainty {self.uncertainty_mean:.3g} (coverage "
                      f"{self.coverage:.0%}, {self.uncertainty_source}); action: {self.action}")
-        if not self.method_accepted:
-            text += f"; {self.acceptance}"
+        if self.policy_text:
+            text += f"; {self.policy_text}"
         if self.fell_back and self.fallback_reason:
             text += f" ({self.fallback_reason})"
+        if self.kept_reason:
+            text += f"; {self.kept_reason}"
         return text
 
     def summary(self) -> dict[str, Any]:
@@ -224,7 +257,10 @@ class FidelityReport:
             "uncertainty_max": float(np.nanmax(self.uncertainty)) if np.isfinite(
                 self.uncertainty).any() else float("nan"),
             "coverage": float(self.coverage),
-            "method_accepted": int(self.method_accepted),
+            "method_accepted": self.method_accepted_code,
+            "acceptance": self.acceptance,
+            "method": self.method or "",
+            "replaced_method": (self.replaced.method or "") if self.replaced is not None else "",
             "null_band_cutoff_cy_per_px": float(self.consistency.null_band_cutoff_cy_per_px),
             "elapsed_s": float(self.elapsed_s),
         })
@@ -326,7 +362,19 @@ class FidelityReporter:
                              f"{max_unseen_false_alarm!r}")
         self.max_unseen_false_alarm = max_unseen_false_alarm
 
-    def accepts(self, method: str | None) -> tuple[bool, str]:
+    def acceptance_figures(self) -> dict[str, float]:
+        """``{method: largest share of clean tiles flagged on a training family left out of its
+        calibration}`` as the profile records them (empty: no acceptance calibration)."""
+        suffix = "_" + UNSEEN_FALSE_ALARM_TERM
+        return {k[:-len(suffix)]: float(v) for k, v in self.uncertainty.items()
+                if k.endswith(suffix)}
+
+    @property
+    def calibrated(self) -> bool:
+        """The profile carries the acceptance figures (scripts/calibrate_fidelity.py)."""
+        return bool(self.acceptance_figures())
+
+    def accepts(self, method: str | None) -> tuple[bool | None, str]:
         """Whether the policy accepts ``method``'s restorations with this profile, and why.
 
         A method is accepted when its clean restorations stayed consistent with the measurement
@@ -334,14 +382,21 @@ class FidelityReporter:
         method, the largest share of tiles flagged on a training family left out of the
         calibration (``<method>_unseen_false_alarm``); above ``max_unseen_false_alarm`` the
         method's frames are flagged (or fall back), whatever their own verdict. A profile
-        without these figures (calibrated before them), or a policy without a limit, accepts
-        every method."""
-        if method is None or self.max_unseen_false_alarm is None:
+        without these figures (never calibrated, or calibrated before them) gives ``None``: the
+        policy is not calibrated and claims nothing (its frames are flagged, never presented as
+        accepted). A policy without a limit (``max_unseen_false_alarm=None``) accepts every
+        method, and says so."""
+        if method is None:
             return True, ""
-        suffix = "_" + UNSEEN_FALSE_ALARM_TERM
-        recorded = {k[:-len(suffix)]: v for k, v in self.uncertainty.items() if k.endswith(suffix)}
+        if self.max_unseen_false_alarm is None:
+            return True, f"{method} accepted: the policy sets no limit on unseen families"
+        recorded = self.acceptance_figures()
         if not recorded:
-            return True, ""
+            name = self.profile.name
+            if getattr(self.profile, "fidelity_tolerance", None):
+                return None, (f"profile {name} has no acceptance figures (its fidelity "
+                              "calibration predates them); run scripts/calibrate_fidelity.py")
+            return None, NOT_CALIBRATED.format(profile=name)
         head = f"{method} is not accepted with profile {self.profile.name}"
         if method not in recorded:
             return False, f"{head}: its consistency on unseen sample families was never measured"
@@ -362,6 +417,38 @@ class FidelityReporter:
         return True, (f"{method} accepted: as consistent as the forward model (tolerance "
                       f"{own:.3g} <= {model:.3g}); {100 * v:.1f} % of clean tiles flagged on an "
                       "unseen family at most")
+
+    def choose_fallback(self, candidates: list[str] | tuple[str, ...]
+                        ) -> tuple[str | None, str]:
+        """The fallback among ``candidates`` (the classical methods the profile can run) that
+        the policy accepts, with the best calibration figures: the fewest clean tiles flagged
+        on an unseen family, then the smallest tolerance (the closest to the forward model).
+        ``(None, why)`` when the policy accepts none of them (or is not calibrated): frames
+        that fail are then kept and flagged."""
+        accepted, refused = [], []
+        for m in candidates:
+            ok, why = self.accepts(m)
+            if ok is None:
+                return None, why
+            if ok:
+                accepted.append(m)
+            else:
+                refused.append(why)
+        if not accepted:
+            listed = ", ".join(candidates) if candidates else "none can run with it"
+            return None, (f"the policy of profile {self.profile.name} accepts no classical "
+                          f"method ({listed})" + (f": {'; '.join(refused)}" if refused else ""))
+        figures = self.acceptance_figures()
+
+        def rank(m: str) -> tuple[float, float]:
+            return figures.get(m, 0.0), self.guard.tolerance_for(m)[0]
+
+        best = min(accepted, key=rank)
+        v, eps = rank(best)
+        return best, (f"{best}: accepted by the policy of profile {self.profile.name}, the best "
+                      f"calibration figures of the accepted classical methods "
+                      f"({', '.join(accepted)}): {100 * v:.1f} % of clean tiles flagged on an "
+                      f"unseen family, tolerance {eps:.3g}")
 
     # the guard's interface, so the report can stand where the guard stood
     @property
@@ -450,10 +537,11 @@ class FidelityReporter:
                                method=method, null_space=True)
         grid = res.tile_chi2.shape
         nan_map = np.full(grid, np.nan, np.float32)
+        accepted, why = self.accepts(method)
         if not res.normalised:
             return FidelityReport(res, nan_map, np.zeros(grid, bool), nan_map, None,
                                   self.coverage, "none", "no verdict",
-                                  self.max_undetermined_fraction, method=method,
+                                  self.max_undetermined_fraction, accepted, why, method=method,
                                   elapsed_s=time.perf_counter() - t0)
         spread = None
         if samples is not None:
@@ -478,7 +566,6 @@ class FidelityReporter:
             res.null_rms > UNDETERMINED_SIGMA * res.noise_tile_sigma)
         undetermined |= np.isfinite(band) & np.isfinite(floor) & (band > floor)
         verdict = "consistent" if res.consistent else "inconsistent"
-        accepted, why = self.accepts(method)
         return FidelityReport(res, band, undetermined, res.null_rms, spread, self.coverage, source,
                               verdict, self.max_undetermined_fraction, accepted, why,
                               method=method, elapsed_s=time.perf_counter() - t0)
