@@ -876,6 +876,18 @@ class Instrument:
         self.profile = find_profile(name)
         self._restorers.clear()
         self._log(f"profile {self.profile.name} loaded ({self.profile.detector_id})")
+        if self._fidelity is not None:
+            # the policy is the profile's: its calibration, acceptance and fallback follow it
+            settings = dict(self._fidelity["settings"])
+            if settings["nnps_lr"] is not None:     # measured on the previous detector
+                settings["nnps_lr"] = None
+                self._log("fidelity policy: the NNPS given for the previous profile is dropped",
+                          logging.WARNING)
+            try:
+                self.set_fidelity_policy(True, **settings)
+            except UserError as exc:        # the configured fallback is refused there
+                self._log(f"{exc}; the fallback is chosen anew", logging.WARNING)
+                self.set_fidelity_policy(True, **{**settings, "fallback_method": "auto"})
         return self.profile
 
     def set_fidelity_policy(self, enabled: bool, max_reduced_chi2: float | None = None,
@@ -947,7 +959,13 @@ class Instrument:
             fallback, why = None, "no fallback configured"
         self._fidelity = {"guard": guard, "max_reduced_chi2": max_reduced_chi2,
                           "fallback_method": fallback, "fallback_why": why,
-                          "dose_ratio": dose_ratio, "flat_frames_averaged": flat_frames_averaged}
+                          "dose_ratio": dose_ratio, "flat_frames_averaged": flat_frames_averaged,
+                          "settings": {"max_reduced_chi2": max_reduced_chi2,
+                                       "fallback_method": fallback_method, "tile_px": tile_px,
+                                       "false_alarm_rate": false_alarm_rate,
+                                       "dose_ratio": dose_ratio,
+                                       "flat_frames_averaged": flat_frames_averaged,
+                                       "nnps_lr": nnps_lr}}
         self._log(f"fidelity guard on (tiles {tile_px} px, false-alarm rate {false_alarm_rate:g}, "
                   f"max reduced chi2 {max_reduced_chi2}, fallback "
                   f"{fallback or 'none'}: {why})")

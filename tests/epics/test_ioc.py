@@ -25,7 +25,8 @@ CAM = ["Acquire", "Acquire_RBV", "AcquireTime", "AcquireTime_RBV", "NumImages",
 HDF = ["FilePath", "FileName", "FileTemplate", "FullFileName_RBV", "FileWriteMode", "Capture",
        "Capture_RBV", "NumCapture", "NumCaptured_RBV"]
 RESTORE = ["Enable", "Method", "Profile", "Fps_RBV", "Latency_RBV", "Consistency_RBV",
-           "FlaggedFraction_RBV", "FellBack_RBV", "Guard"]
+           "FlaggedFraction_RBV", "FellBack_RBV", "Guard", "FidelityMethodAccepted_RBV",
+           "FidelityMethodReason_RBV"]
 SCAN = ["FocusStart", "FocusRange", "FocusStep", "FocusBest_RBV", "Abort", "TomoStart",
         "TomoPause", "TomoArc", "TomoCentre", "TomoNumAngles", "TomoFramesPerAngle",
         "TomoDarks", "TomoFlats", "TomoFlatsEvery", "TomoRestore", "TomoFileName",
@@ -292,10 +293,35 @@ def test_references_and_restoration(ca):
     # fed from AveragedFrame.fidelity.summary() of the frame just published
     assert chi2["severity"] == 0 and np.isfinite(chi2["value"]) and chi2["value"] >= 0
     assert flagged["severity"] == 0 and 0 <= flagged["value"] <= 1
-    assert ca.get("RESTORE:FellBack_RBV") in (0, 1)
+    # the policy's word on the method chosen: Wiener needs a tolerance beyond the forward
+    # model's with sim-yag200-5x, so it is not accepted and every frame falls back to the
+    # classical method the policy accepts
+    accepted = ca.pv("RESTORE:FidelityMethodAccepted_RBV").get_with_metadata(form="time")
+    assert accepted["severity"] == 1
+    assert ca.get("RESTORE:FidelityMethodAccepted_RBV", as_string=True) == "No"
+    reason = ca.get("RESTORE:FidelityMethodReason_RBV", as_string=True)
+    assert reason.startswith("wiener is not accepted with profile sim-yag200-5x"), reason
+    assert "beyond the forward model" in reason
+    assert ca.get("RESTORE:FellBack_RBV") == 1
+    # a profile without the acceptance calibration claims nothing: "Not calibrated", flagged
+    ca.put("RESTORE:Profile", "sim-yag20-5x-sr")
+    try:
+        ca.put("CAM:Acquire", 1, timeout=120)
+        assert ca.get("RESTORE:FidelityMethodAccepted_RBV", as_string=True) == \
+            "Not calibrated", ca.get("StatusMessage_RBV", as_string=True)
+        assert ca.get("RESTORE:FidelityMethodReason_RBV", as_string=True) == (
+            "profile sim-yag20-5x-sr has no fidelity calibration; run "
+            "scripts/calibrate_fidelity.py")
+        assert ca.get("RESTORE:FidelityAction_RBV", as_string=True) == "flag"
+        assert ca.get("RESTORE:FellBack_RBV") == 0
+    finally:
+        ca.put("RESTORE:Profile", "sim-yag200-5x")
     ca.put("RESTORE:Guard", 0)
     ca.put("CAM:Acquire", 1, timeout=120)
     assert ca.pv("RESTORE:Consistency_RBV").get_with_metadata(form="time")["severity"] == 3
+    assert ca.get("RESTORE:FidelityMethodAccepted_RBV", as_string=True) == "No check"
+    assert ca.pv("RESTORE:FidelityMethodAccepted_RBV").get_with_metadata(
+        form="time")["severity"] == 3
     with pytest.raises(ValueError):               # not one of the enum's choices
         ca.put("RESTORE:Method", "no-such-method")
     assert ca.get("RESTORE:Method", as_string=True) == "wiener"

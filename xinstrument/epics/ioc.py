@@ -74,6 +74,9 @@ _TOMO_STATE_SEVERITY = {"Aborted": MINOR, "Failed": MAJOR, "Rejected": MAJOR}
 POLL_S = 0.25
 MOVE_POLL_S = 0.05
 MAX_MESSAGE = 256
+# RESTORE:FidelityMethodAccepted_RBV (FidelityReport.method_accepted True / False / None; no
+# report: the guard is off)
+ACCEPTED_STATES = ("No", "Yes", "Not calibrated", "No check")
 # the areaDetector release whose PV interface the camera, image1: and HDF1: follow
 AD_CORE_VERSION = "3.12.1"
 CAM_PORT = "XICAM"
@@ -1313,6 +1316,16 @@ class InstrumentIOC:
                                    "the last restored frame with the measurement",
                                    choices=("consistent", "inconsistent", "no verdict"),
                                    group=g)
+        self.fid_accepted = self.ro("RESTORE:FidelityMethodAccepted_RBV", "enum", 3,
+                                    "whether the profile's calibrated fidelity policy accepts "
+                                    "the method chosen for the last restored frame (before any "
+                                    "fallback); Not calibrated: the profile has no acceptance "
+                                    "calibration, nothing is accepted; No check: no fidelity "
+                                    "report (guard off)", choices=ACCEPTED_STATES,
+                                    group=g)
+        self.fid_reason = self.ro("RESTORE:FidelityMethodReason_RBV", "char", "", "why the "
+                                  "policy accepts the method or not (the calibration figure), "
+                                  "or that it is not calibrated", length=MAX_MESSAGE, group=g)
         self.guard = self.pv("RESTORE:Guard", "enum", 0, "fidelity guard on restored frames",
                              on_put=on_guard, choices=("Off", "On"), group=g)
 
@@ -1520,11 +1533,27 @@ class InstrumentIOC:
         self.fid_verdict.set({"consistent": 0, "inconsistent": 1}.get(verdict, 2),
                              MINOR if verdict == "inconsistent" else NO_ALARM,
                              "STATE" if verdict == "inconsistent" else 0)
+        self._publish_acceptance(fid)
         if frame.restoration_method is not None:
             with contextlib.suppress(Exception):
                 r = self.inst.restorer(frame.restoration_method)
                 self.restore_fps.set(float(r.frames_per_second))
                 self.restore_latency.set(float(r.latency_s))
+
+    def _publish_acceptance(self, fid) -> None:
+        """The policy's word on the method chosen for this frame: the report of the restoration
+        a fallback replaced, else the frame's own (FidelityReport.method_accepted: True, False,
+        None for a profile without the acceptance calibration)."""
+        chosen = getattr(fid, "replaced", None) or fid
+        code = getattr(chosen, "method_accepted_code", None)
+        if code is None:                    # no report (guard off) or a bare consistency check
+            self.fid_accepted.set(ACCEPTED_STATES.index("No check"), INVALID, "UDF")
+            self.fid_reason.set("")
+            return
+        state = {1: "Yes", 0: "No", -1: "Not calibrated"}[int(code)]
+        self.fid_accepted.set(ACCEPTED_STATES.index(state), NO_ALARM if code == 1 else MINOR,
+                              0 if code == 1 else "STATE")
+        self.fid_reason.set(str(getattr(chosen, "acceptance", "") or ""))
 
     # --- focus scan ----------------------------------------------------------------------------
     async def _on_focus_scan(self, value):
