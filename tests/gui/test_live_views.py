@@ -216,8 +216,30 @@ def test_fidelity_overlay_shows_the_flagged_tiles(qtbot, window):
     assert len(w.image._fidelity_items) == 2
     # the uncertainty overlay: the undetermined tiles, off until toggled on
     assert w.image.uncertainty_rects == expected(undetermined, fid.tile_edges)
-    assert "% undetermined by the data" in text and "fall back" in text
+    # a fallback whose own restoration disagrees with the data is flagged, not passed off
+    assert "% undetermined by the data" in text and "; flag" in text
     w.image.uncertainty_box.setChecked(True)
     assert len(w.image._fidelity_items) == 3
     w.image.uncertainty_box.setChecked(False)
     assert len(w.image._fidelity_items) == 2
+    # the profile's policy on the method chosen: not accepted (the frame fell back) ...
+    chosen = dataclasses.replace(fid, method="unet", method_accepted=False,
+                                 acceptance="unet is not accepted with profile P: 5.0 % of "
+                                            "clean tiles flagged on an unseen family")
+    fid3 = dataclasses.replace(fid, fell_back=True, replaced=chosen,
+                               fallback_reason="restored with inverse instead")
+    frame3 = dataclasses.replace(frame, fidelity=fid3)
+    w.instrument._emit("frame", frame3)
+    qtbot.waitUntil(lambda: w.image.frame is frame3, timeout=5000)
+    assert ("method not accepted by the profile's policy: unet is not accepted with profile P"
+            in w.image.fidelity_label.text())
+    # ... or not calibrated: said, and never presented as accepted
+    fid4 = dataclasses.replace(fid, method_accepted=None, fell_back=False, replaced=None,
+                               acceptance="profile P has no fidelity calibration; run "
+                                          "scripts/calibrate_fidelity.py")
+    frame4 = dataclasses.replace(frame, fidelity=fid4)
+    w.instrument._emit("frame", frame4)
+    qtbot.waitUntil(lambda: w.image.frame is frame4, timeout=5000)
+    text = w.image.fidelity_label.text()
+    assert "policy not calibrated: profile P has no fidelity calibration" in text
+    assert "; flag" in text and "accept" not in text.replace("not accepted", "")

@@ -134,8 +134,18 @@ def fidelity_text(fid) -> str:
     if undetermined is not None and np.isfinite(undetermined):
         text += (f"; {100 * undetermined:.0f} % undetermined by the data, uncertainty "
                  f"+-{float(fid.uncertainty_mean):.3g}; {fid.action}")
+    # the profile's policy on the method chosen (before any fallback)
+    chosen = getattr(fid, "replaced", None) or fid
+    accepted = getattr(chosen, "method_accepted", True)
+    reason = getattr(chosen, "acceptance", "") or ""
+    if accepted is None:
+        text += f"; policy not calibrated: {reason}"
+    elif accepted is False:
+        text += f"; method not accepted by the profile's policy: {reason}"
     if getattr(fid, "fell_back", False):
         text += f"; fell back: {fid.fallback_reason}"
+    elif getattr(fid, "kept_reason", None):
+        text += f"; {fid.kept_reason}"
     return text
 
 
