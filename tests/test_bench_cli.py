@@ -8,6 +8,7 @@ import pytest
 
 from xinstrument.bench import restoration_benchmark, twin_test_set
 from xinstrument.cli import main
+from xinstrument.errors import UserError
 from xinstrument.profiles import find_profile
 
 
@@ -97,6 +98,41 @@ def test_sr_bench_measures_every_method_on_the_fine_grid(tmp_path):
     assert all(t > 0 for t in res.seconds.values())
     text = format_sr_table(res)
     assert re.search(r"^bicubic .* 1\.0$", text, re.M)
+
+
+def test_sr_bench_on_tomosynthesis_slices_and_charts_without_their_finest_bars(tmp_path):
+    import shutil
+
+    import torch
+
+    from xinstrument.bench import format_sr_table, sr_benchmark
+    from xinstrument.profiles import DetectorProfile, repo_profiles_dir
+    from xinstrument.restoration.superres import SRNet, pack_sr_weights
+
+    dst = tmp_path / "micro"
+    shutil.copytree(repo_profiles_dir() / "sim-micro-16x-sr", dst)
+    for w in (dst / "weights").glob("sr_x*"):
+        w.unlink()
+    prof = DetectorProfile.load(dst)
+    torch.manual_seed(0)
+    prof.save_weights("sr_x2", pack_sr_weights(SRNet(2, channels=4, layers=1)))
+    prof = DetectorProfile.load(dst)
+    res = sr_benchmark(prof, 2, chart_px=256, pcb_px=64, pcb_samples=1, frames=1,
+                       exposure_s=16.0, device="cpu", half_arc_deg=20.0, n_angles=3,
+                       invented_bars=True)
+    assert (res.half_arc_deg, res.n_angles) == (20.0, 3)
+    # oblique incidence blurs the slice along the tilt: vertical 1 um bars lose more contrast
+    one = {g["orientation"]: g for g in res.chart["raw"]["groups"] if g["width_um"] == 1.0}
+    assert one["vertical"]["ctf"] < 0.8 * one["horizontal"]["ctf"]
+    assert len(res.invented) == 2
+    for variant, per_method in res.invented.items():
+        assert set(per_method) >= {"raw", "bicubic", "sr_x2", "truth (fine grid)"}
+        for g in per_method["truth (fine grid)"]:       # the variant has no bars there
+            assert g["ctf"] < 0.05 and not g["resolved"], (variant, g)
+    text = format_sr_table(res)
+    assert "where the bars were" in text and "tomosynthesis slices: 3 projections" in text
+    with pytest.raises(UserError, match="half arc"):
+        sr_benchmark(prof, 2, chart_px=64, half_arc_deg=20.0, n_angles=1, device="cpu")
 
 
 def test_bench_sr_factor_without_weights_is_a_user_error(tmp_path, capsys):

@@ -329,6 +329,55 @@ def _sr_acquire(twin, exposure_s: float, frames: int) -> np.ndarray:
     return (acc / frames).astype(np.float32)
 
 
+def _sr_slice(cfg, sample, seed: int, exposure_s: float, frames: int, angles_deg) -> np.ndarray:
+    """Tomosynthesis slice at the height of ``sample``'s one layer: each projection dark/flat
+    corrected with references taken at its own tube angle, registered on that layer and
+    averaged (shift-and-add). The field follows the layer's projection at each angle, as a
+    region of interest on a large sensor would, so the registration is exact and the slice keeps
+    what the screen, optics and oblique incidence leave (the best a reconstruction can do)."""
+    from .sim import Twin
+    from .sim.samples import translated
+    height = sample.layers[0].height_mm
+    probe = Twin(cfg, sample="open")
+    mag0, shift0 = probe.layer_projection(height, 0.0)
+    acc = None
+    for j, theta in enumerate(angles_deg):
+        mag, shift = probe.layer_projection(height, float(theta))
+        twin = Twin(cfg, sample=translated(sample, -(shift - shift0) / mag), seed=seed + 7919 * j)
+        twin.set_state(theta_deg=float(theta))
+        fr = _sr_acquire(twin, exposure_s, frames).astype(np.float64)
+        acc = fr if acc is None else acc + fr
+    return (acc / len(angles_deg)).astype(np.float32)
+
+
+def _chart_without(chart, width_um: float, flat_patch: bool):
+    """``chart`` with the bars of its ``width_um`` groups removed, or (``flat_patch``) replaced
+    by one patch over the group's extent of the bars' mean projected thickness: no bars to find,
+    the same mean absorption."""
+    import dataclasses as dc
+
+    from .sim.samples import Rect
+    layer = chart.layers[0]
+    w_mm = width_um / 1000
+    keep = [sh for sh in layer.shapes if not (isinstance(sh, Rect) and min(sh.w, sh.h) == w_mm)]
+    bars = [sh for sh in layer.shapes if isinstance(sh, Rect) and min(sh.w, sh.h) == w_mm]
+    if flat_patch:
+        groups: dict[tuple, list] = {}
+        for b in bars:          # the bars of one group share their long axis
+            key = (round(b.cy, 9),) if b.w == w_mm else (round(b.cx, 9),)
+            groups.setdefault(key + (b.w == w_mm,), []).append(b)
+        for gb in groups.values():
+            vertical = gb[0].w == w_mm
+            xs = [b.cx for b in gb] if vertical else [b.cy for b in gb]
+            extent = max(xs) - min(xs) + w_mm
+            t = gb[0].thickness * len(gb) * w_mm / extent
+            cx, cy = ((float(np.mean(xs)), gb[0].cy) if vertical else (gb[0].cx, float(np.mean(xs))))
+            size = (extent, gb[0].h) if vertical else (gb[0].w, extent)
+            keep.append(Rect(cx, cy, size[0], size[1], t))
+    name = f"{chart.name} ({width_um:g} um {'flat patch' if flat_patch else 'removed'})"
+    return dc.replace(chart, name=name, layers=[dc.replace(layer, shapes=keep)])
+
+
 def _chart_table(images: dict[str, tuple[np.ndarray, float]], groups: list[dict]) -> dict:
     """Per image: CTF of every group against the widest groups' contrast (at the known bar and
     gap centres: :func:`bar_group_contrast_at_centres`), bar counts, and the
@@ -375,11 +424,16 @@ class SRBench:
     pcb_scores: dict            # method -> list of (PSNR dB, SSIM), one per held-out PCB frame
     seconds: dict               # method -> restoration wall time of the chart frame, s
     notes: list[str] = field(default_factory=list)
+    half_arc_deg: float = 0.0   # frames are tomosynthesis slices over +-half_arc_deg (0: frames)
+    n_angles: int = 1
+    # chart variant -> method -> the finest group's measurements where its bars were taken out
+    invented: dict = field(default_factory=dict)
 
 
 def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px: int = 256,
                  pcb_samples: int = 4, frames: int | None = None, exposure_s: float = 1.0,
                  seed: int = SR_TEST_SEED, device: str | None = None,
+                 half_arc_deg: float = 0.0, n_angles: int = 1, invented_bars: bool = False,
                  progress=None) -> SRBench:
     """Super-resolution against bicubic and deblur-only restoration on held-out twin frames.
 
@@ -392,6 +446,12 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     bicubic, deblur-only (wiener; unet when the profile has weights) then bicubic, and
     ``sr_x<factor>``; the truth and the noise-free reference screen on the camera grid are
     measured too (the CTF ceiling and the camera pixel's own limit).
+
+    ``half_arc_deg`` > 0: every frame is a tomosynthesis slice at the chart's height of
+    ``n_angles`` projections over +-``half_arc_deg`` (:func:`_sr_slice`), each ``frames`` x
+    ``exposure_s``. ``invented_bars``: the chart is also imaged with its finest groups removed
+    and with their bars replaced by a flat patch, and every method is measured where the bars
+    were (a method that paints bars there invents them).
     """
     import torch
 
@@ -419,6 +479,16 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
         frames = int((getattr(profile, "calibration", None) or {}).get("sr_frames_averaged", 1))
     if frames < 1:
         raise UserError(f"frames averaged must be >= 1, got {frames}")
+    if not (0.0 <= half_arc_deg <= 45.0) or n_angles < 1 or (half_arc_deg > 0) != (n_angles > 1):
+        raise UserError(f"tomosynthesis slices need a half arc in (0, 45] deg with >= 2 angles "
+                        f"(or 0 deg and 1 angle for plain frames), got +-{half_arc_deg:g} deg and "
+                        f"{n_angles} angle(s)")
+    angles = np.linspace(-half_arc_deg, half_arc_deg, n_angles) if n_angles > 1 else np.zeros(1)
+
+    def acquire(cfg_, sample, seed_):
+        if n_angles == 1:
+            return _sr_acquire(Twin(cfg_, sample=sample, seed=seed_), exposure_s, frames)
+        return _sr_slice(cfg_, sample, seed_, exposure_s, frames, angles)
     deblur = {"wiener": Restorer(profile, "wiener", device=dev)}
     if "unet" in (getattr(profile, "weights", None) or {}):
         deblur["unet"] = Restorer(profile, "unet", device=dev)
@@ -449,7 +519,9 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     widths = {"micro-tomo-16x": MICRO_CHART_WIDTHS_UM}.get(bench, CHART_LINE_WIDTHS_UM)
     chart = resolution_chart(cfg.fov_mm, widths)
     groups = chart_groups(cfg.fov_mm, widths)
-    say(f"chart: {chart_px} px, {frames} frame(s) averaged")
+    say(f"chart: {chart_px} px, {frames} frame(s) averaged"
+        + (f", slices of {n_angles} projections over +-{half_arc_deg:g} deg" if n_angles > 1
+           else ""))
     twin = Twin(cfg, sample=chart, seed=seed)
     # Wiener's noise model at the dose of these frames: quanta of the flat over the profile's
     # NNPS level, times the frames averaged (256-frame averages hold 1/256 of one frame's noise)
@@ -457,9 +529,9 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     if nnps_level:
         open_beam = dataclasses.replace(twin.fixed_state, sample_in=False, xray_on=True)
         quanta = float(twin.expected_quanta("thick", open_beam, exposure_s).mean())
-        deblur["wiener"].options = {"dose_ratio": frames * quanta / float(nnps_level)}
+        deblur["wiener"].options = {"dose_ratio": n_angles * frames * quanta / float(nnps_level)}
         say(f"wiener dose ratio {deblur['wiener'].options['dose_ratio']:.4g}")
-    frame = _sr_acquire(twin, exposure_s, frames)
+    frame = acquire(cfg, chart, seed)
     truth = Twin(fine, sample=chart, seed=seed).ground_truth()
     ref_camera = twin.ground_truth()
     say("restoring the chart")
@@ -486,15 +558,36 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     for i in range(pcb_samples):
         say(f"PCB frame {i + 1}/{pcb_samples}")
         sample = make_sample("pcb", pcfg.fov_mm * 2.0, seed + 1 + i)
-        fr = _sr_acquire(Twin(pcfg, sample=sample, seed=seed + 1 + i), exposure_s, frames)
+        if n_angles > 1:       # the slice of the top copper layer (one layer at its height)
+            top = max(sample.layers, key=lambda layer: layer.height_mm)
+            sample = dataclasses.replace(sample, layers=[top])
+        fr = acquire(pcfg, sample, seed + 1 + i)
         gt = Twin(pfine, sample=sample, seed=seed + 1 + i).ground_truth()
         for k, v in scores(run_all(fr, timed=False), gt).items():
             pcb_scores.setdefault(k, []).append(v)
+    invented: dict[str, dict] = {}
+    if invented_bars:
+        finest = min(widths)
+        for flat in (False, True):
+            variant = _chart_without(chart, finest, flat)
+            say(f"chart: {variant.name}")
+            outs_v = run_all(acquire(cfg, variant, seed + 100 + int(flat)), timed=False)
+            imgs_v = {k: (v, px_lr if k == "raw" else px_hr) for k, v in outs_v.items()}
+            imgs_v["truth (fine grid)"] = (Twin(fine, sample=variant, seed=seed).ground_truth(),
+                                           px_hr)
+            tab_v = _chart_table(imgs_v, groups)
+            invented[variant.name] = {
+                k: [g for g in t["groups"] if g["width_um"] == finest] for k, t in tab_v.items()}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
+    notes = []
+    if n_angles > 1:
+        notes.append(f"frames are tomosynthesis slices: {n_angles} projections over "
+                     f"+-{half_arc_deg:g} deg, each {frames} x {exposure_s:g} s, registered on the "
+                     "chart's plane and averaged; vertical bars (v) are modulated along the tilt")
     return SRBench(profile.name, f, str(dev), frames, exposure_s, chart_px,
                    cfg.pixel_at_object_um, fine.pixel_at_object_um, table, chart_scores,
-                   pcb_scores, seconds)
+                   pcb_scores, seconds, notes, float(half_arc_deg), int(n_angles), invented)
 
 
 def format_sr_table(b: SRBench) -> str:
@@ -534,6 +627,15 @@ def format_sr_table(b: SRBench) -> str:
             c = "/".join("-" if g["ctf"] is None else f"{g['ctf']:.2f}" for g in gs)
             cells.append(f"{c}{'*' if all(g['resolved'] for g in gs) else ' '}")
         lines.append(f"{k:<40} " + " ".join(f"{c:>10}" for c in cells))
+    for variant, per_method in b.invented.items():
+        lines += ["", f"{variant}: where the bars were, bars found v/h, CTF v/h, verdict "
+                  "(bars invented: 3 evenly spaced bars with CTF >= 0.05)"]
+        for k, gs in per_method.items():
+            bars = "/".join(str(g["bars_found"]) for g in gs)
+            ctf = "/".join("-" if g["ctf"] is None else f"{g['ctf']:.3f}" for g in gs)
+            invented = any(g["bar_count_ok"] and (g["ctf"] or 0.0) >= 0.05 for g in gs)
+            lines.append(f"  {k:<40} {bars:>7} {ctf:>13}  "
+                         f"{'BARS INVENTED' if invented else 'no bars'}")
     lines.extend(b.notes)
     return "\n".join(lines)
 
@@ -587,7 +689,8 @@ def _cmd_sr(a: argparse.Namespace) -> int:
     prof = find_profile(a.profile)
     res = sr_benchmark(prof, a.factor, chart_px=a.chart_px, pcb_px=a.pcb_px,
                        pcb_samples=a.pcb_samples, frames=a.frames, exposure_s=a.exposure_s,
-                       device=a.device,
+                       device=a.device, half_arc_deg=a.arc_deg, n_angles=a.angles,
+                       invented_bars=a.invented_bars,
                        progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     print(format_sr_table(res))
     if a.json:
@@ -664,6 +767,13 @@ def register(sub) -> None:
                     help="exposures averaged per frame (default: the profile's "
                     "calibration.sr_frames_averaged, else 1)")
     sr.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame, s")
+    sr.add_argument("--arc-deg", type=float, default=0.0,
+                    help="tomosynthesis slices over +-ARC deg of tube rotation instead of frames")
+    sr.add_argument("--angles", type=_positive_int, default=1,
+                    help="projections per slice (with --arc-deg)")
+    sr.add_argument("--invented-bars", action="store_true",
+                    help="also image the chart with its finest groups removed and replaced by a "
+                    "flat patch, and measure every method where the bars were")
     sr.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     sr.add_argument("--device", type=_torch_device, default=None, help="cuda, cpu (default: cuda if present)")
     sr.add_argument("--json", type=Path, default=None, help="also write the full results here")

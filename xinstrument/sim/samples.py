@@ -7,6 +7,7 @@ can be imaged at any magnification, and later at any tomosynthesis angle.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -404,6 +405,25 @@ def bar_pattern(fov_mm: float, line_widths_um=(20, 15, 10, 8, 6, 5, 4, 3), n_bar
 
 def open_field() -> Sample:
     return Sample("open", [], description="no sample (flat field)")
+
+
+def translated(sample: Sample, dx_mm: float, dy_mm: float = 0.0) -> Sample:
+    """``sample`` moved by (``dx_mm``, ``dy_mm``) in its own plane (every layer, every shape).
+    Shapes without a position (procedural fields) cannot be moved: TypeError naming them."""
+    layers = []
+    for layer in sample.layers:
+        shapes = []
+        for sh in layer.shapes:
+            if hasattr(sh, "cx"):
+                shapes.append(dataclasses.replace(sh, cx=sh.cx + dx_mm, cy=sh.cy + dy_mm))
+            elif isinstance(sh, Segment):
+                shapes.append(dataclasses.replace(sh, x0=sh.x0 + dx_mm, x1=sh.x1 + dx_mm,
+                                                  y0=sh.y0 + dy_mm, y1=sh.y1 + dy_mm))
+            else:
+                raise TypeError(f"cannot translate a {type(sh).__name__} shape of layer "
+                                f"{layer.name!r}")
+        layers.append(dataclasses.replace(layer, shapes=shapes))
+    return dataclasses.replace(sample, layers=layers)
 
 
 def make_sample(name: str, fov_mm: float, seed: int = 0) -> Sample:
