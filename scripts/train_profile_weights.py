@@ -9,22 +9,35 @@ when named, so this script runs without it.
 Example::
 
     python scripts/train_profile_weights.py --profile sim-gos134 --method sde \\
-        --hr-source xinstrument.sim.bench:hr_patches_gos --steps 20000 --seed 0
+        --hr-source xinstrument.sim.families:training_hr_source --steps 20000 --seed 0
 
-The weights shipped in profiles/sim-yag200-5x and profiles/sim-gos134 were made with
-``--shipped`` (the ``xinstrument train`` defaults: twin HR pool of 96 images of 256 px, patch
-64, batch 8, Adam lr 1e-3, U-Net width 16, depth 3, seed 0, one CPU thread), which rebuilds them
-and their ``weights/<method>.json`` training records::
+A factory's ``bench`` (when it takes one) is the profile's twin bench.
+
+The weights shipped in profiles/sim-yag200-5x (unet, cold_diffusion, sde) and
+profiles/sim-gos134 (the same and sr3) were made with ``--shipped``: HR images from the twin's
+broad training families (:func:`xinstrument.sim.families.training_hr_source`: PCB, dead leaves,
+charts, fibres, powders, fractal textures and mixes on the profile's bench; never a held-out
+family), a pool of 96 images of 256 px from seed 0 (validation: 12 images from seed 1),
+patch 64, batch 8, 1200 Adam steps at lr 1e-3, U-Net width 16, depth 3, seed 0, one CPU
+thread. It rebuilds them and their ``weights/<method>.json`` training records (settings,
+validation PSNR/SSIM per epoch, wall and CPU seconds)::
 
     python scripts/train_profile_weights.py --shipped
+    python scripts/train_profile_weights.py --shipped --profile sim-gos134 --method sr3
+
+Trained on the PCB alone (the earlier recipe) the diffusion networks of the 200 um YAG profile
+turned noise into horizontal / vertical streaks: they had learned the PCB's Manhattan geometry
+as the prior (flat fields restored with axis/diagonal noise power 3-5 against 1 for the input).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import inspect
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +45,9 @@ from xinstrument.restoration.networks import METHOD_CONFIGS
 from xinstrument.restoration.training import crop_source, train
 
 
-def load_source(spec: str, seed: int):
-    """Import ``module:attr`` lazily; call it with ``seed=`` if it is a factory."""
+def load_source(spec: str, seed: int, bench: str | None = None):
+    """Import ``module:attr`` lazily; call it with ``seed=`` (and ``bench=`` when it takes one)
+    if it is a factory, i.e. takes ``seed`` and otherwise only parameters with defaults."""
     if ":" not in spec:
         raise SystemExit(f"--hr-source must look like 'package.module:callable', got {spec!r}")
     module_name, attr = spec.split(":", 1)
@@ -41,42 +55,108 @@ def load_source(spec: str, seed: int):
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SystemExit(f"cannot load HR source {spec!r}: {exc}") from exc
-    params = inspect.signature(obj).parameters
-    if "seed" in params and len(params) == 1:
-        obj = obj(seed=seed)
     if not callable(obj):
         raise SystemExit(f"HR source {spec!r} is not callable")
+    params = inspect.signature(obj).parameters
+    if "seed" in params and all(v.default is not inspect.Parameter.empty
+                                for k, v in params.items() if k != "seed"):
+        kw = {"seed": seed}
+        if "bench" in params and bench is not None:
+            kw["bench"] = bench
+        obj = obj(**kw)
     return obj
 
 
-SHIPPED_PROFILES = ("sim-yag200-5x", "sim-gos134")
-SHIPPED_METHODS = ["unet", "sde", "cold_diffusion"]
+# What ships: profile -> learned methods (sr3 is trained and shipped for the GOS panel only).
+SHIPPED = {"sim-yag200-5x": ("unet", "cold_diffusion", "sde"),
+           "sim-gos134": ("unet", "cold_diffusion", "sde", "sr3")}
 SHIPPED_STEPS = 1200
+SHIPPED_HR_SOURCE = "xinstrument.sim.families:training_hr_source"
+# The shipped recipe (small networks that train in minutes on one CPU thread).
+SHIPPED_RECIPE = {"patch": 64, "batch": 8, "lr": 1e-3, "base_channels": 16, "depth": 3,
+                  "pool_images": 96, "pool_px": 256, "val_images": 12, "val_patches": 16}
 
 
-def _shipped(methods: list[str], steps: int, seed: int) -> int:
+def train_shipped(profile_name: str, method: str, steps: int = SHIPPED_STEPS, seed: int = 0,
+                  progress=None) -> dict:
+    """Train one shipped network with the shipped recipe on the training families; saves the
+    weights and ``weights/<method>.json`` (the record, returned) into the profile."""
+    import torch
+
     from xinstrument.profiles import find_profile
-    from xinstrument.restoration.cli import train_profile
+    from xinstrument.restoration.cli import bench_for_profile
+    from xinstrument.sim.families import TRAINING_FAMILIES, training_hr_source
 
-    for name in SHIPPED_PROFILES:
-        for method in methods:
-            rec = train_profile(find_profile(name), method, steps=steps, seed=seed, threads=1)
+    torch.set_num_threads(1)
+    r = SHIPPED_RECIPE
+    profile = find_profile(profile_name)
+    bench = bench_for_profile(profile)
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    train_src = training_hr_source(seed=seed, bench=bench, pool_images=r["pool_images"],
+                                   pool_px=r["pool_px"])
+    val_src = training_hr_source(seed=seed + 1, bench=bench, pool_images=r["val_images"],
+                                 pool_px=r["pool_px"])
+    render_s = time.perf_counter() - wall0
+    result = train(method, profile, train_src, patch=r["patch"], batch=r["batch"], steps=steps,
+                   lr=r["lr"], seed=seed, val_source=val_src, val_patches=r["val_patches"],
+                   steps_per_epoch=max(1, steps // 5), progress=progress,
+                   base_channels=r["base_channels"], depth=r["depth"], save_to_profile=True)
+    record = {"method": method, "profile": profile.name, "bench": bench, "steps": steps,
+              "seed": seed, "patch_px": r["patch"], "batch": r["batch"], "lr": r["lr"],
+              "base_channels": r["base_channels"], "depth": r["depth"],
+              "hr_pool_images": r["pool_images"], "hr_pool_px": r["pool_px"],
+              "val_pool_images": r["val_images"], "val_patches": r["val_patches"],
+              "sample_steps": None, "optimizer": "Adam", "hr_source": SHIPPED_HR_SOURCE,
+              "families": list(TRAINING_FAMILIES),
+              "validation": result.validation,
+              "val_psnr_db": result.validation[-1].get("val_psnr_db"),
+              "val_ssim": result.validation[-1].get("val_ssim"),
+              "final_loss": float(np.mean(result.losses[-20:])),
+              "render_s": round(render_s, 1), "wall_s": round(result.seconds, 1),
+              "cpu_s": round(time.process_time() - cpu0, 1), "threads": 1,
+              "parameters": int(sum(p.numel() for p in result.model.parameters())),
+              "torch": torch.__version__,
+              "command": "python scripts/train_profile_weights.py --shipped"}
+    target = Path(profile.path) / "weights" / f"{method}.json"
+    target.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _shipped(profiles: list[str], methods: list[str] | None, steps: int, seed: int) -> int:
+    for name in profiles:
+        for method in SHIPPED[name]:
+            if methods and method not in methods:
+                continue
+            rec = train_shipped(name, method, steps=steps, seed=seed)
             print(f"{name} {method}: val PSNR {rec['val_psnr_db']:.2f} dB, SSIM "
-                  f"{rec['val_ssim']:.4f}, {rec['cpu_s']:.0f} CPU s", file=sys.stderr)
+                  f"{rec['val_ssim']:.4f}, {rec['cpu_s']:.0f} CPU s", file=sys.stderr, flush=True)
     return 0
+
+
+def _bench(profile) -> str | None:
+    from xinstrument.errors import UserError
+    from xinstrument.restoration.cli import bench_for_profile
+
+    try:
+        return bench_for_profile(profile)
+    except UserError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", help="profile name or folder (required unless --shipped)")
+    p.add_argument("--profile", help="profile name or folder (required unless --shipped; with "
+                   "--shipped: only this shipped profile)")
     p.add_argument("--method", action="append", choices=list(METHOD_CONFIGS),
                    help="learned method(s) to train; default all")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hr-source", help="dotted path module:callable giving HR patches")
     src.add_argument("--hr-images", help=".npy stack (N, H, W) of HR images to crop from")
     src.add_argument("--shipped", action="store_true",
-                     help="rebuild the shipped simulated profiles' weights (unet, sde, "
-                     "cold_diffusion; --steps default 1200)")
+                     help="rebuild the shipped simulated profiles' weights (unet, "
+                     "cold_diffusion, sde; sr3 for sim-gos134) on the training families; "
+                     "--steps default 1200")
     p.add_argument("--val-source", help="like --hr-source, for validation (different samples)")
     p.add_argument("--steps", type=int, default=None, help="default 5000 (1200 with --shipped)")
     p.add_argument("--batch", type=int, default=16)
@@ -90,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-dir", default=None)
     args = p.parse_args(argv)
     if args.shipped:
-        return _shipped(args.method or SHIPPED_METHODS, args.steps or SHIPPED_STEPS, args.seed)
+        if args.profile and args.profile not in SHIPPED:
+            p.error(f"--shipped: profile must be one of {', '.join(SHIPPED)}")
+        return _shipped([args.profile] if args.profile else list(SHIPPED), args.method,
+                        args.steps or SHIPPED_STEPS, args.seed)
     if not args.profile:
         p.error("--profile is required")
     args.steps = args.steps or 5000
@@ -101,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.hr_images:
         hr_source = crop_source(np.load(args.hr_images))
     else:
-        hr_source = load_source(args.hr_source, args.seed)
-    val_source = load_source(args.val_source, args.seed + 1000) if args.val_source else None
+        hr_source = load_source(args.hr_source, args.seed, _bench(profile))
+    val_source = load_source(args.val_source, args.seed + 1000, _bench(profile)) \
+        if args.val_source else None
 
     for method in args.method or list(METHOD_CONFIGS):
         t0 = time.perf_counter()

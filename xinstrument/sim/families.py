@@ -50,6 +50,7 @@ __all__ = [
     "family_sample",
     "measurement_pairs",
     "render_family",
+    "training_hr_source",
     "training_source",
 ]
 
@@ -547,6 +548,25 @@ def training_source(families: Sequence[str] = TRAINING_FAMILIES, benches: Sequen
         return out
 
     return source
+
+
+def training_hr_source(seed: int = 0, bench: str = "lens-yag",
+                       families: Sequence[str] = TRAINING_FAMILIES, pool_images: int = 96,
+                       pool_px: int = 256) -> Callable[[np.random.Generator, int, int], np.ndarray]:
+    """HR source factory for the trainers (``scripts/train_profile_weights.py --hr-source
+    xinstrument.sim.families:training_hr_source``): a pool of ``pool_images`` thin-screen truths
+    of the training ``families`` (``pool_px`` square, rendered once on ``bench`` from ``seed``)
+    from which the returned source ``(rng, count, patch_px)`` cuts random patches.
+
+    Rendering a twin image costs far more than a training step, so a fixed pool with random
+    crops, flips and rotations keeps CPU training short. The seed picks the images; it is
+    deterministic. Held-out families are refused (:func:`check_training_families`).
+    """
+    from xinstrument.restoration.training import pooled_source
+
+    # an unknown bench is refused by render_family with the benches' names
+    return pooled_source(training_source(families, benches=(bench,)), pool_images, pool_px,
+                         int(seed))
 
 
 def measurement_pairs(physics: Any, name: str, count: int, size_px: int, seed: int, *,
