@@ -1062,6 +1062,9 @@ class Instrument:
                     label = f"{fallback}+bicubic_x{result.scale}"
                 # the delivered frame is the fallback's: its report is the frame's report
                 replaced, result = result, check(out, fallback)
+                # kept for its verdict and tile maps; its pixel map (H x W) would double the
+                # memory of every kept frame that fell back
+                replaced.consistency.map = None
                 result.fell_back, result.replaced = True, replaced
                 result.fallback_reason = f"{text}; restored with {label} instead"
                 restored, method = out, label

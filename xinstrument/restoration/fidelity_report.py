@@ -156,7 +156,8 @@ class FidelityReport:
     method : the method whose restoration this report judges.
     fell_back, fallback_reason, replaced : set when the policy replaced the restoration by its
         fallback's: this report then judges the fallback's restoration (``method``), and
-        ``replaced`` is the report of the restoration it replaced (``replaced.method``).
+        ``replaced`` is the report of the restoration it replaced (``replaced.method``; its
+        tile maps and verdict, without the pixel map ``consistency.map``).
     kept_reason : why an inconsistent or not accepted restoration was kept (no accepted
         fallback), stated with the "flag".
     """
