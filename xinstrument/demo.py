@@ -68,8 +68,9 @@ class DemoResult:
         judged = f.get("method") or self.method
         out.append(f"  fidelity guard   {judged}: {verdict}: reduced chi2 {f['reduced_chi2']:.3f} "
                    f"against the noise, {100 * f['flagged_fraction']:.1f} % of tiles flagged "
-                   f"(last frame); {self.fell_back} of {self.n_frames} frames re-restored with "
-                   f"{fb}, {self.flagged} of {self.n_frames} flagged")
+                   f"(last frame); {self.fell_back} of {self.n_frames} frames re-restored"
+                   + (f" with {fb}" if self.fallback_method else " (no fallback)")
+                   + f", {self.flagged} of {self.n_frames} flagged")
         if "undetermined_fraction" in f:
             out.append(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles "
                        f"undetermined by the data (error band above what the data confirm, or "
@@ -134,6 +135,16 @@ class DemoRecording:
                              {"what": "noise-free thin-screen image from the digital twin"})
 
 
+def choose_method(guard: Any, methods: list[str]) -> str:
+    """The demo's method: the first of :data:`METHOD_PREFERENCE` among ``methods`` (those the
+    profile can run) that the fidelity policy (``guard``, a FidelityReporter) accepts; on a
+    profile without the acceptance calibration, the first one it can run."""
+    ranked = [m for m in METHOD_PREFERENCE if m in methods]
+    if not ranked:
+        raise UserError(f"the profile runs none of the demo's methods ({', '.join(METHOD_PREFERENCE)})")
+    return next((m for m in ranked if guard.accepts(m)[0]), ranked[0])
+
+
 def check_output_folder(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -182,8 +193,7 @@ def run_demo(out: Path, sensor_px: int = 1024, n_frames: int = 3, n_average: int
     inst.set_fidelity_policy(True, fallback_method="auto")
     guard = inst.fidelity_guard
     if method is None:
-        ranked = [m for m in METHOD_PREFERENCE if m in methods]
-        method = next((m for m in ranked if guard.accepts(m)[0]), ranked[0])
+        method = choose_method(guard, methods)
     method_why = guard.accepts(method)[1] or f"{method} accepted"
     inst.set_restoration(method)
     with inst:
