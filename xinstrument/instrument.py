@@ -883,11 +883,17 @@ class Instrument:
                 settings["nnps_lr"] = None
                 self._log("fidelity policy: the NNPS given for the previous profile is dropped",
                           logging.WARNING)
-            try:
-                self.set_fidelity_policy(True, **settings)
-            except UserError as exc:        # the configured fallback is refused there
-                self._log(f"{exc}; the fallback is chosen anew", logging.WARNING)
-                self.set_fidelity_policy(True, **{**settings, "fallback_method": "auto"})
+            for fallback in dict.fromkeys((settings["fallback_method"], "auto")):
+                try:
+                    self.set_fidelity_policy(True, **{**settings, "fallback_method": fallback})
+                    break
+                except UserError as exc:    # a fallback refused there, or no noise model
+                    error = exc
+                    self._log(f"fidelity policy with profile {self.profile.name}: {exc}",
+                              logging.WARNING)
+            else:
+                self._fidelity = None
+                self._log(f"fidelity guard off: {error}", logging.WARNING)
         return self.profile
 
     def set_fidelity_policy(self, enabled: bool, max_reduced_chi2: float | None = None,
@@ -1258,7 +1264,7 @@ def _restore_with_dose(restorer, frame: np.ndarray, frames_averaged: int,
     frames was restored as if it held one exposure's noise: N times too much regularisation
     (measured on the simulated bench, PCB, 8 frames averaged: plug-and-play flagged on 41 % of
     tiles, none with the frame's dose)."""
-    if restorer.method not in DOSE_METHODS:
+    if restorer.method not in DOSE_METHODS or not hasattr(restorer, "options"):
         return restorer.restore(frame)
     effective = (1.0 if dose_ratio is None else float(dose_ratio)) * max(1, int(frames_averaged))
     saved = restorer.options

@@ -93,6 +93,16 @@ def test_the_policy_follows_a_profile_change(inst):
     finally:
         inst.load_profile("sim-yag200-5x")
     assert inst.fidelity_fallback == "inverse"
+    # a fallback named for one profile that the next one does not accept is chosen anew there
+    inst.set_fidelity_policy(True, fallback_method="inverse")
+    inst.load_profile("sim-gos134")           # accepts plug-and-play only
+    try:
+        assert inst.fidelity_guard.profile.name == "sim-gos134"
+        assert inst.fidelity_fallback is None
+        assert "accepts no classical method" in inst.fidelity_fallback_reason
+    finally:
+        inst.load_profile("sim-yag200-5x")
+    assert inst.fidelity_fallback == "inverse"
 
 
 def test_averaged_frames_are_restored_with_their_dose(inst):
