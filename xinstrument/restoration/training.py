@@ -183,6 +183,7 @@ def train(
     base_channels: int = 24,
     depth: int = 3,
     save_to_profile: bool = True,
+    grad_clip: float | None = None,
 ) -> TrainResult:
     """Train one learned method for a detector profile.
 
@@ -206,6 +207,9 @@ def train(
         {"epoch", "val_psnr_db", "val_ssim"}.
     base_channels, depth : U-Net size.
     save_to_profile : call ``profile.save_weights(method, weights)`` at the end.
+    grad_clip : clip the gradient's global norm to this before each step (None: no clipping);
+        the usual guard of diffusion training (Ho et al. 2020 clip at 1) against a loss spike
+        that throws the network out to "no correction".
     """
     if method not in METHOD_CONFIGS:
         raise ValueError(f"train: unknown learned method {method!r}; choose from {list(METHOD_CONFIGS)}")
@@ -216,6 +220,9 @@ def train(
     seed = _check_int("seed", seed, 0)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip)
+                                      and grad_clip > 0):
+        raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
     physics = DetectorPhysics.from_profile(profile)
     if not physics.has_noise_model:
         raise ValueError(
@@ -251,6 +258,8 @@ def train(
             raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
         opt.step()
         result.losses.append(float(loss.item()))
         report: dict[str, float] = {"step": step, "loss": result.losses[-1]}
