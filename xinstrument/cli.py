@@ -58,20 +58,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     print(f"  restoration      {r.method}")
     print(f"  SSIM  input {r.ssim_input:.3f} -> restored {r.ssim_restored:.3f}")
     print(f"  PSNR  input {r.psnr_input:.2f} dB -> restored {r.psnr_restored:.2f} dB")
-    if r.fidelity is not None:
-        f = r.fidelity
-        verdict = {1: "consistent", 0: "NOT consistent", -1: "not normalised"}[f["consistent"]]
-        print(f"  fidelity guard   {verdict}: reduced chi2 {f['reduced_chi2']:.3f} against the "
-              f"noise, {100 * f['flagged_fraction']:.1f} % of tiles flagged (last frame); "
-              f"{r.fell_back} of {r.n_frames} frames re-restored with Wiener")
-        if "undetermined_fraction" in f:
-            print(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles undetermined "
-                  f"by the data (error band above what the data confirm, or restored detail "
-                  f"where transfer x SNR < 1), uncertainty "
-                  f"+-{f['uncertainty_mean']:.3g} (coverage {100 * f['coverage']:.0f} %); "
-                  f"action: {f['action']}")
+    for line in r.fidelity_lines():
+        print(line)
     print(f"  acquisition      {r.frames_per_s:.2f} camera frames/s; restoration "
-          f"{r.restore_frames_per_s:.1f} frames/s")
+          f"{r.restore_frames_per_s:.3g} frames/s")
     return 0
 
 
