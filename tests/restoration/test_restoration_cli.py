@@ -11,6 +11,7 @@ import pytest
 from xinstrument.cli import main
 from xinstrument.profiles import find_profile
 from xinstrument.restoration import Restorer
+from xinstrument.sim.families import TRAINING_FAMILIES
 from xinstrument.storage import ScanReader, ScanWriter
 
 GOS = "sim-gos134"
@@ -116,6 +117,7 @@ def test_train_saves_weights_and_record_that_restore_then_uses(tmp_path, capsys)
                  "--threads", "1", "--device", "cpu"]) == 0
     rec = json.loads((prof / "weights" / "unet.json").read_text())
     assert rec["steps"] == 3 and rec["seed"] == 0 and rec["bench"] == "panel-gos"
+    assert tuple(rec["hr_families"]) == TRAINING_FAMILIES      # the broad prior, not PCB only
     assert np.isfinite(rec["val_psnr_db"]) and 0 < rec["val_ssim"] <= 1
     assert "unet" in find_profile(str(prof)).weights
     src = _scan(tmp_path / "in.h5", n_proj=1)
@@ -123,6 +125,26 @@ def test_train_saves_weights_and_record_that_restore_then_uses(tmp_path, capsys)
                  "--out", str(tmp_path / "o.h5"), "--device", "cpu"]) == 0
     with ScanReader(tmp_path / "o.h5") as r:
         assert r.restored.shape == (1, PX, PX) and np.isfinite(r.restored).all()
+
+
+def test_train_restore_on_named_families_records_them_and_refuses_held_out_ones(tmp_path, capsys):
+    from xinstrument.restoration.cli import train_profile
+
+    prof = tmp_path / "p"
+    shutil.copytree(find_profile(GOS).path, prof)
+    before = (prof / "weights" / "unet.pt").read_bytes()
+    assert main(["train", "--profile", str(prof), "--method", "unet", "--steps", "1",
+                 "--hr-families", "pcb,siemens_star", "--threads", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "held-out families ['siemens_star']" in err and "Traceback" not in err
+    assert (prof / "weights" / "unet.pt").read_bytes() == before       # nothing written
+
+    # the named families go into the record
+    rec = train_profile(find_profile(str(prof)), "unet", steps=2, patch=32, batch=2,
+                        pool_images=2, pool_px=64, threads=1, device="cpu",
+                        hr_families=["fibres"])
+    assert rec["hr_families"] == ["fibres"]
+    assert (prof / "weights" / "unet.pt").read_bytes() != before
 
 
 def test_train_rejects_bad_options(tmp_path, capsys):

@@ -166,38 +166,50 @@ def train_profile(profile: Any, method: str, *, steps: int, seed: int = 0,
                   base_channels: int = 16, depth: int = 3, pool_images: int = 96,
                   pool_px: int = 256, val_patches: int = 16, steps_per_epoch: int | None = None,
                   sample_steps: int | None = None, device: str | None = None,
-                  threads: int | None = None, progress=None) -> dict:
+                  threads: int | None = None, hr_families: Sequence[str] | None = None,
+                  progress=None) -> dict:
     """Train ``method`` for ``profile`` on the twin's HR images and save weights + a record.
 
-    HR images: a pool of ``pool_images`` twin renderings (``pool_px`` square) drawn from
-    ``seed``; validation: a separate pool from ``seed + 1`` (other random samples). The record
-    (settings, final validation PSNR/SSIM, CPU seconds) goes to ``weights/<method>.json``.
+    HR images: a pool of ``pool_images`` thin-screen twin renderings (``pool_px`` square) of the
+    training sample families ``hr_families`` (default: all of them; held-out families are
+    refused, so a network trained here is never scored on a family it saw), drawn from
+    ``seed``; validation: a separate pool from ``seed + 1`` (other random samples). Networks
+    trained on one family learn its statistics: PCB-only training laid the PCB's horizontal /
+    vertical layout over flat regions as a cross-hatch. The record (settings, families, final
+    validation PSNR/SSIM, CPU seconds) goes to ``weights/<method>.json``.
     """
     import torch
 
-    from ..sim.bench import hr_patches
+    from ..sim.families import TRAINING_FAMILIES, check_training_families, training_hr_source
     from .networks import METHOD_CONFIGS
-    from .training import pooled_source, train
+    from .training import train
 
     if method not in METHOD_CONFIGS:
         raise UserError(f"unknown learned method {method!r}; choose from {', '.join(METHOD_CONFIGS)}")
     bench = bench or bench_for_profile(profile)
     if bench not in TWIN_BENCHES:
         raise UserError(f"unknown twin bench {bench!r}; choose from {', '.join(TWIN_BENCHES)}")
+    try:
+        families = check_training_families(TRAINING_FAMILIES if hr_families is None
+                                           else hr_families)
+    except ValueError as exc:
+        raise UserError(f"--hr-families: {exc}") from None
     if threads is not None:
         torch.set_num_threads(threads)
 
-    def source(rng, count, px):
-        return hr_patches(rng, count, px, bench=bench)
-
     cpu0 = time.process_time()
-    train_src = pooled_source(source, pool_images, pool_px, seed)
-    val_src = pooled_source(source, max(4, pool_images // 8), pool_px, seed + 1)
+    try:
+        train_src = training_hr_source(seed, bench, families, pool_images, pool_px)
+        val_src = training_hr_source(seed + 1, bench, families, max(4, pool_images // 8),
+                                     pool_px)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     settings = {"method": method, "profile": profile.name, "bench": bench, "steps": steps,
                 "seed": seed, "patch_px": patch, "batch": batch, "lr": lr,
                 "base_channels": base_channels, "depth": depth, "hr_pool_images": pool_images,
                 "hr_pool_px": pool_px, "val_patches": val_patches, "sample_steps": sample_steps,
-                "optimizer": "Adam", "hr_source": "xinstrument.sim.bench.hr_patches"}
+                "optimizer": "Adam", "hr_families": list(families),
+                "hr_source": "xinstrument.sim.families.training_hr_source"}
     try:
         result = train(method, profile, train_src, patch=patch, batch=batch, steps=steps, lr=lr,
                        seed=seed, device=device, val_source=val_src, val_patches=val_patches,
@@ -342,8 +354,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.method is None:
         raise UserError("--method is required for --task restore (the learned restoration "
                         "method to train)")
-    if a.factor is not None or a.hr_images is not None or a.hr_families is not None:
-        raise UserError("--factor, --hr-images and --hr-families belong to --task sr")
+    if a.factor is not None or a.hr_images is not None:
+        raise UserError("--factor and --hr-images belong to --task sr")
 
     def progress(report: dict) -> None:
         if "epoch" in report:
@@ -354,8 +366,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     rec = train_profile(profile, a.method, steps=a.steps, seed=a.seed, bench=a.bench,
                         patch=a.patch, batch=a.batch, lr=a.lr, base_channels=a.base_channels,
                         pool_images=a.pool_images, pool_px=a.pool_px, device=a.device,
-                        threads=a.threads, progress=progress)
-    print(f"trained {a.method} for {profile.name}: {a.steps} steps, val PSNR "
+                        threads=a.threads, hr_families=a.hr_families, progress=progress)
+    print(f"trained {a.method} for {profile.name} on {', '.join(rec['hr_families'])}: {a.steps} steps, val PSNR "
           f"{rec['val_psnr_db']:.2f} dB, SSIM {rec['val_ssim']:.4f}, {rec['wall_s']:.0f} s; "
           f"weights in {profile.path / 'weights'}")
     return 0
@@ -421,7 +433,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a learned restoration or super-resolution method "
                        "into a profile",
                        description="Train on thin-detector images of the digital twin (random "
-                       "procedural samples), thick inputs synthesised with the profile's MTF "
+                       "procedural samples of the training families), thick inputs synthesised with the profile's MTF "
                        "ratio and noise (--task restore), or on fine-grid HR images degraded "
                        "by bicubic down-sampling, the profile's ESF Gaussian blur and "
                        "background noise (--task sr --factor N); weights and a training record "
@@ -437,8 +449,9 @@ def register(sub) -> None:
     p.add_argument("--hr-images", type=Path, default=None,
                    help="--task sr: .npy (N, H, W) HR images on the fine grid instead of the twin")
     p.add_argument("--hr-families", type=_family_list, default=None, metavar="F1,F2,...",
-                   help="--task sr: twin HR images of these training sample families (comma "
-                   "separated; held-out families are refused) instead of the default samples")
+                   help="twin HR images of these training sample families (comma separated; "
+                   "held-out families are refused). --task restore: default all training "
+                   "families; --task sr: default the bench's own samples")
     p.add_argument("--channels", type=_positive_int, default=32, help="SR network width")
     p.add_argument("--layers", type=_positive_int, default=8, help="SR network 3x3 conv layers")
     p.add_argument("--blur", choices=["gaussian", "mtf_ratio"], default="gaussian",
