@@ -262,7 +262,8 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
     ``hr_images`` (.npy, on the fine grid: ``factor`` x smaller pixels than the detector), or
     twin images of the named training sample families (``hr_families``; held-out ones refused).
     Validation: twin images from another seed (of the same families). LR inputs come from the profile's calibrated
-    degradation (``esf_sigma_um`` or, with ``blur="mtf_ratio"``, ``mtf_ratio``; ``noise_sigma``). The profile is re-read just before saving,
+    degradation (``esf_sigma_um`` or, with ``blur="mtf_ratio"``, ``mtf_ratio``; ``noise_sigma``;
+    with ``blur="slice"`` the stored tomosynthesis slice transfer and the slice's noise). The profile is re-read just before saving,
     so weights written meanwhile by other trainings are kept.
     """
     import torch
@@ -270,7 +271,7 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
     from xinstrument.sim.hr_source import twin_hr_source
 
     from ..profiles import DetectorProfile
-    from .superres import SuperResolutionError, sr_method, train_sr
+    from .superres import SliceTransfer, SuperResolutionError, sr_method, train_sr
     from .training import crop_source, pooled_source
 
     try:
@@ -282,6 +283,12 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
                         "ESF -> LSF fit of a slanted edge); super-resolution training needs it "
                         "for the degradation model: measure it (xinstrument calibrate) and store "
                         "it in profile.toml")
+    slice_transfer = None
+    if blur == "slice":     # refuse before the twin renders the training pool
+        try:
+            slice_transfer = SliceTransfer.from_profile(profile)
+        except SuperResolutionError as exc:
+            raise UserError(str(exc)) from None
     bench = bench or bench_for_profile(profile)
     if bench not in TWIN_BENCHES:
         raise UserError(f"unknown twin bench {bench!r}; choose from {', '.join(TWIN_BENCHES)}")
@@ -331,6 +338,10 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         "bench_kw": bench_kw, "blur": blur, "downsample": downsample,
         "blur_sigma_lr_px": res.degradation.blur_sigma_lr_px,
         "noise_sigma": res.degradation.noise_sigma,
+        **({"slice_half_arc_deg": slice_transfer.half_arc_deg,
+            "slice_projections": slice_transfer.projections,
+            "slice_transfer_file": profile.calibration["slice_transfer_file"]}
+           if slice_transfer is not None else {}),
         "parameters": int(sum(x.numel() for x in res.model.parameters())),
         "validation": res.validation,
         "val_psnr_db": final.get("val_psnr_db"), "val_ssim": final.get("val_ssim"),
@@ -454,9 +465,11 @@ def register(sub) -> None:
                    "families; --task sr: default the bench's own samples")
     p.add_argument("--channels", type=_positive_int, default=32, help="SR network width")
     p.add_argument("--layers", type=_positive_int, default=8, help="SR network 3x3 conv layers")
-    p.add_argument("--blur", choices=["gaussian", "mtf_ratio"], default="gaussian",
+    p.add_argument("--blur", choices=["gaussian", "mtf_ratio", "slice"], default="gaussian",
                    help="--task sr degradation blur: the profile's ESF Gaussian sigma (paper "
-                   "003) or its measured MTF ratio on the fine grid (default gaussian)")
+                   "003), its measured MTF ratio on the fine grid, or the anisotropic transfer "
+                   "of its tomosynthesis slices with their noise (slice; profile.toml "
+                   "[calibration] slice_* keys) (default gaussian)")
     p.add_argument("--downsample", choices=["bicubic", "area"], default="bicubic",
                    help="--task sr down-sampling: anti-aliased bicubic (paper 003) or area, the "
                    "camera pixel's integration, which keeps the aliasing real frames carry "

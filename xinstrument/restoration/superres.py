@@ -45,8 +45,10 @@ __all__ = [
     "SR_FACTORS",
     "BarGroupResult",
     "SRDegradation",
+    "SLICE_KEYS",
     "SRNet",
     "SRTrainResult",
+    "SliceTransfer",
     "SuperResolutionError",
     "SuperResolver",
     "background_noise_sigma",
@@ -66,8 +68,13 @@ __all__ = [
 ]
 
 SR_FACTORS = (2, 4)
-# Blur models of the degradation: paper 003's ESF Gaussian, or the profile's measured MTF ratio.
-SR_BLURS = ("gaussian", "mtf_ratio")
+# Blur models of the degradation: paper 003's ESF Gaussian, the profile's measured MTF ratio, or
+# the anisotropic transfer of the bench's tomosynthesis slices stored in the profile.
+SR_BLURS = ("gaussian", "mtf_ratio", "slice")
+# profile.toml [calibration] keys of the slice transfer (blur "slice"): the file in the profile
+# folder (frequency_x_cy_per_px, frequency_y_cy_per_px, transfer [n_fy, n_fx]; LR cycles per
+# pixel, x along the tilt), the arc and projections it holds, the slice's noise sigma
+SLICE_KEYS = ("slice_transfer_file", "slice_half_arc_deg", "slice_projections", "slice_noise_sigma")
 # "bicubic": anti-aliased bicubic decimation (paper 003); "area": the mean of each factor x factor
 # block, i.e. what a camera pixel integrates - it passes the aliasing a real frame carries
 SR_DOWNSAMPLES = ("bicubic", "area")
@@ -186,6 +193,92 @@ def background_noise_sigma(region: Any, bins: int = 64) -> float:
 
 
 # ------------------------------------------------------------------------------ degradation
+@dataclass(frozen=True, eq=False)
+class SliceTransfer:
+    """Transfer of a tomosynthesis slice relative to the fine-grid ground truth: the mean of the
+    tilted projections' OTFs over the reference screen's MTF (``xinstrument.sim.slice_transfer``),
+    sampled on LR frequencies 0 .. f_max on both axes (even in fx and fy; x is along the tilt).
+    ``transfer`` is real and may dip below 0 where the averaged parallax reverses contrast."""
+
+    frequency_x_cy_per_px: np.ndarray
+    frequency_y_cy_per_px: np.ndarray
+    transfer: np.ndarray
+    half_arc_deg: float
+    projections: int
+    noise_sigma: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        fx, fy, t = (np.asarray(v, dtype=np.float64) for v in
+                     (self.frequency_x_cy_per_px, self.frequency_y_cy_per_px, self.transfer))
+        for name, f in (("frequency_x_cy_per_px", fx), ("frequency_y_cy_per_px", fy)):
+            if f.ndim != 1 or f.size < 4 or f[0] != 0 or not np.all(np.diff(f) > 0):
+                raise SuperResolutionError(f"slice transfer: {name} must be increasing LR "
+                                           "frequencies from 0, at least 4 samples")
+        if t.shape != (fy.size, fx.size) or not np.all(np.isfinite(t)) or np.abs(t).max() > 1 + 1e-6:
+            raise SuperResolutionError(
+                f"slice transfer: transfer must be finite, |value| <= 1, of shape "
+                f"({fy.size}, {fx.size}) (n_fy, n_fx), got {t.shape}")
+        if not (math.isfinite(self.half_arc_deg) and 0 < self.half_arc_deg < 90
+                and int(self.projections) >= 2):
+            raise SuperResolutionError(f"slice transfer: half arc {self.half_arc_deg!r} deg and "
+                                       f"{self.projections!r} projections do not make a slice")
+        object.__setattr__(self, "frequency_x_cy_per_px", fx)
+        object.__setattr__(self, "frequency_y_cy_per_px", fy)
+        object.__setattr__(self, "transfer", t)
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> SliceTransfer:
+        """The slice transfer named by ``profile.calibration`` (:data:`SLICE_KEYS`); a missing
+        key, file or array is a :class:`SuperResolutionError` naming it."""
+        cal = getattr(profile, "calibration", None) or {}
+        where = _profile_name(profile)
+        for key in SLICE_KEYS:
+            if key not in cal:
+                raise SuperResolutionError(
+                    f"{where}: blur 'slice' needs the tomosynthesis slice transfer, but profile.toml "
+                    f"[calibration] has no {key!r} (store it with scripts/sr_resolution_budget.py "
+                    "--store-slice-transfer)")
+        folder = getattr(profile, "path", None)
+        if folder is None:
+            raise SuperResolutionError(f"{where}: profile has no folder to read "
+                                       f"{cal['slice_transfer_file']!r} from")
+        from pathlib import Path
+        folder = Path(folder).resolve()
+        path = (folder / str(cal["slice_transfer_file"])).resolve()
+        if folder not in path.parents or not path.is_file():
+            raise SuperResolutionError(f"{where}: slice_transfer_file {cal['slice_transfer_file']!r} "
+                                       "is not a file inside the profile folder")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: np.array(npz[k]) for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise SuperResolutionError(f"{path}: not a readable .npz ({exc})") from None
+        for key in ("frequency_x_cy_per_px", "frequency_y_cy_per_px", "transfer"):
+            if key not in arrays:
+                raise SuperResolutionError(f"{path}: missing array {key!r} (has {sorted(arrays)})")
+        return cls(arrays["frequency_x_cy_per_px"], arrays["frequency_y_cy_per_px"],
+                   arrays["transfer"], float(cal["slice_half_arc_deg"]),
+                   int(cal["slice_projections"]), float(cal["slice_noise_sigma"]),
+                   str(cal.get("slice_transfer_source", "")))
+
+    def on_rfft_grid(self, shape: tuple[int, int], factor: int) -> np.ndarray:
+        """The transfer on the rfft2 grid of an HR image of ``shape`` (``factor`` x finer than the
+        LR pixels the table is sampled in), bilinear in |fy|, |fx|; beyond the table its edge."""
+        fy = np.abs(np.fft.fftfreq(shape[0]))[:, None] * factor      # HR cy/px -> LR cy/px
+        fx = np.fft.rfftfreq(shape[1])[None, :] * factor
+        tx, ty = self.frequency_x_cy_per_px, self.frequency_y_cy_per_px
+        fx = np.minimum(fx, tx[-1])
+        fy = np.minimum(fy, ty[-1])
+        ix = np.clip(np.searchsorted(tx, fx, side="right") - 1, 0, tx.size - 2)
+        iy = np.clip(np.searchsorted(ty, fy, side="right") - 1, 0, ty.size - 2)
+        ax = (fx - tx[ix]) / (tx[ix + 1] - tx[ix])
+        ay = (fy - ty[iy]) / (ty[iy + 1] - ty[iy])
+        t = self.transfer
+        return ((1 - ay) * ((1 - ax) * t[iy, ix] + ax * t[iy, ix + 1])
+                + ay * ((1 - ax) * t[iy + 1, ix] + ax * t[iy + 1, ix + 1]))
+
+
 @dataclass(frozen=True)
 class SRDegradation:
     """HR -> LR model of paper 003: bicubic down-sampling by ``factor``, Gaussian blur of
@@ -200,12 +293,17 @@ class SRDegradation:
     # applied on the HR grid before down-sampling (see ``from_profile(blur="mtf_ratio")``).
     transfer: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     downsample: str = "bicubic"
+    # Optional anisotropic transfer of tomosynthesis slices (``from_profile(blur="slice")``),
+    # applied on the HR grid before down-sampling instead of ``transfer``.
+    slice_transfer: SliceTransfer | None = None
 
     def __post_init__(self) -> None:
         sr_method(self.factor)
         if self.downsample not in SR_DOWNSAMPLES:
             raise SuperResolutionError(f"downsample must be one of {SR_DOWNSAMPLES}, got "
                                        f"{self.downsample!r}")
+        if self.transfer is not None and self.slice_transfer is not None:
+            raise SuperResolutionError("give the radial transfer or the slice transfer, not both")
         if self.transfer is not None:
             f, r = (np.asarray(v, dtype=np.float64) for v in self.transfer)
             if f.ndim != 1 or f.shape != r.shape or f.size < 4 or not np.all(np.diff(f) > 0) \
@@ -234,15 +332,25 @@ class SRDegradation:
         screen's blur; a thin screen's depth blur has long tails that one Gaussian fitted to the
         ESF core misses. Beyond the profile's table (LR Nyquist) the ratio continues as the
         Gaussian fitted to it.
+        ``blur="slice"``: the anisotropic transfer of the bench's tomosynthesis slices stored in
+        the profile (:class:`SliceTransfer`, :data:`SLICE_KEYS`), applied on the HR grid before
+        down-sampling; the default noise is then the slice's (``slice_noise_sigma``: its
+        projections averaged).
         Noise sigma: ``noise_sigma`` if given, else measured from the ``background`` region
-        (:func:`background_noise_sigma`), else ``profile.noise_sigma``.
+        (:func:`background_noise_sigma`), else ``profile.noise_sigma`` (the slice's for
+        ``blur="slice"``).
         ``downsample``: one of :data:`SR_DOWNSAMPLES`.
         """
         sr_method(factor)
         if blur not in SR_BLURS:
             raise SuperResolutionError(f"blur must be one of {SR_BLURS}, got {blur!r}")
         esf = getattr(profile, "esf_sigma_um", None)
-        transfer = None
+        transfer = slice_transfer = None
+        if blur == "slice":
+            slice_transfer = SliceTransfer.from_profile(profile)
+            esf = 0.0
+            if noise_sigma is None and background is None:
+                noise_sigma = slice_transfer.noise_sigma
         if blur == "mtf_ratio":
             f = getattr(profile, "frequency_cy_per_px", None)
             ratio = getattr(profile, "mtf_ratio", None)
@@ -269,10 +377,14 @@ class SRDegradation:
             )
         pixel_um = float(profile.pixel_size_um)
         return cls(int(factor), float(esf) / pixel_um, float(noise_sigma), transfer=transfer,
-                   downsample=downsample)
+                   downsample=downsample, slice_transfer=slice_transfer)
 
     def transfer_hr(self, shape: tuple[int, int]) -> torch.Tensor:
-        """The ``transfer`` on the rfft2 grid of an HR image of ``shape`` (float32)."""
+        """The ``transfer`` (or ``slice_transfer``) on the rfft2 grid of an HR image of ``shape``
+        (float32)."""
+        if self.slice_transfer is not None:
+            return torch.from_numpy(
+                self.slice_transfer.on_rfft_grid(shape, self.factor).astype(np.float32))
         f_tab, r_tab = (np.asarray(v, dtype=np.float64) for v in self.transfer)
         fy = np.fft.fftfreq(shape[0])[:, None] * self.factor      # HR cy/px -> LR cy/px
         fx = np.fft.rfftfreq(shape[1])[None, :] * self.factor
@@ -301,7 +413,7 @@ class SRDegradation:
         """Degrade HR patches (B, H, W) (H, W multiples of ``factor``) to LR (B, H/f, W/f)."""
         if hr.ndim != 3:
             raise ValueError(f"HR patches must be (B, H, W), got {tuple(hr.shape)}")
-        if self.transfer is not None:
+        if self.transfer is not None or self.slice_transfer is not None:
             hr = self._apply_transfer(hr)
         down = area_downsample if self.downsample == "area" else bicubic_downsample
         lr = gaussian_blur(down(hr, self.factor), self.blur_sigma_lr_px)
@@ -474,7 +586,8 @@ def train_sr(
         for SR, Lim et al. EDSR 2017); gradient norm clipped at 1 (VDSR trains at high rates
         with clipping, Kim et al. 2016).
     channels, layers : network size.
-    blur : "gaussian" (ESF sigma, paper 003) or "mtf_ratio" (see :meth:`SRDegradation.from_profile`).
+    blur : "gaussian" (ESF sigma, paper 003), "mtf_ratio" or "slice" (tomosynthesis slices;
+        see :meth:`SRDegradation.from_profile`).
     downsample : "bicubic" (paper 003) or "area" (camera pixel integration).
     val_source : HR source for validation PSNR/SSIM of SR and bicubic every ``steps_per_epoch``.
     """
