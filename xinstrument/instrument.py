@@ -46,6 +46,8 @@ from .acquisition.pipeline import LiveView
 from .config import InstrumentConfig
 from .errors import InstrumentError, UserError
 from .restoration import registry
+from .restoration.dose import DOSE_METHODS, twin_flat_dose_ratio
+from .restoration.dose import restore_with_dose as _restore_with_dose
 from .scans.engine import Engine, PlanError, RunHandle
 from .scans.events import EngineEvents
 
@@ -1001,18 +1003,14 @@ class Instrument:
         if pol is not None and pol["dose_ratio"] is not None:
             return float(pol["dose_ratio"])
         mean_signal = getattr(self.profile, "nnps_mean_signal", None)
-        if self.twin is None or mean_signal is None or not (
-                exposure_s is not None and np.isfinite(exposure_s) and exposure_s > 0):
+        if self.twin is None or mean_signal is None:
             return None
         st = self._world_state()
         kv = st.voltage_kv if voltage_kv is None else voltage_kv
         ua = st.current_ua if current_ua is None else current_ua
-        if not (np.isfinite(kv) and np.isfinite(ua)):
-            return None
-        # simulated bench: detected quanta per pixel of the flat at this frame's settings
-        st = dataclasses.replace(st, sample_in=False, xray_on=True, current_ua=ua, voltage_kv=kv)
-        quanta = self.twin.expected_quanta("thick", st, exposure_s)
-        return float(quanta.mean()) / float(mean_signal)
+        # simulated bench: detected quanta per pixel of the flat at this frame's settings (the
+        # offline restore computes a stored frame's dose with the same function)
+        return twin_flat_dose_ratio(self.twin, st, exposure_s, kv, ua, mean_signal)
 
     def restore_frame(self, frame: np.ndarray, method: str | None = None, *,
                       frames_averaged: int = 1, dose_ratio: float | None = None) -> np.ndarray:
@@ -1251,28 +1249,7 @@ class _RestoreFn:
         return out
 
 
-# Restorers whose noise model takes the frame's dose (``dose_ratio=`` of classical.wiener,
-# pnp.pnp_restore, dc_diffusion.dc_diffusion_restore); the fidelity calibration restores its
-# frames with their dose times the frames averaged (bench_fidelity.restore_all).
-DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion")
-
-
-def _restore_with_dose(restorer, frame: np.ndarray, frames_averaged: int,
-                       dose_ratio: float | None) -> np.ndarray:
-    """``restorer.restore(frame)`` with the noise of a frame of ``frames_averaged`` exposures at
-    ``dose_ratio`` each (None: the profile's calibration dose, 1). Without it an average of N
-    frames was restored as if it held one exposure's noise: N times too much regularisation
-    (measured on the simulated bench, PCB, 8 frames averaged: plug-and-play flagged on 41 % of
-    tiles, none with the frame's dose)."""
-    if restorer.method not in DOSE_METHODS or not hasattr(restorer, "options"):
-        return restorer.restore(frame)
-    effective = (1.0 if dose_ratio is None else float(dose_ratio)) * max(1, int(frames_averaged))
-    saved = restorer.options
-    restorer.options = {**saved, "dose_ratio": effective}
-    try:
-        return restorer.restore(frame)
-    finally:
-        restorer.options = saved
+# DOSE_METHODS and _restore_with_dose: xinstrument.restoration.dose (the offline restore's too)
 
 
 def _check_processed(inst: Instrument, item) -> None:

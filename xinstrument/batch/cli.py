@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cliargs import non_negative_int, positive_int, torch_device
+from ..cliargs import non_negative_int, positive_float, positive_int, torch_device
 from ..errors import UserError
 
 __all__ = ["build_parser", "main", "register"]
@@ -33,6 +33,7 @@ def _cmd_restore(a: argparse.Namespace) -> int:
         rep = run_batch(a.files, profile, a.method, out_dir=a.out or Path.cwd(), scheduler=a.scheduler,
                         workers=a.workers, retries=a.retries, batch_frames=a.batch_frames,
                         device=a.device, restorer_options=opts, force=a.force,
+                        frames_averaged=a.frames_averaged, dose_ratio=a.dose_ratio,
                         progress=_progress)
     except InputError as exc:
         raise UserError(str(exc)) from None
@@ -71,6 +72,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="redo files whose complete output already exists")
 
 
+def add_dose_options(p: argparse.ArgumentParser) -> None:
+    """--frames-averaged and --dose-ratio of ``restore`` and ``batch restore``."""
+    p.add_argument("--frames-averaged", type=positive_int, default=None, metavar="N",
+                   help="exposures averaged into every projection, instead of the file's "
+                        "frames_averaged (wiener, pnp_hqs, dc_diffusion: the frame's dose)")
+    p.add_argument("--dose-ratio", type=positive_float, default=None, metavar="R",
+                   help="one exposure's dose: detected quanta per pixel of its flat over the "
+                        "profile's nnps_mean_signal, for every projection, instead of the one "
+                        "computed from the file's exposure, voltage and current (wiener, "
+                        "pnp_hqs, dc_diffusion); multiplied by the frames averaged")
+
+
 def register(sub) -> None:
     from ..restoration.stage import METHODS
     from .tasks import DEFAULT_BATCH_FRAMES
@@ -91,6 +104,7 @@ def register(sub) -> None:
                    help="sampler steps (diffusion) or RL iterations; default per method")
     p.add_argument("--batch-frames", type=positive_int, default=DEFAULT_BATCH_FRAMES,
                    help=f"frames per restoration call (default {DEFAULT_BATCH_FRAMES})")
+    add_dose_options(p)
     p.set_defaults(func=_cmd_restore)
 
     p = bsub.add_parser("recon", help="tomosynthesis reconstruction of many scan files")

@@ -221,6 +221,7 @@ def run_batch(files: Sequence[str | Path], profile: Any, method: str, *,
               client: Any = None, task: Callable[..., FileResult] = restore_file,
               batch_frames: int = DEFAULT_BATCH_FRAMES, device: str | None = None,
               restorer_options: dict[str, Any] | None = None, force: bool = False,
+              frames_averaged: int | None = None, dose_ratio: float | None = None,
               progress: Callable[[FileResult], None] | None = None) -> BatchReport:
     """Restore many scan files on Dask, one task per file.
 
@@ -236,6 +237,9 @@ def run_batch(files: Sequence[str | Path], profile: Any, method: str, *,
     retries : extra attempts the scheduler grants a task that raised.
     task : per-file function ``(input, output, *, profile, method, ...) -> FileResult``.
     batch_frames, device, restorer_options, force : passed to the task (see ``restore_file``).
+    frames_averaged, dose_ratio : the user's frame count and one exposure's dose for every
+        projection of every file, instead of each file's (methods that take the dose; see
+        ``restore_file``).
     progress : called in the client with each FileResult as it completes.
     """
     from ..restoration import available_methods
@@ -244,6 +248,11 @@ def run_batch(files: Sequence[str | Path], profile: Any, method: str, *,
     if method not in usable:
         raise InputError(f"profile {getattr(profile, 'name', '?')!r} cannot run {method!r}; "
                          f"available: {', '.join(usable) or 'none'}")
+    from ..restoration.dose import check_dose_overrides
+    try:
+        check_dose_overrides(frames_averaged, dose_ratio)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     paths = [Path(f) for f in files]
     outputs = [output_path_for(f, out_dir, method) for f in paths]
     _check_outputs(paths, outputs)
@@ -251,6 +260,8 @@ def run_batch(files: Sequence[str | Path], profile: Any, method: str, *,
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     kwargs = {"profile": profile, "method": method, "batch_frames": batch_frames,
               "device": device, "restorer_options": restorer_options, "force": force}
+    if frames_averaged is not None or dose_ratio is not None:   # tasks without them keep working
+        kwargs.update(frames_averaged=frames_averaged, dose_ratio=dose_ratio)
     return run_tasks(paths, outputs, task, kwargs, scheduler=scheduler, workers=workers,
                      retries=retries, client=client, broadcast=("profile",), progress=progress)
 

@@ -8,8 +8,14 @@ at them. The input is opened read-only and never modified.
 
 Idempotence: the output is written under a temporary name and renamed into place only when it is
 complete, carrying ``batch_checksum`` (sha256 of the input projections, method, restorer options,
-profile calibration content and package version) and ``batch_n_restored``. A later run skips a
-file whose output is complete, has the expected frame count and the same checksum.
+the dose each projection is restored with, profile calibration content and package version) and
+``batch_n_restored``. A later run skips a file whose output is complete, has the expected frame
+count and the same checksum.
+
+Dose: Wiener, plug-and-play and DC diffusion restore each projection with its dose and the
+frames it averages, as the live path does (:mod:`xinstrument.restoration.dose`): from the
+file's per-frame metadata, or the user's ``frames_averaged`` / ``dose_ratio``; a file that lacks
+what they need is an InputError naming the missing field.
 """
 from __future__ import annotations
 
@@ -45,7 +51,9 @@ __all__ = [
 # Frames per Restorer.restore call: enough to keep a GPU busy with 2048^2 frames without
 # holding more than ~130 MB of float32 input in memory at once.
 DEFAULT_BATCH_FRAMES = 8
-CHECKSUM_SCHEME = "xinstrument-batch-restore/1"
+# 2: the checksum covers the dose each projection is restored with (outputs of scheme 1 were
+# restored without it and are redone)
+CHECKSUM_SCHEME = "xinstrument-batch-restore/2"
 OUTPUT_SUFFIX = "_restored"
 PARTIAL_SUFFIX = ".partial"
 
@@ -178,6 +186,20 @@ def _worker_name() -> str:
 
 
 # ---------------------------------------------------------------------- the task
+def _dose_plan(src: Path, frame_shape: tuple[int, int], scan: Any, profile: Any, method: str,
+               frames_averaged: int | None, dose_ratio: float | None) -> Any:
+    """The dose of each projection (the single-file restore's rule, see
+    :func:`xinstrument.restoration.cli.stored_dose_plan`); a file lacking what it needs is an
+    InputError."""
+    from ..restoration.cli import stored_dose_plan
+    from ..restoration.dose import DoseMetadataError
+    try:
+        return stored_dose_plan(src, frame_shape, scan, profile, method,
+                                frames_averaged=frames_averaged, dose_ratio=dose_ratio)
+    except (DoseMetadataError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
 def _open_input(path: Path) -> ScanReader:
     if not path.exists():
         raise InputError(f"{path}: input file does not exist")
@@ -195,7 +217,8 @@ def _open_input(path: Path) -> ScanReader:
 
 def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, method: str, *,
                  device: str | None = None, batch_frames: int = DEFAULT_BATCH_FRAMES,
-                 restorer_options: dict[str, Any] | None = None, force: bool = False
+                 restorer_options: dict[str, Any] | None = None, force: bool = False,
+                 frames_averaged: int | None = None, dose_ratio: float | None = None
                  ) -> FileResult:
     """Restore the projections of one scan file into a new scan file.
 
@@ -210,6 +233,9 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
     restorer_options : extra ``Restorer`` keyword arguments (``steps``, ``tile``, ``options``...),
         part of the checksum.
     force : redo even when a complete output exists.
+    frames_averaged, dose_ratio : the user's frame count and one exposure's dose (quanta per
+        pixel of the flat over the profile's ``nnps_mean_signal``) for every projection,
+        instead of the file's (see :func:`xinstrument.restoration.dose.plan_stored_doses`).
 
     Raises
     ------
@@ -245,8 +271,11 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
             raise InputError(f"{src}: {exc}") from None
         if not np.isfinite(scan.transmission).all():
             raise InputError(f"{src}: projections contain NaN or infinite values")
+        plan = _dose_plan(src, reader.frame_shape, scan, profile, method, frames_averaged,
+                          dose_ratio)
+        identity = {**options, "dose": plan.identity()}
         if not force and dst.exists():
-            expected = input_checksum(reader, method, digest, options)
+            expected = input_checksum(reader, method, digest, identity)
             if output_status(dst, expected, n_proj) == "complete":
                 result.status, result.n_frames = "skipped", n_proj
                 result.seconds = time.perf_counter() - t0
@@ -256,14 +285,18 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
     result.device = str(restorer.device)
     partial = dst.with_name(dst.name + PARTIAL_SUFFIX)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(_identity_prefix(method, digest, options))
+    h = hashlib.sha256(_identity_prefix(method, digest, identity))
     scale = int(getattr(restorer, "scale", 1))
     out_px = None if px is None else px / scale
     out_md = {"batch_source": str(src), "profile": profile_name, "restoration_method": method,
-              "restoration_input": scan.how, "restoration_scale": scale}
+              "restoration_input": scan.how, "restoration_scale": scale,
+              "restoration_dose": plan.metadata()}
+    done = [0]     # projections restored so far (restore_scan passes them in order)
 
     def restore(stack: np.ndarray) -> np.ndarray:
-        return restorer.restore(stack.astype(np.float32, copy=False))
+        out = plan.restore(restorer, stack.astype(np.float32, copy=False), done[0])
+        done[0] += len(stack)
+        return out
 
     restore_scan(src, partial, restore, method=method, profile=profile_name, scale=scale,
                  restored_pixel_size_um=out_px, metadata=out_md, overwrite=True,

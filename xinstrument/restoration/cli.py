@@ -23,7 +23,8 @@ from ..storage.sink import check_target
 from ..storage.stored import FrameRestoreError, load_corrected, restore_scan
 from . import Restorer, available_methods, registry
 
-__all__ = ["bench_for_profile", "register", "restore_file", "train_profile", "train_sr_profile"]
+__all__ = ["bench_for_profile", "register", "restore_file", "stored_dose_model", "stored_dose_plan",
+           "train_profile", "train_sr_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,67 @@ def bench_kw_for_profile(profile: Any, bench: str) -> dict:
 
 
 # --- restore -------------------------------------------------------------------------------------
+def stored_dose_model(profile: Any, frame_shape: tuple[int, int]):
+    """How a stored frame's recorded exposure, voltage and current become its dose with
+    ``profile``: ``(flat_dose_ratio, model, why_none)``. A profile calibrated on the digital
+    twin gets the twin bench's detected quanta of one exposure's flat at those settings, with
+    the function the live acquisition uses on the simulated bench
+    (:func:`~xinstrument.restoration.dose.twin_flat_dose_ratio`); any other profile has no
+    model here (``flat_dose_ratio`` None, ``why_none`` says why): its user gives the dose."""
+    import dataclasses
+    import functools
+
+    from .dose import twin_flat_dose_ratio
+
+    cal = getattr(profile, "calibration", None) or {}
+    mean_signal = getattr(profile, "nnps_mean_signal", None)
+    name = getattr(profile, "name", "?")
+    if mean_signal is None:
+        return None, "", f"profile {name!r} has no nnps_mean_signal (measure its NNPS)"
+    if cal.get("source") != "digital twin" and cal.get("bench") not in TWIN_BENCHES:
+        return None, "", (f"profile {name!r} was not calibrated on the digital twin, so the "
+                          "detected quanta at the recorded settings are not known here")
+    try:
+        bench = bench_for_profile(profile)
+    except UserError as exc:
+        return None, "", str(exc)
+    from ..sim import BENCHES, Twin
+
+    cfg = BENCHES[bench](**bench_kw_for_profile(profile, bench))
+    rows, cols = (int(v) for v in frame_shape)
+    cfg = dataclasses.replace(cfg, sensor=dataclasses.replace(cfg.sensor, rows=rows, cols=cols))
+    twin = Twin(cfg, sample="open")
+
+    @functools.lru_cache(maxsize=64)
+    def flat_dose_ratio(exposure_s, voltage_kv, current_ua, theta_deg):
+        st = dataclasses.replace(twin.fixed_state, theta_deg=float(theta_deg))
+        return twin_flat_dose_ratio(twin, st, exposure_s, voltage_kv, current_ua, mean_signal)
+
+    return flat_dose_ratio, f"the digital twin's {bench} bench", ""
+
+
+def stored_dose_plan(in_path: str | Path, frame_shape: tuple[int, int], scan: Any, profile: Any,
+                     method: str, *, frames_averaged: int | None = None,
+                     dose_ratio: float | None = None):
+    """The dose each projection of a stored scan is restored with (``restore`` and ``batch
+    restore``): the user's ``frames_averaged`` / ``dose_ratio`` (one exposure's), else the
+    file's frame counts and the dose :func:`stored_dose_model` computes from the recorded
+    exposure, voltage and current. Raises DoseMetadataError naming the file and the missing
+    field when a method that takes the dose cannot have it."""
+    from .dose import needs_dose, plan_stored_doses
+
+    model = (None, "", "")
+    if needs_dose(method) and dose_ratio is None:
+        model = stored_dose_model(profile, frame_shape)
+    return plan_stored_doses(scan.settings, method, where=str(in_path),
+                             frames_averaged=frames_averaged, dose_ratio=dose_ratio,
+                             flat_dose_ratio=model[0], model=model[1], no_model=model[2])
+
+
 def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method: str, *,
                  steps: int | None = None, device: str | None = None, overwrite: bool = False,
-                 progress=None) -> dict:
+                 progress=None, frames_averaged: int | None = None,
+                 dose_ratio: float | None = None) -> dict:
     """Restore every projection of scan file ``in_path`` into a new scan file ``out_path``.
 
     The output holds the input's projections, flats and darks (same order, dtype and per-frame
@@ -83,7 +142,16 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
     their pixel size (input pixel / N) is stored as ``/entry/restored@pixel_size_um`` and in the
     ``restoration`` metadata. The input is opened read-only and never modified. Returns a
     summary dict.
+
+    Methods whose noise model takes the dose (Wiener, plug-and-play, DC diffusion) restore each
+    projection with its dose and the frames it averages, as the live acquisition does
+    (:func:`stored_dose_plan`): ``frames_averaged`` and ``dose_ratio`` (one exposure's) replace
+    the file's; a file lacking them is a UserError naming the field, and nothing is written.
+    The ``restoration`` metadata records the dose ratio, frames averaged and flat frames of
+    every projection.
     """
+    from .dose import DoseMetadataError
+
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.is_file():
         raise UserError(f"{in_path}: no such file")
@@ -108,10 +176,16 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
                                 f"{profile.name!r} ({profile.pixel_size_um:g} um); wrong "
                                 "profile?")
             scan = load_corrected(reader)
+            shape = reader.frame_shape
     except StorageError as exc:
         raise UserError(str(exc)) from None
     if not np.isfinite(scan.transmission).all():
         raise UserError(f"{in_path}: projections contain NaN or infinite values")
+    try:
+        plan = stored_dose_plan(in_path, shape, scan, profile, method,
+                                frames_averaged=frames_averaged, dose_ratio=dose_ratio)
+    except (DoseMetadataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
     try:
         restorer = Restorer(profile, method, device=device, steps=steps)
     except ValueError as exc:
@@ -120,11 +194,15 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
     out_px = (px if px is not None else float(profile.pixel_size_um)) / restorer.scale
     meta = {"restoration": {"method": method, "profile": profile.name, "steps": steps,
                             "source_file": str(in_path), "input": scan.how,
-                            "scale": restorer.scale, "output_pixel_size_um": out_px}}
+                            "scale": restorer.scale, "output_pixel_size_um": out_px,
+                            **plan.metadata()}}
     meta.setdefault("profile", profile.name)
+    done = [0]      # projections restored so far (restore_scan passes them in order)
 
     def restore_one(stack: np.ndarray) -> np.ndarray:
-        return np.stack([restorer.restore(f) for f in stack])
+        out = np.stack([plan.restore(restorer, f, done[0] + i) for i, f in enumerate(stack)])
+        done[0] += len(stack)
+        return out
 
     t0 = time.perf_counter()
     try:
@@ -138,7 +216,17 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
     return {"frames": n_proj, "seconds": seconds, "input": scan.how,
             "device": str(restorer.device), "frames_per_second": restorer.frames_per_second,
             "fallbacks": list(restorer.fallbacks), "scale": restorer.scale,
-            "output_pixel_size_um": out_px}
+            "output_pixel_size_um": out_px, "dose": plan.metadata()}
+
+
+def _dose_line(dose: dict) -> str:
+    """One line on the dose the projections were restored with (None: the method takes none)."""
+    if dose["dose_ratio"] is None:
+        return ""
+    eff, n = dose["effective_dose_ratio"], dose["frames_averaged"]
+    return (f"dose ratio {min(eff):.4g}" + (f"..{max(eff):.4g}" if max(eff) > min(eff) else "")
+            + f" ({min(n)}" + (f"..{max(n)}" if max(n) > min(n) else "")
+            + f" frames averaged; {dose['dose_source']})")
 
 
 def _cmd_restore(a: argparse.Namespace) -> int:
@@ -148,15 +236,18 @@ def _cmd_restore(a: argparse.Namespace) -> int:
     out = a.out or derived_output(a.input, "restored", a.method)
     bar = ProgressBar(f"restore {a.method}")
     summary = restore_file(a.input, out, profile, a.method, steps=a.steps, device=a.device,
-                           overwrite=a.overwrite, progress=lambda k, n: bar.update(k / n))
+                           overwrite=a.overwrite, progress=lambda k, n: bar.update(k / n),
+                           frames_averaged=a.frames_averaged, dose_ratio=a.dose_ratio)
     bar.close()
     for msg in summary["fallbacks"]:
         print(f"note: {msg}", file=sys.stderr)
     grid = (f", x{summary['scale']} finer grid ({summary['output_pixel_size_um']:.4g} um pixels)"
             if summary["scale"] != 1 else "")
+    dose = _dose_line(summary["dose"])
     print(f"restored {summary['frames']} projections ({summary['input']}) with {a.method} "
-          f"[{profile.name}] on {summary['device']}{grid}: {summary['frames_per_second']:.2f} "
-          f"frames/s -> {out}")
+          f"[{profile.name}] on {summary['device']}{grid}"
+          + (f", {dose}" if dose else "")
+          + f": {summary['frames_per_second']:.2f} frames/s -> {out}")
     return 0
 
 
@@ -439,6 +530,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output file (default: IN_restored-METHOD.h5 in the working directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    from ..batch.cli import add_dose_options
+    add_dose_options(p)
     p.set_defaults(func=_cmd_restore)
 
     p = sub.add_parser("train", help="train a learned restoration or super-resolution method "

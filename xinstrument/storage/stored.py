@@ -50,6 +50,10 @@ class StoredScan:
     flat_index: np.ndarray                 # index of the flat that corrected each
     how: str                               # "stored corrected frames" / "raw frames corrected..."
     metadata: dict[str, Any] = field(default_factory=dict)
+    # per projection: exposure_s, voltage_kv, current_ua, theta_deg and frames_averaged as
+    # recorded (NaN / 0 where the file lacks them), and flat_frames_averaged: exposures in the
+    # flat reference that corrected it (0: unknown) - what the restoration's dose needs
+    settings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _runs(idx: np.ndarray) -> list[np.ndarray]:
@@ -70,6 +74,30 @@ def load_corrected(source: str | Path | ScanReader) -> StoredScan:
         return _load(r)
 
 
+SETTING_FIELDS = ("exposure_s", "voltage_kv", "current_ua", "theta_deg", "frames_averaged")
+
+
+def _settings(md: dict[str, np.ndarray], proj: np.ndarray, flat_index: np.ndarray
+              ) -> dict[str, np.ndarray]:
+    """Per-projection recorded settings and the flat reference's exposure count (the frames
+    of the flat run that ends at or holds ``flat_index``; 0 when unknown)."""
+    out = {name: np.asarray(md[name][proj]) for name in SETTING_FIELDS}
+    keys, counts = md["image_key"], md["frames_averaged"]
+    flat_n = np.zeros(proj.size, np.int64)
+    for k, f in enumerate(np.asarray(flat_index, dtype=np.int64)):
+        if f < 0 or f >= keys.size or keys[f] != L.IMAGE_KEY_FLAT:
+            continue
+        a = b = int(f)
+        while a > 0 and keys[a - 1] == L.IMAGE_KEY_FLAT:
+            a -= 1
+        while b + 1 < keys.size and keys[b + 1] == L.IMAGE_KEY_FLAT:
+            b += 1
+        run = counts[a:b + 1].astype(np.int64)
+        flat_n[k] = int(run.sum()) if (run >= 1).all() else 0
+    out["flat_frames_averaged"] = flat_n
+    return out
+
+
 def _load(r: ScanReader) -> StoredScan:
     md = r.frame_metadata
     keys = md["image_key"]
@@ -82,7 +110,8 @@ def _load(r: ScanReader) -> StoredScan:
         # converted file may: use it as transmission
         data = r.projections.astype(np.float32)
         none = np.full(proj.size, -1)
-        return StoredScan(data, theta, proj, none, none, "stored corrected frames", r.metadata)
+        return StoredScan(data, theta, proj, none, none, "stored corrected frames", r.metadata,
+                          _settings(md, proj, none))
     if r.has_corrected:
         cm = r.corrected_metadata
         order = {int(s): k for k, s in enumerate(cm["source_index"])}
@@ -91,7 +120,8 @@ def _load(r: ScanReader) -> StoredScan:
             pick = [order[int(i)] for i in proj]
             return StoredScan(stack[pick].astype(np.float32), theta, proj,
                               cm["dark_index"][pick], cm["flat_index"][pick],
-                              "stored corrected frames", r.metadata)
+                              "stored corrected frames", r.metadata,
+                              _settings(md, proj, cm["flat_index"][pick]))
     darks = np.flatnonzero(keys == L.IMAGE_KEY_DARK)
     flats = np.flatnonzero(keys == L.IMAGE_KEY_FLAT)
     if darks.size == 0 or flats.size == 0:
@@ -125,7 +155,8 @@ def _load(r: ScanReader) -> StoredScan:
         dark_i[k], flat_i[k] = d[1], f[1]
     how = (f"raw frames corrected with {flats.size} flats / {darks.size} darks "
            "(defect map applied)")
-    return StoredScan(out, theta, proj, dark_i, flat_i, how, r.metadata)
+    return StoredScan(out, theta, proj, dark_i, flat_i, how, r.metadata,
+                      _settings(md, proj, flat_i))
 
 
 def restore_scan(in_path: str | Path, out_path: str | Path, restore: Callable[[np.ndarray],

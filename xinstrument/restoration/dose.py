@@ -1,0 +1,259 @@
+"""The dose a restoration's noise model is told, once, for the live path and for stored scans.
+
+Wiener, plug-and-play and data-consistent diffusion weigh the data against the profile's noise
+power ``NNPS_LR(f) * T / dose_ratio``, with ``dose_ratio`` the detected quanta per pixel of the
+frame's flat over the profile's ``nnps_mean_signal``. A frame averaged from N exposures holds
+N times the quanta of one: its dose is one exposure's times N. Told one exposure's (or the
+calibration dose), an average of N frames is regularised for N times its noise: over-smoothed
+and, rightly, rejected by the fidelity guard (simulated bench, PCB, 8 frames averaged:
+plug-and-play flagged on 41 % of the tiles without the dose, none with it).
+
+The acquisition (:mod:`xinstrument.instrument`) and the offline restorations (``xinstrument
+restore``, ``xinstrument batch restore``) both go through :func:`restore_with_dose`; the dose
+of one exposure on the simulated bench comes from :func:`twin_flat_dose_ratio` in both, and a
+stored scan's frames get theirs from :func:`plan_stored_doses`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DOSE_METHODS", "DoseMetadataError", "DosePlan", "check_dose_overrides",
+           "effective_dose_ratio", "needs_dose", "plan_stored_doses", "restore_with_dose",
+           "twin_flat_dose_ratio"]
+
+# Restorers whose noise model takes the frame's dose (``dose_ratio=`` of classical.wiener,
+# pnp.pnp_restore, dc_diffusion.dc_diffusion_restore); the fidelity calibration restores its
+# frames with their dose times the frames averaged (bench_fidelity.restore_all).
+DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion")
+
+
+class DoseMetadataError(ValueError):
+    """A stored scan lacks what the dose of its frames needs (the message names it)."""
+
+
+def needs_dose(method: str) -> bool:
+    """True when ``method``'s noise model takes the frame's dose."""
+    return method in DOSE_METHODS
+
+
+def effective_dose_ratio(dose_ratio: float | None, frames_averaged: int) -> float:
+    """The dose of a frame of ``frames_averaged`` exposures at ``dose_ratio`` each (None: the
+    profile's calibration dose, 1): averaging N frames divides the noise variance by N."""
+    return (1.0 if dose_ratio is None else float(dose_ratio)) * max(1, int(frames_averaged))
+
+
+_LOCK = threading.Lock()
+
+
+def _lock_of(restorer: Any) -> threading.Lock:
+    # one lock per restorer: its options are swapped for the call, and a restorer may be shared
+    # by threads (a Dask worker's cached restorer, the live view and the fidelity fallback)
+    with _LOCK:
+        lock = getattr(restorer, "_dose_lock", None)
+        if lock is None:
+            lock = threading.Lock()
+            restorer._dose_lock = lock
+        return lock
+
+
+def restore_with_dose(restorer: Any, frame: np.ndarray, frames_averaged: int,
+                      dose_ratio: float | None) -> np.ndarray:
+    """``restorer.restore(frame)`` with the noise of a frame (or a stack of frames sharing it)
+    of ``frames_averaged`` exposures at ``dose_ratio`` each (None: the profile's calibration
+    dose, 1). Methods outside :data:`DOSE_METHODS` restore as they are."""
+    if restorer.method not in DOSE_METHODS or not hasattr(restorer, "options"):
+        return restorer.restore(frame)
+    effective = effective_dose_ratio(dose_ratio, frames_averaged)
+    with _lock_of(restorer):
+        saved = restorer.options
+        restorer.options = {**saved, "dose_ratio": effective}
+        try:
+            return restorer.restore(frame)
+        finally:
+            restorer.options = saved
+
+
+def twin_flat_dose_ratio(twin: Any, state: Any, exposure_s: float, voltage_kv: float,
+                         current_ua: float, mean_signal: float) -> float | None:
+    """Detected quanta per pixel of one exposure's open-beam flat on the digital twin ``twin``
+    (world state ``state`` at ``voltage_kv`` and ``current_ua``; the screen's obliquity from its
+    ``theta_deg``) over the profile's ``nnps_mean_signal``; None when a setting is unknown."""
+    values = (exposure_s, voltage_kv, current_ua)
+    if mean_signal is None or not all(v is not None and math.isfinite(float(v)) for v in values) \
+            or not float(exposure_s) > 0:
+        return None
+    st = dataclasses.replace(state, sample_in=False, xray_on=True, current_ua=float(current_ua),
+                             voltage_kv=float(voltage_kv))
+    quanta = twin.expected_quanta("thick", st, float(exposure_s))
+    return float(quanta.mean()) / float(mean_signal)
+
+
+# ---------------------------------------------------------------------- stored scans
+# per-frame fields of a scan file (storage.layout.FRAME_FIELDS) and where they are stored
+FIELD_PATHS = {"exposure_s": "/entry/instrument/detector/count_time",
+               "voltage_kv": "/entry/instrument/source/voltage",
+               "current_ua": "/entry/instrument/source/current",
+               "frames_averaged": "/entry/instrument/detector/frames_averaged"}
+
+
+@dataclasses.dataclass
+class DosePlan:
+    """The dose each projection of a stored scan is restored with.
+
+    ``dose_ratio``: one exposure's (NaN: not used / unknown); ``frames_averaged``: exposures in
+    each projection (0: unknown, not used); ``flat_frames_averaged``: exposures in the flat
+    reference that corrected it (0: unknown); ``source``: where the dose came from."""
+
+    method: str
+    dose_ratio: np.ndarray
+    frames_averaged: np.ndarray
+    flat_frames_averaged: np.ndarray
+    source: str
+
+    @property
+    def uses_dose(self) -> bool:
+        return needs_dose(self.method)
+
+    def effective(self, k: int) -> float | None:
+        """Dose the noise model of projection ``k`` is told (None: the method takes none)."""
+        if not self.uses_dose:
+            return None
+        return effective_dose_ratio(float(self.dose_ratio[k]), int(self.frames_averaged[k]))
+
+    def restore(self, restorer: Any, stack: np.ndarray, first: int) -> np.ndarray:
+        """Restore projections ``first .. first + len(stack) - 1`` (a stack, or one frame for
+        ``first``), runs of equal dose in one call each."""
+        if not self.uses_dose:
+            return np.asarray(restorer.restore(stack))
+        if stack.ndim == 2:
+            return np.asarray(restore_with_dose(restorer, stack, int(self.frames_averaged[first]),
+                                                float(self.dose_ratio[first])))
+        out, k = [], 0
+        while k < len(stack):
+            j = k + 1
+            key = (float(self.dose_ratio[first + k]), int(self.frames_averaged[first + k]))
+            while j < len(stack) and (float(self.dose_ratio[first + j]),
+                                      int(self.frames_averaged[first + j])) == key:
+                j += 1
+            rest = restore_with_dose(restorer, stack[k:j], key[1], key[0])
+            out.append(np.asarray(rest).reshape(j - k, *np.shape(rest)[-2:]))
+            k = j
+        return np.concatenate(out)
+
+    def metadata(self) -> dict[str, Any]:
+        """What the output's ``restoration`` metadata records (per projection)."""
+        def ints(a):
+            return [int(v) for v in a]
+        used = self.uses_dose
+        return {"dose_source": self.source,
+                "dose_ratio": [float(v) for v in self.dose_ratio] if used else None,
+                "frames_averaged": ints(self.frames_averaged),
+                "effective_dose_ratio": ([self.effective(k) for k in range(len(self.dose_ratio))]
+                                         if used else None),
+                "flat_frames_averaged": ints(self.flat_frames_averaged)}
+
+    def identity(self) -> list:
+        """What the restoration depends on (batch checksums)."""
+        return [self.method, self.source, [float(v) for v in self.dose_ratio],
+                [int(v) for v in self.frames_averaged]]
+
+
+def check_dose_overrides(frames_averaged: int | None, dose_ratio: float | None) -> None:
+    """ValueError unless the user's ``frames_averaged`` (an integer >= 1) and ``dose_ratio`` (a
+    finite number > 0) are None or valid."""
+    _check_positive("frames_averaged", frames_averaged, integer=True)
+    _check_positive("dose_ratio", dose_ratio)
+
+
+def _check_positive(name: str, value: float | None, integer: bool = False) -> None:
+    if value is None:
+        return
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1) \
+        if integer else (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+                         and math.isfinite(float(value)) and float(value) > 0)
+    if not ok:
+        what = "an integer >= 1" if integer else "a finite number > 0"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: str,
+                      frames_averaged: int | None = None, dose_ratio: float | None = None,
+                      flat_dose_ratio: Callable[[float, float, float, float], float | None]
+                      | None = None, model: str = "",
+                      no_model: str = "") -> DosePlan:
+    """The dose of each projection of a stored scan (``settings``: per-projection
+    ``exposure_s``, ``voltage_kv``, ``current_ua``, ``theta_deg``, ``frames_averaged``,
+    ``flat_frames_averaged``, as :func:`xinstrument.storage.stored.load_corrected` gives them).
+
+    ``frames_averaged`` / ``dose_ratio`` (one exposure's): the user's values for every
+    projection, else the file's frame counts and ``flat_dose_ratio(exposure_s, voltage_kv,
+    current_ua, theta_deg)`` (the detector model ``model`` names; None when the profile has
+    none: ``no_model`` says why). A method that takes the dose and a file that lacks what it
+    needs raise :class:`DoseMetadataError` naming ``where`` and the missing fields; methods that
+    take no dose never do.
+    """
+    check_dose_overrides(frames_averaged, dose_ratio)
+    n = len(settings["frames_averaged"])
+    need = needs_dose(method)
+    flat_n = np.asarray(settings.get("flat_frames_averaged", np.zeros(n)), dtype=np.int64)
+    stored_n = np.asarray(settings["frames_averaged"], dtype=np.int64)
+    if frames_averaged is not None:
+        counts = np.full(n, int(frames_averaged), np.int64)
+    else:
+        counts = np.where(stored_n >= 1, stored_n, 0)
+        missing = np.flatnonzero(counts < 1)
+        if need and missing.size:
+            raise DoseMetadataError(
+                f"{where}: {missing.size} of {n} projections lack frames_averaged "
+                f"({FIELD_PATHS['frames_averaged']}, first: projection {int(missing[0])}); "
+                f"{method} needs the frame's dose, so how many exposures each projection "
+                "averages: give --frames-averaged N")
+    if not need:
+        return DosePlan(method, np.full(n, np.nan), counts, flat_n, f"not used by {method}")
+    if dose_ratio is not None:
+        doses = np.full(n, float(dose_ratio))
+        return DosePlan(method, doses, counts, flat_n,
+                        f"given: {float(dose_ratio):g} per exposure"
+                        + ("" if frames_averaged is None else f", {int(frames_averaged)} frames "
+                           "averaged given"))
+    if flat_dose_ratio is None:
+        raise DoseMetadataError(
+            f"{where}: the dose of the projections is unknown: {no_model or 'no detector model'}; "
+            f"{method} needs it: give --dose-ratio R (detected quanta per pixel of one "
+            "exposure's flat over the profile's nnps_mean_signal)")
+    fields = ("exposure_s", "voltage_kv", "current_ua")
+    bad = {}
+    for name in fields:
+        v = np.asarray(settings[name], dtype=np.float64)
+        idx = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
+        if idx.size:
+            bad[name] = idx
+    if bad:
+        text = ", ".join(f"{k} ({FIELD_PATHS[k]}; {v.size} of {n} projections, first: "
+                         f"projection {int(v[0])})" for k, v in bad.items())
+        raise DoseMetadataError(
+            f"{where}: the projections lack {text}; {method} needs the frame's dose from "
+            f"them: give --dose-ratio R (detected quanta per pixel of one exposure's flat over "
+            "the profile's nnps_mean_signal)")
+    doses = np.empty(n)
+    memo: dict[tuple, float | None] = {}
+    theta = np.asarray(settings.get("theta_deg", np.zeros(n)), dtype=np.float64)
+    for k in range(n):
+        key = (float(settings["exposure_s"][k]), float(settings["voltage_kv"][k]),
+               float(settings["current_ua"][k]), float(np.nan_to_num(theta[k])))
+        if key not in memo:
+            memo[key] = flat_dose_ratio(*key)
+        if memo[key] is None or not memo[key] > 0:
+            raise DoseMetadataError(f"{where}: projection {k}: {model or 'the detector model'} "
+                                    f"gives no dose at exposure {key[0]:g} s, {key[1]:g} kV, "
+                                    f"{key[2]:g} uA; give --dose-ratio R")
+        doses[k] = memo[key]
+    return DosePlan(method, doses, counts, flat_n,
+                    f"{model or 'detector model'} at each projection's exposure, voltage and "
+                    "current")
