@@ -430,6 +430,17 @@ class SRBench:
     invented: dict = field(default_factory=dict)
 
 
+def _sr_training_record(profile: Any, method: str) -> dict:
+    """The training record (``weights/<method>.json``) of the profile's SR weights, {} if none."""
+    import json
+    folder = getattr(profile, "path", None)
+    path = Path(folder) / "weights" / f"{method}.json" if folder else None
+    try:
+        return json.loads(path.read_text()) if path and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px: int = 256,
                  pcb_samples: int = 4, frames: int | None = None, exposure_s: float = 1.0,
                  seed: int = SR_TEST_SEED, device: str | None = None,
@@ -581,6 +592,16 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     notes = []
+    trained = _sr_training_record(profile, method)
+    if trained.get("blur") == "slice":
+        arc, proj = trained.get("slice_half_arc_deg"), trained.get("slice_projections")
+        notes.append(f"{method} trained on the transfer of slices of {proj} projections over "
+                     f"+-{arc:g} deg" + ("" if (n_angles > 1 and math.isclose(arc, half_arc_deg)
+                                                 and proj == n_angles)
+                                          else "; these frames are not such slices"))
+    elif trained.get("blur") and n_angles > 1:
+        notes.append(f"{method} trained on the {trained['blur']} blur of single frames, not on "
+                     "the transfer of slices")
     if n_angles > 1:
         notes.append(f"frames are tomosynthesis slices: {n_angles} projections over "
                      f"+-{half_arc_deg:g} deg, each {frames} x {exposure_s:g} s, registered on the "
