@@ -91,7 +91,7 @@ def test_restore_writes_to_the_working_directory_with_the_shared_name(tmp_path, 
     before = src.read_bytes()
     monkeypatch.chdir(work)
     assert main(["restore", str(src), "--profile", "sim-gos134", "--method", "wiener",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--dose-ratio", "1"]) == 0
     assert (work / "run7_restored-wiener.h5").is_file()
     assert sorted(p.name for p in src_dir.iterdir()) == ["run7.h5"]   # nothing beside it
     assert src.read_bytes() == before

@@ -1,5 +1,6 @@
 """Batch restore / recon on a local Dask cluster (worker processes on 127.0.0.1) and DDP
 training equivalence (gloo, file store, world size 1)."""
+import dataclasses
 import functools
 import hashlib
 import os
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from xinstrument.batch import main, run_batch, run_local_loop, run_recon_batch
+from xinstrument.batch import InputError, main, run_batch, run_local_loop, run_recon_batch
 from xinstrument.batch.ddp import train_ddp
 from xinstrument.profiles import find_profile
 from xinstrument.recon import TomoGeometry, load_scan, parse_heights, reconstruct
 from xinstrument.restoration import Restorer
+from xinstrument.restoration.dose import restore_with_dose, twin_flat_dose_ratio
 from xinstrument.restoration.training import train
 from xinstrument.sim import Twin, lens_bench, tomo
 from xinstrument.storage import ScanReader, ScanWriter
@@ -26,6 +28,8 @@ cloudpickle.register_pickle_by_value(_flaky)   # workers need not import the tes
 PROFILE = "sim-yag200-5x"
 N_FILES, N_PROJ, PX = 3, 3, 128
 THETA_DEG = np.linspace(-3, 3, N_PROJ)
+# what the scans record of each projection: the dose of Wiener's noise model follows from it
+EXPOSURE_S, VOLTAGE_KV, CURRENT_UA, N_AVERAGE = 0.5, 50.0, 80.0, 4
 
 
 def _digest(path: Path) -> str:
@@ -67,7 +71,8 @@ def scans(tmp_path_factory):
             w.append(np.ones((PX, PX), np.float32), image_key=1)
             for t, p in zip(THETA_DEG, proj):
                 noisy = p + np.float32(0.01) * rng.standard_normal(p.shape, np.float32)
-                w.append(noisy.astype(np.float32), theta_deg=float(t))
+                w.append(noisy.astype(np.float32), theta_deg=float(t), exposure_s=EXPOSURE_S,
+                         voltage_kv=VOLTAGE_KV, current_ua=CURRENT_UA, frames_averaged=N_AVERAGE)
         files.append(path)
     return files
 
@@ -81,6 +86,11 @@ def test_batch_restore_is_bit_identical_to_single_process_and_live_path(client, 
     ref = run_local_loop(scans, profile, "wiener", out_dir=tmp_path / "loop")
     assert ref.ok, ref.table()
     live = Restorer(profile, "wiener", device="cpu")
+    # the live path's dose of these frames: one exposure's on the bench that recorded them
+    twin = Twin(lens_bench(PX), sample="pcb")
+    doses = [twin_flat_dose_ratio(twin, dataclasses.replace(twin.fixed_state, theta_deg=float(t)),
+                                  EXPOSURE_S, VOLTAGE_KV, CURRENT_UA, profile.nnps_mean_signal)
+             for t in THETA_DEG]
     for f, r, q in zip(scans, rep.results, ref.results):
         with ScanReader(r.output) as a, ScanReader(q.output) as b, ScanReader(f) as src:
             assert a.complete and a.n_restored == N_PROJ
@@ -89,8 +99,13 @@ def test_batch_restore_is_bit_identical_to_single_process_and_live_path(client, 
             assert np.array_equal(a.flats, src.flats)
             assert np.array_equal(a.theta_deg, src.theta_deg)
             assert list(a.restored_metadata["source_index"]) == [1, 2, 3]
-            one_by_one = np.stack([live.restore(p) for p in src.projections])
+            one_by_one = np.stack([restore_with_dose(live, p, N_AVERAGE, d)
+                                   for p, d in zip(src.projections, doses)])
             assert np.array_equal(a.restored, one_by_one)        # the live path, frame by frame
+            dose = a.metadata["restoration_dose"]
+            assert dose["frames_averaged"] == [N_AVERAGE] * N_PROJ
+            np.testing.assert_allclose(dose["dose_ratio"], doses, rtol=1e-12)
+            assert not np.allclose(a.restored, live.restore(src.projections), atol=1e-3)
             assert not np.array_equal(a.restored, src.projections)
             assert a.metadata["batch_checksum"] == b.metadata["batch_checksum"]
     assert [_digest(f) for f in scans] == before                  # inputs never modified
@@ -156,6 +171,71 @@ def test_unreadable_inputs_reported_clearly_through_the_cli(client, scans, tmp_p
     assert main(["batch", "restore", str(scans[0]), "--profile", PROFILE, "--method", "sr3",
                  "--scheduler", client.scheduler.address]) == 2
     assert "cannot run 'sr3'" in capsys.readouterr().err
+
+
+def _without_dose_metadata(src, dst, field):
+    """A copy of ``src`` whose projections lack ``field`` (the fill of files that never
+    recorded it)."""
+    import h5py
+
+    from xinstrument.storage.layout import FIELD_BY_NAME
+    dst.write_bytes(src.read_bytes())
+    spec = FIELD_BY_NAME[field]
+    with h5py.File(dst, "r+") as f:
+        keys = f[FIELD_BY_NAME["image_key"].path][()]
+        ds = f[spec.path]
+        values = ds[()]
+        values[keys == 0] = spec.fill
+        ds[...] = values
+    return dst
+
+
+@pytest.mark.parametrize("field", ["frames_averaged", "exposure_s", "current_ua"])
+def test_batch_refuses_a_file_without_the_dose_metadata_unless_given(scans, profile, tmp_path,
+                                                                     field):
+    bare = _without_dose_metadata(scans[0], tmp_path / "bare.h5", field)
+    rep = run_local_loop([bare], profile, "wiener", out_dir=tmp_path / "o")
+    r = rep.results[0]
+    assert r.status == "failed" and str(bare) in r.error and field in r.error, r.error
+    assert not Path(r.output).exists()
+    assert not list((tmp_path / "o").glob("*"))            # nothing written, no .partial either
+    if field == "frames_averaged":
+        return      # the output's copy of the frames cannot hold a frame count below 1
+    # methods without a noise model go on as before
+    assert run_local_loop([bare], profile, "inverse", out_dir=tmp_path / "i").ok
+    # the user's values: the frames restore as the recorded ones do
+    given = run_local_loop([bare], profile, "wiener", out_dir=tmp_path / "g",
+                           frames_averaged=N_AVERAGE, dose_ratio=_dose(profile, scans[0]))
+    ref = run_local_loop([scans[0]], profile, "wiener", out_dir=tmp_path / "r")
+    assert given.ok and ref.ok, given.table()
+    with ScanReader(given.results[0].output) as a, ScanReader(ref.results[0].output) as b:
+        np.testing.assert_allclose(a.restored, b.restored, atol=1e-6)
+        assert a.metadata["restoration_dose"]["dose_source"].startswith("given")
+
+
+def _dose(profile, path):
+    """The mean of the dose ratios the batch told Wiener for ``path``'s projections."""
+    out = run_local_loop([path], profile, "wiener", out_dir=path.parent / "dose-probe")
+    with ScanReader(out.results[0].output) as r:
+        return float(np.mean(r.metadata["restoration_dose"]["dose_ratio"]))
+
+
+def test_batch_dose_options_are_checked_and_change_the_checksum(scans, profile, tmp_path,
+                                                                capsys):
+    with pytest.raises(InputError, match="dose_ratio must be a finite number > 0"):
+        run_batch(scans[:1], profile, "wiener", out_dir=tmp_path, dose_ratio=0.0)
+    with pytest.raises(InputError, match="frames_averaged must be an integer >= 1"):
+        run_batch(scans[:1], profile, "wiener", out_dir=tmp_path, frames_averaged=0)
+    with pytest.raises(SystemExit):
+        main(["batch", "restore", str(scans[0]), "--profile", PROFILE, "--method", "wiener",
+              "--dose-ratio", "-1"])
+    assert "--dose-ratio" in capsys.readouterr().err
+    out = tmp_path / "o"
+    first = run_local_loop(scans[:1], profile, "wiener", out_dir=out)
+    again = run_local_loop(scans[:1], profile, "wiener", out_dir=out)
+    other = run_local_loop(scans[:1], profile, "wiener", out_dir=out, frames_averaged=1)
+    assert [first.results[0].status, again.results[0].status, other.results[0].status] == \
+        ["done", "skipped", "done"]
 
 
 def test_batch_recon_of_restored_outputs(client, scans, profile, tmp_path):

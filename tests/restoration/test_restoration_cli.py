@@ -45,8 +45,9 @@ def test_restore_writes_a_new_file_and_leaves_the_input_alone(tmp_path):
     src = _scan(tmp_path / "in.h5")
     before = _digest(src)
     out = tmp_path / "out.h5"
+    # the stand-in scan records no exposure or current: Wiener is told the dose
     assert main(["restore", str(src), "--profile", GOS, "--method", "wiener", "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--dose-ratio", "1"]) == 0
     assert _digest(src) == before
     with ScanReader(src) as a, ScanReader(out) as b:
         np.testing.assert_array_equal(a.projections, b.projections)
@@ -56,6 +57,7 @@ def test_restore_writes_a_new_file_and_leaves_the_input_alone(tmp_path):
         restored = b.restored
         md = b.restored_metadata
         assert b.metadata["restoration"]["method"] == "wiener"
+        assert b.metadata["restoration"]["effective_dose_ratio"] == [1.0, 1.0]
         expected = Restorer(find_profile(GOS), "wiener", device="cpu").restore(a.projections)
     assert restored.shape == (2, PX, PX)
     np.testing.assert_allclose(restored, expected, atol=1e-5)

@@ -256,4 +256,5 @@ def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: st
         doses[k] = memo[key]
     return DosePlan(method, doses, counts, flat_n,
                     f"{model or 'detector model'} at each projection's exposure, voltage and "
-                    "current")
+                    "current" + ("" if frames_averaged is None else
+                                 f"; {int(frames_averaged)} frames averaged given"))

@@ -1,0 +1,148 @@
+"""`xinstrument restore` of averaged frames recorded by the real acquisition on the simulated bench:
+each projection restored with its dose and frames averaged, as the live path restored it."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from xinstrument.cli import main
+from xinstrument.config import InstrumentConfig
+from xinstrument.instrument import Instrument
+from xinstrument.restoration import Restorer
+from xinstrument.storage import ScanReader
+from xinstrument.storage.layout import FIELD_BY_NAME
+
+torch.set_num_threads(1)
+PROFILE = "sim-yag200-5x"
+EXPOSURE_S = 0.5        # half the profile's calibration dose per exposure
+N_AVERAGE = 8
+METHODS = ("wiener", "pnp_hqs")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One 8-frame average per method, recorded and restored by the live path, and the live
+    path's dose of one exposure."""
+    folder = tmp_path_factory.mktemp("recorded")
+    cfg = InstrumentConfig.simulated(sensor_px=64, sample="pcb", seed=5)
+    cfg.simulation.warmup_duration_s = 0.2
+    cfg.camera.exposure_s = EXPOSURE_S
+    inst = Instrument(cfg).connect()
+    try:
+        inst.warm_up()
+        st = inst.twin.fixed_state
+        inst.set_voltage_kv(st.voltage_kv)
+        inst.set_current_ua(st.current_ua)
+        inst.xray_on()
+        inst.move_focus_um(inst.twin.best_focus_um("thick", st.voltage_kv))
+        inst.take_darks(N_AVERAGE)
+        inst.take_flats(N_AVERAGE)
+        inst.load_profile(PROFILE)
+        files = {}
+        for method in METHODS:
+            inst.set_restoration(method, device="cpu")
+            files[method] = folder / f"{method}.h5"
+            inst.record(files[method], n_frames=1, n_average=N_AVERAGE, restore=True)
+        dose = inst.frame_dose_ratio(EXPOSURE_S)
+    finally:
+        inst.disconnect()
+    return files, dose
+
+
+def _restore(src, out, method, *extra):
+    return main(["restore", str(src), "--profile", PROFILE, "--method", method, "--out",
+                 str(out), "--device", "cpu", *extra])
+
+
+def _without(src, dst, field):
+    """A copy of ``src`` whose projections lack ``field`` (the fill of a file that never
+    recorded it)."""
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        keys = f[FIELD_BY_NAME["image_key"].path][()]
+        ds = f[FIELD_BY_NAME[field].path]
+        values = ds[()]
+        values[keys == 0] = FIELD_BY_NAME[field].fill
+        ds[...] = values
+    return dst
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_offline_restore_equals_the_live_restoration_of_the_averaged_frame(recorded, tmp_path,
+                                                                          method):
+    files, dose = recorded
+    out = tmp_path / "out.h5"
+    assert _restore(files[method], out, method) == 0
+    with ScanReader(files[method]) as live, ScanReader(out) as off:
+        live_restored, corrected = live.restored, live.corrected
+        assert live.restored_metadata["method"] == [method]      # no fallback in the file
+        offline = off.restored
+        md = off.metadata["restoration"]
+    np.testing.assert_allclose(offline, live_restored, rtol=0, atol=1e-5)
+    assert md["frames_averaged"] == [N_AVERAGE] and md["flat_frames_averaged"] == [N_AVERAGE]
+    assert md["dose_ratio"] == [pytest.approx(dose, rel=1e-9)]
+    assert md["effective_dose_ratio"] == [pytest.approx(N_AVERAGE * dose, rel=1e-9)]
+    assert "digital twin" in md["dose_source"]
+    # restored as one exposure at the calibration dose (as the offline path did), it differs
+    doseless = Restorer(find_profile(PROFILE), method, device="cpu").restore(corrected[0])
+    assert np.abs(doseless - offline[0]).max() > 0.02
+
+
+def test_a_file_without_the_dose_metadata_is_refused_unless_given(recorded, tmp_path, capsys):
+    files, dose = recorded
+    for field in ("exposure_s", "current_ua", "voltage_kv"):
+        bare = _without(files["wiener"], tmp_path / f"no-{field}.h5", field)
+        out = tmp_path / f"out-{field}.h5"
+        assert _restore(bare, out, "wiener") == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert str(bare) in err and field in err and "--dose-ratio" in err, err
+        assert not out.exists()
+    # a method without a noise model restores it as before
+    assert _restore(bare, tmp_path / "inverse.h5", "inverse") == 0
+    # the user's values: restored as the live path restored the recorded frame
+    given = tmp_path / "given.h5"
+    assert _restore(bare, given, "wiener", "--dose-ratio", repr(dose),
+                    "--frames-averaged", str(N_AVERAGE)) == 0
+    with ScanReader(files["wiener"]) as live, ScanReader(given) as off:
+        np.testing.assert_allclose(off.restored, live.restored, rtol=0, atol=1e-5)
+        md = off.metadata["restoration"]
+    assert md["dose_source"].startswith("given") and md["frames_averaged"] == [N_AVERAGE]
+    # the dose given for one exposure is multiplied by the frames averaged
+    once = tmp_path / "once.h5"
+    assert _restore(bare, once, "wiener", "--dose-ratio", repr(dose), "--frames-averaged",
+                    "1") == 0
+    with ScanReader(once) as a, ScanReader(given) as b:
+        assert np.abs(a.restored - b.restored).max() > 0.02
+
+
+def test_a_profile_without_a_dose_model_asks_for_the_dose(recorded, tmp_path, capsys):
+    files, _ = recorded
+    out = tmp_path / "out.h5"
+    # calibrated from acquisitions, not on the twin: the recorded settings give no dose here
+    assert main(["restore", str(files["wiener"]), "--profile", "sim-yag100-5x", "--method",
+                 "wiener", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not calibrated on the digital twin" in err and "--dose-ratio" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--dose-ratio", "0"), ("--dose-ratio", "nan"),
+                                               ("--dose-ratio", "-2"),
+                                               ("--frames-averaged", "0"),
+                                               ("--frames-averaged", "2.5")])
+def test_bad_dose_options_are_refused(recorded, tmp_path, capsys, option, value):
+    files, _ = recorded
+    out = tmp_path / "out.h5"
+    with pytest.raises(SystemExit) as exc:
+        _restore(files["wiener"], out, "wiener", option, value)
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not out.exists()
+
+
+def find_profile(name):
+    from xinstrument.profiles import find_profile as find
+    return find(name)
