@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -49,17 +50,21 @@ def effective_dose_ratio(dose_ratio: float | None, frames_averaged: int) -> floa
 
 
 _LOCK = threading.Lock()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _lock_of(restorer: Any) -> threading.Lock:
     # one lock per restorer: its options are swapped for the call, and a restorer may be shared
-    # by threads (a Dask worker's cached restorer, the live view and the fidelity fallback)
+    # by threads (a Dask worker's cached restorer, the live view and the fidelity fallback);
+    # kept beside it, not on it, so the restorer still pickles
     with _LOCK:
-        lock = getattr(restorer, "_dose_lock", None)
-        if lock is None:
-            lock = threading.Lock()
-            restorer._dose_lock = lock
-        return lock
+        try:
+            return _LOCKS.setdefault(restorer, threading.Lock())
+        except TypeError:       # not weakly referenceable: one lock for all of them
+            return _LOCK_ALL
+
+
+_LOCK_ALL = threading.Lock()
 
 
 def restore_with_dose(restorer: Any, frame: np.ndarray, frames_averaged: int,
