@@ -44,8 +44,6 @@ CALIBRATION_SEED = 5000
 FAKE_KINDS = ("disc", "via", "crack", "removed")
 SIGNATURE_SIGMA = 5.0     # fakes above this forward-model signature must be flagged
 FAKE_OFFSET_PX = 8        # fake centres lie within this of their tile's centre (32 px tiles)
-# methods told the frame's dose (their data step or filter weighs the noise at it)
-DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion")
 
 
 @dataclass
@@ -166,14 +164,14 @@ def restore_all(profile: Any, method: str, frames: list[FamilyFrame], device: st
                 ) -> tuple[list[np.ndarray], float]:
     """Restorations of ``frames`` by ``method`` and the mean time of one (s)."""
     from .restoration import Restorer
+    from .restoration.dose import restore_with_dose
 
     r = Restorer(profile, method, device=device)
     outs, times = [], []
     for f in frames:
-        if method in DOSE_METHODS:
-            r.options = {"dose_ratio": f.dose_ratio * f.frames_averaged}
         t0 = time.perf_counter()
-        outs.append(np.asarray(r.restore(f.measured), np.float32))
+        outs.append(np.asarray(restore_with_dose(r, f.measured, f.frames_averaged, f.dose_ratio),
+                               np.float32))
         times.append(time.perf_counter() - t0)
     return outs, float(np.median(times))
 
@@ -369,6 +367,7 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
         frame = family_frames(prof, families[0], [CALIBRATION_SEED + 999], cost_px, 1)[0]
         from .restoration import Restorer
         from .restoration._fourier import pad_frames
+        from .restoration.dose import DOSE_METHODS
         xp = pad_frames(torch.from_numpy(frame.measured)[None], reporter.guard.pad_px, fast=True)
 
         def pair(xp=xp):
