@@ -119,7 +119,9 @@ def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None
         "dc_diffusion": lambda x: dc_diffusion_restore(x, profile, dose_ratio=dose),
     }
     for m in available_methods(profile):
-        if m in ("wiener", "inverse") or m.startswith("sr_"):
+        # the physics-in-the-loop methods above are told the frames' dose; a Restorer here
+        # would restore them at the profile's calibration dose
+        if m in out or m == "inverse" or m.startswith("sr_"):
             continue
         kw = {"steps": 8} if m == "richardson_lucy" else {}
         rest = Restorer(profile, m, device="cpu", **kw)
