@@ -501,8 +501,11 @@ def store_slice_transfer(folder: Path, half_arc_deg: float, n_angles: int, expos
     from xinstrument.profiles import DetectorProfile
     from xinstrument.restoration.cli import bench_kw_for_profile
     from xinstrument.restoration.superres import SliceTransfer
-    from xinstrument.sim.slice_transfer import (SLICE_TRANSFER_FILE, twin_slice_transfer,
-                                                write_slice_transfer)
+    from xinstrument.sim.slice_transfer import (
+        SLICE_TRANSFER_FILE,
+        twin_slice_transfer,
+        write_slice_transfer,
+    )
     prof = DetectorProfile.load(folder)
     cfg = micro_tomo_bench(sensor_px=sensor_px, **bench_kw_for_profile(prof, "micro-tomo-16x"))
     if abs(cfg.pixel_at_screen_um - float(prof.pixel_size_um)) > 1e-6:

@@ -10,8 +10,12 @@ import torch
 
 from xinstrument.errors import UserError
 from xinstrument.profiles import DetectorProfile, repo_profiles_dir
-from xinstrument.restoration.superres import (SLICE_KEYS, SliceTransfer, SRDegradation,
-                                              SuperResolutionError)
+from xinstrument.restoration.superres import (
+    SLICE_KEYS,
+    SliceTransfer,
+    SRDegradation,
+    SuperResolutionError,
+)
 
 PROFILE = "sim-micro-16x-sr"
 

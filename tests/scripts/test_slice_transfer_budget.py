@@ -9,7 +9,7 @@ import pytest
 from xinstrument.sim import micro_tomo_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import sr_resolution_budget as budget  # noqa: E402
+import sr_resolution_budget as budget
 
 
 def test_slice_transfer_matches_the_arc_budget_along_and_across_the_tilt():

@@ -40,12 +40,12 @@ from .stage import blend_window
 from .training import _as_source, _check_int, _draw_hr
 
 __all__ = [
+    "SLICE_KEYS",
     "SR_BLURS",
     "SR_DOWNSAMPLES",
     "SR_FACTORS",
     "BarGroupResult",
     "SRDegradation",
-    "SLICE_KEYS",
     "SRNet",
     "SRTrainResult",
     "SliceTransfer",
