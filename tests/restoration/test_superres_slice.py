@@ -105,3 +105,21 @@ def test_slice_transfer_table_is_checked():
         SliceTransfer(f, f, np.ones((8, 7)), 20.0, 21)
     with pytest.raises(SuperResolutionError, match="projections"):
         SliceTransfer(f, f, np.ones((8, 8)), 20.0, 1)
+
+
+def test_train_task_sr_blur_slice_records_the_slice(tmp_path):
+    import json
+
+    from xinstrument.cli import main
+    dst = tmp_path / PROFILE
+    shutil.copytree(repo_profiles_dir() / PROFILE, dst)
+    tiny = ["--steps", "2", "--patch", "32", "--batch", "2", "--pool-images", "2", "--pool-px",
+            "64", "--channels", "4", "--layers", "1", "--threads", "1", "--device", "cpu",
+            "--hr-families", "pcb"]
+    assert main(["train", "--profile", str(dst), "--task", "sr", "--factor", "2", "--blur",
+                 "slice", "--downsample", "area", *tiny]) == 0
+    rec = json.loads((dst / "weights" / "sr_x2.json").read_text())
+    assert rec["blur"] == "slice"
+    assert (rec["slice_half_arc_deg"], rec["slice_projections"]) == (20.0, 21)
+    cal = DetectorProfile.load(dst).calibration
+    assert rec["noise_sigma"] == pytest.approx(cal["slice_noise_sigma"])
