@@ -176,14 +176,14 @@ def _train_distributed(T, env, method, profile, hr_source, patch, batch, steps, 
 
 def main(argv: list[str] | None = None) -> int:
     """``torchrun ... -m xinstrument.batch.ddp --profile P --method M --steps N``: train on the
-    twin's HR images (the HR pool of ``xinstrument train``), weights saved into the profile."""
+    twin's HR images of the training sample families (the HR pool of ``xinstrument train``;
+    ``--hr-families`` names some, held-out ones are refused), weights saved into the profile."""
     import argparse
 
     from ..cliargs import non_negative_int, positive_int
     from ..profiles import find_profile
     from ..restoration.cli import bench_for_profile
-    from ..restoration.training import pooled_source
-    from ..sim.bench import hr_patches
+    from ..sim.families import TRAINING_FAMILIES, check_training_families, training_hr_source
 
     p = argparse.ArgumentParser(prog="xinstrument.batch.ddp", description=main.__doc__)
     p.add_argument("--profile", required=True)
@@ -197,16 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool-images", type=positive_int, default=96)
     p.add_argument("--pool-px", type=positive_int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument("--hr-families", default=",".join(TRAINING_FAMILIES), metavar="F1,F2,...",
+                   help="training sample families of the HR pool (default all of them)")
     a = p.parse_args(argv)
+    try:
+        families = check_training_families([f.strip() for f in a.hr_families.split(",")
+                                            if f.strip()])
+    except ValueError as exc:
+        p.error(f"--hr-families: {exc}")
     profile = find_profile(a.profile)
     bench = bench_for_profile(profile)
-
-    def source(rng, count, px):
-        return hr_patches(rng, count, px, bench=bench)
-
     env = distributed_env()
     rank = env[0] if env else 0
-    res = train_ddp(a.method, profile, pooled_source(source, a.pool_images, a.pool_px, a.seed),
+    res = train_ddp(a.method, profile,
+                    training_hr_source(a.seed, bench, families, a.pool_images, a.pool_px),
                     patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr, seed=a.seed,
                     device=a.device, base_channels=a.base_channels,
                     steps_per_epoch=max(1, a.steps // 5),
