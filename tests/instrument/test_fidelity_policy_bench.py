@@ -4,10 +4,9 @@ data-consistent diffusion, not Wiener; sim-yag20-5x-sr has no fidelity calibrati
 import numpy as np
 import pytest
 import torch
+from simulated_bench import bench_at_focus
 
-from xinstrument.config import InstrumentConfig
 from xinstrument.errors import UserError
-from xinstrument.instrument import Instrument
 from xinstrument.restoration import Restorer
 from xinstrument.storage import ScanReader
 
@@ -17,18 +16,7 @@ EXPOSURE_S = 0.5        # about 160 detected quanta per pixel in the open beam p
 
 @pytest.fixture(scope="module")
 def inst():
-    cfg = InstrumentConfig.simulated(sensor_px=128, sample="pcb", seed=3)
-    cfg.simulation.warmup_duration_s = 0.2
-    cfg.camera.exposure_s = EXPOSURE_S
-    i = Instrument(cfg).connect()
-    i.warm_up()
-    st = i.twin.fixed_state
-    i.set_voltage_kv(st.voltage_kv)
-    i.set_current_ua(st.current_ua)
-    i.xray_on()
-    i.move_focus_um(i.twin.best_focus_um("thick", st.voltage_kv))
-    i.take_darks(8)
-    i.take_flats(8)
+    i = bench_at_focus(128, 3, EXPOSURE_S, 8)
     yield i
     i.set_fidelity_policy(False)
     i.disconnect()

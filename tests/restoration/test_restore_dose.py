@@ -6,10 +6,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from simulated_bench import bench_at_focus
 
 from xinstrument.cli import main
-from xinstrument.config import InstrumentConfig
-from xinstrument.instrument import Instrument
 from xinstrument.restoration import Restorer
 from xinstrument.storage import ScanReader
 from xinstrument.storage.layout import FIELD_BY_NAME
@@ -26,19 +25,8 @@ def recorded(tmp_path_factory):
     """One 8-frame average per method, recorded and restored by the live path, and the live
     path's dose of one exposure."""
     folder = tmp_path_factory.mktemp("recorded")
-    cfg = InstrumentConfig.simulated(sensor_px=64, sample="pcb", seed=5)
-    cfg.simulation.warmup_duration_s = 0.2
-    cfg.camera.exposure_s = EXPOSURE_S
-    inst = Instrument(cfg).connect()
+    inst = bench_at_focus(64, 5, EXPOSURE_S, N_AVERAGE)
     try:
-        inst.warm_up()
-        st = inst.twin.fixed_state
-        inst.set_voltage_kv(st.voltage_kv)
-        inst.set_current_ua(st.current_ua)
-        inst.xray_on()
-        inst.move_focus_um(inst.twin.best_focus_um("thick", st.voltage_kv))
-        inst.take_darks(N_AVERAGE)
-        inst.take_flats(N_AVERAGE)
         inst.load_profile(PROFILE)
         files = {}
         for method in METHODS:
