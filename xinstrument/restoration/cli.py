@@ -78,7 +78,6 @@ def stored_dose_model(profile: Any, frame_shape: tuple[int, int]):
     (:func:`~xinstrument.restoration.dose.twin_flat_dose_ratio`); any other profile has no
     model here (``flat_dose_ratio`` None, ``why_none`` says why): its user gives the dose."""
     import dataclasses
-    import functools
 
     from .dose import twin_flat_dose_ratio
 
@@ -101,7 +100,7 @@ def stored_dose_model(profile: Any, frame_shape: tuple[int, int]):
     cfg = dataclasses.replace(cfg, sensor=dataclasses.replace(cfg.sensor, rows=rows, cols=cols))
     twin = Twin(cfg, sample="open")
 
-    @functools.lru_cache(maxsize=64)
+    # not cached here: plan_stored_doses asks once per distinct setting
     def flat_dose_ratio(exposure_s, voltage_kv, current_ua, theta_deg):
         st = dataclasses.replace(twin.fixed_state, theta_deg=float(theta_deg))
         return twin_flat_dose_ratio(twin, st, exposure_s, voltage_kv, current_ua, mean_signal)
