@@ -291,12 +291,10 @@ def restore_file(input_path: str | Path, output_path: str | Path, profile: Any, 
     out_md = {"batch_source": str(src), "profile": profile_name, "restoration_method": method,
               "restoration_input": scan.how, "restoration_scale": scale,
               "restoration_dose": plan.metadata()}
-    done = [0]     # projections restored so far (restore_scan passes them in order)
+    in_order = plan.in_order(restorer)
 
     def restore(stack: np.ndarray) -> np.ndarray:
-        out = plan.restore(restorer, stack.astype(np.float32, copy=False), done[0])
-        done[0] += len(stack)
-        return out
+        return in_order(stack.astype(np.float32, copy=False))
 
     restore_scan(src, partial, restore, method=method, profile=profile_name, scale=scale,
                  restored_pixel_size_um=out_px, metadata=out_md, overwrite=True,

@@ -196,12 +196,7 @@ def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method
                             "scale": restorer.scale, "output_pixel_size_um": out_px,
                             **plan.metadata()}}
     meta.setdefault("profile", profile.name)
-    done = [0]      # projections restored so far (restore_scan passes them in order)
-
-    def restore_one(stack: np.ndarray) -> np.ndarray:
-        out = np.stack([plan.restore(restorer, f, done[0] + i) for i, f in enumerate(stack)])
-        done[0] += len(stack)
-        return out
+    restore_one = plan.in_order(restorer, per_frame=True)
 
     t0 = time.perf_counter()
     try:

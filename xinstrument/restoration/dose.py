@@ -131,6 +131,22 @@ class DosePlan:
             return None
         return effective_dose_ratio(float(self.dose_ratio[k]), int(self.frames_averaged[k]))
 
+    def in_order(self, restorer: Any, per_frame: bool = False
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``restore_scan`` callback: it receives stacks of consecutive projections from the
+        first on and restores each with its dose (``per_frame``: one frame per call)."""
+        done = 0
+
+        def restore(stack: np.ndarray) -> np.ndarray:
+            nonlocal done
+            if per_frame:
+                out = np.stack([self.restore(restorer, f, done + i) for i, f in enumerate(stack)])
+            else:
+                out = self.restore(restorer, stack, done)
+            done += len(stack)
+            return out
+        return restore
+
     def restore(self, restorer: Any, stack: np.ndarray, first: int) -> np.ndarray:
         """Restore projections ``first .. first + len(stack) - 1`` (a stack, or one frame for
         ``first``), runs of equal dose in one call each."""
