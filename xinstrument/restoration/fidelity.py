@@ -217,6 +217,10 @@ class FidelityResult:
     # cannot determine, of the detail beyond the forward model (x - A x), the band's lowest
     # radial frequency (cy/px) and its share of the frequency plane
     null_rms: np.ndarray | None = None
+    # ... and per tile the largest rms of that detail over the ``window_px`` windows centred in
+    # it (a small invention is not diluted by the rest of the tile)
+    null_local_rms: np.ndarray | None = None
+    null_local_z: np.ndarray | None = None
     restored_detail_rms: np.ndarray | None = None
     measured_detail_rms: np.ndarray | None = None   # per tile rms of A y - A A y (edges seen)
     null_band_cutoff_cy_per_px: float = float("nan")
@@ -291,6 +295,12 @@ def _tile_sums(a: torch.Tensor, ry: np.ndarray, rx: np.ndarray) -> torch.Tensor:
     return out.index_add_(1, col_tile, rows.double())
 
 
+def _pow_(t: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``t ** exponent`` in place for ``t >= 0``, as ``exp(exponent log t)``: on the CPU torch's
+    pow with a fractional exponent took 2-3x the time of log and exp (0 stays 0)."""
+    return t.log_().mul_(exponent).exp_()
+
+
 def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per tile, the largest mean of ``z2`` over square windows of ``window_px`` at a stride of
@@ -306,11 +316,10 @@ def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
     step = max(1, win // 2)
     if win == 2 * step:
         # even windows: sums of 2 x 2 blocks of half a window (segment sums, no integral image)
-        a = z2.detach().float().cpu().numpy()
         ny, nx = h // step, w // step
-        blocks = np.add.reduceat(np.add.reduceat(a[:ny * step, :nx * step],
-                                                 np.arange(0, nx * step, step), axis=1),
-                                 np.arange(0, ny * step, step), axis=0, dtype=np.float64)
+        # a view's sums over (step x step) blocks: one pass, no strided segment sums
+        blocks = z2.detach()[:ny * step, :nx * step].float().reshape(ny, step, nx, step).sum(
+            (1, 3)).cpu().numpy().astype(np.float64)
         sums = blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]
         sy = np.arange(ny - 1) * step
         sx = np.arange(nx - 1) * step
@@ -324,9 +333,15 @@ def _window_max(z2: torch.Tensor, ry: np.ndarray, rx: np.ndarray, window_px: int
                 - s[np.ix_(sy + win, sx)] + s[np.ix_(sy, sx)])
     ti = np.clip(np.searchsorted(ry, sy + win / 2, side="right") - 1, 0, grid[0] - 1)
     tj = np.clip(np.searchsorted(rx, sx + win / 2, side="right") - 1, 0, grid[1] - 1)
-    ii, jj = np.broadcast_arrays(ti[:, None], tj[None, :])
-    np.maximum.at(best, (ii, jj), sums / (win * win))
-    np.add.at(count, (ii, jj), 1)
+    # ti, tj never decrease: each tile's windows are one block of rows and columns of ``sums``,
+    # whose maximum two segment reductions give (no scattered per-window updates)
+    ci = np.bincount(ti, minlength=grid[0])
+    cj = np.bincount(tj, minlength=grid[1])
+    ri, rj = np.flatnonzero(ci), np.flatnonzero(cj)
+    m = np.maximum.reduceat(np.maximum.reduceat(sums, np.searchsorted(tj, rj), axis=1),
+                            np.searchsorted(ti, ri), axis=0)
+    best[np.ix_(ri, rj)] = m / (win * win)
+    count = np.outer(ci, cj).astype(np.int64)
     return best, count
 
 
@@ -532,10 +547,10 @@ class FidelityGuard:
         if flat_frames_averaged is not None:
             var = t_local * t_local
             var.mul_(1.0 / flat_frames_averaged)
-            var.add_(t_local.pow_(1.0 - beta) if beta else t_local, alpha=1.0 / frames_averaged)
+            var.add_(_pow_(t_local, 1.0 - beta) if beta else t_local, alpha=1.0 / frames_averaged)
             return var.mul_(scale_var)
         if beta:
-            t_local.pow_(1.0 - beta)
+            _pow_(t_local, 1.0 - beta)
         return t_local.mul_(scale_var / frames_averaged)
 
     @property
@@ -641,19 +656,20 @@ class FidelityGuard:
             if shape[1] % 2 == 0:
                 mult[-1] = 1.0
             weight = mult.expand_as(t).reshape(-1)
-            count = torch.bincount(ring.reshape(-1), weights=weight, minlength=64).clamp(min=1)
             t2 = t.abs().square() if t.is_complex() else t * t    # the PSF's OTF is complex
-            self._cache[key] = (t2, nnps, ring.reshape(-1), weight, count)
-        t2, nnps, ring, weight, count = self._cache[key]
-        # ring averages from every 3rd row and column of the spectrum (tens of thousands of
-        # samples per frame of 1024 px: the ring means are as good, at 1/9 of the cost)
+            # ring averages from every 3rd row and column of the spectrum (tens of thousands of
+            # samples per frame of 1024 px: the ring means are as good, at 1/9 of the cost)
+            ring_sub = ring[::3, ::3].reshape(-1)
+            weight_sub = weight.reshape(t2.shape)[::3, ::3].reshape(-1)
+            count_sub = torch.bincount(ring_sub, weights=weight_sub, minlength=64).clamp(min=1)
+            # the radial frequency of each bin (the band's lowest frequency is reported)
+            radius = torch.sqrt(fy * fy + fx * fx).expand_as(t2).contiguous()
+            self._cache[key] = (t2, nnps, ring.reshape(-1), ring_sub, weight_sub,
+                                count_sub * float(shape[0] * shape[1]), radius)
+        t2, nnps, ring, ring_sub, weight_sub, norm_sub, _ = self._cache[key]
         sub = spectrum[::3, ::3]
         power = (sub.real.square() + sub.imag.square()).reshape(-1)
-        ring_sub = ring.reshape(t2.shape)[::3, ::3].reshape(-1)
-        weight_sub = weight.reshape(t2.shape)[::3, ::3].reshape(-1)
-        count_sub = torch.bincount(ring_sub, weights=weight_sub, minlength=64).clamp(min=1)
-        p_ring = torch.bincount(ring_sub, weights=power * weight_sub, minlength=64) / count_sub
-        p_ring = p_ring / float(shape[0] * shape[1])
+        p_ring = torch.bincount(ring_sub, weights=power * weight_sub, minlength=64) / norm_sub
         p_x = p_ring[ring].reshape(t2.shape)
         beta = self.noise_hardening_exponent
         level = (max(mean_t, 1e-6) ** (1.0 - beta)) / frames_averaged
@@ -675,12 +691,17 @@ class FidelityGuard:
         band = self.null_space_band(forward, dose_ratio, frames_averaged, flat_frames_averaged,
                                     mean_t, spec, shape)
         u = crop_frames(torch.fft.irfft2(spec * band, s=shape)[None], self.pad_px, size)[0]
-        fy = torch.fft.fftfreq(shape[0], device=band.device)[:, None]
-        fx = torch.fft.rfftfreq(shape[1], device=band.device)[None, :]
-        radius = torch.sqrt(fy * fy + fx * fx).expand_as(band)
-        inside = radius[band]
-        cutoff = float(inside.min()) if inside.numel() else float("nan")
-        return u, cutoff, float(band.float().mean())
+        radius = self._cache[("band-parts", forward, shape, str(self.device))][-1]
+        cutoff = float(torch.where(band, radius, torch.inf).min())
+        n_band = int(band.sum())
+        return u, cutoff if n_band else float("nan"), n_band / band.numel()
+
+    def _null_z(self, u2: torch.Tensor, var: torch.Tensor, iry: np.ndarray, irx: np.ndarray,
+                tested: np.ndarray) -> np.ndarray:
+        """Per tile the largest window rms of ``u / sigma`` (``u2``: the null-band detail
+        squared, ``var``: the variance it is measured against)."""
+        zu, _ = _window_max(u2 / var, iry, irx, self.window_px or self.tile_px)
+        return np.sqrt(np.where(tested & np.isfinite(zu), zu, np.nan)).astype(np.float32)
 
     @staticmethod
     def bin_to(restored: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -841,19 +862,32 @@ class FidelityGuard:
             u, cutoff, band_frac = self._null_space_detail(forward, dose_ratio, frames_averaged,
                                                            flat_frames_averaged, mean_t, (h, w))
             u = u[inner]
-            u_rms = np.sqrt(_tile_sums(u * u, iry, irx).cpu().numpy() / safe_counts)
+            u2 = u * u
+            u_rms = np.sqrt(_tile_sums(u2, iry, irx).cpu().numpy() / safe_counts)
+            u_local, _ = _window_max(u2, iry, irx, self.window_px or self.tile_px)
+            u_local = np.sqrt(np.where(tested & np.isfinite(u_local), u_local, nan))
             sharp = x[0].to(self.device)[inner] - model[inner]
             # the measured detail (edges the data show; restorations err most there)
             seen = (detail if detail is not None else self.measured_detail(y, forward))[inner]
             edge_rms = np.sqrt(_tile_sums(seen * seen, iry, irx).cpu().numpy() / safe_counts)
             sharp_rms = np.sqrt(_tile_sums(sharp * sharp, iry, irx).cpu().numpy() / safe_counts)
             null_extras = {"null_rms": np.where(tested, u_rms, nan).astype(np.float32),
+                           "null_local_rms": u_local.astype(np.float32),
                            "restored_detail_rms": np.where(tested, sharp_rms, nan).astype(np.float32),
                            "measured_detail_rms": np.where(tested, edge_rms, nan).astype(np.float32),
                            "null_band_cutoff_cy_per_px": cutoff, "null_band_fraction": band_frac}
+        eps_model = self.tolerances.get(FORWARD_MODEL_TOLERANCE_KEY, 0.0)
+        if null_space and (detail is None or eps_model != eps):
+            # the null-band detail against the sigma a perfect restoration is tested with
+            # (noise and the forward model's tolerance), the same for every method
+            den = var if detail is None or eps_model == 0 else torch.addcmul(
+                var, detail[inner], detail[inner], value=eps_model * eps_model)
+            null_extras["null_local_z"] = self._null_z(u2, den, iry, irx, tested)
         if detail is not None:
             d = detail[inner]
             var.addcmul_(d, d, value=eps * eps)
+            if null_space and eps_model == eps:
+                null_extras["null_local_z"] = self._null_z(u2, var, iry, irx, tested)
         # per tile the sigma the residual is tested against (noise and model tolerance)
         test_tile_sigma = np.sqrt(_tile_sums(var, iry, irx).cpu().numpy() / safe_counts) \
             if detail is not None else noise_tile_sigma
