@@ -5,7 +5,8 @@ Inputs are HDF5 files (``--dataset``, default ``/exchange/data``; all frames ave
 ``/exchange/data_dark`` and ``/exchange/data_white``) or TIFF files (already corrected).
 
 - ``mtf --thin T --thick K [--restored R]``: slanted-edge MTFs of the thin (HR) and thick (LR)
-  screens; fills mtf_hr, mtf_lr, mtf_ratio, the PSF derived from the ratio and the ESF sigma.
+  screens; fills mtf_hr, mtf_lr, mtf_ratio (the monotone Gaussian-mixture fit to their measured
+  quotient, psf.fit_mtf_ratio), the PSF derived from the ratio and the ESF sigma.
   Creates the profile when the folder has none (then ``--scintillator`` / ``--reference`` are
   needed).
 - ``nnps FLATS --adu-per-quantum G``: IEC 62220-1 NNPS of the thick screen's flats; fills nnps_lr,
@@ -217,7 +218,7 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
     from xinstrument.calibration.mtf import esf_gaussian_sigma
     from xinstrument.calibration.nnps import resample_curve
     from xinstrument.calibration.plots import plot_mtf
-    from xinstrument.calibration.psf import PSF_WINDOW_PX, mtf_ratio, psf_from_mtf_ratio
+    from xinstrument.calibration.psf import PSF_WINDOW_PX, fit_mtf_ratio, psf_from_mtf_ratio
     from xinstrument.profiles import DetectorProfile
 
     prof = _load_profile(a.profile)
@@ -238,7 +239,12 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
         raise CalibrationInputError("the edge MTF does not reach the profile's highest frequency")
     mtf_hr = np.clip(resample_curve(r_hr.frequency_cy_per_px, r_hr.mtf, freq), 0.0, None)
     mtf_lr = np.clip(resample_curve(r_lr.frequency_cy_per_px, r_lr.mtf, freq), 0.0, None)
-    ratio = _measure(mtf_ratio, mtf_lr, mtf_hr)
+    # the quotient of two edge MTFs is noise and aliasing towards Nyquist: stored as the
+    # monotone, non-negative-kernel fit to it (fit_mtf_ratio), weighted by the edges' noise
+    sd_hr = resample_curve(r_hr.frequency_cy_per_px, r_hr.mtf_sd, freq)
+    sd_lr = resample_curve(r_lr.frequency_cy_per_px, r_lr.mtf_sd, freq)
+    fit = _measure(fit_mtf_ratio, freq, mtf_lr, mtf_hr, sd_lr, sd_hr)
+    ratio = fit.ratio
     size = prof.psf.shape[0] if prof is not None else PSF_WINDOW_PX
     psf = nonnegative_kernel(_measure(psf_from_mtf_ratio, *extend_to_corners(freq, ratio), size))
 
@@ -251,7 +257,11 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
               f"({r.orientation} edge, {r.rows_used} rows), contrast {r.contrast:.2f}")
         for w in r.warnings:
             print(f"  warning ({label}): {w}")
-    print(f"thick ESF Gaussian sigma {sigma.sigma_um:.3f} um; MTF ratio at Nyquist {ratio[-1]:.3f}")
+    print(f"thick ESF Gaussian sigma {sigma.sigma_um:.3f} um; MTF ratio at Nyquist {ratio[-1]:.3f} "
+          f"(measured quotient {fit.measured[-1]:.3f} +- {fit.measured_sd[-1]:.3f})")
+    print(f"MTF ratio: Gaussian-mixture fit, sharp fraction {fit.sharp_fraction:.3f}, reduced chi2 "
+          f"{fit.reduced_chi2:.2f} over {int(fit.used.sum())} points to {fit.used_to_cy_per_px:.3f} cy/px; "
+          f"measurement reliable to {fit.reliable_to_cy_per_px:.3f} cy/px")
     print(f"method: {r_lr.standard}, {r_lr.method}")
 
     record = {
@@ -266,6 +276,7 @@ def _cmd_mtf(a: argparse.Namespace) -> int:
     for key, r in (("thin", r_hr), ("thick", r_lr), ("restored", r_re)):
         if r is not None and r.mtf50_cy_per_mm is not None:
             record[f"mtf50_{key}_cy_per_mm"] = float(r.mtf50_cy_per_mm)
+    record.update(fit.record())
     record.update(_calibration_conditions(thick, thin))
 
     if a.profile is not None:

@@ -2,6 +2,8 @@
 
 - :func:`mtf_ratio`: regularised MTF_LR / MTF_HR on a 1-D frequency grid (papers 000-002: the
   blur between thin and thick detectors is the ratio of their MTFs).
+- :func:`fit_mtf_ratio`: the ratio of two measured (noisy) MTFs as a non-negative mixture of
+  Gaussian blurs fitted to the quotient with its noise (what ``xinstrument calibrate mtf`` stores).
 - :func:`psf_from_mtf_ratio`: that radial ratio turned into a 2-D odd square kernel.
 - :func:`extract_psf`: PSF_all from a registered thin/thick image pair, on a window that keeps
   the central structure (paper 004: 60 x 60 px). Default method: the non-negative kernel that
@@ -69,6 +71,120 @@ def mtf_ratio(mtf_lr: np.ndarray, mtf_hr: np.ndarray, floor: float = MTF_HR_FLOO
     floor = positive(floor, "floor")
     ratio = lr * hr / (hr**2 + floor**2)
     return np.clip(ratio / ratio[0] if ratio[0] > 0 else ratio, 0.0, 1.0)
+
+
+# Ratio of measured MTFs (fit_mtf_ratio). The thick screen's image is a depth-weighted sum of
+# defocused images, k(z) >= 0 (shared/papers/004, eq. 1-2), so its extra blur over the thin screen
+# is modelled as a non-negative mixture of Gaussian blurs: ratio(f) = w_0 + sum_k w_k
+# exp(-2 pi^2 s_k^2 f^2), w >= 0, sum w = 1 (w_0: light as sharp as the thin screen's, the
+# layer within the depth of field). Every such curve falls monotonically and has a
+# non-negative, smooth kernel; a rise towards Nyquist or a wiggle (ESF noise, aliasing) cannot be
+# fitted, and a wiggle is what spreads the kernel's LSF over tens of pixels.
+RATIO_FIT_WIDTHS_PX = np.geomspace(0.1, PSF_WINDOW_PX / 2, 48)  # s_k: no wider than the stored kernel
+# The thick screen's MTF below this many of its noise sd is noise with a Rayleigh bias (its
+# magnitude is never below the noise): the quotient there is left out of the fit.
+RATIO_MIN_LR_SNR = 3.0
+# Frequencies up to which ratio / sd(ratio) stays above this are "reliable" (recorded).
+RATIO_RELIABLE_SNR = 10.0
+# sd floor of the quotient: the measurement's accuracy beyond its noise (edge fit, binning
+# corrections; MTFs agree with their analytic values within 1e-3 in tests/calibration/test_mtf.py).
+RATIO_SD_FLOOR = 1e-3
+
+
+@dataclass
+class RatioFit:
+    """MTF ratio fitted to a measured quotient; see :func:`fit_mtf_ratio`."""
+
+    ratio: np.ndarray        # the fit on the given grid (1 at f = 0, non-increasing)
+    measured: np.ndarray     # MTF_LR / MTF_HR as measured (NaN where MTF_HR <= floor)
+    measured_sd: np.ndarray  # its noise sd
+    used: np.ndarray         # bool, the points the fit used
+    reliable_to_cy_per_px: float   # measured / (sd sqrt(max(chi2, 1))) >= RATIO_RELIABLE_SNR up to here
+    used_to_cy_per_px: float       # highest frequency the fit used
+    reduced_chi2: float            # mean ((measured - fit) / sd)^2 over the used points
+    max_deviation_sd: float        # largest |measured - fit| / sd (unscaled) in the reliable band
+    sharp_fraction: float          # w_0
+    components: int                # Gaussian widths with a non-zero weight
+
+    def record(self, prefix: str = "mtf_ratio") -> dict:
+        """Scalars for a profile's [calibration] table."""
+        return {f"{prefix}_fit": ("non-negative mixture of Gaussian blurs (depth-weighted "
+                                  "superposition, shared/papers/004 eq. 1-2) fitted to MTF_LR / MTF_HR "
+                                  "weighted by the edge MTFs' noise; monotone non-increasing"),
+                f"{prefix}_reliable_to_cy_per_px": round(self.reliable_to_cy_per_px, 5),
+                f"{prefix}_fit_used_to_cy_per_px": round(self.used_to_cy_per_px, 5),
+                f"{prefix}_fit_reduced_chi2": round(self.reduced_chi2, 4),
+                f"{prefix}_fit_max_deviation_sd": round(self.max_deviation_sd, 3),
+                f"{prefix}_sharp_fraction": round(self.sharp_fraction, 5),
+                f"{prefix}_fit_components": int(self.components)}
+
+
+def fit_mtf_ratio(
+    frequency_cy_per_px: np.ndarray,
+    mtf_lr: np.ndarray,
+    mtf_hr: np.ndarray,
+    sd_lr: np.ndarray,
+    sd_hr: np.ndarray,
+    floor: float = MTF_HR_FLOOR,
+) -> RatioFit:
+    """MTF_LR / MTF_HR of two measured MTFs with noise sd ``sd_lr`` / ``sd_hr``, as the
+    non-negative Gaussian mixture (see RATIO_FIT_WIDTHS_PX) closest to the quotient in
+    noise-weighted least squares.
+
+    The quotient's sd is propagated from both MTFs' (first order); points where MTF_HR <= ``floor``
+    or MTF_LR is below RATIO_MIN_LR_SNR of its sd are left out; ratio(0) = 1 is imposed.
+    """
+    from scipy.optimize import nnls
+
+    f = np.asarray(frequency_cy_per_px, dtype=float)
+    lr, hr = np.asarray(mtf_lr, dtype=float), np.asarray(mtf_hr, dtype=float)
+    s_lr, s_hr = np.asarray(sd_lr, dtype=float), np.asarray(sd_hr, dtype=float)
+    if f.ndim != 1 or f.size < 4 or any(a.shape != f.shape for a in (lr, hr, s_lr, s_hr)):
+        raise ValueError("frequency, mtf_lr, mtf_hr, sd_lr and sd_hr must be 1-D of equal length (>= 4)")
+    if not all(np.all(np.isfinite(a)) for a in (f, lr, hr, s_lr, s_hr)):
+        raise ValueError("MTFs or their sd contain NaN/inf")
+    if f[0] != 0 or np.any(np.diff(f) <= 0):
+        raise ValueError("frequency_cy_per_px must start at 0 and increase")
+    if np.any(s_lr < 0) or np.any(s_hr < 0):
+        raise ValueError("MTF sd must not be negative")
+    floor = positive(floor, "floor")
+    valid = hr > floor
+    measured = np.full(f.shape, np.nan)
+    measured[valid] = lr[valid] / hr[valid]
+    sd = np.full(f.shape, np.inf)
+    sd[valid] = np.hypot(s_lr[valid] / hr[valid], lr[valid] * s_hr[valid] / hr[valid] ** 2)
+    sd = np.maximum(sd, RATIO_SD_FLOOR)
+    used = valid & (lr >= RATIO_MIN_LR_SNR * s_lr)
+    used[0] = False                      # imposed below
+    if used.sum() < 3:
+        raise ValueError("the thick screen's MTF is above its noise at fewer than 3 frequencies: "
+                         "no ratio can be fitted (more edge frames, a larger edge ROI?)")
+    basis = np.column_stack([np.ones_like(f)]
+                            + [np.exp(-2 * np.pi**2 * s**2 * f**2) for s in RATIO_FIT_WIDTHS_PX])
+    a = basis[used] / sd[used, None]
+    b = measured[used] / sd[used]
+    # ratio(0) = sum w = 1, as a row far heavier than the data's
+    heavy = 1e3 * max(1.0, float(np.abs(a).max()))
+    w, _ = nnls(np.vstack([a, heavy * basis[:1]]), np.r_[b, heavy])
+    fit = basis @ w
+    if not fit[0] > 0:
+        raise ValueError("the MTF ratio fit has no weight (MTF_LR / MTF_HR not positive)")
+    w = w / fit[0]
+    fit = np.clip(fit / fit[0], 0.0, 1.0)
+    z = (measured - fit) / sd
+    chi2 = float(np.mean(z[used] ** 2))
+    # The reliable band counts the noise the residuals show when it exceeds the pixel-noise
+    # estimate (correlated noise, aliasing: on the twin's 100 um YAG edges chi2 is about 7).
+    snr = np.where(valid, measured / (sd * np.sqrt(max(chi2, 1.0))), 0.0)
+    low = np.flatnonzero(snr[1:] < RATIO_RELIABLE_SNR)
+    reliable_to = float(f[low[0]] if low.size else f[-1])
+    band = used & (f <= reliable_to)
+    return RatioFit(ratio=fit, measured=measured, measured_sd=sd, used=used,
+                    reliable_to_cy_per_px=reliable_to,
+                    used_to_cy_per_px=float(f[used].max()),
+                    reduced_chi2=chi2,
+                    max_deviation_sd=float(np.abs(z[band]).max()) if band.any() else float("nan"),
+                    sharp_fraction=float(w[0]), components=int(np.count_nonzero(w[1:] > 1e-9)))
 
 
 def psf_from_mtf_ratio(
