@@ -493,11 +493,88 @@ def slice_noise_sigma(cfg, half_arc_deg: float, n_angles: int, exposure_s: float
     return float(background_noise_sigma((acc / n_angles)[b:-b, b:-b]))
 
 
+# --------------------------------------------------------------------------------------------
+# Multi-frame slices (xinstrument.recon.multiframe): each projection weighted by its own OTF
+# --------------------------------------------------------------------------------------------
+def projection_noise_terms(cfg, exposure_s: float) -> dict:
+    """Absorbed quanta per pixel q (open field, one projection of ``exposure_s`` s at the bench's
+    current), photo-electrons per absorbed quantum g and the sensor's variance per pixel
+    (read noise^2 + dark current x exposure, e-^2): the cascaded-systems terms of
+    :func:`micro_group_budget`."""
+    twin = Twin(cfg, sample="open")
+    kv = twin.fixed_state.voltage_kv
+    _, e_mean = twin._quanta_maps(kv, "thick", False)
+    s = cfg.sensor
+    return {"quanta_per_px": float(twin.expected_quanta("thick", exposure_s=exposure_s).mean()),
+            "electrons_per_quantum": cfg.electrons_per_kev("thick") * float(e_mean.mean()),
+            "sensor_variance_e2": s.read_noise_e ** 2 + s.dark_current_e_per_s * exposure_s}
+
+
+def projection_otfs(twin: Twin, fx_cy_per_mm, fy_cy_per_mm, angles_deg) -> np.ndarray:
+    """Complex OTF [n_angles, *broadcast(fx, fy)] of each projection of the working screen at its
+    best focus (per-depth defocus and oblique parallax, focal spot; no pixel aperture), relative
+    to the screen's entrance face, as the twin renders it (``Twin._otf_grid``)."""
+    from xinstrument.sim.slice_transfer import shift_and_add_otf
+    kv, st = twin.fixed_state.voltage_kv, twin.fixed_state
+    fr = np.hypot(np.asarray(fx_cy_per_mm, np.float64), np.asarray(fy_cy_per_mm, np.float64))
+    f1 = np.linspace(0.0, float(fr.max()) * 1.0001 + 1e-9, 4096)
+    spot = twin._spot_mtf(f1, kv, st.current_ua, st.focus_mode)
+    z, w, per_depth = twin._depth_otfs(f1, "thick", twin.best_focus_um("thick", kv), kv)
+    return np.stack([shift_and_add_otf(fx_cy_per_mm, fy_cy_per_mm, f1, per_depth * spot, w, z,
+                                       [float(a)]) for a in angles_deg])
+
+
+def projection_nps(otfs: np.ndarray, pixel_mtf: np.ndarray, noise: dict) -> np.ndarray:
+    """Relative NNPS of each flat-field corrected projection (cascaded model of
+    :func:`micro_group_budget`): the X-ray quanta pass the projection's own OTF (the twin blurs
+    them with it, oblique parallax included) and the pixel aperture, the optical quanta and the
+    sensor's noise are white:  |H_i P|^2 / q + 1 / (q g) + sensor / (q g)^2."""
+    q, g = noise["quanta_per_px"], noise["electrons_per_quantum"]
+    white = 1.0 / (q * g) + noise["sensor_variance_e2"] / (q * g) ** 2
+    return np.abs(otfs * pixel_mtf) ** 2 / q + white
+
+
+def multiframe_slice_transfer(cfg, half_arc_deg: float, n_angles: int, exposure_s: float,
+                              f_max_cy_per_px: float = 2.0, n_freq: int = 161) -> dict:
+    """Transfer of the noise-matched multi-frame slice (``recon.multiframe``) relative to the
+    fine-grid ground truth, on the grid of ``sim.slice_transfer.twin_slice_transfer`` (LR cy/px,
+    0 .. ``f_max_cy_per_px`` on both axes), with the shift-and-add slice's transfer beside it."""
+    from xinstrument.recon.multiframe import noise_matched_transfer
+    from xinstrument.sim.slice_transfer import twin_slice_transfer
+    twin = Twin(cfg, sample="open")
+    saa = twin_slice_transfer(twin, half_arc_deg, n_angles, f_max_cy_per_px, n_freq)
+    f_px = saa["frequency_x_cy_per_px"]
+    f_mm = f_px / (cfg.pixel_at_screen_um / 1000)
+    angles = np.linspace(-half_arc_deg, half_arc_deg, int(n_angles))
+    h = projection_otfs(twin, f_mm[None, :], f_mm[:, None], angles)
+    pixel = np.sinc(f_px)[None, :] * np.sinc(f_px)[:, None]
+    t = noise_matched_transfer(h, projection_nps(h, pixel, projection_noise_terms(cfg, exposure_s)))
+    ref = saa["reference_mtf"]
+    floor = 1e-4
+    ratio = np.where(ref > floor, t / np.maximum(ref, floor), 0.0)
+    # the ratio cannot exceed 1 where the working screen is blurrier than the reference; clip
+    # the rounding of the table's far corner
+    return {**saa, "slice_otf": t, "transfer": np.clip(ratio, 0.0, 1.0),
+            "saa_transfer": saa["transfer"],
+            "mtf_along_tilt": t[0, :] * np.sinc(f_px), "mtf_across_tilt": t[:, 0] * np.sinc(f_px),
+            "reconstruction": "multiframe", "exposure_s": float(exposure_s)}
+
+
+# profile file of the multi-frame slice transfer (beside sim.slice_transfer.SLICE_TRANSFER_FILE)
+MULTIFRAME_TRANSFER_FILE = "slice_transfer_multiframe.npz"
+
+
 def store_slice_transfer(folder: Path, half_arc_deg: float, n_angles: int, exposure_s: float,
-                         sensor_px: int = 128) -> dict:
+                         sensor_px: int = 128, recon: str = "saa") -> dict:
     """Compute the micro bench's slice transfer and the slice noise at ``exposure_s`` per
     projection, write them into the profile ``folder`` (``slice_transfer.npz`` and the
-    [calibration] keys of ``superres.SLICE_KEYS``) for ``train --task sr --blur slice``."""
+    [calibration] keys of ``superres.SLICE_KEYS``) for ``train --task sr --blur slice``.
+    ``recon="multiframe"``: the transfer of the noise-matched multi-frame slice
+    (:func:`multiframe_slice_transfer`, ``slice_transfer_multiframe.npz``), which the
+    [calibration] keys then name (``slice_reconstruction``); its noise is the shift-and-add
+    slice's by construction, so the measured shift-and-add noise is stored for both."""
+    if recon not in ("saa", "multiframe"):
+        raise SystemExit(f"--store-recon must be saa or multiframe, got {recon!r}")
     from xinstrument.profiles import DetectorProfile
     from xinstrument.restoration.cli import bench_kw_for_profile
     from xinstrument.restoration.superres import SliceTransfer
@@ -511,17 +588,31 @@ def store_slice_transfer(folder: Path, half_arc_deg: float, n_angles: int, expos
     if abs(cfg.pixel_at_screen_um - float(prof.pixel_size_um)) > 1e-6:
         raise SystemExit(f"{folder}: pixel {prof.pixel_size_um} um is not the micro bench's "
                          f"{cfg.pixel_at_screen_um} um")
-    res = twin_slice_transfer(Twin(cfg, sample="open"), half_arc_deg, n_angles)
     sigma = slice_noise_sigma(cfg, half_arc_deg, n_angles, exposure_s)
-    write_slice_transfer(folder, res)
-    prof.calibration.update({
-        "slice_transfer_file": SLICE_TRANSFER_FILE,
-        "slice_half_arc_deg": float(half_arc_deg), "slice_projections": int(n_angles),
-        "slice_exposure_s": float(exposure_s), "slice_noise_sigma": sigma,
-        "slice_transfer_source": (
+    if recon == "saa":
+        res = twin_slice_transfer(Twin(cfg, sample="open"), half_arc_deg, n_angles)
+        write_slice_transfer(folder, res)
+        name, source = SLICE_TRANSFER_FILE, (
             "twin: mean of the tilted projections' OTFs (working screen at best focus, oblique "
             "parallax per depth, focal spot) over the reference screen's normal-incidence MTF "
-            "(sim.slice_transfer); noise of an open-field slice of the same projections"),
+            "(sim.slice_transfer); noise of an open-field slice of the same projections")
+    else:
+        res = multiframe_slice_transfer(cfg, half_arc_deg, n_angles, exposure_s)
+        name, source = MULTIFRAME_TRANSFER_FILE, (
+            "twin: noise-matched multi-frame slice (recon.multiframe: each projection weighted "
+            "by conj(OTF)/NPS, transfer sqrt(N_mean sum |OTF_i|^2 / NPS_i)) over the reference "
+            "screen's normal-incidence MTF; noise of an open-field shift-and-add slice of the "
+            "same projections (the combination keeps it)")
+        tmp = Path(folder) / (name + ".tmp.npz")
+        np.savez(tmp, frequency_x_cy_per_px=res["frequency_x_cy_per_px"].astype(np.float64),
+                 frequency_y_cy_per_px=res["frequency_y_cy_per_px"].astype(np.float64),
+                 transfer=res["transfer"].astype(np.float32))
+        tmp.replace(Path(folder) / name)
+    prof.calibration.update({
+        "slice_transfer_file": name, "slice_reconstruction": recon,
+        "slice_half_arc_deg": float(half_arc_deg), "slice_projections": int(n_angles),
+        "slice_exposure_s": float(exposure_s), "slice_noise_sigma": sigma,
+        "slice_transfer_source": source,
     })
     prof._write_toml(prof.path)
     SliceTransfer.from_profile(DetectorProfile.load(folder))      # reads back
@@ -558,13 +649,16 @@ def main(argv=None) -> int:
                    help="projections of the stored slice")
     p.add_argument("--store-exposure-s", type=float, default=3.05,
                    help="exposure per projection of the stored slice's noise, s at 1 mA")
+    p.add_argument("--store-recon", choices=["saa", "multiframe"], default="saa",
+                   help="slices the stored transfer describes: shift-and-add, or the noise-matched "
+                   "multi-frame combination (xinstrument.recon.multiframe)")
     a = p.parse_args(argv)
     if a.store_slice_transfer is not None:
         rows = slice_transfer_check(micro_tomo_bench(sensor_px=64))
         print(format_slice_transfer_check(rows))
         out = store_slice_transfer(a.store_slice_transfer, a.store_arc_deg, a.store_angles,
-                                   a.store_exposure_s)
-        print(f"stored: +-{out['half_arc_deg']:g} deg, {out['n_angles']} projections, slice noise "
+                                   a.store_exposure_s, recon=a.store_recon)
+        print(f"stored ({a.store_recon}): +-{out['half_arc_deg']:g} deg, {out['n_angles']} projections, slice noise "
               f"sigma {out['noise_sigma']:.5f} at {a.store_exposure_s:g} s per projection")
         return 0
     if a.bench == "micro-tomo-16x":
