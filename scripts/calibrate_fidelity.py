@@ -14,7 +14,12 @@ calibration conditions and corrected with averaged darks and flats (1 and 4 expo
    and of every deblurring method (calibrate_tolerance: the smallest tolerance at which no
    calibration tile is flagged, a conformal bound on held-out tiles);
 3. the coefficients of each method's uncertainty band (calibrate_uncertainty: 90 % of the
-   calibration tiles inside the band).
+   calibration tiles inside the band);
+4. the threshold of the undetermined map for the twin's truth (what real samples hold in the
+   null band) and every method (what its clean restorations put there): calibrate_undetermined,
+   the conformal 99 % quantile of each family's tiles, the largest over the families.
+   ``--undetermined-only`` measures these thresholds alone with the stored tolerances and
+   writes nothing else.
 
 The results go to the profile's ``noise_hardening_exponent``, ``[fidelity_tolerance]`` and
 ``[fidelity_uncertainty]`` (nothing else changes). ``xinstrument bench fidelity`` then measures
@@ -49,9 +54,12 @@ from xinstrument.restoration.fidelity import (
     forward_model_for,
 )
 from xinstrument.restoration.fidelity_report import (
+    UNDETERMINED_REFERENCE,
+    UNDETERMINED_TERM,
     UNSEEN_FALSE_ALARM_TERM,
     FidelityReporter,
     calibrate_uncertainty,
+    calibrate_undetermined,
 )
 from xinstrument.sim.families import TRAINING_FAMILIES
 
@@ -91,6 +99,36 @@ def flagged_share(guard, sets, method, key, eps) -> float:
     return flagged / max(tiles, 1)
 
 
+def clean_reports(rep, sets, method):
+    """Reports of the clean restorations of ``sets`` by ``method`` (None: the twin's truth),
+    their truths, restorations and families."""
+    reports, truths, outs, groups = [], [], [], []
+    for s in sets:
+        xs = s.truth if method is None else s.restored[method]
+        for y, t, x in zip(s.measured, s.truth, xs):
+            reports.append(rep.check(y, x, dose_ratio=s.dose_ratio,
+                                     frames_averaged=s.frames_averaged,
+                                     flat_frames_averaged=s.flat_frames_averaged,
+                                     forward=forward_model_for(method) if method else "mtf_ratio",
+                                     method=method))
+            truths.append(t)
+            outs.append(x)
+            groups.append(s.family)
+    return reports, truths, outs, groups
+
+
+def undetermined_threshold(reports, groups, method) -> dict:
+    """The undetermined map's threshold for ``method`` (None: the twin's truth) from the reports
+    of its clean restorations, printed."""
+    cal = calibrate_undetermined(reports, groups)
+    key = f"{method or UNDETERMINED_REFERENCE}_{UNDETERMINED_TERM}"
+    worst = max(cal["group_share"].values())
+    print(f"  {method or 'truth':16s} undetermined above {cal['threshold']:.3f} sigma of null-band "
+          f"detail (window max; {cal['tiles']} tiles, at most {100 * worst:.1f} % of a family's "
+          "clean tiles)", flush=True)
+    return {key: round(cal["threshold"], 4)}
+
+
 def fit_beta(prof, size_px: int, families: tuple[str, ...] = TRAINING_FAMILIES) -> dict:
     scenes = []
     for i, fam in enumerate(families):
@@ -122,11 +160,30 @@ def main(argv=None) -> int:
                    "replaced, every other stored figure and the noise hardening exponent kept")
     p.add_argument("--keep-beta", action="store_true",
                    help="keep the profile's noise hardening exponent (do not measure it again)")
+    p.add_argument("--undetermined-only", action="store_true",
+                   help="measure only the undetermined map's thresholds (the twin's truth and "
+                   "the methods, or those of --method) with the stored tolerances; every other "
+                   "stored figure is kept")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     for name in a.profile or sorted(PROFILE_BENCH):
         prof = find_profile(str(ROOT / "profiles" / name))
         families = tuple(a.family or TRAINING_FAMILIES)
+        if a.undetermined_only:
+            methods = bench_methods(prof, a.method)
+            sets = [cached_set(prof, fam, n, a.size, a.seeds, "train", methods, a.cache)
+                    for fam in families for n in AVERAGING]
+            rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
+                                   max_unseen_false_alarm=None)
+            found = {}
+            for method in [None, *methods]:
+                reports, _, _, groups = clean_reports(rep, sets, method)
+                found.update(undetermined_threshold(reports, groups, method))
+            if not a.dry_run:
+                prof.fidelity_uncertainty = {**(prof.fidelity_uncertainty or {}), **found}
+                prof.save(prof.path)
+                print(f"  written to {prof.path / 'profile.toml'}")
+            continue
         if a.keep_beta or a.method:
             beta = {"beta": prof.noise_hardening_exponent, "tiles": 0, "ratio_median_before": nan,
                     "ratio_median_after": nan, "ratio_p90_after": nan}
@@ -189,19 +246,15 @@ def main(argv=None) -> int:
                 uncertainty[f"{method}_{UNSEEN_FALSE_ALARM_TERM}"] = round(worst, 5)
         rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, tolerance=tolerances,
                                device="cpu", uncertainty={}, max_unseen_false_alarm=None)
+        ref_key = f"{UNDETERMINED_REFERENCE}_{UNDETERMINED_TERM}"
+        if not a.method or ref_key not in (prof.fidelity_uncertainty or {}):
+            reports, _, _, groups = clean_reports(rep, sets, None)
+            uncertainty.update(undetermined_threshold(reports, groups, None))
         for method in methods:
             # the band needs no tolerance (its terms are the restoration's own): every method
             # gets one, accepted by the policy or not
-            reports, truths, outs, groups = [], [], [], []
-            for s in sets:
-                for y, t, x in zip(s.measured, s.truth, s.restored[method]):
-                    reports.append(rep.check(y, x, dose_ratio=s.dose_ratio,
-                                             frames_averaged=s.frames_averaged,
-                                             flat_frames_averaged=s.flat_frames_averaged,
-                                             forward=forward_model_for(method), method=method))
-                    truths.append(t)
-                    outs.append(x)
-                    groups.append(s.family)
+            reports, truths, outs, groups = clean_reports(rep, sets, method)
+            uncertainty.update(undetermined_threshold(reports, groups, method))
             cal = calibrate_uncertainty(reports, truths, outs, method=method, groups=groups)
             uncertainty.update({k: round(v, 6) for k, v in cal["coefficients"].items()})
             coefs = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.3g}" for k, v in cal["coefficients"].items())

@@ -27,10 +27,20 @@ two maps per frame (per tile of ``tile_px``):
    conformal quantile (rank ``ceil((n + 1) coverage)`` of a family's n tiles), so that every
    calibration family has at least ``coverage`` (0.9) of its tiles inside. Families not seen in
    calibration are the benchmark's test (``xinstrument bench fidelity``).
-   A tile is *undetermined* where the restored null-band detail exceeds the measurement's
-   noise sigma, or where the band exceeds the tile's detection floor (:func:`detection_floor`:
-   the smallest deviation whose forward-model signature reaches 5 sigma of the tile
-   statistic): the restoration may be wrong there by more than the data could show.
+   A tile is *undetermined* where the restoration holds more detail the data cannot determine
+   than is ordinary: the statistic is the largest rms of ``u`` over the ``window_px`` (8 px)
+   windows of the tile, in units of the sigma a perfect restoration is tested with (noise and
+   the forward model's tolerance, the same for every method; ``null_local_z``), so a small
+   invention is not diluted by the tile and real edges, which the data show, raise the sigma
+   they are judged against. The threshold is the smaller of two calibrated on the training
+   families (:func:`calibrate_undetermined`: per family the conformal 99 % quantile, the largest
+   over the families): what the method's clean restorations put there
+   (``<method>_undetermined``), and what real samples hold there, the twin's noise-free truth
+   (``forward_model_undetermined``): more than the method ordinarily paints, or more than any
+   real sample holds, is detail the data did not determine. With samples, a tile is also
+   undetermined where their spread exceeds the tile's detection floor (:func:`detection_floor`:
+   samples of the same data differ by more than the data can confirm). Without calibration a
+   tile is undetermined where its null-band detail's rms exceeds the noise sigma.
 
 Policy: a method the profile's calibration does not accept (:meth:`FidelityReporter.accepts`:
 its training-family restorations needed more tolerance than the forward model, or a training
@@ -43,8 +53,9 @@ else it is kept and flagged); the fallback's restoration gets its own report. A 
 whose undetermined share exceeds the policy's limit is flagged; otherwise it is accepted.
 
 Cost: one forward transform of the restored frame and two inverse transforms (the model ``A x``
-and the null-band detail), one transform pair more for the tolerance's shape from the
-measurement when the method has a tolerance, plus element-wise statistics.
+and the null-band detail: 1.5 pairs, the floor of any report that shows the null band), one
+transform pair more for the tolerance's shape from the measurement when the method has a
+tolerance (2.5 pairs), plus element-wise statistics.
 """
 from __future__ import annotations
 
@@ -76,6 +87,7 @@ __all__ = [
     "FidelityReporter",
     "band_features",
     "calibrate_uncertainty",
+    "calibrate_undetermined",
     "report_hdf5_layout",
     "tile_rms",
 ]
@@ -83,10 +95,18 @@ __all__ = [
 ACTIONS = POLICY_ACTIONS
 # terms of the band (keys "<method>_<term>" of the profile's [fidelity_uncertainty])
 UNCERTAINTY_TERMS = ("null", "detail", "excess", "noise", "spread", "edge")
-# A tile is undetermined where the restored null-band detail exceeds this many noise sigma.
+# Profile [fidelity_uncertainty] key "<method>_undetermined": the threshold of a tile's null-band
+# statistic (``null_local_z``) calibrated on the method's clean training-family restorations;
+# "forward_model_undetermined" the same for the twin's noise-free truth (real samples).
+UNDETERMINED_TERM = "undetermined"
+UNDETERMINED_REFERENCE = FORWARD_MODEL_TOLERANCE_KEY
+# the conformal quantile of each training family's clean tiles (at most 1 % of a calibration
+# family's clean tiles undetermined, as the consistency map's false-alarm target)
+UNDETERMINED_QUANTILE = 0.99
+# Without calibration: the tile's null-band rms above this many noise sigma.
 UNDETERMINED_SIGMA = 1.0
-# ... or where its band exceeds the smallest deviation the consistency test confirms: one whose
-# forward-model signature reaches this many sigma of the tile statistic.
+# The smallest deviation the consistency test confirms: one whose forward-model signature
+# reaches this many sigma of the tile statistic (the spread over samples is judged against it).
 DETECTION_SIGMA = 5.0
 DEFAULT_COVERAGE = 0.9
 # Profile [fidelity_uncertainty] key "<method>_unseen_false_alarm": the largest share of tiles
@@ -144,7 +164,9 @@ class FidelityReport:
         also readable on the report: ``report.flagged``, ``report.tile_chi2`` ...).
     uncertainty : (rows, cols) half-width of the band (transmission units, rms over the tile)
         the restoration's error lies in with probability ``coverage``; NaN where uncalibrated.
-    undetermined : (rows, cols) bool, tiles whose restored null-band detail exceeds the noise.
+    undetermined : (rows, cols) bool, tiles whose restored null-band detail (largest window
+        rms in sigma, ``null_local_z``) exceeds ``undetermined_threshold`` (its source:
+        ``undetermined_source``), or whose spread over samples exceeds the detection floor.
     null_rms, spread_rms : (rows, cols) the restored detail the data cannot determine, and the
         spread over samples (None without samples).
     verdict : "consistent", "inconsistent" or "no verdict" (the guard could not normalise).
@@ -180,6 +202,9 @@ class FidelityReport:
     kept_reason: str | None = None
     elapsed_s: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    null_local_z: np.ndarray | None = None
+    undetermined_threshold: float = float("nan")
+    undetermined_source: str = ""
 
     def __getattr__(self, name: str) -> Any:
         # the consistency result's attributes (map, tile_chi2, flagged, tile_edges, ...)
@@ -263,6 +288,7 @@ class FidelityReport:
             "method": self.method or "",
             "replaced_method": (self.replaced.method or "") if self.replaced is not None else "",
             "null_band_cutoff_cy_per_px": float(self.consistency.null_band_cutoff_cy_per_px),
+            "undetermined_threshold": float(self.undetermined_threshold),
             "elapsed_s": float(self.elapsed_s),
         })
         return out
@@ -470,6 +496,26 @@ class FidelityReporter:
     def hdf5_layout(self, shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
         return report_hdf5_layout(self.tile_grid(shape))
 
+    def undetermined_threshold(self, method: str | None) -> tuple[float, str]:
+        """``(threshold, source)`` of a tile's null-band statistic (``null_local_z``) above which
+        the tile is undetermined: the smaller of the method's calibrated figure (what its clean
+        restorations put in the null band) and the real samples' (the twin's truth); one
+        NaN where neither is calibrated (the tile's null-band rms is then judged against the
+        noise, see the module notes)."""
+        ref = self.uncertainty.get(f"{UNDETERMINED_REFERENCE}_{UNDETERMINED_TERM}")
+        own = self.uncertainty.get(f"{method}_{UNDETERMINED_TERM}") if method else None
+        real = "what real samples hold in the null band (training families)"
+        if own is not None and ref is not None:
+            if own <= ref:
+                return float(own), f"what {method} puts in the null band of clean frames"
+            return float(ref), f"{real}; {method} puts more there ({own:.3g})"
+        if own is not None:
+            return float(own), f"what {method} puts in the null band of clean frames"
+        if ref is not None:
+            return float(ref), real + (f"; {method} not calibrated" if method else "")
+        return float("nan"), (f"not calibrated: the tile's null-band rms above "
+                              f"{UNDETERMINED_SIGMA:g} noise sigma")
+
     def coefficients_for(self, method: str | None) -> tuple[dict[str, float] | None, str]:
         if method is not None:
             c = _coefficients(self.uncertainty, method)
@@ -560,19 +606,56 @@ class FidelityReporter:
             feats = band_features(res, spread)
             band = np.sqrt(feats ** 2 @ np.array([coef[t] for t in UNCERTAINTY_TERMS])
                            ).astype(np.float32)
-        # undetermined: restored detail in the band the data cannot see exceeds the noise, or
-        # the error the band admits exceeds the smallest deviation the test would confirm
-        floor = detection_floor(res)
-        undetermined = np.isfinite(res.null_rms) & (
-            res.null_rms > UNDETERMINED_SIGMA * res.noise_tile_sigma)
-        undetermined |= np.isfinite(band) & np.isfinite(floor) & (band > floor)
+        # undetermined: more restored detail in the band the data cannot see than the method
+        # ordinarily puts there or real samples hold there; or samples that differ by more
+        # than the data can confirm
+        threshold, threshold_source = self.undetermined_threshold(method)
+        z = res.null_local_z
+        if math.isnan(threshold):
+            undetermined = np.isfinite(res.null_rms) & (
+                res.null_rms > UNDETERMINED_SIGMA * res.noise_tile_sigma)
+        else:
+            undetermined = np.isfinite(z) & (z > threshold)
+        if spread is not None:
+            floor = detection_floor(res)
+            undetermined |= np.isfinite(spread) & np.isfinite(floor) & (spread > floor)
         verdict = "consistent" if res.consistent else "inconsistent"
         return FidelityReport(res, band, undetermined, res.null_rms, spread, self.coverage, source,
                               verdict, self.max_undetermined_fraction, accepted, why,
-                              method=method, elapsed_s=time.perf_counter() - t0)
+                              method=method, elapsed_s=time.perf_counter() - t0,
+                              null_local_z=z, undetermined_threshold=threshold,
+                              undetermined_source=threshold_source)
 
 
 # ---------------------------------------------------------------------------------------------
+def calibrate_undetermined(reports: list[FidelityReport], groups: list[str] | None = None,
+                           quantile: float = UNDETERMINED_QUANTILE) -> dict[str, Any]:
+    """Threshold of the null-band statistic (``null_local_z``) from clean restorations of one
+    method (or the twin's truth) on training families: per group (sample family) the conformal
+    quantile (rank ``ceil((n + 1) quantile)`` of its n tiles), the largest over the groups, so
+    that at most ``1 - quantile`` of any calibration family's clean tiles are undetermined.
+    Returns ``{"threshold", "tiles", "group_share"}`` (``group_share``: each group's share of
+    tiles above the threshold)."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    groups = list(groups) if groups is not None else ["all"] * len(reports)
+    if len(groups) != len(reports):
+        raise ValueError("reports and groups differ in number")
+    values: dict[str, list[np.ndarray]] = {}
+    for rep, g in zip(reports, groups):
+        z = rep.null_local_z
+        if z is None:
+            raise ValueError("a report without the null-band statistic (no noise model?)")
+        values.setdefault(str(g), []).append(z[np.isfinite(z)])
+    per_group = {g: np.sort(np.concatenate(v)) for g, v in values.items()}
+    if sum(v.size for v in per_group.values()) < 20:
+        raise ValueError("need at least 20 calibration tiles")
+    threshold = max(float(v[min(v.size, math.ceil((v.size + 1) * quantile)) - 1])
+                    for v in per_group.values() if v.size)
+    return {"threshold": threshold, "tiles": int(sum(v.size for v in per_group.values())),
+            "group_share": {g: float(np.mean(v > threshold)) for g, v in per_group.items()}}
+
+
 def calibrate_uncertainty(reports: list[FidelityReport], truths: list[np.ndarray],
                           restored: list[np.ndarray], *, method: str,
                           coverage: float = DEFAULT_COVERAGE,
