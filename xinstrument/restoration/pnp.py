@@ -15,6 +15,13 @@ detector needs its calibration (MTF ratio, NNPS), never a retraining: the denois
 of blur. The last step is a data step with the final prior weight, so the output is consistent
 with the measurement at the noise level (what the fidelity guard tests).
 
+A second stage then uses that estimate as the pilot of an empirical Wiener inverse, as BM3D's
+deblurring does (the regularised Wiener inverse of Dabov, Foi, Katkovnik & Egiazarian, SPIE
+6812, 2008, eq. 6): ``G = R P / (R^2 P + N)`` with ``P`` the pilot's periodogram, smoothed over
+5 x 5 frequency bins, in place of Wiener's power-law object spectrum. The output is the mean of
+the pilot and that inverse: the prior's estimate and a linear one that follows the frame's own
+spectrum err differently, so their mean errs less (training families below).
+
 Written here rather than taken from deepinv: deepinv 0.5 pulls torchvision, whose PyPI wheels do
 not import beside the product's pinned torch, and these operators are a few lines each.
 """
@@ -43,10 +50,19 @@ __all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_rest
 # noise on a stronger Gaussian blur (reduced chi2 1.29 at 0.2, 1.09 at 0.35: the guard's 1.1).
 # The prior is told the data step's actual error level ("effective", :meth:`DataStep.
 # residual_sigma`), not the schedule's s, because the data step's error is deconvolved noise.
+# Empirical Wiener stage, chosen on the same training families (pcb, dead leaves, fibres, charts,
+# powders, fractal texture; seeds 700 000+, 96 px; both shipped profiles at dose 1, 0.4, 0.15):
+# the mean of the HQS output and its empirical Wiener inverse against the HQS output alone,
+# +0.93 dB / +0.029 SSIM (YAG, worst cell +0.26 dB / +0.006) and +0.47 dB / +0.010 SSIM (GOS,
+# worst +0.02 dB / -0.003); the inverse alone gained more on YAG (+1.13 dB) but lost up to
+# 0.41 dB on GOS, where the prior is already close; smoothing 3, 5 or 7 bins differed < 0.05 dB
+# and the noise weight 1 beat 0.5 and 2.
 PNP_DEFAULTS = {"iterations": registry.get("pnp_hqs").steps_default,
                 "sigma_start": 0.15,
                 "lam": 0.1,
-                "sigma_end_factor": 0.35}
+                "sigma_end_factor": 0.35,
+                "wiener_weight": 0.5}
+EMPIRICAL_WIENER_SMOOTH_BINS = 5
 PAD_PX = 32
 
 
@@ -135,6 +151,20 @@ class DataStep:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.fft.irfft2(torch.fft.rfft2(x) * self.ratio, s=self.shape)
 
+    def empirical_wiener(self, pilot: torch.Tensor,
+                         smooth_bins: int = EMPIRICAL_WIENER_SMOOTH_BINS) -> torch.Tensor:
+        """The Wiener inverse of the data with the padded ``pilot``'s own power spectrum as the
+        object's: ``F^-1[R P Y / (R^2 P + N)]``, ``P = |F pilot|^2 / (H W)`` averaged over
+        ``smooth_bins`` x ``smooth_bins`` frequency bins (a single periodogram's bins scatter
+        like their own mean)."""
+        spec = torch.fft.rfft2(pilot)
+        p = (spec.real ** 2 + spec.imag ** 2) / (self.shape[0] * self.shape[1])
+        if smooth_bins > 1:
+            p = torch.nn.functional.avg_pool2d(p[:, None], smooth_bins, 1, smooth_bins // 2,
+                                               count_include_pad=False)[:, 0]
+        gain = self.ratio * p / (self.ratio * self.ratio * p + self.noise_psd)
+        return torch.fft.irfft2(self.y_spec * gain, s=self.shape)
+
 
 def _schedule(start: float, end: float, n: int) -> list[float]:
     if n == 1:
@@ -147,6 +177,7 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
                 sigma_start: float = PNP_DEFAULTS["sigma_start"],
                 lam: float = PNP_DEFAULTS["lam"],
                 sigma_end_factor: float = PNP_DEFAULTS["sigma_end_factor"],
+                wiener_weight: float = PNP_DEFAULTS["wiener_weight"],
                 denoiser: LoadedDenoiser | None = None, pixel_size_um: float | None = None,
                 pad_px: int = PAD_PX, prior_sigma: str = "effective") -> Any:
     """Plug-and-play HQS restoration of thick-detector frames toward the thin detector.
@@ -160,6 +191,8 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     sigma_start : prior noise level of the first iteration (transmission units).
     lam : prior weight (DPIR's lambda).
     sigma_end_factor : last prior noise level in units of the frame's own noise sigma.
+    wiener_weight : weight of the empirical Wiener inverse piloted by the HQS output in the
+        result (0: the HQS output alone; 1: the inverse alone).
     denoiser : a loaded denoiser (default the shipped one).
     pixel_size_um : the frames' pixel size; checked against the profile's when given.
     prior_sigma : noise level the denoiser is told: "effective" (the data step's error level,
@@ -171,6 +204,8 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
         raise ValueError(f"iterations must be an integer 1..50, got {iterations!r}")
     if not (lam > 0 and sigma_start > 0 and sigma_end_factor > 0):
         raise ValueError("lam, sigma_start and sigma_end_factor must be > 0")
+    if not (isinstance(wiener_weight, (int, float)) and 0.0 <= wiener_weight <= 1.0):
+        raise ValueError(f"wiener_weight must be a number in [0, 1], got {wiener_weight!r}")
     den = denoiser or load_denoiser()
     x, single = as_batch(frames, device=den.device)
     yp = pad_frames(x, pad_px, fast=True)
@@ -202,4 +237,9 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     # the final prior step, then a data step at the last weight: consistent with the data
     z = den(xk, level(sched[-1]))
     out = data(z, sched[-1], lam)
+    if wiener_weight > 0:
+        # the pilot's border re-made by reflection like the measurement's: the data steps leave
+        # the padding less clean than the frame, and the periodogram sees all of it
+        pilot = pad_frames(crop_frames(out, pad_px, tuple(x.shape[-2:])), pad_px, fast=True)
+        out = (1.0 - wiener_weight) * out + wiener_weight * data.empirical_wiener(pilot)
     return restore_type(crop_frames(out, pad_px, tuple(x.shape[-2:])), frames, single)
