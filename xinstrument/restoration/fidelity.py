@@ -493,7 +493,8 @@ class FidelityGuard:
         if noise_sigma is None:
             return int(self.physics.psf.shape[0] // 2)
         tail = self._lsf_tail(forward)
-        span = float(restored.max() - restored.min())
+        low, high = torch.aminmax(restored)
+        span = float(high - low)
         ok = np.flatnonzero(tail * span <= noise_sigma)
         return int(ok[0]) if ok.size else int(tail.size - 1)
 
@@ -889,8 +890,14 @@ class FidelityGuard:
             if null_space and eps_model == eps:
                 null_extras["null_local_z"] = self._null_z(u2, var, iry, irx, tested)
         # per tile the sigma the residual is tested against (noise and model tolerance)
-        test_tile_sigma = np.sqrt(_tile_sums(var, iry, irx).cpu().numpy() / safe_counts) \
-            if detail is not None else noise_tile_sigma
+        if detail is None:
+            test_tile_sigma = noise_tile_sigma
+        elif null_space:
+            # the tested variance is the noise's plus eps^2 D^2: its tile means are those of the
+            # two maps already summed (no third pass over the frame)
+            test_tile_sigma = np.sqrt(noise_tile_sigma**2 + (eps * edge_rms) ** 2)
+        else:
+            test_tile_sigma = np.sqrt(_tile_sums(var, iry, irx).cpu().numpy() / safe_counts)
         z = var.rsqrt_().mul_(resid)
         z2 = z * z
         tile_chi2 = _tile_sums(z2, iry, irx).cpu().numpy() / safe_counts
