@@ -46,7 +46,14 @@ from .acquisition.pipeline import LiveView
 from .config import InstrumentConfig
 from .errors import InstrumentError, UserError
 from .restoration import registry
-from .restoration.dose import DOSE_METHODS, twin_flat_dose_ratio
+from .restoration.dose import (
+    ADU_PER_QUANTUM_KEY,
+    DOSE_METHODS,
+    DoseMetadataError,
+    FlatReference,
+    measured_flat_dose_ratio,
+    twin_flat_dose_ratio,
+)
 from .restoration.dose import restore_with_dose as _restore_with_dose
 from .scans.engine import Engine, PlanError, RunHandle
 from .scans.events import EngineEvents
@@ -996,13 +1003,28 @@ class Instrument:
     def frame_dose_ratio(self, exposure_s: float, voltage_kv: float | None = None,
                          current_ua: float | None = None) -> float | None:
         """Detected quanta per pixel of one exposure's flat over the profile's
-        ``nnps_mean_signal`` at these settings: the fidelity policy's ``dose_ratio`` when one
-        was given, else the digital twin's on the simulated bench (the tube's present settings
-        where none are given), else None (unknown)."""
+        ``nnps_mean_signal`` at these settings (the tube's present ones where none are given):
+        the fidelity policy's ``dose_ratio`` when one was given; else, when the profile records
+        its ADU per quantum (``nnps_adu_per_quantum``), measured from the current flat and dark
+        reference (restoration.dose.measured_flat_dose_ratio; InstrumentError naming what is
+        missing); else the digital twin's on the simulated bench; else None (unknown)."""
         pol = self._fidelity
         if pol is not None and pol["dose_ratio"] is not None:
             return float(pol["dose_ratio"])
         mean_signal = getattr(self.profile, "nnps_mean_signal", None)
+        adu = (getattr(self.profile, "calibration", None) or {}).get(ADU_PER_QUANTUM_KEY)
+        if adu is not None:         # the measured flat: what this detector recorded
+            tube = None
+            if voltage_kv is None or current_ua is None:
+                with contextlib.suppress(Exception):
+                    tube = self.tube.status()
+            kv = voltage_kv if voltage_kv is not None else getattr(tube, "voltage_kv", None)
+            ua = current_ua if current_ua is not None else getattr(tube, "current_ua", None)
+            try:
+                return measured_flat_dose_ratio(self._flat_reference(), adu, mean_signal,
+                                                exposure_s, kv, ua)
+            except DoseMetadataError as exc:
+                raise InstrumentError(f"dose with profile {self.profile.name}: {exc}") from None
         if self.twin is None or mean_signal is None:
             return None
         st = self._world_state()
@@ -1011,6 +1033,16 @@ class Instrument:
         # simulated bench: detected quanta per pixel of the flat at this frame's settings (the
         # offline restore computes a stored frame's dose with the same function)
         return twin_flat_dose_ratio(self.twin, st, exposure_s, kv, ua, mean_signal)
+
+    def _flat_reference(self) -> FlatReference | None:
+        """The current references' flat minus dark (mean ADU) and the settings the flat was
+        taken at (None without references)."""
+        refs = self.references
+        if refs is None:
+            return None
+        level = float(np.mean(refs.flat, dtype=np.float64) - np.mean(refs.dark, dtype=np.float64))
+        return FlatReference(level, float(refs.exposure_s), float(refs.current_ua),
+                             float(refs.voltage_kv))
 
     def restore_frame(self, frame: np.ndarray, method: str | None = None, *,
                       frames_averaged: int = 1, dose_ratio: float | None = None) -> np.ndarray:
@@ -1205,6 +1237,7 @@ class _RestoreFn:
         follow = follow and method is None
         self._follow = follow
         self._refused: tuple | None = None
+        self._dose_warning: str | None = None
         self.method = self._restorer.method
         self.profile = inst.profile.name
         self.scale = int(getattr(self._restorer, "scale", 1))     # super-resolution factor
@@ -1242,8 +1275,13 @@ class _RestoreFn:
         n = int(getattr(pipe, "n_average", 1) or 1)
         dose = None
         if r.method in DOSE_METHODS:
-            with contextlib.suppress(Exception):      # unknown: the calibration dose
+            try:
                 dose = inst.frame_dose_ratio(float(inst.camera.exposure_s))
+            except Exception as exc:  # noqa: BLE001  the stream goes on at the calibration dose
+                if str(exc) != self._dose_warning:      # said once, not per frame
+                    self._dose_warning = str(exc)
+                    inst._log(f"{r.method} restores at the profile's calibration dose: {exc}",
+                              logging.WARNING)
         out = _restore_with_dose(r, frame, n, dose)
         self.method = r.method      # read by the pipeline right after this call, same thread
         return out

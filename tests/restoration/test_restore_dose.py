@@ -2,6 +2,8 @@
 each projection restored with its dose and frames averaged, as the live path restored it."""
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -108,12 +110,26 @@ def test_a_file_without_the_dose_metadata_is_refused_unless_given(recorded, tmp_
 
 def test_a_profile_without_a_dose_model_asks_for_the_dose(recorded, tmp_path, capsys):
     files, _ = recorded
-    out = tmp_path / "out.h5"
-    # calibrated from acquisitions, not on the twin: the recorded settings give no dose here
+    # calibrated from acquisitions (`xinstrument calibrate nnps` recorded its ADU per quantum):
+    # the dose is measured from the file's flat
+    measured = tmp_path / "measured.h5"
     assert main(["restore", str(files["wiener"]), "--profile", "sim-yag100-5x", "--method",
+                 "wiener", "--out", str(measured), "--device", "cpu"]) == 0
+    with ScanReader(measured) as r:
+        md = r.metadata["restoration"]
+    assert "measured flat" in md["dose_source"] and md["dose_ratio"][0] > 0
+    # without that factor, and not calibrated on the twin: no dose here, and both routes named
+    folder = tmp_path / "no-adu"
+    shutil.copytree(find_profile("sim-yag100-5x").path, folder)
+    text = (folder / "profile.toml").read_text()
+    (folder / "profile.toml").write_text("".join(
+        ln for ln in text.splitlines(keepends=True) if not ln.startswith("nnps_adu_per_quantum")))
+    out = tmp_path / "out.h5"
+    assert main(["restore", str(files["wiener"]), "--profile", str(folder), "--method",
                  "wiener", "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "not calibrated on the digital twin" in err and "--dose-ratio" in err
+    assert "nnps_adu_per_quantum" in err
     assert not out.exists()
 
 

@@ -80,8 +80,10 @@ def add_dose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dose-ratio", type=positive_float, default=None, metavar="R",
                    help="one exposure's dose: detected quanta per pixel of its flat over the "
                         "profile's nnps_mean_signal, for every projection, instead of the one "
-                        "computed from the file's exposure, voltage and current (wiener, "
-                        "pnp_hqs, dc_diffusion); multiplied by the frames averaged")
+                        "measured from the flat that corrected it (profiles with "
+                        "nnps_adu_per_quantum) or the digital twin's at the file's exposure, "
+                        "voltage and current (wiener, pnp_hqs, dc_diffusion); multiplied by "
+                        "the frames averaged")
 
 
 def register(sub) -> None:

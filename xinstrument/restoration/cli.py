@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from ..storage.stored import FrameRestoreError, load_corrected, restore_scan
 from . import Restorer, available_methods, registry
 
 __all__ = ["bench_for_profile", "register", "restore_file", "stored_dose_model", "stored_dose_plan",
-           "train_profile", "train_sr_profile"]
+           "stored_flat_references", "train_profile", "train_sr_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +109,83 @@ def stored_dose_model(profile: Any, frame_shape: tuple[int, int]):
     return flat_dose_ratio, f"the digital twin's {bench} bench", ""
 
 
+def _run_of(keys: np.ndarray, index: int) -> np.ndarray:
+    """File indices of the run of equal image keys that holds ``index``."""
+    a = b = int(index)
+    while a > 0 and keys[a - 1] == keys[index]:
+        a -= 1
+    while b + 1 < keys.size and keys[b + 1] == keys[index]:
+        b += 1
+    return np.arange(a, b + 1)
+
+
+def stored_flat_references(in_path: str | Path, scan: Any) -> list:
+    """For each projection of ``scan`` (loaded from ``in_path`` by ``load_corrected``), the
+    flat reference that corrected it as a :class:`~xinstrument.restoration.dose.FlatReference`:
+    the mean of its flat run minus the mean of its dark run (ADU; the runs
+    ``load_corrected`` averaged) and the flat run's recorded exposure, current and voltage;
+    None for a projection stored corrected without its references."""
+    from ..storage import layout as L
+    from .dose import FlatReference
+
+    out: list = []
+    memo: dict[tuple[int, int], Any] = {}
+    with ScanReader(in_path) as r:
+        md = r.frame_metadata
+        keys = np.asarray(md["image_key"])
+        for d, f in zip(np.asarray(scan.dark_index, np.int64), np.asarray(scan.flat_index, np.int64)):
+            ok = (0 <= d < keys.size and 0 <= f < keys.size and keys[d] == L.IMAGE_KEY_DARK
+                  and keys[f] == L.IMAGE_KEY_FLAT)
+            if not ok:
+                out.append(None)
+                continue
+            if (int(d), int(f)) not in memo:
+                darks, flats = _run_of(keys, int(d)), _run_of(keys, int(f))
+                # frame means first: the mean of the averaged run without holding the run
+                level = (np.mean([float(np.mean(r.frame(int(i)), dtype=np.float64)) for i in flats])
+                         - np.mean([float(np.mean(r.frame(int(i)), dtype=np.float64)) for i in darks]))
+
+                def setting(name: str, run: np.ndarray = flats) -> float:
+                    v = np.asarray(md[name], dtype=np.float64)[run]
+                    return float(np.mean(v)) if np.isfinite(v).all() else math.nan
+
+                memo[int(d), int(f)] = FlatReference(float(level), setting("exposure_s"),
+                                                     setting("current_ua"), setting("voltage_kv"))
+            out.append(memo[int(d), int(f)])
+    return out
+
+
 def stored_dose_plan(in_path: str | Path, frame_shape: tuple[int, int], scan: Any, profile: Any,
                      method: str, *, frames_averaged: int | None = None,
                      dose_ratio: float | None = None):
     """The dose each projection of a stored scan is restored with (``restore`` and ``batch
     restore``): the user's ``frames_averaged`` / ``dose_ratio`` (one exposure's), else the
-    file's frame counts and the dose :func:`stored_dose_model` computes from the recorded
-    exposure, voltage and current. Raises DoseMetadataError naming the file and the missing
-    field when a method that takes the dose cannot have it."""
-    from .dose import needs_dose, plan_stored_doses
+    file's frame counts and one exposure's dose from the flat that corrected each projection
+    when the profile records its ADU per quantum (``[calibration] nnps_adu_per_quantum``; see
+    :mod:`xinstrument.restoration.dose`), else the dose :func:`stored_dose_model` computes from
+    the recorded exposure, voltage and current. Raises DoseMetadataError naming the file and
+    what is missing when a method that takes the dose cannot have it."""
+    from .dose import ADU_PER_QUANTUM_KEY, needs_dose, plan_stored_doses
 
     model = (None, "", "")
+    measured: dict[str, Any] = {}
     if needs_dose(method) and dose_ratio is None:
-        model = stored_dose_model(profile, frame_shape)
+        adu = (getattr(profile, "calibration", None) or {}).get(ADU_PER_QUANTUM_KEY)
+        if adu is not None:         # the measured flat: what this detector recorded
+            measured = {"flat_references": stored_flat_references(in_path, scan),
+                        "adu_per_quantum": adu,
+                        "mean_signal": getattr(profile, "nnps_mean_signal", None)}
+        else:
+            flat_dose_ratio, name, why = stored_dose_model(profile, frame_shape)
+            if flat_dose_ratio is None:
+                why = (f"{why}, and it records no ADU per detected quantum ([calibration] "
+                       f"{ADU_PER_QUANTUM_KEY}, from 'xinstrument calibrate nnps "
+                       "--adu-per-quantum G') to measure the dose from the file's flats")
+            model = (flat_dose_ratio, name, why)
     return plan_stored_doses(scan.settings, method, where=str(in_path),
                              frames_averaged=frames_averaged, dose_ratio=dose_ratio,
-                             flat_dose_ratio=model[0], model=model[1], no_model=model[2])
+                             flat_dose_ratio=model[0], model=model[1], no_model=model[2],
+                             **measured)
 
 
 def restore_file(in_path: str | Path, out_path: str | Path, profile: Any, method: str, *,

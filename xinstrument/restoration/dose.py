@@ -9,9 +9,19 @@ and, rightly, rejected by the fidelity guard (simulated bench, PCB, 8 frames ave
 plug-and-play flagged on 41 % of the tiles without the dose, none with it).
 
 The acquisition (:mod:`xinstrument.instrument`) and the offline restorations (``xinstrument
-restore``, ``xinstrument batch restore``) both go through :func:`restore_with_dose`; the dose
-of one exposure on the simulated bench comes from :func:`twin_flat_dose_ratio` in both, and a
-stored scan's frames get theirs from :func:`plan_stored_doses`.
+restore``, ``xinstrument batch restore``) both go through :func:`restore_with_dose`, and a
+stored scan's frames get their dose from :func:`plan_stored_doses`. One exposure's dose comes,
+in both, from
+
+- the measured flat (:func:`measured_flat_dose_ratio`), whenever the profile records its
+  detector's ADU per detected quantum (``[calibration] nnps_adu_per_quantum``, written by
+  ``xinstrument calibrate nnps``): the mean of flat minus dark of the reference that corrected
+  the frame, scaled to the frame's exposure and tube current, over that factor and the
+  profile's ``nnps_mean_signal``. It is preferred to any model because it is what the detector
+  recorded with the source as it was (tube output drifts and ages, a screen yellows); on the
+  simulated bench it agrees with the twin's model (tests/restoration/test_measured_dose.py);
+- else, on the simulated bench and for profiles calibrated on it, the digital twin's detected
+  quanta (:func:`twin_flat_dose_ratio`).
 """
 from __future__ import annotations
 
@@ -24,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DOSE_METHODS", "DoseMetadataError", "DosePlan", "check_dose_overrides",
-           "effective_dose_ratio", "needs_dose", "plan_stored_doses", "restore_with_dose",
-           "twin_flat_dose_ratio"]
+__all__ = ["DOSE_METHODS", "DoseMetadataError", "DosePlan", "FlatReference", "check_dose_overrides",
+           "effective_dose_ratio", "measured_flat_dose_ratio", "needs_dose", "plan_stored_doses",
+           "restore_with_dose", "twin_flat_dose_ratio"]
 
 # Restorers whose noise model takes the frame's dose (``dose_ratio=`` of classical.wiener,
 # pnp.pnp_restore, dc_diffusion.dc_diffusion_restore); the fidelity calibration restores its
@@ -97,6 +107,78 @@ def twin_flat_dose_ratio(twin: Any, state: Any, exposure_s: float, voltage_kv: f
                              voltage_kv=float(voltage_kv))
     quanta = twin.expected_quanta("thick", st, float(exposure_s))
     return float(quanta.mean()) / float(mean_signal)
+
+
+# ---------------------------------------------------------------------- measured flat
+# Flat and frame must share the tube voltage: the detected quanta per unit exposure x current
+# follow the spectrum, which no linear scaling carries over. 1 %: the tube's set-point
+# resolution and read-back jitter, far below a deliberate change of voltage.
+VOLTAGE_MATCH_REL = 0.01
+ADU_PER_QUANTUM_KEY = "nnps_adu_per_quantum"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatReference:
+    """The flat-field reference that corrected a frame, as recorded: ``level_adu`` the mean of
+    flat minus dark in ADU (stored flats are averages of their exposures, so this is one
+    exposure's) and the exposure, tube current and voltage the flat was taken at."""
+
+    level_adu: float
+    exposure_s: float
+    current_ua: float
+    voltage_kv: float
+
+
+def _finite_positive(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def measured_flat_dose_ratio(flat: FlatReference | None, adu_per_quantum: float | None,
+                             mean_signal: float | None, exposure_s: float, voltage_kv: float,
+                             current_ua: float, *, what: str = "the frame") -> float:
+    """One exposure's dose of a frame at ``exposure_s``, ``voltage_kv`` and ``current_ua`` from
+    the flat that corrected it: ``flat.level_adu / adu_per_quantum`` detected quanta per pixel,
+    times ``(exposure_s current_ua) / (flat exposure x flat current)`` (the quanta are linear in
+    both), over the profile's ``mean_signal`` (``nnps_mean_signal``, quanta per pixel).
+
+    Raises DoseMetadataError naming what is missing or wrong (``what`` says which frame): no
+    reference, flat minus dark not positive, a profile without the ADU per quantum or the
+    NNPS mean signal, a flat or frame setting unknown, flat and frame at different voltages.
+    """
+    if not _finite_positive(adu_per_quantum):
+        raise DoseMetadataError(
+            f"the profile records no ADU per detected quantum ([calibration] "
+            f"{ADU_PER_QUANTUM_KEY}, got {adu_per_quantum!r}; 'xinstrument calibrate nnps "
+            "--adu-per-quantum G' writes it), so a measured flat cannot give the dose")
+    if not _finite_positive(mean_signal):
+        raise DoseMetadataError(f"the profile has no nnps_mean_signal (got {mean_signal!r}): "
+                                "measure its NNPS ('xinstrument calibrate nnps')")
+    if flat is None:
+        raise DoseMetadataError(f"{what} has no dark and flat reference, so its dose cannot be "
+                                "measured: take references (darks and flats) first")
+    if not (math.isfinite(flat.level_adu) and flat.level_adu > 0):
+        raise DoseMetadataError(
+            f"{what}: the flat minus the dark of its reference is {flat.level_adu:.4g} ADU on "
+            "average, not positive (a flat taken without X-rays, or a dark with them): retake "
+            "the references")
+    for name, value, whose in (("exposure_s", flat.exposure_s, "its flat reference"),
+                               ("current_ua", flat.current_ua, "its flat reference"),
+                               ("voltage_kv", flat.voltage_kv, "its flat reference"),
+                               ("exposure_s", exposure_s, "it"), ("current_ua", current_ua, "it"),
+                               ("voltage_kv", voltage_kv, "it")):
+        if not _finite_positive(value):
+            raise DoseMetadataError(f"{what}: {whose} records no {name} (got {value!r}); the "
+                                    "measured dose scales the flat to the frame's settings")
+    if abs(float(voltage_kv) - flat.voltage_kv) > VOLTAGE_MATCH_REL * flat.voltage_kv:
+        raise DoseMetadataError(
+            f"{what} was taken at {float(voltage_kv):g} kV and its flat at {flat.voltage_kv:g} kV: "
+            "the quanta per exposure follow the spectrum, so the flat gives no dose at another "
+            "voltage: take flats at the frame's voltage")
+    scale = (float(exposure_s) * float(current_ua)) / (flat.exposure_s * flat.current_ua)
+    return float(flat.level_adu / float(adu_per_quantum) * scale / float(mean_signal))
 
 
 # ---------------------------------------------------------------------- stored scans
@@ -207,7 +289,10 @@ def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: st
                       frames_averaged: int | None = None, dose_ratio: float | None = None,
                       flat_dose_ratio: Callable[[float, float, float, float], float | None]
                       | None = None, model: str = "",
-                      no_model: str = "") -> DosePlan:
+                      no_model: str = "",
+                      flat_references: list[FlatReference | None] | None = None,
+                      adu_per_quantum: float | None = None,
+                      mean_signal: float | None = None) -> DosePlan:
     """The dose of each projection of a stored scan (``settings``: per-projection
     ``exposure_s``, ``voltage_kv``, ``current_ua``, ``theta_deg``, ``frames_averaged``,
     ``flat_frames_averaged``, as :func:`xinstrument.storage.stored.load_corrected` gives them).
@@ -215,9 +300,11 @@ def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: st
     ``frames_averaged`` / ``dose_ratio`` (one exposure's): the user's values for every
     projection, else the file's frame counts and ``flat_dose_ratio(exposure_s, voltage_kv,
     current_ua, theta_deg)`` (the detector model ``model`` names; None when the profile has
-    none: ``no_model`` says why). A method that takes the dose and a file that lacks what it
-    needs raise :class:`DoseMetadataError` naming ``where`` and the missing fields; methods that
-    take no dose never do.
+    none: ``no_model`` says why). ``flat_references`` (one per projection: the flat that
+    corrected it, None where it has none) replaces the model: each projection's dose is then
+    :func:`measured_flat_dose_ratio` with ``adu_per_quantum`` and ``mean_signal``. A method that
+    takes the dose and a file that lacks what it needs raise :class:`DoseMetadataError` naming
+    ``where`` and the missing fields; methods that take no dose never do.
     """
     check_dose_overrides(frames_averaged, dose_ratio)
     n = len(settings["frames_averaged"])
@@ -243,7 +330,7 @@ def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: st
                         f"given: {float(dose_ratio):g} per exposure"
                         + ("" if frames_averaged is None else f", {int(frames_averaged)} frames "
                            "averaged given"))
-    if flat_dose_ratio is None:
+    if flat_dose_ratio is None and flat_references is None:
         raise DoseMetadataError(
             f"{where}: the dose of the projections is unknown: {no_model or 'no detector model'}; "
             f"{method} needs it: give --dose-ratio R (detected quanta per pixel of one "
@@ -263,6 +350,22 @@ def plan_stored_doses(settings: dict[str, np.ndarray], method: str, *, where: st
             f"them: give --dose-ratio R (detected quanta per pixel of one exposure's flat over "
             "the profile's nnps_mean_signal)")
     doses = np.empty(n)
+    if flat_references is not None:
+        if len(flat_references) != n:
+            raise ValueError(f"flat_references: {len(flat_references)} for {n} projections")
+        for k, ref in enumerate(flat_references):
+            try:
+                doses[k] = measured_flat_dose_ratio(
+                    ref, adu_per_quantum, mean_signal, float(settings["exposure_s"][k]),
+                    float(settings["voltage_kv"][k]), float(settings["current_ua"][k]),
+                    what=f"projection {k}")
+            except DoseMetadataError as exc:
+                raise DoseMetadataError(f"{where}: {exc}; or give --dose-ratio R") from None
+        return DosePlan(method, doses, counts, flat_n,
+                        f"measured flat (flat minus dark of each projection's reference, "
+                        f"{float(adu_per_quantum):g} ADU per quantum) at its exposure and current"
+                        + ("" if frames_averaged is None else
+                           f"; {int(frames_averaged)} frames averaged given"))
     memo: dict[tuple, float | None] = {}
     theta = np.asarray(settings.get("theta_deg", np.zeros(n)), dtype=np.float64)
     for k in range(n):
