@@ -140,12 +140,21 @@ def run_seeds(a: argparse.Namespace) -> dict:
     pad = 16
     h_otf = nps = None
     if "multiframe" in a.recon:
-        h_otf, nps = multiframe_weights(cfg, (a.chart_px, a.chart_px), angles, a.exposure_s, pad)
+        # --otf-screen-um: weights from a screen model of another thickness than the bench's
+        # (how much the combination depends on knowing the projections' OTFs)
+        kw_otf = dict(kw, thick_um=a.otf_screen_um) if a.otf_screen_um else kw
+        cfg_otf = centred_config(BENCHES[bench](sensor_px=a.chart_px, oversample=SR_OVERSAMPLE,
+                                                **kw_otf))
+        h_otf, nps = multiframe_weights(cfg_otf, (a.chart_px, a.chart_px), angles, a.exposure_s,
+                                        pad)
+        results_note = f"multiframe OTFs of a {kw_otf['thick_um']:g} um screen"
+        print(results_note, file=sys.stderr)
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     results: dict = {"profile": prof.name, "chart_px": a.chart_px, "half_arc_deg": a.arc_deg,
                      "angles": a.angles, "exposure_s_per_projection": a.exposure_s,
-                     "total_exposure_s": a.exposure_s * a.angles, "seeds": {}}
+                     "total_exposure_s": a.exposure_s * a.angles, "seeds": {},
+                     "otf_screen_um": a.otf_screen_um or kw.get("thick_um")}
     for seed in a.seeds:
         per_seed: dict = {}
         for vname, sample in variants.items():
@@ -225,6 +234,9 @@ def seeds_main(argv) -> int:
     p.add_argument("--sr", action="append", default=[], metavar="NAME=WEIGHTS.pt",
                    help="also run these sr_x2 weights (repeatable)")
     p.add_argument("--cache", default="/tmp/xinstrument-sr-bench", help="projection cache folder")
+    p.add_argument("--otf-screen-um", type=float, default=None,
+                   help="multiframe: the projections' OTFs from a screen of this thickness "
+                   "(default: the bench's own)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)

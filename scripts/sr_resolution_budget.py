@@ -326,13 +326,17 @@ SLICE_ANGLES = 21
 
 
 def micro_arc_budget(cfg, arcs_deg=ARCS_DEG, n_angles: int = SLICE_ANGLES,
-                     k_rose: float = ROSE_SNR) -> list[dict]:
+                     k_rose: float = ROSE_SNR, slice_exposure_s: float = 64.0) -> list[dict]:
     """Per half-arc: the along-tilt MTF of a shift-and-add slice at the 2 and 1 um groups
     (system MTF x slice parallax) and the total dose (all projections, s at 1 mA) for SNR
     ``k_rose``; across the tilt (bars along the tilt axis) the slice keeps the normal-incidence
-    MTF of :func:`micro_group_budget`. A slice of N projections carries their summed quanta."""
+    MTF of :func:`micro_group_budget`. A slice of N projections carries their summed quanta.
+    ``*_mf_*``: the same for the noise-matched multi-frame slice (``recon.multiframe``) of
+    projections totalling ``slice_exposure_s``."""
+    from xinstrument.recon.multiframe import noise_matched_transfer
     base = micro_group_budget(cfg, k_rose, 1.0, measure_px=0)
     twin = Twin(cfg, sample="open")
+    p_mm = cfg.pixel_at_screen_um / 1000
     out = []
     for arc in arcs_deg:
         angles = np.linspace(-arc, arc, n_angles) if arc > 0 else np.zeros(1)
@@ -345,6 +349,18 @@ def micro_arc_budget(cfg, arcs_deg=ARCS_DEG, n_angles: int = SLICE_ANGLES,
             # the dose for SNR k scales as 1 / amplitude^2 where quantum noise dominates
             need_s = g["exposure_s_needed"] / max(par, 1e-9) ** 2
             tag = f"{g['width_um']:g}um"
+            # multi-frame slice (recon.multiframe): the same noise, transfer T of
+            # noise_matched_transfer over the normal-incidence OTF (projections of the slice
+            # exposure each; the NPS balance of X-ray and optical quanta depends on it)
+            fa = np.array([g["lp_mm_screen"]])
+            h = projection_otfs(twin, fa, np.zeros(1), angles)
+            h0 = projection_otfs(twin, fa, np.zeros(1), [0.0])[0]
+            nps = projection_nps(h, np.sinc(fa * p_mm),
+                                 projection_noise_terms(cfg, slice_exposure_s / len(angles)))
+            par_mf = float(noise_matched_transfer(h, nps)[0] / abs(h0[0]))
+            row.update({f"parallax_mf_{tag}": par_mf,
+                        f"mtf_along_mf_{tag}": g["mtf_system"] * par_mf,
+                        f"dose_s_along_mf_{tag}": g["exposure_s_needed"] / max(par_mf, 1e-9) ** 2})
             row.update({f"parallax_{tag}": par, f"mtf_along_{tag}": g["mtf_system"] * par,
                         f"mtf_across_{tag}": g["mtf_system"], f"amplitude_along_{tag}": amp,
                         f"dose_s_along_{tag}": need_s, f"dose_s_across_{tag}": g["exposure_s_needed"]})
@@ -356,11 +372,13 @@ def format_arc_budget(rows: list[dict], k_rose: float) -> str:
     lines = [f"tomosynthesis slices (shift-and-add of {SLICE_ANGLES} projections over +-arc): "
              f"MTF and total dose (s at 1 mA) for SNR {k_rose:g}, along / across the tilt",
              f"{'+-arc':>6s} {'2 um along':>10s} {'across':>7s} {'1 um along':>10s} {'across':>7s}"
-             f" {'dose 1 um along':>15s} {'across':>7s}"]
+             f" {'dose 1 um along':>15s} {'across':>7s} | multi-frame: {'1 um along':>10s}"
+             f" {'dose':>6s}"]
     for r in rows:
         lines.append(f"{r['half_arc_deg']:6g} {r['mtf_along_2um']:10.3f} {r['mtf_across_2um']:7.3f} "
                      f"{r['mtf_along_1um']:10.3f} {r['mtf_across_1um']:7.3f} "
-                     f"{r['dose_s_along_1um']:15.0f} {r['dose_s_across_1um']:7.0f}")
+                     f"{r['dose_s_along_1um']:15.0f} {r['dose_s_across_1um']:7.0f} | "
+                     f"{'':13s}{r['mtf_along_mf_1um']:10.3f} {r['dose_s_along_mf_1um']:6.0f}")
     return "\n".join(lines)
 
 
