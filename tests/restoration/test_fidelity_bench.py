@@ -38,10 +38,17 @@ def test_benchmark_on_a_small_held_out_set(tmp_path):
     # signatures grow with contrast
     discs = sorted((f["contrast"], f["signature_sigma"]) for f in row.fakes if f["kind"] == "disc")
     assert discs[-1][1] > discs[0][1]
+    # the undetermined map's specificity is reported beside its detection: the Wiener
+    # restoration's clean tiles are not all undetermined (the rule "band above the detection
+    # floor" marked every one), and the bench says whether each fake turned its tile
+    assert row.undetermined < 0.5
+    assert all({"undetermined_before", "within_band"} <= set(f) for f in row.fakes)
     text = format_fidelity_bench(b)
     for line in ("false alarms <= 1 %", "fakes above 5 sigma flagged", "coverage >= 90 %",
-                 "cost <= one extra transform pair"):
+                 "cost <= one extra transform pair", "clean tiles undetermined",
+                 "turned undetermined by the fake"):
         assert line in text
+    assert b.cost[0]["floor_pairs"] in (1.5, 2.5)
     assert b.cost[0]["report_over_pair"] > 0
     assert list(tmp_path.glob("*.npz"))          # frames and restorations kept for a rerun
 
