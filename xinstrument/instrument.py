@@ -1062,7 +1062,14 @@ class Instrument:
         pol = self._fidelity
         if pol is None:
             raise InstrumentError("the fidelity guard is off: call set_fidelity_policy first")
-        dose = self.frame_dose_ratio(exposure_s, voltage_kv, current_ua)
+        try:
+            dose = self.frame_dose_ratio(exposure_s, voltage_kv, current_ua)
+        except InstrumentError as exc:      # no verdict rather than a wrong one; said once
+            dose = None
+            if pol.get("dose_error") != str(exc):
+                pol["dose_error"] = str(exc)
+                self._log(f"fidelity guard without the frame's noise level: {exc}",
+                          logging.WARNING)
         guard = pol["guard"]
         flat_n = pol["flat_frames_averaged"] or self.flat_frames_averaged
 

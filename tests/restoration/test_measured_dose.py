@@ -207,12 +207,22 @@ def test_simulated_bench_measured_and_model_doses_agree(bench_profile, tmp_path)
     assert md["dose_ratio"][0] == pytest.approx(doses[EXPOSURE_S], rel=1e-3)   # the same flat
 
 
-def test_live_dose_without_references_is_refused_by_name(bench_profile):
+def test_live_dose_without_references_is_refused_by_name(bench_profile, caplog):
     from simulated_bench import bench_at_focus
 
     inst = bench_at_focus(64, 7, EXPOSURE_S, 2)
     try:
         inst.load_profile(str(bench_profile))
+        inst.set_restoration("wiener", device="cpu")
+        inst.set_fidelity_policy(True, fallback_method=None)
+        fr = inst.acquire(1, restore=True)
+        assert fr.fidelity.normalised
+        kv, ua = inst.twin.fixed_state.voltage_kv, inst.twin.fixed_state.current_ua
+        # a frame at another voltage than its flat: the guard gives no verdict, and says why
+        _, _, rep = inst.check_fidelity(fr.data, fr.restored, "wiener", frames_averaged=1,
+                                        exposure_s=EXPOSURE_S, voltage_kv=kv + 10, current_ua=ua)
+        assert not rep.normalised
+        assert "its flat at" in caplog.text
         inst.dark, inst.flat = None, None
         with pytest.raises(InstrumentError, match="no dark and flat reference"):
             inst.frame_dose_ratio(EXPOSURE_S)
