@@ -83,7 +83,14 @@ import torch
 from scipy import stats
 
 from . import registry
-from ._fourier import as_batch, crop_frames, default_device, pad_frames, radial_transfer_rfft2
+from ._fourier import (
+    as_batch,
+    crop_frames,
+    default_device,
+    pad_frames,
+    radial_transfer_rfft2,
+    trusted_frames,
+)
 from .classical import psf_otf_rfft2
 from .physics import BLUR_PAD_PX, DetectorPhysics
 
@@ -666,18 +673,21 @@ class FidelityGuard:
             count_sub = torch.bincount(ring_sub, weights=weight_sub, minlength=64).clamp(min=1)
             # the radial frequency of each bin (the band's lowest frequency is reported)
             radius = torch.sqrt(fy * fy + fx * fx).expand_as(t2).contiguous()
-            self._cache[key] = (t2, nnps, ring.reshape(-1), ring_sub, weight_sub,
+            # H^2 P_x < NPS  <=>  H^2 / NNPS < level / P_x: the left side per shape, the right
+            # one per ring (one gather and one comparison per frame)
+            transfer_snr = t2 / nnps
+            self._cache[key] = (transfer_snr, nnps, ring.reshape(-1), ring_sub, weight_sub,
                                 count_sub * float(shape[0] * shape[1]), radius)
-        t2, nnps, ring, ring_sub, weight_sub, norm_sub, _ = self._cache[key]
+        transfer_snr, _, ring, ring_sub, weight_sub, norm_sub, _ = self._cache[key]
         sub = spectrum[::3, ::3]
         power = (sub.real.square() + sub.imag.square()).reshape(-1)
         p_ring = torch.bincount(ring_sub, weights=power * weight_sub, minlength=64) / norm_sub
-        p_x = p_ring[ring].reshape(t2.shape)
         beta = self.noise_hardening_exponent
         level = (max(mean_t, 1e-6) ** (1.0 - beta)) / frames_averaged
         if flat_frames_averaged is not None:
             level += mean_t**2 / flat_frames_averaged
-        return t2 * p_x < nnps * (level / float(dose_ratio))
+        limit = (level / float(dose_ratio)) / p_ring      # inf where a ring holds no power
+        return transfer_snr < limit[ring].reshape(transfer_snr.shape)
 
     def _null_space_detail(self, forward: str, dose_ratio: float, frames_averaged: int,
                            flat_frames_averaged: int | None, mean_t: float,
@@ -778,7 +788,8 @@ class FidelityGuard:
         eps, eps_source = self.tolerance_for(method)
         y = y.to(self.device)[0]
         self._last_spectrum = None
-        model = self.reblur(x, forward, keep_spectrum=null_space)[0]
+        with trusted_frames():        # x is checked above
+            model = self.reblur(x, forward, keep_spectrum=null_space)[0]
         # the tolerance's shape, from the measurement (a feature the restoration invents must
         # not widen its own null variance): the measured detail near the blur's edge, A y - A A y
         detail = self.measured_detail(y, forward) if eps > 0 else None
