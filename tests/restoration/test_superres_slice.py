@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -40,15 +41,32 @@ def _edge_width_lr_px(lr: np.ndarray, axis: int) -> float:
 
 
 def test_profile_holds_the_slice_transfer_of_its_bench(profile):
+    # the shipped sr_x2 takes multi-frame slices (recon.multiframe); the shift-and-add slices'
+    # transfer stays beside it
+    assert profile.calibration["slice_reconstruction"] == "multiframe"
     st = SliceTransfer.from_profile(profile)
     assert (st.half_arc_deg, st.projections) == (20.0, 21)
     assert 0 < st.noise_sigma < profile.noise_sigma      # 21 projections averaged
-    at = lambda row: np.interp(0.2, st.frequency_x_cy_per_px, row)
-    assert at(st.transfer[0, :]) < 0.5 * at(st.transfer[:, 0])
+    saa = np.load(profile.path / "slice_transfer.npz")["transfer"]
+    at = lambda row: np.interp(0.2, st.frequency_x_cy_per_px, row)     # 1 um bars: 0.2 cy/px
+    # shift-and-add: the projections' parallax phases cancel along the tilt
+    assert at(saa[0, :]) < 0.5 * at(saa[:, 0])
+    # the multi-frame slice keeps most of it at the same noise; across the tilt both are the
+    # normal-incidence transfer
+    assert at(st.transfer[0, :]) > 2.5 * at(saa[0, :])
+    assert at(st.transfer[0, :]) < at(st.transfer[:, 0])
+    assert at(st.transfer[:, 0]) == pytest.approx(at(saa[:, 0]), abs=0.01)
+    rec = json.loads((profile.path / "weights" / "sr_x2.json").read_text())
+    assert rec["blur"] == "slice" and rec["slice_reconstruction"] == "multiframe"
+    assert rec["slice_transfer_file"] == profile.calibration["slice_transfer_file"]
 
 
 def test_slice_blur_blurs_an_edge_more_along_the_tilt(profile):
+    # the shift-and-add slices' transfer (slice_transfer.npz), which the parallax blurs most
     d = SRDegradation.from_profile(profile, 2, blur="slice", downsample="area")
+    with np.load(profile.path / "slice_transfer.npz") as npz:
+        saa = dataclasses.replace(d.slice_transfer, transfer=np.array(npz["transfer"]))
+    d = dataclasses.replace(d, slice_transfer=saa)
     ratio = SRDegradation.from_profile(profile, 2, blur="mtf_ratio", downsample="area")
     hr = torch.ones(1, 128, 128)
     step_x = hr.clone()

@@ -196,7 +196,9 @@ def background_noise_sigma(region: Any, bins: int = 64) -> float:
 @dataclass(frozen=True, eq=False)
 class SliceTransfer:
     """Transfer of a tomosynthesis slice relative to the fine-grid ground truth: the mean of the
-    tilted projections' OTFs over the reference screen's MTF (``xinstrument.sim.slice_transfer``),
+    tilted projections' OTFs over the reference screen's MTF (``xinstrument.sim.slice_transfer``;
+    for multi-frame slices, ``[calibration] slice_reconstruction = "multiframe"``, the transfer of
+    ``xinstrument.recon.multiframe.noise_matched_transfer`` instead),
     sampled on LR frequencies 0 .. f_max on both axes (even in fx and fy; x is along the tilt).
     ``transfer`` is real and may dip below 0 where the averaged parallax reverses contrast."""
 
