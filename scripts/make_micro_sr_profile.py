@@ -136,10 +136,14 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=None, help="keep the twin's frames here")
     a = p.parse_args(argv)
     prof = build(a.out, a.sensor_px, a.frames, work=a.work)
-    # the slices' transfer for `train --task sr --blur slice`, as the shipped profile holds it
+    # the slices' transfers for `train --task sr --blur slice`, as the shipped profile holds
+    # them: shift-and-add (slice_transfer.npz), then the multi-frame slices the shipped sr_x2
+    # takes, which the profile then names; 21 projections of 64 s / 21 each
     sys.path.insert(0, str(ROOT / "scripts"))
     from sr_resolution_budget import SLICE_ANGLES, store_slice_transfer
-    store_slice_transfer(Path(prof.path), 20.0, SLICE_ANGLES, 3.05)
+    store_slice_transfer(Path(prof.path), 20.0, SLICE_ANGLES, 64.0 / SLICE_ANGLES)
+    store_slice_transfer(Path(prof.path), 20.0, SLICE_ANGLES, 64.0 / SLICE_ANGLES,
+                         recon="multiframe")
     prof = find_profile(str(prof.path))
     print(f"{NAME}: pixel {prof.pixel_size_um:.4f} um; ESF sigma {prof.esf_sigma_um:.3f} um; "
           f"noise sigma {prof.noise_sigma:.4f} per {EXPOSURE_S:g} s frame; "
