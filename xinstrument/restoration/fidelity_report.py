@@ -499,8 +499,8 @@ class FidelityReporter:
     def undetermined_threshold(self, method: str | None) -> tuple[float, str]:
         """``(threshold, source)`` of a tile's null-band statistic (``null_local_z``) above which
         the tile is undetermined: the smaller of the method's calibrated figure (what its clean
-        restorations put in the null band) and the real samples' (the twin's truth); one
-        NaN where neither is calibrated (the tile's null-band rms is then judged against the
+        restorations put in the null band) and the real samples' (the twin's truth); NaN
+        where neither is calibrated (the tile's null-band rms is then judged against the
         noise, see the module notes)."""
         ref = self.uncertainty.get(f"{UNDETERMINED_REFERENCE}_{UNDETERMINED_TERM}")
         own = self.uncertainty.get(f"{method}_{UNDETERMINED_TERM}") if method else None
