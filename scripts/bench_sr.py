@@ -73,22 +73,6 @@ def acquire_projections(cfg, sample, seed: int, exposure_s: float, angles_deg) -
     return np.stack(out)
 
 
-def multiframe_weights(cfg, shape, angles_deg, exposure_s: float, pad_px: int):
-    """OTFs and NPS of the projections on the rfft2 grid of frames of ``shape`` padded by
-    ``pad_px`` (for :func:`combine_registered`)."""
-    import sr_resolution_budget as budget
-
-    from xinstrument.sim import Twin
-    rows, cols = shape[0] + 2 * pad_px, shape[1] + 2 * pad_px
-    p_mm = cfg.pixel_at_screen_um / 1000
-    fy = np.fft.fftfreq(rows, d=p_mm)[:, None]
-    fx = np.fft.rfftfreq(cols, d=p_mm)[None, :]
-    h = budget.projection_otfs(Twin(cfg, sample="open"), fx, fy, angles_deg)
-    pixel = np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
-    nps = budget.projection_nps(h, pixel, budget.projection_noise_terms(cfg, exposure_s))
-    return h, nps
-
-
 def run_seeds(a: argparse.Namespace) -> dict:
     import torch
 
@@ -105,6 +89,7 @@ def run_seeds(a: argparse.Namespace) -> dict:
     )
     from xinstrument.sim import BENCHES, Twin
     from xinstrument.sim.bench import MICRO_CHART_WIDTHS_UM
+    from xinstrument.sim.slice_transfer import multiframe_weights
     from xinstrument.sim.samples import chart_groups, resolution_chart
 
     torch.set_num_threads(a.threads)

@@ -36,6 +36,11 @@ sys.path.insert(0, str(ROOT))
 from xinstrument.acquisition.correction import FlatFieldCorrector  # noqa: E402
 from xinstrument.sim.bench import Twin, lens_bench, micro_tomo_bench  # noqa: E402
 from xinstrument.sim.samples import chart_groups  # noqa: E402
+from xinstrument.sim.slice_transfer import (  # noqa: E402
+    projection_noise_terms,
+    projection_nps,
+    projection_otfs,
+)
 
 FREQS_LP_MM = (250.0, 385.0, 500.0)
 # bar-group profiles average the central 60 % of the bar length (superres.bar_group_profile)
@@ -514,44 +519,6 @@ def slice_noise_sigma(cfg, half_arc_deg: float, n_angles: int, exposure_s: float
 # --------------------------------------------------------------------------------------------
 # Multi-frame slices (xinstrument.recon.multiframe): each projection weighted by its own OTF
 # --------------------------------------------------------------------------------------------
-def projection_noise_terms(cfg, exposure_s: float) -> dict:
-    """Absorbed quanta per pixel q (open field, one projection of ``exposure_s`` s at the bench's
-    current), photo-electrons per absorbed quantum g and the sensor's variance per pixel
-    (read noise^2 + dark current x exposure, e-^2): the cascaded-systems terms of
-    :func:`micro_group_budget`."""
-    twin = Twin(cfg, sample="open")
-    kv = twin.fixed_state.voltage_kv
-    _, e_mean = twin._quanta_maps(kv, "thick", False)
-    s = cfg.sensor
-    return {"quanta_per_px": float(twin.expected_quanta("thick", exposure_s=exposure_s).mean()),
-            "electrons_per_quantum": cfg.electrons_per_kev("thick") * float(e_mean.mean()),
-            "sensor_variance_e2": s.read_noise_e ** 2 + s.dark_current_e_per_s * exposure_s}
-
-
-def projection_otfs(twin: Twin, fx_cy_per_mm, fy_cy_per_mm, angles_deg) -> np.ndarray:
-    """Complex OTF [n_angles, *broadcast(fx, fy)] of each projection of the working screen at its
-    best focus (per-depth defocus and oblique parallax, focal spot; no pixel aperture), relative
-    to the screen's entrance face, as the twin renders it (``Twin._otf_grid``)."""
-    from xinstrument.sim.slice_transfer import shift_and_add_otf
-    kv, st = twin.fixed_state.voltage_kv, twin.fixed_state
-    fr = np.hypot(np.asarray(fx_cy_per_mm, np.float64), np.asarray(fy_cy_per_mm, np.float64))
-    f1 = np.linspace(0.0, float(fr.max()) * 1.0001 + 1e-9, 4096)
-    spot = twin._spot_mtf(f1, kv, st.current_ua, st.focus_mode)
-    z, w, per_depth = twin._depth_otfs(f1, "thick", twin.best_focus_um("thick", kv), kv)
-    return np.stack([shift_and_add_otf(fx_cy_per_mm, fy_cy_per_mm, f1, per_depth * spot, w, z,
-                                       [float(a)]) for a in angles_deg])
-
-
-def projection_nps(otfs: np.ndarray, pixel_mtf: np.ndarray, noise: dict) -> np.ndarray:
-    """Relative NNPS of each flat-field corrected projection (cascaded model of
-    :func:`micro_group_budget`): the X-ray quanta pass the projection's own OTF (the twin blurs
-    them with it, oblique parallax included) and the pixel aperture, the optical quanta and the
-    sensor's noise are white:  |H_i P|^2 / q + 1 / (q g) + sensor / (q g)^2."""
-    q, g = noise["quanta_per_px"], noise["electrons_per_quantum"]
-    white = 1.0 / (q * g) + noise["sensor_variance_e2"] / (q * g) ** 2
-    return np.abs(otfs * pixel_mtf) ** 2 / q + white
-
-
 def multiframe_slice_transfer(cfg, half_arc_deg: float, n_angles: int, exposure_s: float,
                               f_max_cy_per_px: float = 2.0, n_freq: int = 161) -> dict:
     """Transfer of the noise-matched multi-frame slice (``recon.multiframe``) relative to the

@@ -2,7 +2,11 @@
 import numpy as np
 import pytest
 
-from xinstrument.recon.multiframe import combine_registered, noise_matched_transfer
+from xinstrument.recon.multiframe import (
+    combine_registered,
+    noise_matched_transfer,
+    prefilter_projections,
+)
 
 PAD = 8
 
@@ -110,6 +114,36 @@ def test_bad_input_is_named():
         combine_registered(frames, h, nps=np.zeros(h.shape), pad_px=PAD)
     with pytest.raises(ValueError, match="pad_px"):
         combine_registered(frames, h, pad_px=40)
+
+
+def test_prefiltered_projections_average_to_the_multiframe_slice():
+    """The per-projection filters are the combination's shares: their mean is the multi-frame
+    slice (frames of odd width, unequal noise, one projection far from the others)."""
+    rng = np.random.default_rng(3)
+    rows, cols = 24, 31
+    frames = _periodic_scene(rows, cols)[None] + 0.05 * rng.standard_normal((4, rows, cols))
+    h = _parallax_otfs(rows, cols, [-1.3, -0.4, 0.5, 1.7], [0.5, 0.0, 1.0, 2.5])
+    nps = np.array([1.0, 2.0, 0.5, 3.0])[:, None, None] * np.ones(h.shape)
+    pre = prefilter_projections(frames, h, nps, pad_px=PAD)
+    assert pre.shape == frames.shape and pre.dtype == np.float32
+    combined = combine_registered(frames, h, nps, pad_px=PAD)
+    np.testing.assert_allclose(pre.mean(axis=0), combined, rtol=0, atol=1e-5)
+    # each projection is filtered by its own share, not by the slice's transfer
+    assert np.abs(pre[0] - pre[3]).max() > 10 * np.abs(pre.mean(axis=0) - combined).max()
+    # equal real OTFs and noise: every filter is 1 (projections unchanged)
+    same = _parallax_otfs(rows, cols, [0.0] * 4, [0.0] * 4)
+    np.testing.assert_allclose(prefilter_projections(frames, same, pad_px=PAD), frames, atol=1e-5)
+
+
+def test_prefilter_bad_input_is_named():
+    frames = np.ones((3, 20, 20))
+    h = _parallax_otfs(20, 20, [0, 0, 0], [0, 0, 0])
+    with pytest.raises(ValueError, match="otfs must be"):
+        prefilter_projections(frames, h[:2], pad_px=PAD)
+    with pytest.raises(ValueError, match="frames must be"):
+        prefilter_projections(frames[0], h, pad_px=PAD)
+    with pytest.raises(ValueError, match="nps must be"):
+        prefilter_projections(frames, h, nps=-np.ones(h.shape), pad_px=PAD)
 
 
 def test_micro_bench_multiframe_slice_keeps_the_along_tilt_contrast():

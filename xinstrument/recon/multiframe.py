@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["combine_registered", "noise_matched_transfer"]
+__all__ = ["combine_registered", "noise_matched_transfer", "prefilter_projections"]
 
 # Below this fraction of the largest summed weight the frequency carries nothing (beyond the
 # optics' cutoff every H_i vanishes): the combination keeps the projections' mean there.
@@ -59,17 +59,8 @@ def noise_matched_transfer(otfs, nps=None) -> np.ndarray:
     return np.sqrt(n_mean * (np.abs(h) ** 2 / n_ps).sum(axis=0))
 
 
-def combine_registered(frames, otfs, nps=None, pad_px: int = 16) -> np.ndarray:
-    """Noise-matched multi-frame slice of ``frames`` [n, rows, cols] (flat-field corrected
-    projections registered on one plane).
-
-    ``otfs`` [n, rows + 2 pad, (cols + 2 pad) // 2 + 1]: each projection's complex OTF on the
-    ``numpy.fft.rfft2`` grid of the padded frame (x = columns), i.e. the blur and sub-pixel shift
-    the registration left; ``nps``: each projection's noise power spectrum on that grid (None:
-    equal white noise). The frames are padded by ``pad_px`` reflected pixels so that the
-    sub-pixel phase corrections do not wrap the far edge into the near one. Returns the combined
-    slice [rows, cols] (float32) with transfer :func:`noise_matched_transfer` and the noise of
-    the frames' mean."""
+def _padded_spectra(frames, otfs, nps, pad_px: int):
+    """Checked inputs: (spectra of the padded frames, H, N, frame shape)."""
     y = np.asarray(frames, np.float64)
     if y.ndim != 3 or y.shape[0] < 1:
         raise ValueError(f"frames must be [n_projections, rows, cols], got shape {y.shape}")
@@ -83,13 +74,51 @@ def combine_registered(frames, otfs, nps=None, pad_px: int = 16) -> np.ndarray:
                          f"{(n,) + grid} for these frames, got {h.shape}")
     if pad_px:
         y = np.pad(y, ((0, 0), (pad_px, pad_px), (pad_px, pad_px)), mode="reflect")
-    spectra = np.fft.rfft2(y)
+    return np.fft.rfft2(y), h, n_ps, y.shape[1:]
+
+
+def _crop(z: np.ndarray, pad_px: int) -> np.ndarray:
+    return z[..., pad_px:-pad_px, pad_px:-pad_px] if pad_px else z
+
+
+def combine_registered(frames, otfs, nps=None, pad_px: int = 16) -> np.ndarray:
+    """Noise-matched multi-frame slice of ``frames`` [n, rows, cols] (flat-field corrected
+    projections registered on one plane).
+
+    ``otfs`` [n, rows + 2 pad, (cols + 2 pad) // 2 + 1]: each projection's complex OTF on the
+    ``numpy.fft.rfft2`` grid of the padded frame (x = columns), i.e. the blur and sub-pixel shift
+    the registration left; ``nps``: each projection's noise power spectrum on that grid (None:
+    equal white noise). The frames are padded by ``pad_px`` reflected pixels so that the
+    sub-pixel phase corrections do not wrap the far edge into the near one. Returns the combined
+    slice [rows, cols] (float32) with transfer :func:`noise_matched_transfer` and the noise of
+    the frames' mean."""
+    spectra, h, n_ps, padded = _padded_spectra(frames, otfs, nps, pad_px)
     num = (np.conj(h) / n_ps * spectra).sum(axis=0)
     den = (np.abs(h) ** 2 / n_ps).sum(axis=0)
     t = noise_matched_transfer(h, n_ps)
     ok = den > _WEIGHT_FLOOR * den.max()
     out = np.where(ok, t * num / np.where(ok, den, 1.0), spectra.mean(axis=0))
-    z = np.fft.irfft2(out, s=y.shape[1:])
-    if pad_px:
-        z = z[pad_px:-pad_px, pad_px:-pad_px]
+    z = _crop(np.fft.irfft2(out, s=padded), pad_px)
+    return z.astype(np.float32)
+
+
+def prefilter_projections(frames, otfs, nps=None, pad_px: int = 16) -> np.ndarray:
+    """Each projection of ``frames`` [n, rows, cols] filtered by its share of
+    :func:`combine_registered`: W_i Y_i with
+
+        W_i(f) = n T(f) conj(H_i) / N_i  /  sum_j |H_j|^2 / N_j
+
+    (W_i = 1 where the summed weight is below the floor), so that the mean of the returned frames
+    [n, rows, cols] (float32) is the multi-frame slice. ``H_i`` is the blur between the plane
+    and the detector (the screen, the optics, the focal spot), the same for every plane of the
+    sample: filtering the projections before a shift-and-add reconstruction makes every slice it
+    reconstructs a multi-frame slice (up to the interpolation of its registration). Arguments
+    as :func:`combine_registered`, whose checks apply."""
+    spectra, h, n_ps, padded = _padded_spectra(frames, otfs, nps, pad_px)
+    n = h.shape[0]
+    den = (np.abs(h) ** 2 / n_ps).sum(axis=0)
+    t = noise_matched_transfer(h, n_ps)
+    ok = den > _WEIGHT_FLOOR * den.max()
+    w = np.where(ok, n * t * np.conj(h) / n_ps / np.where(ok, den, 1.0), 1.0)
+    z = _crop(np.fft.irfft2(w * spectra, s=padded), pad_px)
     return z.astype(np.float32)

@@ -28,7 +28,9 @@ import numpy as np
 
 from . import detector as det
 
-__all__ = ["SLICE_TRANSFER_FILE", "shift_and_add_otf", "twin_slice_transfer", "write_slice_transfer"]
+__all__ = ["MULTIFRAME", "MULTIFRAME_PAD_PX", "SLICE_TRANSFER_FILE", "multiframe_weights",
+           "profile_multiframe_weights", "projection_noise_terms", "projection_nps",
+           "projection_otfs", "shift_and_add_otf", "twin_slice_transfer", "write_slice_transfer"]
 
 # profile folder file of the slice transfer (profile.toml [calibration] slice_transfer_file)
 SLICE_TRANSFER_FILE = "slice_transfer.npz"
@@ -134,3 +136,99 @@ def write_slice_transfer(folder, result: dict) -> None:
              frequency_y_cy_per_px=result["frequency_y_cy_per_px"].astype(np.float64),
              transfer=result["transfer"].astype(np.float32))
     tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-projection models of the multi-frame slice (xinstrument.recon.multiframe): each projection
+# of a tube-rotation scan reaches the camera through its own OTF, and carries its own noise.
+# --------------------------------------------------------------------------------------------
+def projection_noise_terms(cfg, exposure_s: float) -> dict:
+    """Absorbed quanta per pixel q (open field, one projection of ``exposure_s`` s at the bench's
+    current), photo-electrons per absorbed quantum g and the sensor's variance per pixel
+    (read noise^2 + dark current x exposure, e-^2): the cascaded-systems terms of the micro
+    bench's resolution budget (scripts/sr_resolution_budget.py)."""
+    from .bench import Twin
+    if not exposure_s > 0:
+        raise ValueError(f"exposure must be > 0 s, got {exposure_s!r}")
+    twin = Twin(cfg, sample="open")
+    kv = twin.fixed_state.voltage_kv
+    _, e_mean = twin._quanta_maps(kv, "thick", False)
+    s = cfg.sensor
+    return {"quanta_per_px": float(twin.expected_quanta("thick", exposure_s=exposure_s).mean()),
+            "electrons_per_quantum": cfg.electrons_per_kev("thick") * float(e_mean.mean()),
+            "sensor_variance_e2": s.read_noise_e ** 2 + s.dark_current_e_per_s * exposure_s}
+
+
+def projection_otfs(twin, fx_cy_per_mm, fy_cy_per_mm, angles_deg) -> np.ndarray:
+    """Complex OTF [n_angles, *broadcast(fx, fy)] of each projection of the working screen at its
+    best focus (per-depth defocus and oblique parallax, focal spot; no pixel aperture), relative
+    to the screen's entrance face, as the twin renders it (``Twin._otf_grid``)."""
+    kv, st = twin.fixed_state.voltage_kv, twin.fixed_state
+    fr = np.hypot(np.asarray(fx_cy_per_mm, np.float64), np.asarray(fy_cy_per_mm, np.float64))
+    f1 = np.linspace(0.0, float(fr.max()) * 1.0001 + 1e-9, 4096)
+    spot = twin._spot_mtf(f1, kv, st.current_ua, st.focus_mode)
+    z, w, per_depth = twin._depth_otfs(f1, "thick", twin.best_focus_um("thick", kv), kv)
+    return np.stack([shift_and_add_otf(fx_cy_per_mm, fy_cy_per_mm, f1, per_depth * spot, w, z,
+                                       [float(a)]) for a in angles_deg])
+
+
+def projection_nps(otfs: np.ndarray, pixel_mtf: np.ndarray, noise: dict) -> np.ndarray:
+    """Relative NNPS of each flat-field corrected projection (cascaded model): the X-ray quanta
+    pass the projection's own OTF (the twin blurs them with it, oblique parallax included) and
+    the pixel aperture, the optical quanta and the sensor's noise are white:
+    |H_i P|^2 / q + 1 / (q g) + sensor / (q g)^2  (``noise``: :func:`projection_noise_terms`)."""
+    q, g = noise["quanta_per_px"], noise["electrons_per_quantum"]
+    white = 1.0 / (q * g) + noise["sensor_variance_e2"] / (q * g) ** 2
+    return np.abs(otfs * pixel_mtf) ** 2 / q + white
+
+
+def multiframe_weights(cfg, shape, angles_deg, exposure_s: float, pad_px: int):
+    """(otfs, nps) of the projections of bench ``cfg`` at ``angles_deg`` (tilt along x, the
+    columns), each of ``exposure_s`` s, on the ``numpy.fft.rfft2`` grid of frames of ``shape``
+    (rows, cols) padded by ``pad_px`` on every side: the inputs of
+    :func:`xinstrument.recon.multiframe.combine_registered` / ``prefilter_projections``."""
+    from .bench import Twin
+    if cfg.kind != "lens":
+        raise ValueError("per-projection OTFs: only lens-coupled benches have a depth-resolved "
+                         "screen model")
+    rows, cols = int(shape[0]) + 2 * pad_px, int(shape[1]) + 2 * pad_px
+    p_mm = cfg.pixel_at_screen_um / 1000
+    fy = np.fft.fftfreq(rows, d=p_mm)[:, None]
+    fx = np.fft.rfftfreq(cols, d=p_mm)[None, :]
+    h = projection_otfs(Twin(cfg, sample="open"), fx, fy, np.atleast_1d(angles_deg))
+    pixel = np.sinc(fx * p_mm) * np.sinc(fy * p_mm)
+    nps = projection_nps(h, pixel, projection_noise_terms(cfg, exposure_s))
+    return h, nps
+
+
+# profile [calibration] slice_reconstruction of weights trained on multi-frame slices
+MULTIFRAME = "multiframe"
+# pixels of reflected padding around each frame before the per-projection filters (their
+# sub-pixel phase corrections must not wrap one edge into the other); as scripts/bench_sr.py
+MULTIFRAME_PAD_PX = 16
+
+
+def profile_multiframe_weights(profile, pixel_um: float, shape, angles_deg, exposure_s: float,
+                               pad_px: int = MULTIFRAME_PAD_PX):
+    """(otfs, nps) of :func:`multiframe_weights` for frames of ``shape`` and ``pixel_um`` (at
+    the screen) from the twin bench ``profile`` was calibrated on (``[calibration] bench`` and
+    its screens). Raises ``ValueError`` saying why when the profile names no twin bench with a
+    depth-resolved screen (a real detector: its per-projection OTFs are not known) or its pixel
+    is not the frames'."""
+    from ..restoration.cli import bench_kw_for_profile
+    from .bench import BENCHES
+    named = (getattr(profile, "calibration", None) or {}).get("bench")
+    if named not in BENCHES:
+        raise ValueError(
+            f"profile {profile.name!r} asks for multi-frame slices (slice_reconstruction = "
+            f"\"{MULTIFRAME}\") but names no twin bench ([calibration] bench), so the "
+            "per-projection OTFs of the scan are unknown; reconstruct with --method saa without "
+            "--super-resolve, or use SR weights trained on shift-and-add slices")
+    cfg = BENCHES[named](sensor_px=64, **bench_kw_for_profile(profile, named))
+    if cfg.kind != "lens":
+        raise ValueError(f"profile {profile.name!r}: twin bench {named!r} has no depth-resolved "
+                         "screen, so the per-projection OTFs of the scan are unknown")
+    if abs(cfg.pixel_at_screen_um - pixel_um) > 0.01 * cfg.pixel_at_screen_um:
+        raise ValueError(f"frames of {pixel_um:g} um pixels; twin bench {named!r} of profile "
+                         f"{profile.name!r} has {cfg.pixel_at_screen_um:g} um")
+    return multiframe_weights(cfg, shape, angles_deg, exposure_s, pad_px)
