@@ -57,20 +57,9 @@ class _WeightsFile:
 
 
 def acquire_projections(cfg, sample, seed: int, exposure_s: float, angles_deg) -> np.ndarray:
-    """The projections ``bench._sr_slice`` averages (same seeds), kept apart: [n, rows, cols]."""
-    from xinstrument.bench import _sr_acquire
-    from xinstrument.sim import Twin
-    from xinstrument.sim.samples import translated
-    height = sample.layers[0].height_mm
-    probe = Twin(cfg, sample="open")
-    mag0, shift0 = probe.layer_projection(height, 0.0)
-    out = []
-    for j, theta in enumerate(angles_deg):
-        mag, shift = probe.layer_projection(height, float(theta))
-        twin = Twin(cfg, sample=translated(sample, -(shift - shift0) / mag), seed=seed + 7919 * j)
-        twin.set_state(theta_deg=float(theta))
-        out.append(_sr_acquire(twin, exposure_s, 1))
-    return np.stack(out)
+    """The projections ``bench._sr_slice`` reconstructs (same seeds), kept apart: [n, rows, cols]."""
+    from xinstrument.bench import _sr_projections
+    return _sr_projections(cfg, sample, seed, exposure_s, 1, angles_deg)
 
 
 def run_seeds(a: argparse.Namespace) -> dict:

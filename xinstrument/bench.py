@@ -329,25 +329,50 @@ def _sr_acquire(twin, exposure_s: float, frames: int) -> np.ndarray:
     return (acc / frames).astype(np.float32)
 
 
-def _sr_slice(cfg, sample, seed: int, exposure_s: float, frames: int, angles_deg) -> np.ndarray:
-    """Tomosynthesis slice at the height of ``sample``'s one layer: each projection dark/flat
-    corrected with references taken at its own tube angle, registered on that layer and
-    averaged (shift-and-add). The field follows the layer's projection at each angle, as a
-    region of interest on a large sensor would, so the registration is exact and the slice keeps
+def _sr_projections(cfg, sample, seed: int, exposure_s: float, frames: int,
+                    angles_deg) -> np.ndarray:
+    """The projections [n, rows, cols] of a tomosynthesis slice at the height of ``sample``'s one
+    layer: each dark/flat corrected with references taken at its own tube angle and registered
+    on that layer. The field follows the layer's projection at each angle, as a region of
+    interest on a large sensor would, so the registration is exact and the projections keep
     what the screen, optics and oblique incidence leave (the best a reconstruction can do)."""
     from .sim import Twin
     from .sim.samples import translated
     height = sample.layers[0].height_mm
     probe = Twin(cfg, sample="open")
     mag0, shift0 = probe.layer_projection(height, 0.0)
-    acc = None
+    out = []
     for j, theta in enumerate(angles_deg):
         mag, shift = probe.layer_projection(height, float(theta))
         twin = Twin(cfg, sample=translated(sample, -(shift - shift0) / mag), seed=seed + 7919 * j)
         twin.set_state(theta_deg=float(theta))
-        fr = _sr_acquire(twin, exposure_s, frames).astype(np.float64)
-        acc = fr if acc is None else acc + fr
-    return (acc / len(angles_deg)).astype(np.float32)
+        out.append(_sr_acquire(twin, exposure_s, frames))
+    return np.stack(out)
+
+
+# slice reconstructions of `bench sr --arc-deg` (profile [calibration] slice_reconstruction: the
+# slices its SR weights were trained on)
+SR_SLICE_RECONSTRUCTIONS = ("saa", "multiframe")
+
+
+def _sr_slice(cfg, sample, seed: int, exposure_s: float, frames: int, angles_deg,
+              reconstruction: str = "saa") -> np.ndarray:
+    """Tomosynthesis slice of the projections of :func:`_sr_projections`: ``saa`` averages them
+    (shift-and-add); ``multiframe`` combines them with each projection's own OTF and noise from
+    the twin (:func:`~xinstrument.recon.multiframe.combine_registered`; the same noise as the
+    mean, a higher transfer along the tilt)."""
+    if reconstruction not in SR_SLICE_RECONSTRUCTIONS:
+        raise UserError(f"slice reconstruction must be one of {', '.join(SR_SLICE_RECONSTRUCTIONS)}"
+                        f", got {reconstruction!r}")
+    proj = _sr_projections(cfg, sample, seed, exposure_s, frames, angles_deg)
+    if reconstruction == "saa":
+        return proj.astype(np.float64).mean(axis=0).astype(np.float32)
+    from .recon.multiframe import combine_registered
+    from .sim.slice_transfer import MULTIFRAME_PAD_PX, multiframe_weights
+    # the frames average `frames` exposures: the noise of each shrinks alike, so the weights
+    # of one exposure's noise model hold (up to the sensor's share)
+    otfs, nps = multiframe_weights(cfg, proj.shape[1:], angles_deg, exposure_s, MULTIFRAME_PAD_PX)
+    return combine_registered(proj, otfs, nps, pad_px=MULTIFRAME_PAD_PX)
 
 
 def _chart_without(chart, width_um: float, flat_patch: bool):
@@ -428,6 +453,7 @@ class SRBench:
     n_angles: int = 1
     # chart variant -> method -> the finest group's measurements where its bars were taken out
     invented: dict = field(default_factory=dict)
+    slice_reconstruction: str = ""   # slices: "saa" or "multiframe" (profile calibration)
 
 
 def _sr_training_record(profile: Any, method: str) -> dict:
@@ -495,11 +521,17 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
                         f"(or 0 deg and 1 angle for plain frames), got +-{half_arc_deg:g} deg and "
                         f"{n_angles} angle(s)")
     angles = np.linspace(-half_arc_deg, half_arc_deg, n_angles) if n_angles > 1 else np.zeros(1)
+    # slices are reconstructed as the profile's SR weights expect them
+    recon = str((getattr(profile, "calibration", None) or {}).get("slice_reconstruction", "saa"))
+    if recon not in SR_SLICE_RECONSTRUCTIONS:
+        raise UserError(f"profile {profile.name!r}: [calibration] slice_reconstruction must be one "
+                        f"of {', '.join(SR_SLICE_RECONSTRUCTIONS)}, got {recon!r}")
+    recon = recon if n_angles > 1 else ""
 
     def acquire(cfg_, sample, seed_):
         if n_angles == 1:
             return _sr_acquire(Twin(cfg_, sample=sample, seed=seed_), exposure_s, frames)
-        return _sr_slice(cfg_, sample, seed_, exposure_s, frames, angles)
+        return _sr_slice(cfg_, sample, seed_, exposure_s, frames, angles, recon)
     deblur = {"wiener": Restorer(profile, "wiener", device=dev)}
     if "unet" in (getattr(profile, "weights", None) or {}):
         deblur["unet"] = Restorer(profile, "unet", device=dev)
@@ -531,8 +563,8 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     chart = resolution_chart(cfg.fov_mm, widths)
     groups = chart_groups(cfg.fov_mm, widths)
     say(f"chart: {chart_px} px, {frames} frame(s) averaged"
-        + (f", slices of {n_angles} projections over +-{half_arc_deg:g} deg" if n_angles > 1
-           else ""))
+        + (f", {recon} slices of {n_angles} projections over +-{half_arc_deg:g} deg"
+           if n_angles > 1 else ""))
     twin = Twin(cfg, sample=chart, seed=seed)
     # Wiener's noise model at the dose of these frames: quanta of the flat over the profile's
     # NNPS level, times the frames averaged (256-frame averages hold 1/256 of one frame's noise)
@@ -605,17 +637,24 @@ def sr_benchmark(profile: Any, factor: int = 2, *, chart_px: int = 1024, pcb_px:
     if n_angles > 1:
         notes.append(f"frames are tomosynthesis slices: {n_angles} projections over "
                      f"+-{half_arc_deg:g} deg, each {frames} x {exposure_s:g} s, registered on the "
-                     "chart's plane and averaged; vertical bars (v) are modulated along the tilt")
+                     "chart's plane and "
+                     + ("averaged (shift-and-add, slice_reconstruction saa)" if recon == "saa" else
+                        "combined with each projection's OTF and noise from the twin (multi-frame "
+                        "slice, slice_reconstruction multiframe)")
+                     + "; vertical bars (v) are modulated along the tilt")
     return SRBench(profile.name, f, str(dev), frames, exposure_s, chart_px,
                    cfg.pixel_at_object_um, fine.pixel_at_object_um, table, chart_scores,
-                   pcb_scores, seconds, notes, float(half_arc_deg), int(n_angles), invented)
+                   pcb_scores, seconds, notes, float(half_arc_deg), int(n_angles), invented,
+                   recon)
 
 
 def format_sr_table(b: SRBench) -> str:
     lines = [
         f"super-resolution benchmark: profile {b.profile}, x{b.factor}, device {b.device}",
         (f"held-out twin frames: chart {b.chart_px} camera px, {b.frames} x {b.exposure_s:g} s "
-         f"averaged; pixel at the object {b.pixel_um:.3f} um -> {b.output_pixel_um:.3f} um"),
+         f"averaged; pixel at the object {b.pixel_um:.3f} um -> {b.output_pixel_um:.3f} um"
+         + (f"; {b.slice_reconstruction} slices of {b.n_angles} projections over "
+            f"+-{b.half_arc_deg:g} deg" if b.slice_reconstruction else "")),
         ("resolved = CTF > 0.10 (vs the widest groups) and exactly 3 bars, 2 gaps, even spacing, "
          "in both orientations; finest = it and every coarser group resolve"),
         "",
