@@ -57,6 +57,60 @@ def super_resolve_slices(rec: Any, profile: Any, method: str, device: str | None
                                coverage=rec.coverage.repeat(f, 1).repeat(f, 2), params=params)
 
 
+def slice_reconstruction(profile: Any) -> str:
+    """The slices ``profile``'s SR weights were trained on: ``saa`` (shift-and-add, the default)
+    or ``multiframe`` (``[calibration] slice_reconstruction``, :mod:`.multiframe`)."""
+    value = str((getattr(profile, "calibration", None) or {}).get("slice_reconstruction", "saa"))
+    if value not in ("saa", "multiframe"):
+        raise UserError(f"profile {profile.name!r}: [calibration] slice_reconstruction must be saa "
+                        f"or multiframe, got {value!r}")
+    return value
+
+
+def multiframe_projections(data: Any, profile: Any, path: Path) -> np.ndarray:
+    """The scan's transmissions each filtered by its share of the multi-frame slice
+    (:func:`.multiframe.prefilter_projections`), so that shift-and-add makes multi-frame slices
+    at every height. The projections' OTFs and noise come from the twin bench ``profile`` was
+    calibrated on, at each projection's tube angle and recorded exposure."""
+    from ..sim.slice_transfer import MULTIFRAME_PAD_PX, profile_multiframe_weights
+    from .multiframe import prefilter_projections
+    exposure = np.asarray(data.exposure_s if data.exposure_s is not None
+                          else np.full(data.theta_deg.shape, np.nan), np.float64)
+    if not np.all(np.isfinite(exposure) & (exposure > 0)):
+        raise UserError(f"{path}: multi-frame slices need each projection's exposure, and the scan "
+                        "does not record it for every projection")
+    if data.frames_averaged is not None:
+        exposure = exposure * np.maximum(np.asarray(data.frames_averaged), 1)
+    trans = np.asarray(data.transmission, np.float32)
+    # the per-projection OTFs vary along the tube's swing: x (columns) for axis y
+    swap = data.geometry.axis == "x"
+    if swap:
+        trans = np.swapaxes(trans, 1, 2)
+    pixel_um = data.geometry.pixel_mm * 1000
+    otfs = nps = None
+    for e in np.unique(exposure):
+        sel = np.flatnonzero(exposure == e)
+        try:
+            h, n = profile_multiframe_weights(profile, pixel_um, trans.shape[1:],
+                                              data.theta_deg[sel], float(e), MULTIFRAME_PAD_PX)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if otfs is None:
+            otfs = np.empty((trans.shape[0], *h.shape[1:]), h.dtype)
+            nps = np.empty((trans.shape[0], *n.shape[1:]), n.dtype)
+        otfs[sel], nps[sel] = h, n
+    out = prefilter_projections(trans, otfs, nps, pad_px=MULTIFRAME_PAD_PX)
+    return np.ascontiguousarray(np.swapaxes(out, 1, 2)) if swap else out
+
+
+def _check_sr_pixel(path: Path, data: Any, profile: Any) -> None:
+    px_um = data.geometry.pixel_mm * 1000
+    if abs(px_um - profile.pixel_size_um) > 0.01 * profile.pixel_size_um:
+        raise UserError(f"{path}: detector pixel {px_um:g} um does not match profile "
+                        f"{profile.name!r} ({profile.pixel_size_um:g} um); its SR network was "
+                        "trained for that pixel")
+
+
 def run_recon(path: Path, method: str, heights: str, restored: bool = False,
               iterations: int = 20, name: str | None = None, device: str | None = None,
               super_resolve: str | None = None, profile: Any = None,
@@ -67,11 +121,26 @@ def run_recon(path: Path, method: str, heights: str, restored: bool = False,
     from ..progress import ProgressBar
     from .io import load_scan, save_reconstruction
     from .methods import ReconError, parse_heights, reconstruct
+    slices_for = None
+    if super_resolve is not None:
+        if profile is None:
+            raise UserError("--super-resolve needs --profile (the profile holding the SR weights)")
+        slices_for = slice_reconstruction(profile)
+        if slices_for == "multiframe" and method != "saa":
+            raise UserError(f"profile {profile.name!r}: its {super_resolve} weights were trained on "
+                            "multi-frame slices (slice_reconstruction = \"multiframe\"), which "
+                            f"shift-and-add makes from filtered projections; --method {method} "
+                            "cannot; use --method saa with --super-resolve")
     try:
         h = parse_heights(heights)
         data = load_scan(path, restored=restored)
+        projections = data.transmission
+        if super_resolve is not None:
+            _check_sr_pixel(path, data, profile)
+        if slices_for == "multiframe":
+            projections = multiframe_projections(data, profile, path)
         bar = ProgressBar(f"recon {method}")
-        rec = reconstruct(data.transmission, data.theta_deg, data.geometry, h, method,
+        rec = reconstruct(projections, data.theta_deg, data.geometry, h, method,
                           iterations=iterations, device=device,
                           progress=lambda d, n: bar.update(d / n))
         bar.close()
@@ -79,15 +148,10 @@ def run_recon(path: Path, method: str, heights: str, restored: bool = False,
         raise UserError(str(exc)) from None
     sr_note = ""
     if super_resolve is not None:
-        if profile is None:
-            raise UserError("--super-resolve needs --profile (the profile holding the SR weights)")
-        px_um = data.geometry.pixel_mm * 1000
-        if abs(px_um - profile.pixel_size_um) > 0.01 * profile.pixel_size_um:
-            raise UserError(f"{path}: detector pixel {px_um:g} um does not match profile "
-                            f"{profile.name!r} ({profile.pixel_size_um:g} um); its SR network was "
-                            "trained for that pixel")
+        rec = dataclasses.replace(rec, params=dict(rec.params, slice_reconstruction=slices_for))
         rec = super_resolve_slices(rec, profile, super_resolve, device)
-        sr_note = (f", super-resolved {super_resolve} to {rec.grid.voxel_mm * 1000:.4g} um "
+        sr_note = (f", {slices_for} slices" if slices_for == "multiframe" else "") + (
+                   f", super-resolved {super_resolve} to {rec.grid.voxel_mm * 1000:.4g} um "
                    "voxels")
     name = name or (method + ("_restored" if restored else "")
                     + (f"_{super_resolve}" if super_resolve else ""))

@@ -34,6 +34,9 @@ class TomoData:
     complete: bool
     reason: str | None
     restored: bool
+    # per projection: exposure (s) and frames averaged as recorded (nan / 1 where not recorded)
+    exposure_s: np.ndarray | None = None
+    frames_averaged: np.ndarray | None = None
 
 
 def load_scan(path: str | Path, restored: bool = False) -> TomoData:
@@ -65,7 +68,9 @@ def load_scan(path: str | Path, restored: bool = False) -> TomoData:
                 trans = load_corrected(r).transmission
             except StorageError as exc:
                 raise UserError(str(exc)) from None
-        return TomoData(trans, theta, geometry, r.complete, r.reason, restored)
+        exposure = md["exposure_s"][proj_idx].astype(np.float64)
+        averaged = md["frames_averaged"][proj_idx].astype(np.int64)
+        return TomoData(trans, theta, geometry, r.complete, r.reason, restored, exposure, averaged)
 
 
 def save_reconstruction(path: str | Path, recon: Reconstruction, name: str | None = None,
