@@ -141,3 +141,5 @@ def test_train_task_sr_blur_slice_records_the_slice(tmp_path):
     assert (rec["slice_half_arc_deg"], rec["slice_projections"]) == (20.0, 21)
     cal = DetectorProfile.load(dst).calibration
     assert rec["noise_sigma"] == pytest.approx(cal["slice_noise_sigma"])
+    # the slices the weights take, as the profile's calibration names them
+    assert rec["slice_reconstruction"] == cal["slice_reconstruction"] == "multiframe"

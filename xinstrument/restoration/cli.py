@@ -487,7 +487,9 @@ def train_sr_profile(profile: Any, factor: int, *, steps: int, seed: int = 0,
         "noise_sigma": res.degradation.noise_sigma,
         **({"slice_half_arc_deg": slice_transfer.half_arc_deg,
             "slice_projections": slice_transfer.projections,
-            "slice_transfer_file": profile.calibration["slice_transfer_file"]}
+            "slice_transfer_file": profile.calibration["slice_transfer_file"],
+            # the slices the transfer is of, which recon and bench sr then build for the weights
+            "slice_reconstruction": str(profile.calibration.get("slice_reconstruction", "saa"))}
            if slice_transfer is not None else {}),
         "parameters": int(sum(x.numel() for x in res.model.parameters())),
         "validation": res.validation,
