@@ -11,9 +11,10 @@ call it by path; every option of that command is accepted.
 
 Tomosynthesis slices of the micro bench's chart (profile sim-micro-16x-sr) over several
 held-out chart seeds (noise realisations), each slice reconstructed two ways from the same
-projections: ``saa`` (shift-and-add, as ``bench sr --arc-deg``) and ``multiframe``
+projections: ``saa`` (shift-and-add) and ``multiframe``
 (:func:`xinstrument.recon.multiframe.combine_registered`, each projection weighted by its own
-OTF, with the shift-and-add slice's noise). Every slice is measured raw, bicubic, Wiener then
+OTF, with the shift-and-add slice's noise; what ``bench sr --arc-deg`` builds for a profile with
+``slice_reconstruction = "multiframe"``). Every slice is measured raw, bicubic, Wiener then
 bicubic, and super-resolved by the profile's ``sr_x2`` and by each ``--sr`` weights file: finest
 resolved group, 1 um CTF along (v) / across (h) the tilt and bar counts, the 1 um group where the
 chart has it removed or replaced by a flat patch (invented bars), PSNR / SSIM against the

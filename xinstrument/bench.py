@@ -828,7 +828,9 @@ def register(sub) -> None:
                     "calibration.sr_frames_averaged, else 1)")
     sr.add_argument("--exposure-s", type=float, default=1.0, help="exposure per frame, s")
     sr.add_argument("--arc-deg", type=float, default=0.0,
-                    help="tomosynthesis slices over +-ARC deg of tube rotation instead of frames")
+                    help="tomosynthesis slices over +-ARC deg of tube rotation instead of frames, "
+                         "reconstructed as the profile's SR weights expect ([calibration] "
+                         "slice_reconstruction: saa, the default, or multiframe)")
     sr.add_argument("--angles", type=_positive_int, default=1,
                     help="projections per slice (with --arc-deg)")
     sr.add_argument("--invented-bars", action="store_true",
