@@ -73,8 +73,8 @@ class DemoResult:
                    + f", {self.flagged} of {self.n_frames} flagged")
         if "undetermined_fraction" in f:
             out.append(f"  fidelity report  {100 * f['undetermined_fraction']:.0f} % of tiles "
-                       f"undetermined by the data (error band above what the data confirm, or "
-                       f"restored detail where transfer x SNR < 1), uncertainty "
+                       f"undetermined by the data (more restored detail where transfer x SNR "
+                       f"< 1 than the method or real samples ordinarily hold), uncertainty "
                        f"+-{f['uncertainty_mean']:.3g} (coverage {100 * f['coverage']:.0f} %); "
                        f"action: {f['action']}")
         return out
