@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xinstrument.family_bench import family_benchmark
+from xinstrument.family_bench import family_benchmark, speed_table
 from xinstrument.profiles import find_profile
 from xinstrument.restoration.metrics import psnr
 from xinstrument.restoration.physics import DetectorPhysics
@@ -27,3 +27,16 @@ def test_physics_in_the_loop_methods_are_scored_at_the_frames_dose():
     at_calibration = float(np.mean(psnr(pnp_restore(lr[0], prof), hr[0], 1.0)))
     assert at_dose > at_calibration + 0.5             # the dose matters at this noise
     assert b.methods["pnp_hqs"].per_family["pcb"]["psnr_db"] == pytest.approx(at_dose, abs=1e-3)
+
+
+def test_speed_table_times_its_references_whatever_methods_are_chosen(capsys):
+    from xinstrument.cli import main
+
+    rows = dict(speed_table(find_profile("sim-yag200-5x"), 64, ["pnp_hqs"]))
+    assert set(rows) == {"pnp_hqs", "wiener", "skimage wiener"} and min(rows.values()) > 0
+    # the CLI prints every chosen method against both references
+    assert main(["bench", "restoration", "--profile", "sim-yag200-5x", "--families", "pcb",
+                 "--per-family", "1", "--family-px", "32", "--method", "pnp_hqs", "--speed",
+                 "--speed-px", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "of skimage wiener" in out and "pnp_hqs" in out.split("frames/s at 64x64")[1]
