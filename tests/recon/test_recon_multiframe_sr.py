@@ -7,15 +7,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from twin_scans import write_twin_scan
 
 from xinstrument.cli import main
 from xinstrument.profiles import DetectorProfile, repo_profiles_dir
-from xinstrument.recon import TomoGeometry, read_reconstruction
+from xinstrument.recon import read_reconstruction
 from xinstrument.restoration.superres import SRNet, pack_sr_weights
 from xinstrument.sim import tomo
 from xinstrument.sim.bench import MICRO_CHART_WIDTHS_UM, Twin, micro_tomo_bench
 from xinstrument.sim.samples import resolution_chart
-from xinstrument.storage import ScanWriter
 
 PX = 48
 EXPOSURE_S = 3.05
@@ -28,16 +28,7 @@ def micro_scan(tmp_path_factory):
     twin = Twin(bench, sample=resolution_chart(4 * bench.fov_mm, MICRO_CHART_WIDTHS_UM), seed=3)
     theta = np.linspace(-20, 20, 5)
     proj = tomo.projections(twin, theta, "thick")
-    geom = TomoGeometry.from_bench(bench)
-    dark, flat = np.full((PX, PX), 100.0, np.float32), np.full((PX, PX), 4100.0, np.float32)
-    path = tmp / "micro.h5"
-    with ScanWriter(path, (PX, PX), "float32", metadata={"pixel_size_um": bench.pixel_at_screen_um,
-                                                         **geom.to_attrs()}) as w:
-        w.append(dark, image_key=2, exposure_s=EXPOSURE_S)
-        w.append(flat, image_key=1, exposure_s=EXPOSURE_S)
-        for t, p in zip(theta, proj):
-            w.append(dark + p * (flat - dark), image_key=0, theta_deg=float(t),
-                     exposure_s=EXPOSURE_S)
+    path = write_twin_scan(tmp / "micro.h5", bench, theta, proj, EXPOSURE_S)
     return path, twin.sample.layers[0].height_mm
 
 

@@ -6,16 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from twin_scans import write_twin_scan
 
 from xinstrument.cli import main
 from xinstrument.profiles import DetectorProfile, repo_profiles_dir
-from xinstrument.recon import TomoGeometry, read_reconstruction
+from xinstrument.recon import read_reconstruction
 from xinstrument.restoration import Restorer
 from xinstrument.restoration.superres import SRNet, pack_sr_weights
 from xinstrument.sim import tomo
 from xinstrument.sim.bench import Twin, lens_bench
 from xinstrument.sim.samples import pcb_layers
-from xinstrument.storage import ScanWriter
 
 PX = 48
 
@@ -28,16 +28,7 @@ def scan_file(tmp_path_factory):
     twin.sample = pcb_layers(4 * bench.fov_mm, seed=2)   # a field this small holds no layout
     theta = np.linspace(-3, 3, 5)
     proj = tomo.projections(twin, theta, "thin")
-    geom = TomoGeometry.from_bench(bench)
-    dark, flat = np.full((PX, PX), 100.0, np.float32), np.full((PX, PX), 4100.0, np.float32)
-    path = tmp / "tomo.h5"
-    with ScanWriter(path, (PX, PX), "float32", metadata={"pixel_size_um": bench.pixel_at_screen_um,
-                                                         **geom.to_attrs()}) as w:
-        w.append(dark, image_key=2)
-        w.append(flat, image_key=1)
-        for t, p in zip(theta, proj):
-            w.append(dark + p * (flat - dark), image_key=0, theta_deg=float(t))
-    return path
+    return write_twin_scan(tmp / "tomo.h5", bench, theta, proj)
 
 
 @pytest.fixture(scope="module")
