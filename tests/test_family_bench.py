@@ -40,3 +40,39 @@ def test_speed_table_times_its_references_whatever_methods_are_chosen(capsys):
                  "--speed-px", "64"]) == 0
     out = capsys.readouterr().out
     assert "of skimage wiener" in out and "pnp_hqs" in out.split("frames/s at 64x64")[1]
+
+
+def test_bounds_are_references_that_know_the_truth():
+    from xinstrument.family_bench import restoration_bounds
+    from xinstrument.restoration import wiener
+
+    prof = find_profile("sim-yag200-5x")
+    phys = DetectorPhysics.from_profile(prof)
+    lr, hr = measurement_pairs(phys, "pcb", 1, 48, 700321, dose_ratio=0.2, bench="lens-yag")
+    b = restoration_bounds(phys, lr, hr, 0.2)
+    assert b["thick input"][0] == pytest.approx(float(np.mean(psnr(lr, hr, 1.0))), abs=1e-3)
+    # the least-squares optimum over linear filters of this frame beats the product's Wiener
+    w = np.asarray(wiener(lr[0], prof.frequency_cy_per_px, prof.mtf_ratio, prof.nnps_lr,
+                          dose_ratio=0.2))
+    assert b["linear oracle (Wiener with the truth's own spectrum)"][0] > float(psnr(w, hr[0], 1.0))
+    # removing the blur from the problem leaves a problem the prior solves far better
+    assert (b["total variation on the denoising problem (best weight)"][1]
+            > b["total-variation HQS on the measurement (best weight)"][1])
+    # without noise the denoising problem is the truth and the blur-only input is the input
+    lr_clean, _ = measurement_pairs(phys, "pcb", 1, 48, 700321, dose_ratio=1e9, bench="lens-yag")
+    c = restoration_bounds(phys, lr_clean, hr, 1e9)
+    assert c["truth with the input's noise (denoising problem)"][0] > 60
+    assert c["input without noise (blur only)"][0] == pytest.approx(c["thick input"][0], abs=0.05)
+
+
+def test_operating_point_prints_the_bounds(capsys):
+    from xinstrument.cli import main
+
+    assert main(["bench", "restoration", "--profile", "sim-yag200-5x", "--families", "pcb",
+                 "--per-family", "1", "--family-px", "32", "--method", "wiener",
+                 "--bounds"]) == 0
+    out = capsys.readouterr().out
+    assert "what the PCB frames' data allow" in out and "linear oracle" in out
+    assert main(["bench", "restoration", "--profile", "sim-yag200-5x", "--families", "pcb",
+                 "--per-family", "1", "--family-px", "32", "--method", "wiener"]) == 0
+    assert "linear oracle" not in capsys.readouterr().out

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FamilyBench", "axis_anisotropy", "family_benchmark", "format_family_table", "operating_point_dose",
-           "periodic_peak_ratio", "speed_table"]
+           "periodic_peak_ratio", "restoration_bounds", "speed_table"]
 
 HF_BAND = (0.25, 0.5)
 PERIODS_PX = (2, 4, 8, 16)
@@ -98,6 +98,7 @@ class FamilyBench:
     truth_hf_gain: dict[str, float]
     input_ssim_pcb: float = math.nan
     notes: list[str] = field(default_factory=list)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None
@@ -165,11 +166,92 @@ def operating_point_dose(phys: Any, bench: str, size_px: int = 128, n: int = 3,
     return d, s_at(d)
 
 
+# Weights of the total-variation references, in units of the noise level the step is told; each
+# bound row reports the best of them against the truth (an oracle choice, as a bound must be).
+TV_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
+TV_HQS_ITERATIONS = 8
+
+
+def _tv(frames: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
+    w = np.broadcast_to(np.asarray(weight, np.float64), (len(frames),))
+    return np.stack([denoise_tv_chambolle(f.astype(np.float64), weight=float(wi))
+                     for f, wi in zip(frames, w)]).astype(np.float32)
+
+
+def restoration_bounds(phys: Any, lr: np.ndarray, hr: np.ndarray, dose: float,
+                       pad_px: int = 32) -> dict[str, tuple[float, float]]:
+    """What the data of ``lr`` (thick frames of the truths ``hr`` at ``dose``) allow, as
+    (PSNR dB, SSIM) against the truth; references that know the truth, not methods:
+
+    - the input without its noise (blur only) and the truth with the input's noise (no blur).
+      The second is the denoising problem; with the MTF ratio R <= 1 it is at least as
+      informative as the measurement (blurring it by R and adding noise of power N (1 - R^2)
+      gives frames distributed as the measurement), so no restorer of ``lr`` should beat the
+      best denoiser of it;
+    - the linear oracle: the Wiener filter built with each frame's own truth periodogram, the
+      least-squares optimum of all linear shift-invariant restorations of that frame;
+    - total-variation HQS: the product's closed-form data step with a total-variation (ROF,
+      Chambolle) prior in place of the learned denoiser, the piecewise-constant prior that fits
+      circuit boards best; and total variation on the denoising problem. Both take the best of
+      :data:`TV_WEIGHTS` against the truth.
+    """
+    import torch
+
+    from .restoration._fourier import crop_frames, pad_frames
+    from .restoration.metrics import psnr, ssim
+    from .restoration.pnp import PNP_DEFAULTS, DataStep, noise_sigma
+
+    def score(out: np.ndarray) -> tuple[float, float]:
+        return float(np.mean(psnr(out, hr, 1.0))), float(np.mean(ssim(out, hr, 1.0)))
+
+    x = torch.from_numpy(np.asarray(lr, np.float32))
+    t = torch.from_numpy(np.asarray(hr, np.float32))
+    shape = tuple(x.shape[-2:])
+    gen = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        blurred = phys.blur(t)
+        noise = phys.colored_noise(tuple(t.shape), gen)
+        denoising = (t + torch.sqrt(blurred.clamp(min=0) / dose) * noise).numpy()
+        yp = pad_frames(x, pad_px, fast=True)
+        mean_t = x.mean(dim=(-2, -1))
+        data = DataStep.build(phys, yp, mean_t, dose)
+        oracle = data.empirical_wiener(pad_frames(t, pad_px, fast=True), smooth_bins=1)
+        oracle = crop_frames(oracle, pad_px, shape).numpy()
+        s_noise = noise_sigma(phys, mean_t, dose).numpy()
+    out = {"thick input": score(np.asarray(lr, np.float32)),
+           "input without noise (blur only)": score(blurred.numpy()),
+           "truth with the input's noise (denoising problem)": score(denoising),
+           "linear oracle (Wiener with the truth's own spectrum)": score(oracle)}
+    out["total variation on the denoising problem (best weight)"] = max(
+        (score(_tv(denoising, c * s_noise)) for c in TV_WEIGHTS), key=lambda r: r[1])
+
+    lam = PNP_DEFAULTS["lam"]
+    sched = np.geomspace(PNP_DEFAULTS["sigma_start"],
+                         float(s_noise.mean()) * PNP_DEFAULTS["sigma_end_factor"], TV_HQS_ITERATIONS)
+
+    def tv_hqs(c: float) -> np.ndarray:
+        z = yp
+        for s in sched:
+            xk = data(z, float(s), lam)
+            level = data.residual_sigma(torch.full((len(x),), float(s)), lam).numpy()
+            z = torch.from_numpy(_tv(xk.numpy(), c * level))
+        return crop_frames(z, pad_px, shape).numpy()
+
+    out["total-variation HQS on the measurement (best weight)"] = max(
+        (score(tv_hqs(c)) for c in TV_WEIGHTS), key=lambda r: r[1])
+    return out
+
+
 def family_benchmark(profile: Any, *, families: list[str] | None = None, n_per_family: int = 3,
                      size_px: int = 128, dose_ratio: float | None = 1.0,
                      operating_point: bool = False, methods: list[str] | None = None,
-                     bench: str | None = None, progress=None) -> FamilyBench:
-    """Score every method on every family for ``profile`` (see the module docstring)."""
+                     bench: str | None = None, bounds: bool | None = None,
+                     progress=None) -> FamilyBench:
+    """Score every method on every family for ``profile`` (see the module docstring).
+    ``bounds`` (default: with ``operating_point``) adds :func:`restoration_bounds` on the PCB
+    family's frames."""
     import torch
 
     from .restoration.cli import bench_for_profile
@@ -200,6 +282,7 @@ def family_benchmark(profile: Any, *, families: list[str] | None = None, n_per_f
         dose = float(dose_ratio)
     fns = _methods_for(profile, phys, dose, methods)
     res = {m: MethodScores() for m in fns}
+    bound_rows: dict[str, tuple[float, float]] = {}
     truth_hf: dict[str, float] = {}
     for fam in fams:
         say(f"{profile.name}: family {fam}")
@@ -208,6 +291,9 @@ def family_benchmark(profile: Any, *, families: list[str] | None = None, n_per_f
                                    bench=bench)
         truth_hf[fam] = float(np.mean([high_frequency_psd_gain(h, x, HF_BAND)
                                        for h, x in zip(hr, lr)]))
+        if fam == "pcb" and (operating_point if bounds is None else bounds):
+            say(f"{profile.name}: bounds on the PCB frames")
+            bound_rows = restoration_bounds(phys, lr, hr, dose)
         for m, fn in fns.items():
             sc = res[m]
             if sc.error:
@@ -263,7 +349,7 @@ def family_benchmark(profile: Any, *, families: list[str] | None = None, n_per_f
     input_ssim_pcb = res["LR input"].per_family.get("pcb", {}).get("ssim", math.nan)
     return FamilyBench(profile.name, bench, dose, size_px, n_per_family, fams,
                        [f for f in fams if f in HELD_OUT_FAMILIES], res, truth_hf,
-                       input_ssim_pcb, notes)
+                       input_ssim_pcb, notes, bound_rows)
 
 
 def format_family_table(b: FamilyBench) -> str:
@@ -297,6 +383,11 @@ def format_family_table(b: FamilyBench) -> str:
     for m in meths:
         if b.methods[m].error:
             lines.append(f"{m}: not scored: {b.methods[m].error}")
+    if b.bounds:
+        lines.append("")
+        lines.append("what the PCB frames' data allow (references that know the truth, not methods):")
+        for k, (p_db, s_) in b.bounds.items():
+            lines.append(f"  {k:<56} PSNR {p_db:6.2f}  SSIM {s_:.4f}")
     lines.append("(* held out: never seen by any training run; peak/flr: largest spectral peak at "
                  "2/4/8/16 px periods over the local floor in restored flats; chi2_red: fidelity "
                  "guard, no tolerance)")
@@ -341,6 +432,10 @@ def add_arguments(r) -> None:
     r.add_argument("--operating-point", action="store_true",
                    help="with --families: set the dose so that the input SSIM on the PCB family "
                    "is about 0.75")
+    r.add_argument("--bounds", action="store_true", default=None,
+                   help="with --families: also what the PCB frames' data allow (blur-only and "
+                   "noise-only inputs, the linear oracle, total-variation references); on by "
+                   "default with --operating-point")
     r.add_argument("--speed", action="store_true",
                    help="with --families: also frames/s of every method at --speed-px")
 
@@ -372,7 +467,7 @@ def run(a, profile_names: list[str]) -> int:
             res = family_benchmark(prof, families=fams, n_per_family=a.per_family,
                                    size_px=a.family_px, dose_ratio=a.dose_ratio,
                                    operating_point=a.operating_point, methods=a.method,
-                                   progress=say)
+                                   bounds=a.bounds, progress=say)
         except ValueError as exc:
             raise UserError(f"profile {prof.name!r}: {exc}") from None
         print(format_family_table(res))
