@@ -22,6 +22,13 @@ deblurring does (the regularised Wiener inverse of Dabov, Foi, Katkovnik & Egiaz
 the pilot and that inverse: the prior's estimate and a linear one that follows the frame's own
 spectrum err differently, so their mean errs less (training families below).
 
+Last, a data-consistency correction: where the residual ``y - A x`` holds more power than the
+noise, the prior removed structure the measurement shows (a Siemens star's spokes near its centre
+at 4 exposures on GOS: residual correlated 0.83 with the restoration's range-space error
+``A (x_true - x)``, whose power was 3.1x the noise's). That excess is restored by a local Wiener
+shrinkage of the residual, deconvolved with the data step's filter
+(:meth:`DataStep.residual_correction`); where the residual is noise it changes nothing.
+
 Written here rather than taken from deepinv: deepinv 0.5 pulls torchvision, whose PyPI wheels do
 not import beside the product's pinned torch, and these operators are a few lines each.
 """
@@ -57,11 +64,23 @@ __all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_rest
 # worst +0.02 dB / -0.003); the inverse alone gained more on YAG (+1.13 dB) but lost up to
 # 0.41 dB on GOS, where the prior is already close; smoothing 3, 5 or 7 bins differed < 0.05 dB
 # and the noise weight 1 beat 0.5 and 2.
+# Data-consistency correction, chosen on training families (pcb, dead leaves, fibres, charts,
+# powders, fractal texture; seeds 700 000+, 256 px twin frames at 1 and 4 exposures, GOS and YAG;
+# GOS also at 16): a 9 px window, the residual kept where its local power exceeds twice the
+# noise's (RESIDUAL_KAPPA), deconvolution weight 0.25 x the last data step's prior weight. It is
+# neutral there (PSNR mean -0.000 dB YAG, +0.001 dB GOS, worst frame -0.004 dB; SSIM unchanged):
+# on these families the restorations hold nothing the data show above noise. At kappa 1 every
+# noise window above its mean was "corrected": YAG -0.17 dB mean, worst frame -0.74 dB (weight
+# 0.25), -0.39 / -1.63 dB (weight 0.1), though GOS gained +0.01-0.05 dB; 5 px windows let
+# single noise peaks through (GOS worst frame -0.24 dB), 13 px diluted the correction.
 PNP_DEFAULTS = {"iterations": registry.get("pnp_hqs").steps_default,
                 "sigma_start": 0.15,
                 "lam": 0.1,
                 "sigma_end_factor": 0.35,
-                "wiener_weight": 0.5}
+                "wiener_weight": 0.5,
+                "residual_weight": 0.25}
+RESIDUAL_WINDOW_PX = 9
+RESIDUAL_KAPPA = 2.0
 EMPIRICAL_WIENER_SMOOTH_BINS = 5
 PAD_PX = 32
 
@@ -166,6 +185,27 @@ class DataStep:
         return torch.fft.irfft2(self.y_spec * gain, s=self.shape)
 
 
+    def residual_correction(self, x: torch.Tensor, noise_var: torch.Tensor, window_px: int,
+                            kappa: float, weight: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the range-band content of its residual that the data hold above noise.
+
+        The residual ``r = y - A x`` is noise plus ``A (x_true - x)``: where the prior removed
+        structure the measurement shows, its local power exceeds the noise's. Each pixel keeps
+        the share ``max(0, 1 - kappa var / <r^2>)`` of its residual (``<.>`` the mean over a
+        ``window_px`` window: a local Wiener shrinkage, zero where the residual is within
+        ``kappa`` times the noise's power, as a noise window's often is) and the
+        kept residual is deconvolved with the data step's filter ``R / (R^2 + weight)``."""
+        resid = self.y_spec - self.ratio * torch.fft.rfft2(x)
+        r = torch.fft.irfft2(resid, s=self.shape)
+        power = torch.nn.functional.avg_pool2d((r * r)[:, None], window_px, 1, window_px // 2,
+                                               count_include_pad=False)[:, 0]
+        power = power[..., :r.shape[-2], :r.shape[-1]]
+        keep = (1.0 - kappa * noise_var / power.clamp(min=1e-12)).clamp(min=0.0)
+        kept = torch.fft.rfft2(keep * r)
+        return x + torch.fft.irfft2(kept * self.ratio / (self.ratio * self.ratio + weight),
+                                    s=self.shape)
+
+
 def _schedule(start: float, end: float, n: int) -> list[float]:
     if n == 1:
         return [end]
@@ -178,6 +218,7 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
                 lam: float = PNP_DEFAULTS["lam"],
                 sigma_end_factor: float = PNP_DEFAULTS["sigma_end_factor"],
                 wiener_weight: float = PNP_DEFAULTS["wiener_weight"],
+                residual_weight: float | None = PNP_DEFAULTS["residual_weight"],
                 denoiser: LoadedDenoiser | None = None, pixel_size_um: float | None = None,
                 pad_px: int = PAD_PX, prior_sigma: str = "effective") -> Any:
     """Plug-and-play HQS restoration of thick-detector frames toward the thin detector.
@@ -193,6 +234,9 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     sigma_end_factor : last prior noise level in units of the frame's own noise sigma.
     wiener_weight : weight of the empirical Wiener inverse piloted by the HQS output in the
         result (0: the HQS output alone; 1: the inverse alone).
+    residual_weight : deconvolution weight of the final data-consistency correction, relative
+        to the last data step's prior weight (smaller: closer to the plain inverse of the excess
+        residual); None or 0: no correction.
     denoiser : a loaded denoiser (default the shipped one).
     pixel_size_um : the frames' pixel size; checked against the profile's when given.
     prior_sigma : noise level the denoiser is told: "effective" (the data step's error level,
@@ -206,6 +250,11 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
         raise ValueError("lam, sigma_start and sigma_end_factor must be > 0")
     if not (isinstance(wiener_weight, (int, float)) and 0.0 <= wiener_weight <= 1.0):
         raise ValueError(f"wiener_weight must be a number in [0, 1], got {wiener_weight!r}")
+    if residual_weight is not None and not (
+            isinstance(residual_weight, (int, float)) and not isinstance(residual_weight, bool)
+            and math.isfinite(residual_weight) and residual_weight >= 0):
+        raise ValueError(f"residual_weight must be None or a finite number >= 0, got "
+                         f"{residual_weight!r}")
     den = denoiser or load_denoiser()
     x, single = as_batch(frames, device=den.device)
     yp = pad_frames(x, pad_px, fast=True)
@@ -242,4 +291,12 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
         # the padding less clean than the frame, and the periodogram sees all of it
         pilot = pad_frames(crop_frames(out, pad_px, tuple(x.shape[-2:])), pad_px, fast=True)
         out = (1.0 - wiener_weight) * out + wiener_weight * data.empirical_wiener(pilot)
+    if residual_weight:
+        # the residual's excess over the noise, back where the data hold it: per pixel the
+        # noise variance at the local transmission of A x (N(f) integrated, as noise_sigma)
+        xp = pad_frames(crop_frames(out, pad_px, tuple(x.shape[-2:])), pad_px, fast=True)
+        var_open = noise_sigma(phys, 1.0, dose).to(x.device) ** 2
+        noise_var = var_open * data.forward(xp).clamp(min=1e-3)
+        weight = residual_weight * lam * data.noise_psd / (s_end.reshape(-1, 1, 1) ** 2)
+        out = data.residual_correction(xp, noise_var, RESIDUAL_WINDOW_PX, RESIDUAL_KAPPA, weight)
     return restore_type(crop_frames(out, pad_px, tuple(x.shape[-2:])), frames, single)
