@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FamilyFrame", "FidelityBench", "family_frames", "fidelity_benchmark",
-           "format_fidelity_bench", "inject_fake", "register_bench", "restore_all"]
+__all__ = ["FamilyFrame", "FidelityBench", "MultiScaleCalibration", "NullBandMaps",
+           "calibrate_multiscale", "fake_classes", "family_frames", "fidelity_benchmark",
+           "format_fidelity_bench", "format_undetermined_roc", "inject_fake", "null_band_maps",
+           "register_bench", "restore_all", "undetermined_roc", "window_rms_max"]
 
 # bench of each shipped profile and its calibration exposure (scripts/make_sim_profiles.py)
 PROFILE_BENCH = {"sim-yag200-5x": ("lens-yag", 1.0), "sim-gos134": ("panel-gos", 0.05),
@@ -240,6 +242,10 @@ class MethodFamilyRow:
     fakes: list[dict] = field(default_factory=list)
     policy_accepts: bool = True      # the policy accepts the method with this profile
     acceptance: str = ""             # why (the figure measured on training families)
+    # with the undetermined map's trade-off (--undetermined-roc): each clean tile's score under
+    # the report's 8 px statistic ("single", null_local_z / threshold) and the multi-scale one
+    # ("multi"); a tile is marked above 1
+    clean_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -250,6 +256,11 @@ class FidelityBench:
     seeds: int
     averaging: tuple[int, ...]
     families: tuple[str, ...]
+    # per profile, the multi-scale statistic's training-family calibration (--undetermined-roc)
+    multiscale: dict[str, MultiScaleCalibration] = field(default_factory=dict)
+    # largest |null_local_z recomputed per pixel - the report's own| over the run (a check that
+    # the trade-off measures the report's statistic)
+    roc_check_sigma: float = 0.0
 
 
 def _fake_centres(shape: tuple[int, int], tile_edges, border: int, rng, count: int):
@@ -289,8 +300,15 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                        size_px: int = 256, seeds: int = 2, averaging: tuple[int, ...] = (1, 4),
                        methods: list[str] | None = None, fakes_per_frame: int = 2,
                        cache: Path | None = None, cost_px: int = 1024,
-                       progress=None) -> FidelityBench:
-    """Run the benchmark (see the module notes) on held-out families by default."""
+                       progress=None, undetermined_roc: bool = False, train_seeds: int = 2,
+                       cost: bool = True) -> FidelityBench:
+    """Run the benchmark (see the module notes) on held-out families by default.
+
+    ``undetermined_roc``: also measure the undetermined map's trade-off (see
+    :func:`undetermined_roc`): every clean tile's and every fake's score under the report's
+    statistic and under a multi-scale one calibrated on ``train_seeds`` frames per TRAINING
+    family and averaging, and where each fake's energy lies (null band or the band the detector
+    passes). ``cost``: time the report (False leaves ``cost`` empty)."""
     import torch
 
     from .profiles import find_profile
@@ -300,7 +318,9 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
 
     families = tuple(families or HELD_OUT_FAMILIES)
     say = progress or (lambda msg: None)
-    rows, cost = [], []
+    rows, costs = [], []
+    multiscale: dict[str, MultiScaleCalibration] = {}
+    roc_check = 0.0
     rng = np.random.default_rng(20261202)
     for pname in profile_names:
         prof = find_profile(pname)
@@ -309,6 +329,11 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                              f"{', '.join(PROFILE_BENCH)}")
         meths = bench_methods(prof, methods)
         reporter = FidelityReporter(prof, device="cpu")
+        multi = None
+        if undetermined_roc:
+            multi = multiscale[prof.name] = calibrate_multiscale(
+                prof, reporter, meths, size_px=size_px, seeds=train_seeds, cache=cache,
+                progress=say)
         for fam in families:
             sets = []
             for n in averaging:
@@ -321,6 +346,7 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                 flagged = tiles = accepted = frames = 0
                 inside, widths, errs, und = [], [], [], []
                 fakes: list[dict] = []
+                clean_scores: dict[str, list[float]] = {"single": [], "multi": []}
                 for s in sets:
                     for y, t, x in zip(s.measured, s.truth, s.restored[m]):
                         kw = {"dose_ratio": s.dose_ratio, "frames_averaged": s.frames_averaged,
@@ -339,6 +365,22 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                         widths += list(rep.uncertainty[ok])
                         errs += list(err[ok])
                         und += list(rep.undetermined[tested])
+                        if multi is not None:
+                            nkw = {k: kw[k] for k in ("dose_ratio", "frames_averaged",
+                                                      "flat_frames_averaged")}
+                            maps = null_band_maps(reporter.guard, y, x, c, forward=fwd, **nkw)
+                            zc = window_scores(maps, multi.windows)
+                            z8 = rep.null_local_z
+                            roc_check = max(roc_check, float(np.nanmax(np.abs(
+                                zc[REPORT_WINDOW_PX] - z8)[tested])))
+                            thr = rep.undetermined_threshold
+                            single = z8 / thr
+                            ms = multi.score(kw["method"], zc)
+                            clean_scores["single"] += [float(v) for v in single[tested]]
+                            clean_scores["multi"] += [float(v) for v in ms[tested]]
+                            z_truth = z8 if m == "truth" else reporter.guard.check(
+                                y, t, forward="mtf_ratio", null_space=True,
+                                **nkw).null_local_z
                         for tile, centre in _fake_centres(y.shape, c.tile_edges, c.border_px, rng,
                                                           fakes_per_frame):
                             for kind in FAKE_KINDS:
@@ -363,6 +405,10 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                                         "undetermined_before": bool(rep.undetermined[tile]),
                                         "within_band": bool(fake_rms <= rep.uncertainty[tile]),
                                         "flagged_before": bool(c.flagged[tile])})
+                                    if multi is not None:
+                                        fakes[-1].update(_fake_roc_figures(
+                                            reporter, multi, maps, zc, rep, rf, y, xf, fake, tile,
+                                            z_truth, fwd, nkw))
                 e = np.asarray(errs)
                 ok_policy, why = reporter.accepts(None if m == "truth" else m)
                 rows.append(MethodFamilyRow(
@@ -372,7 +418,9 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                     float(np.mean(widths) / math.sqrt(np.mean(e ** 2))) if e.size else float("nan"),
                     float(np.mean(und)) if und else float("nan"),
                     float(math.sqrt(np.mean(e ** 2))) if e.size else float("nan"), fakes,
-                    ok_policy, why))
+                    ok_policy, why, clean_scores if multi is not None else {}))
+        if not cost:
+            continue
         # cost: the report against one transform pair and the restorations, same run
         say(f"{prof.name}: cost at {cost_px} px")
         frame = family_frames(prof, families[0], [CALIBRATION_SEED + 999], cost_px, 1)[0]
@@ -408,12 +456,485 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
             # the transforms the report needs: A x and the null-band detail (1 forward, 2
             # inverse), and the measured detail's pair when the method has a tolerance
             floor = 2.5 if reporter.guard.tolerance_for(m)[0] > 0 else 1.5
-            cost.append({"profile": prof.name, "method": m, "size_px": cost_px,
+            costs.append({"profile": prof.name, "method": m, "size_px": cost_px,
                          "report_s": t_rep, "pair_s": t_pair, "restore_s": t_rest,
                          "floor_pairs": floor,
                          "report_over_pair": t_rep / t_pair,
                          "report_over_restoration": t_rep / t_rest})
-    return FidelityBench(rows, cost, size_px, seeds, tuple(averaging), families)
+    return FidelityBench(rows, costs, size_px, seeds, tuple(averaging), families, multiscale,
+                         roc_check)
+
+
+
+# ------------------------------------------------------------------ the undetermined map's trade-off
+# Windows of the multi-scale null-band statistic (px); 8 px is the report's own window
+# (FidelityGuard.window_px, a quarter tile).
+ROC_WINDOWS_PX = (3, 5, 8)
+REPORT_WINDOW_PX = 8
+# Threshold multipliers of the trade-off curve: marked where the tile's score exceeds this
+# multiple of the operating threshold (1 = the report as calibrated).
+ROC_MULTIPLIERS = tuple(float(v) for v in np.round(np.geomspace(0.1, 4.0, 41), 4))
+# Fakes whose null-band share of their energy is at least this are "null-band dominated" (class
+# a: true null-space fakes); the rest are weak range-band fakes (class b).
+NULL_DOMINATED_SHARE = 0.5
+TARGET_COVERAGE = 0.9
+# the matched-filter bound's local clutter: template shifts up to this either way (half a tile)
+ORACLE_SHIFT_PX = 16
+
+
+@dataclass
+class NullBandMaps:
+    """The null-band detail of one restored frame and the variance it is judged against, per
+    pixel of the tested interior, as the report's check computes them."""
+
+    u: np.ndarray           # (h - 2 b, w - 2 b) restored detail in the null band
+    den: np.ndarray         # its variance: the noise plus the forward model's tolerance term
+    tile_edges: tuple[np.ndarray, np.ndarray]    # tile edges in interior coordinates
+    band: Any               # the rfft2 mask of the null band (padded frame)
+    border_px: int
+
+
+def null_band_maps(guard: Any, measured: np.ndarray, restored: np.ndarray, res: Any, *,
+                   dose_ratio: float, frames_averaged: int, flat_frames_averaged: int | None,
+                   forward: str) -> NullBandMaps:
+    """The per-pixel null-band detail ``u`` and its variance ``var + (eps_model D)^2`` of
+    ``restored`` (``res``: the guard's result for the same frame, null_space=True, which fixes
+    the border and tile edges). The same quantities the report's ``null_local_z`` takes the
+    8 px window maximum of (a test holds the two equal), kept per pixel so that other window
+    statistics can be measured against it."""
+    import torch
+
+    from .restoration._fourier import crop_frames, pad_frames
+    from .restoration.fidelity import FORWARD_MODEL_TOLERANCE_KEY
+
+    y = torch.from_numpy(np.asarray(measured, np.float32))
+    x = torch.from_numpy(np.asarray(restored, np.float32))
+    h, w = x.shape
+    xp = pad_frames(x[None], guard.pad_px, fast=True)
+    shape = tuple(xp.shape[-2:])
+    spec = torch.fft.rfft2(xp)[0]
+    model = guard.reblur(x, forward)[0]
+    mean_t = float(model.mean().clamp(min=0))
+    band = guard.null_space_band(forward, dose_ratio, frames_averaged, flat_frames_averaged,
+                                 mean_t, spec, shape)
+    u = crop_frames(torch.fft.irfft2(spec * band, s=shape)[None], guard.pad_px, (h, w))[0]
+    b = int(res.border_px)
+    inner = (slice(b, h - b), slice(b, w - b))
+    var_unit, _ = guard.noise_statistics((h, w))
+    scale_var = var_unit / float(dose_ratio)
+    var = guard.variance_map(model[inner].clamp(min=0).clone(), scale_var, frames_averaged,
+                             flat_frames_averaged)
+    quanta = float(dose_ratio) * float(guard.physics.nnps_mean_signal)
+    var.clamp_(min=scale_var * min(1.0, 1.0 / quanta) / frames_averaged)
+    eps_model = guard.tolerances.get(FORWARD_MODEL_TOLERANCE_KEY, 0.0)
+    if eps_model > 0 and guard.tolerance_for(res.method)[0] > 0:
+        d = guard.measured_detail(y, forward)[inner]
+        var = var + (eps_model * d) ** 2
+    ry, rx = res.tile_edges
+    iry = np.clip(ry - b, 0, h - 2 * b)
+    irx = np.clip(rx - b, 0, w - 2 * b)
+    return NullBandMaps(u[inner].double().numpy(), var.double().numpy(), (iry, irx), band, b)
+
+
+def window_rms_max(a2: np.ndarray, tile_edges: tuple[np.ndarray, np.ndarray], window_px: int
+                   ) -> np.ndarray:
+    """Per tile the square root of the largest mean of ``a2`` over square windows of
+    ``window_px`` at a stride of half a window (at least 1 px) whose centre lies in the tile,
+    as the report's window statistics; NaN for tiles without one."""
+    ry, rx = tile_edges
+    grid = (ry.size - 1, rx.size - 1)
+    h, w = a2.shape
+    win = int(window_px)
+    out = np.full(grid, np.nan)
+    if h < win or w < win:
+        return out
+    step = max(1, win // 2)
+    s = np.zeros((h + 1, w + 1))
+    np.cumsum(np.cumsum(a2, 0), 1, out=s[1:, 1:])
+    sy = np.arange(0, h - win + 1, step)
+    sx = np.arange(0, w - win + 1, step)
+    sums = (s[np.ix_(sy + win, sx + win)] - s[np.ix_(sy, sx + win)]
+            - s[np.ix_(sy + win, sx)] + s[np.ix_(sy, sx)]) / (win * win)
+    ti = np.searchsorted(ry, sy + win / 2, side="right") - 1
+    tj = np.searchsorted(rx, sx + win / 2, side="right") - 1
+    for i in range(grid[0]):
+        rows = sums[ti == i]
+        if rows.size == 0:
+            continue
+        for j in range(grid[1]):
+            block = rows[:, tj == j]
+            if block.size:
+                out[i, j] = math.sqrt(max(float(block.max()), 0.0))
+    return out
+
+
+def window_scores(maps: NullBandMaps, windows: tuple[int, ...] = ROC_WINDOWS_PX
+                  ) -> dict[int, np.ndarray]:
+    """Per window size, the tile statistic ``null_local_z`` of that window (sigma)."""
+    a2 = maps.u ** 2 / maps.den
+    return {int(win): window_rms_max(a2, maps.tile_edges, win) for win in windows}
+
+
+def fake_null_part(guard: Any, maps: NullBandMaps, fake: np.ndarray) -> tuple[np.ndarray, float]:
+    """The fake's own null-band detail on the tested interior (the clean frame's band) and the
+    share of its energy in the null band (the rest lies in the band the detector passes above
+    the noise)."""
+    import torch
+
+    from .restoration._fourier import crop_frames, pad_frames
+
+    f = torch.from_numpy(np.asarray(fake, np.float32))
+    h, w = f.shape
+    fp = pad_frames(f[None], guard.pad_px, fast=True)
+    shape = tuple(fp.shape[-2:])
+    uf = crop_frames(torch.fft.irfft2(torch.fft.rfft2(fp)[0] * maps.band, s=shape)[None],
+                     guard.pad_px, (h, w))[0].double().numpy()
+    total = float(np.sum(np.square(fake, dtype=np.float64)))
+    share = float(np.sum(uf ** 2)) / total if total > 0 else float("nan")
+    b = maps.border_px
+    return uf[b:h - b, b:w - b], share
+
+
+def _conformal_max(values_by_group: dict[str, list[np.ndarray]], quantile: float) -> float:
+    """Per group the conformal ``quantile`` (rank ceil((n + 1) q) of its n values), the largest
+    over the groups: the rule of calibrate_undetermined."""
+    out = -np.inf
+    for v in values_by_group.values():
+        a = np.sort(np.concatenate([np.ravel(x) for x in v]))
+        a = a[np.isfinite(a)]
+        if a.size:
+            out = max(out, float(a[min(a.size, math.ceil((a.size + 1) * quantile)) - 1]))
+    return out
+
+
+@dataclass
+class MultiScaleCalibration:
+    """Thresholds of the multi-scale null-band statistic, from training families only.
+
+    Per source (a method's clean restorations, or ``truth``: the twin's noise-free truth, what
+    real samples hold) and window, ``window_thresholds[source][w]`` the conformal 99 % quantile
+    of ``null_local_z`` at that window; ``score_thresholds[source]`` the same quantile of the
+    normalised score ``max_w z_w / T_w``. A tile is marked where its score against the method's
+    or against the truth's figures exceeds its threshold (as the report takes the smaller of
+    the two thresholds), so each source keeps about 1 % of its training tiles marked."""
+
+    window_thresholds: dict[str, dict[int, float]]
+    score_thresholds: dict[str, float]
+    stored: dict[str, float]          # the profile's own 8 px thresholds, for comparison
+    tiles: dict[str, int]
+    windows: tuple[int, ...]
+
+    def score(self, method: str | None, z: dict[int, np.ndarray]) -> np.ndarray:
+        """The tile score (marked above 1): the larger of the normalised multi-scale scores
+        against the method's and the truth's training figures."""
+        out = None
+        for src in {"truth", method or "truth"}:
+            if src not in self.window_thresholds:
+                continue
+            t = self.window_thresholds[src]
+            s = np.max([z[w] / t[w] for w in self.windows], axis=0) / self.score_thresholds[src]
+            out = s if out is None else np.fmax(out, s)
+        return out
+
+
+def calibrate_multiscale(profile: Any, reporter: Any, methods: list[str], *, size_px: int,
+                         seeds: int, cache: Path | None, windows: tuple[int, ...] = ROC_WINDOWS_PX,
+                         quantile: float = 0.99, progress=None) -> MultiScaleCalibration:
+    """:class:`MultiScaleCalibration` of ``profile`` on its TRAINING families (1 and 4 exposures,
+    ``seeds`` frames each; the calibration's frames and restorations, kept in ``cache``)."""
+    from .restoration.fidelity import forward_model_for
+    from .sim.families import TRAINING_FAMILIES
+
+    say = progress or (lambda msg: None)
+    sets = []
+    for fam in TRAINING_FAMILIES:
+        for n in (1, 4):
+            say(f"{profile.name}: training family {fam}, {n} exposure(s) (multi-scale calibration)")
+            sets.append(cached_set(profile, fam, n, size_px, seeds, "train", methods, cache))
+    z_by: dict[str, dict[str, list[dict[int, np.ndarray]]]] = {}
+    for m in ["truth", *methods]:
+        fwd = "mtf_ratio" if m == "truth" else forward_model_for(m)
+        for s in sets:
+            outs = s.truth if m == "truth" else s.restored[m]
+            for y, x in zip(s.measured, outs):
+                kw = {"dose_ratio": s.dose_ratio, "frames_averaged": s.frames_averaged,
+                      "flat_frames_averaged": s.flat_frames_averaged}
+                res = reporter.guard.check(y, x, forward=fwd, method=None if m == "truth" else m,
+                                           null_space=True, **kw)
+                maps = null_band_maps(reporter.guard, y, x, res, forward=fwd, **kw)
+                z_by.setdefault(m, {}).setdefault(s.family, []).append(window_scores(maps, windows))
+    win_t: dict[str, dict[int, float]] = {}
+    score_t: dict[str, float] = {}
+    tiles: dict[str, int] = {}
+    for m, fams in z_by.items():
+        win_t[m] = {w: _conformal_max({f: [z[w] for z in zs] for f, zs in fams.items()}, quantile)
+                    for w in windows}
+        norm = {f: [np.max([z[w] / win_t[m][w] for w in windows], axis=0) for z in zs]
+                for f, zs in fams.items()}
+        score_t[m] = _conformal_max(norm, quantile)
+        tiles[m] = int(sum(np.isfinite(z[windows[0]]).sum() for zs in fams.values() for z in zs))
+    from .restoration.fidelity_report import UNDETERMINED_REFERENCE, UNDETERMINED_TERM
+
+    stored = {m: float(reporter.uncertainty.get(
+        f"{UNDETERMINED_REFERENCE if m == 'truth' else m}_{UNDETERMINED_TERM}", float("nan")))
+        for m in z_by}
+    return MultiScaleCalibration(win_t, score_t, stored, tiles, tuple(windows))
+
+
+
+def _fake_roc_figures(reporter: Any, multi: MultiScaleCalibration, maps: NullBandMaps,
+                      z_clean: dict[int, np.ndarray], rep: Any, rf: Any, y: np.ndarray,
+                      faked: np.ndarray, fake: np.ndarray, tile: tuple[int, int],
+                      z_truth: np.ndarray, forward: str, noise_kw: dict) -> dict[str, float]:
+    """What the trade-off needs of one injected fake: where its energy lies, its own null-band
+    detail in sigma (alone, against the clean frame's variance), the tile's statistic before
+    and after it under the report's 8 px window and the multi-scale statistic."""
+    method = rep.method
+    thr = rep.undetermined_threshold
+    uf, share = fake_null_part(reporter.guard, maps, fake)
+    alone = {w: window_rms_max(uf ** 2 / maps.den, maps.tile_edges, w) for w in multi.windows}
+    after = window_scores(null_band_maps(reporter.guard, y, faked, rf.consistency,
+                                         forward=forward, **noise_kw), multi.windows)
+    # The bound of any map: a test that knows the fake's shape, position and sign (the matched
+    # filter of its whitened null-band detail) against the clean restoration's null-band detail
+    # at the same place. Its clean score is the projection of the clean frame's detail on the
+    # template; injecting the fake adds the template's norm (the band held fixed).
+    e = uf / np.sqrt(maps.den)
+    norm = float(np.sqrt(np.sum(e * e)))
+    wu = maps.u / np.sqrt(maps.den)
+    before = float(np.sum(wu * e)) / norm if norm > 0 else float("nan")
+    # ... and with the clutter measured where it stands (constant false-alarm rate): the same
+    # template shifted over the fake's neighbourhood of the clean frame (up to ORACLE_SHIFT_PX
+    # either way) gives the local spread of the clean scores the test is normalised by
+    local = float("nan")
+    if norm > 0:
+        corr = np.fft.irfft2(np.fft.rfft2(wu) * np.conj(np.fft.rfft2(e)), s=wu.shape) / norm
+        r = ORACLE_SHIFT_PX
+        near = np.concatenate([corr[-r:], corr[:r + 1]], 0)
+        near = np.concatenate([near[:, -r:], near[:, :r + 1]], 1)
+        local = float(np.std(near))
+    return {"null_share": share,
+            "oracle_before": before, "oracle_after": before + norm, "oracle_local_sd": local,
+            "null_z_fake": float(alone[REPORT_WINDOW_PX][tile]),
+            "null_z_clean": float(rep.null_local_z[tile]),
+            "null_z_truth": float(z_truth[tile]),
+            "null_threshold": float(thr),
+            "score_single_before": float(rep.null_local_z[tile] / thr),
+            "score_single_after": float(rf.null_local_z[tile] / thr),
+            "score_single_alone": float(alone[REPORT_WINDOW_PX][tile] / thr),
+            "score_multi_before": float(multi.score(method, z_clean)[tile]),
+            "score_multi_after": float(multi.score(method, after)[tile]),
+            "score_multi_alone": float(multi.score(method, alone)[tile])}
+
+
+def _coverage_at_clean(clean: np.ndarray, faked: np.ndarray, share: float) -> float:
+    """Share of the fakes' scores above the threshold that marks ``share`` of the clean ones
+    (their upper ``share`` quantile): coverage at equal specificity."""
+    c = np.sort(clean[np.isfinite(clean)])
+    if not c.size or not faked.size:
+        return float("nan")
+    k = min(c.size - 1, max(0, math.ceil((1 - share) * c.size) - 1))
+    return float(np.mean(faked > c[k]))
+
+
+def _marked_share(scores: np.ndarray, multiplier: float) -> float:
+    return float(np.mean(scores > multiplier)) if scores.size else float("nan")
+
+
+def _clean_share_at_coverage(clean: np.ndarray, faked: np.ndarray,
+                             coverage: float = TARGET_COVERAGE) -> tuple[float, float]:
+    """``(multiplier, clean share)``: the largest threshold multiplier at which at least
+    ``coverage`` of the fakes' tiles score above it, and the share of clean tiles that then
+    score above it too (the price of that coverage in specificity)."""
+    if not faked.size or not clean.size:
+        return float("nan"), float("nan")
+    f = np.sort(faked[np.isfinite(faked)])
+    if not f.size:
+        return float("nan"), float("nan")
+    k = math.floor((1 - coverage) * f.size)     # at most k fakes may stay unmarked
+    m = float(np.nextafter(f[k], -np.inf)) if k < f.size else 0.0
+    return m, float(np.mean(clean > m))
+
+
+def fake_classes(fakes: list[dict]) -> dict[str, list[dict]]:
+    """The fakes below the consistency map's reach (signature <= 5 sigma), split by where their
+    energy lies: ``a`` null-band dominated (at least NULL_DOMINATED_SHARE of it in the band
+    where transfer x SNR < 1: true null-space fakes), ``b`` the rest (weak range-band fakes:
+    below the noise in the band the detector passes), ``all`` both."""
+    weak = [f for f in fakes if f["signature_sigma"] <= SIGNATURE_SIGMA and "null_share" in f]
+    return {"a": [f for f in weak if f["null_share"] >= NULL_DOMINATED_SHARE],
+            "b": [f for f in weak if f["null_share"] < NULL_DOMINATED_SHARE],
+            "all": weak}
+
+
+def undetermined_roc(b: FidelityBench, multipliers: tuple[float, ...] = ROC_MULTIPLIERS
+                     ) -> list[dict[str, Any]]:
+    """The undetermined map's trade-off from a benchmark run with ``undetermined_roc``: per
+    profile, method class ("accepted": the methods the policy accepts; "every": every method)
+    and statistic ("single": the report's 8 px window; "multi": the multi-scale one), the share
+    of CLEAN tiles marked and of each fake class's tiles marked after injection, at each
+    threshold multiplier; the clean share needed for 90 % coverage of each class; and the
+    fakes' energy split."""
+    out = []
+    for prof in dict.fromkeys(r.profile for r in b.rows):
+        for label in ("accepted", "every"):
+            rows = [r for r in b.rows if r.profile == prof and r.method != "truth"
+                    and r.clean_scores and (r.policy_accepts or label == "every")]
+            if not rows:
+                continue
+            classes = fake_classes([f for r in rows for f in r.fakes])
+            entry: dict[str, Any] = {"profile": prof, "methods": label,
+                                     "method_names": sorted({r.method for r in rows}),
+                                     "clean_tiles": int(sum(len(r.clean_scores["single"])
+                                                            for r in rows)),
+                                     "fakes": {k: len(v) for k, v in classes.items()},
+                                     "curves": {}, "at_coverage": {}, "energy": {}}
+            for stat in ("single", "multi"):
+                clean = np.asarray([v for r in rows for v in r.clean_scores[stat]], float)
+                curve = {"multiplier": list(multipliers),
+                         "clean": [_marked_share(clean, m) for m in multipliers]}
+                for k, fs in classes.items():
+                    after = np.asarray([f[f"score_{stat}_after"] for f in fs], float)
+                    curve[k] = [_marked_share(after, m) for m in multipliers]
+                    mult, share = _clean_share_at_coverage(clean, after)
+                    entry["at_coverage"][f"{stat}_{k}"] = {
+                        "multiplier": mult, "clean": share,
+                        # at the report's own threshold
+                        "coverage_at_1": _marked_share(after, 1.0),
+                        # the fake alone (a tile the method left empty) above the threshold
+                        "coverage_at_clean_1": _coverage_at_clean(clean, after, 0.01),
+                        "coverage_at_clean_10": _coverage_at_clean(clean, after, 0.10),
+                        "alone_at_1": _marked_share(np.asarray(
+                            [f[f"score_{stat}_alone"] for f in fs], float), 1.0),
+                        "turned": float(np.mean([f[f"score_{stat}_after"] > 1 >= f[
+                            f"score_{stat}_before"] for f in fs])) if fs else float("nan")}
+                curve["clean_at_1"] = _marked_share(clean, 1.0)
+                entry["curves"][stat] = curve
+            # the matched-filter bound (shape, position and sign known): its clean scores are
+            # the clean restorations' at the fakes' own places
+            # (oracle: one threshold in sigma of the whitened detail; oracle_local: in units of
+            # the clean scores' local spread)
+            for k, fs in classes.items():
+                fs = [f for f in fs if np.isfinite(f["oracle_before"])
+                      and f.get("oracle_local_sd", 0) > 0]
+                before = np.asarray([f["oracle_before"] for f in fs], float)
+                added = np.asarray([f["oracle_after"] - f["oracle_before"] for f in fs], float)
+                sd = np.asarray([f["oracle_local_sd"] for f in fs], float)
+                for name, div in (("oracle", np.ones_like(sd)), ("oracle_local", sd)):
+                    clean, after = before / div, (before + added) / div
+                    mult, share = _clean_share_at_coverage(clean, after)
+                    entry["at_coverage"][f"{name}_{k}"] = {
+                        "threshold": mult, "clean": share,
+                        "coverage_at_clean_1": _coverage_at_clean(clean, after, 0.01),
+                        "coverage_at_clean_10": _coverage_at_clean(clean, after, 0.10),
+                        "added": float(np.median(added / div)) if fs else float("nan"),
+                        "clean_spread": float(np.std(clean)) if fs else float("nan")}
+            for k, fs in classes.items():
+                if not fs:
+                    continue
+                med = {key: float(np.median([f[key] for f in fs])) for key in (
+                    "null_share", "null_z_fake", "signature_sigma", "contrast")}
+                ratio = {f"fake_over_{ref}": float(np.median([
+                    f["null_z_fake"] / f[f"null_z_{ref}"] for f in fs if f[f"null_z_{ref}"] > 0]
+                    or [float("nan")])) for ref in ("clean", "truth")}
+                ratio["fake_over_threshold"] = float(np.median(
+                    [f["null_z_fake"] / f["null_threshold"] for f in fs]))
+                ratio["fake_above_clean"] = float(np.mean(
+                    [f["null_z_fake"] > f["null_z_clean"] for f in fs]))
+                ratio["flagged"] = float(np.mean([f["flagged"] for f in fs]))
+                entry["energy"][k] = {**med, **ratio}
+            out.append(entry)
+    return out
+
+
+def format_undetermined_roc(b: FidelityBench, roc: list[dict[str, Any]]) -> str:
+    """The trade-off's tables: the fakes' energy split, the clean share needed for 90 %
+    coverage, and the curves."""
+    lines = ["", ("undetermined map: trade-off between specificity and null-space coverage "
+             "(held-out families; fakes with signature <= 5 sigma)"),
+             (f"  classes: a = null-band dominated (>= {100 * NULL_DOMINATED_SHARE:g} % of the "
+             "fake's energy where transfer x SNR < 1), b = weak range-band fakes (the rest)"),
+             (f"  statistics: single = the report's {REPORT_WINDOW_PX} px window (null_local_z / "
+             "the profile's threshold); multi = the largest of the "
+             f"{'/'.join(str(w) for w in ROC_WINDOWS_PX)} px window statistics, each over its "
+             "training-family 99 % quantile, recalibrated on the training families to ~1 % of "
+             "their clean tiles"),
+             (f"  check: null_local_z recomputed per pixel against the report's own: largest "
+             f"difference {b.roc_check_sigma:.2g} sigma")]
+    for prof, cal in b.multiscale.items():
+        parts = []
+        for src, t in cal.window_thresholds.items():
+            ws = ", ".join(f"{w}px {v:.2f}" for w, v in t.items())
+            parts.append(f"{src} [{ws}; stored {cal.stored.get(src, float('nan')):.2f}; "
+                         f"score {cal.score_thresholds[src]:.2f}]")
+        lines.append(f"  {prof} training thresholds (sigma): " + "; ".join(parts))
+    lines += ["", ("  where the fakes' energy lies (medians): null-band share, the fake's own "
+              "8 px null-band statistic (sigma), over the clean tile's, over the truth's and over "
+              "the threshold; share whose own null-band detail exceeds the clean tile's; "
+              "signature; contrast; share flagged"),
+              (f"  {'profile':14s} {'methods':8s} {'cls':3s} {'n':>5s} {'null sh':>8s} "
+              f"{'z fake':>7s} {'/clean':>7s} {'/truth':>7s} {'/thr':>6s} {'>clean':>7s} "
+              f"{'sig':>5s} {'contr':>6s} {'flag':>5s}")]
+    for e in roc:
+        for k in ("a", "b", "all"):
+            v = e["energy"].get(k)
+            if not v:
+                continue
+            lines.append(f"  {e['profile']:14s} {e['methods']:8s} {k:3s} {e['fakes'][k]:5d} "
+                         f"{100 * v['null_share']:7.1f}% {v['null_z_fake']:7.3f} "
+                         f"{v['fake_over_clean']:7.3f} {v['fake_over_truth']:7.3f} "
+                         f"{v['fake_over_threshold']:6.3f} {100 * v['fake_above_clean']:6.1f}% "
+                         f"{v['signature_sigma']:5.2f} {v['contrast']:6.3f} "
+                         f"{100 * v['flagged']:4.0f}%")
+    lines += ["", (f"  clean tiles marked for {100 * TARGET_COVERAGE:g} % coverage (the threshold "
+              "multiplier that reaches it), beside the report as calibrated (multiplier 1: clean "
+              "share, coverage, turned undetermined by the fake, the fake alone above the "
+              "threshold)"),
+              (f"  {'profile':14s} {'methods':8s} {'stat':6s} {'cls':3s} {'fakes':>6s} "
+              f"{'clean@90%':>10s} {'mult':>6s} {'clean@1':>8s} {'cov@1':>6s} {'turned':>7s} "
+              f"{'alone':>6s} {'cov@cl1%':>9s} {'cov@cl10%':>10s}")]
+    for e in roc:
+        for stat in ("single", "multi"):
+            for k in ("a", "b", "all"):
+                a = e["at_coverage"][f"{stat}_{k}"]
+                lines.append(f"  {e['profile']:14s} {e['methods']:8s} {stat:6s} {k:3s} "
+                             f"{e['fakes'][k]:6d} {100 * a['clean']:9.1f}% {a['multiplier']:6.3f} "
+                             f"{100 * e['curves'][stat]['clean_at_1']:7.1f}% "
+                             f"{100 * a['coverage_at_1']:5.1f}% {100 * a['turned']:6.1f}% "
+                             f"{100 * a['alone_at_1']:5.1f}% {100 * a['coverage_at_clean_1']:8.1f}% "
+                             f"{100 * a['coverage_at_clean_10']:9.1f}%")
+    lines += ["", ("  the bound of any map: a matched filter that knows each fake's shape, position "
+              "and sign, scored on the restoration's whitened null-band detail; clean = the clean "
+              "restoration at the same place. 'global': one threshold in sigma; 'local': in units "
+              "of the clean scores' spread over the fake's neighbourhood (the template shifted up "
+              f"to {ORACLE_SHIFT_PX} px). Median of what the fake adds, spread of the clean "
+              "scores, clean share for 90 % coverage, coverage at 1 % and 10 % of clean places "
+              "marked"),
+              (f"  {'profile':14s} {'methods':8s} {'norm':6s} {'cls':3s} {'fakes':>6s} "
+              f"{'adds':>6s} {'clean sd':>9s} {'clean@90%':>10s} {'cov@cl1%':>9s} "
+              f"{'cov@cl10%':>10s}")]
+    for e in roc:
+        for name, label in (("oracle", "global"), ("oracle_local", "local")):
+            for k in ("a", "b", "all"):
+                a = e["at_coverage"][f"{name}_{k}"]
+                lines.append(f"  {e['profile']:14s} {e['methods']:8s} {label:6s} {k:3s} "
+                             f"{e['fakes'][k]:6d} {a['added']:6.2f} {a['clean_spread']:9.2f} "
+                             f"{100 * a['clean']:9.1f}% {100 * a['coverage_at_clean_1']:8.1f}% "
+                             f"{100 * a['coverage_at_clean_10']:9.1f}%")
+    lines += ["", ("  curves: threshold multiplier, clean tiles marked, fakes' tiles marked "
+              "(a / b / all), per profile, methods and statistic")]
+    for e in roc:
+        for stat in ("single", "multi"):
+            c = e["curves"][stat]
+            lines.append(f"  {e['profile']} {e['methods']} ({', '.join(e['method_names'])}), "
+                         f"{stat}, {e['clean_tiles']} clean tiles:")
+            for i, m in enumerate(c["multiplier"]):
+                if i % 4:
+                    continue
+                lines.append(f"    x{m:6.3f}  clean {100 * c['clean'][i]:5.1f}%  "
+                             f"a {100 * c['a'][i]:5.1f}%  b {100 * c['b'][i]:5.1f}%  "
+                             f"all {100 * c['all'][i]:5.1f}%")
+    return "\n".join(lines)
 
 
 def _fake_table(fakes: list[dict]) -> dict[str, Any]:
@@ -536,6 +1057,9 @@ def format_fidelity_bench(b: FidelityBench) -> str:
         lines.append(f"    band half-width <= 2x rms error: worst {wid.width_ratio:.2f}x "
                      f"({wid.profile} {wid.method} {wid.family})"
                      + (" MET" if wid.width_ratio <= 2 else " NOT MET"))
+    if not b.cost:
+        lines.append("  cost: not measured in this run")
+        return "\n".join(lines)
     learned = [c for c in b.cost if c["method"] not in ("wiener", "inverse", "richardson_lucy")]
     worst_pair = max((c["report_over_pair"] for c in b.cost), default=float("nan"))
     worst_learned = max((c["report_over_restoration"] for c in learned), default=float("nan"))
@@ -565,11 +1089,19 @@ def _cmd(a: argparse.Namespace) -> int:
     res = fidelity_benchmark(a.profile or list(PROFILE_BENCH), families=a.family, size_px=a.size,
                              seeds=a.seeds, methods=a.method, fakes_per_frame=a.fakes,
                              cache=a.cache, cost_px=a.cost_px,
-                             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+                             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
+                             undetermined_roc=a.undetermined_roc, train_seeds=a.train_seeds,
+                             cost=not a.no_cost)
     print(format_fidelity_bench(res))
+    roc = undetermined_roc(res) if a.undetermined_roc else None
+    if roc is not None:
+        print(format_undetermined_roc(res, roc))
     if a.json:
         import dataclasses
-        a.json.write_text(json.dumps(dataclasses.asdict(res), indent=1, default=float))
+        out = dataclasses.asdict(res)
+        if roc is not None:
+            out["undetermined_roc"] = roc
+        a.json.write_text(json.dumps(out, indent=1, default=float))
     return 0
 
 
@@ -608,4 +1140,12 @@ def register_bench(bs) -> None:
     f.add_argument("--cache", type=Path, default=None, help="folder keeping rendered frames "
                    "and restorations between runs")
     f.add_argument("--json", type=Path, default=None, help="also write all figures here")
+    f.add_argument("--undetermined-roc", action="store_true",
+                   help="also measure the undetermined map's trade-off: clean tiles marked "
+                   "against null-space fakes covered as the threshold is swept, for the report's "
+                   "statistic and a multi-scale one calibrated on the training families, with "
+                   "where each fake's energy lies (null band or the band the detector passes)")
+    f.add_argument("--train-seeds", type=positive, default=2, help="frames per training family "
+                   "and averaging for the multi-scale calibration of --undetermined-roc")
+    f.add_argument("--no-cost", action="store_true", help="do not time the report")
     f.set_defaults(func=_cmd)
