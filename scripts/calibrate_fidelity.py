@@ -2,6 +2,7 @@
 """Calibrate the fidelity report of the shipped simulated profiles on the training families.
 
     python scripts/calibrate_fidelity.py [--profile sim-yag200-5x] [--size 256] [--seeds 2]
+                                         [--stress-averaging 16]
                                          [--method pnp_hqs] [--cache DIR] [--dry-run]
 
 For each profile, on twin frames of every TRAINING sample family (xinstrument.sim.families;
@@ -283,7 +284,7 @@ def main(argv=None) -> int:
             both = unseen_false_alarm(guard, per_family, stress, method, key, need,
                                       tolerances.get(FORWARD_MODEL_TOLERANCE_KEY, 0.0),
                                       a.max_tolerance)
-            unseen = {f: max(v for v in pair if v == v) for f, pair in both.items()}
+            unseen = {f: float(np.nanmax(pair)) for f, pair in both.items()}
             worst = max(unseen.values())
             text = ", ".join(f"{f} {'>' + format(a.max_tolerance, 'g') if v is None else format(v, '.3f')}"
                              for f, v in need.items())

@@ -139,7 +139,10 @@ def test_residual_correction_restores_what_the_data_hold_and_leaves_noise(profil
                                                weight),
                       PAD_PX, (n, n)).numpy()
     bars, flat = (0, slice(20, 44), slice(20, 44)), (0, slice(72, 120), slice(72, 120))
-    rms = lambda a: float(np.sqrt(np.mean(np.square(a))))     # noqa: E731
+
+    def rms(a):
+        return float(np.sqrt(np.mean(np.square(a))))
+
     # one pass of a regularised inverse: a quarter of the erased bars' error back (0.74 here)
     assert rms(out[bars] - hr[bars]) < 0.85 * rms(erased[bars] - hr[bars])
     guard = FidelityGuard(profile, tolerance=0.0, device="cpu")
