@@ -4,6 +4,7 @@
     python scripts/calibrate_fidelity.py [--profile sim-yag200-5x] [--size 256] [--seeds 2]
                                          [--stress-averaging 16] [--stress-seeds 6]
                                          [--method pnp_hqs] [--cache DIR] [--dry-run]
+                                         [--band-only | --undetermined-only]
 
 For each profile, on twin frames of every TRAINING sample family (xinstrument.sim.families;
 held-out families are never used here), rendered with the twin's full physics at the profile's
@@ -16,8 +17,10 @@ calibration conditions and corrected with averaged darks and flats (1 and 4 expo
    calibration tile is flagged, a conformal bound on held-out tiles) and each method's predicted
    false-alarm rate on unseen families (``<method>_unseen_false_alarm``, the policy's acceptance
    figure; see ``unseen_false_alarm`` for the rule);
-3. the coefficients of each method's uncertainty band (calibrate_uncertainty: 90 % of the
-   calibration tiles inside the band);
+3. the coefficients of each method's uncertainty band (calibrate_uncertainty: 90 % of each
+   family's calibration tiles inside the band at each averaging, the stress frames included,
+   and a margin for unseen families from each family left out; ``--band-only`` calibrates
+   these alone with the stored tolerances and writes nothing else);
 4. the threshold of the undetermined map for the twin's truth (what real samples hold in the
    null band) and every method (what its clean restorations put there): calibrate_undetermined,
    the conformal 99 % quantile of each family's tiles, the largest over the families.
@@ -178,6 +181,26 @@ def undetermined_threshold(reports, groups, method) -> dict:
     return {key: round(cal["threshold"], 4)}
 
 
+def band(rep, sets, method) -> dict:
+    """The uncertainty band of ``method`` (calibrate_uncertainty) from its clean restorations of
+    ``sets`` (calibration and stress frames): conformal per family and exposures averaged, the
+    unseen-family margin from each family left out at its worst averaging; printed."""
+    reports, truths, outs, groups = clean_reports(rep, sets, method)
+    averaged = [s.frames_averaged for s in sets for _ in s.measured]
+    cal = calibrate_uncertainty(reports, truths, outs, method=method, groups=groups,
+                                strata=averaged)
+    coefs = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.3g}" for k, v in cal["coefficients"].items())
+    worst = min(cal["stratum_coverage"].items(), key=lambda kv: kv[1])
+    excess = sorted(cal["lofo_excess"].items(), key=lambda kv: -kv[1])[:3]
+    print(f"  {method:16s} band: {coefs}; coverage {cal['coverage']:.3f} on {cal['tiles']} "
+          f"tiles at {', '.join(str(n) for n in sorted(set(averaged)))} exposures (worst family "
+          f"and averaging: {worst[0]} {worst[1]:.3f}; unseen-family margin "
+          f"{cal['lofo_margin']:.3f}, largest left-out excesses "
+          + ", ".join(f"{g} {v:.3f}" for g, v in excess)
+          + f"), mean half-width / rms error {cal['width_ratio']:.2f}", flush=True)
+    return {k: round(v, 6) for k, v in cal["coefficients"].items()}
+
+
 def fit_beta(prof, size_px: int, families: tuple[str, ...] = TRAINING_FAMILIES) -> dict:
     scenes = []
     for i, fam in enumerate(families):
@@ -214,11 +237,17 @@ def main(argv=None) -> int:
                    help="samples per family at the stress averaging")
     p.add_argument("--keep-beta", action="store_true",
                    help="keep the profile's noise hardening exponent (do not measure it again)")
+    p.add_argument("--band-only", action="store_true",
+                   help="calibrate only the uncertainty bands (of the methods, or those of "
+                   "--method) with the stored tolerances, on the calibration and stress frames; "
+                   "every other stored figure is kept")
     p.add_argument("--undetermined-only", action="store_true",
                    help="measure only the undetermined map's thresholds (the twin's truth and "
                    "the methods, or those of --method) with the stored tolerances; every other "
                    "stored figure is kept")
     a = p.parse_args(argv)
+    if a.band_only and a.undetermined_only:
+        p.error("--band-only and --undetermined-only: choose one")
     torch.manual_seed(0)
     for name in a.profile or sorted(PROFILE_BENCH):
         prof = find_profile(str(ROOT / "profiles" / name))
@@ -233,6 +262,23 @@ def main(argv=None) -> int:
             for method in [None, *methods]:
                 reports, _, _, groups = clean_reports(rep, sets, method)
                 found.update(undetermined_threshold(reports, groups, method))
+            if not a.dry_run:
+                prof.fidelity_uncertainty = {**(prof.fidelity_uncertainty or {}), **found}
+                prof.save(prof.path)
+                print(f"  written to {prof.path / 'profile.toml'}")
+            continue
+        if a.band_only:
+            methods = bench_methods(prof, a.method)
+            sets = [cached_set(prof, fam, n, a.size, a.seeds, "train", methods, a.cache)
+                    for fam in families for n in AVERAGING]
+            sets += [cached_set(prof, fam, a.stress_averaging, a.size, a.stress_seeds, "train",
+                                methods, a.cache) for fam in families] if a.stress_averaging else []
+            rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
+                                   uncertainty={}, max_unseen_false_alarm=None)
+            print(f"{name}: uncertainty bands", flush=True)
+            found = {}
+            for method in methods:
+                found.update(band(rep, sets, method))
             if not a.dry_run:
                 prof.fidelity_uncertainty = {**(prof.fidelity_uncertainty or {}), **found}
                 prof.save(prof.path)
@@ -319,15 +365,9 @@ def main(argv=None) -> int:
         for method in methods:
             # the band needs no tolerance (its terms are the restoration's own): every method
             # gets one, accepted by the policy or not
-            reports, truths, outs, groups = clean_reports(rep, sets, method)
+            reports, _, _, groups = clean_reports(rep, sets, method)
             uncertainty.update(undetermined_threshold(reports, groups, method))
-            cal = calibrate_uncertainty(reports, truths, outs, method=method, groups=groups)
-            uncertainty.update({k: round(v, 6) for k, v in cal["coefficients"].items()})
-            coefs = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.3g}" for k, v in cal["coefficients"].items())
-            print(f"  {method:16s} band: {coefs}; coverage {cal['coverage']:.3f} on "
-                  f"{cal['tiles']} tiles (unseen-family margin {cal['lofo_margin']:.2f}), mean "
-                  f"half-width / rms error {cal['width_ratio']:.2f}",
-                  flush=True)
+            uncertainty.update(band(rep, sets + stress_sets, method))
         if a.method:        # merge: the named methods' figures replace theirs only
             stale = [k for k in (prof.fidelity_uncertainty or {})
                      if any(k.startswith(f"{m}_") for m in methods)]
