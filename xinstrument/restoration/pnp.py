@@ -184,7 +184,6 @@ class DataStep:
         gain = self.ratio * p / (self.ratio * self.ratio * p + self.noise_psd)
         return torch.fft.irfft2(self.y_spec * gain, s=self.shape)
 
-
     def residual_correction(self, x: torch.Tensor, noise_var: torch.Tensor, window_px: int,
                             kappa: float, weight: torch.Tensor) -> torch.Tensor:
         """``x`` plus the range-band content of its residual that the data hold above noise.
