@@ -80,7 +80,11 @@ class HostilePeer:
             self._conn = conn
             conn.settimeout(0.05)
             if self.fault == "flood" and self.armed_at is not None:
-                self._spawn(self._stream, self.flood_line(), conn)   # flooding from the start
+                # flooding from the start: the first block is sent before any reply can be,
+                # so a driver that finishes its exchanges before the stream thread runs (a
+                # loaded machine schedules it late) still meets the flood
+                self._send(conn, self._flood_block())
+                self._spawn(self._stream, self.flood_line(), conn)
             self._spawn(self._serve, conn)
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
@@ -95,9 +99,13 @@ class HostilePeer:
             except OSError:
                 pass
 
+    def _flood_block(self, line: bytes | None = None) -> bytes:
+        line = self.flood_line() if line is None else line
+        return line * max(1, 4096 // len(line))
+
     def _stream(self, line: bytes, conn: socket.socket | None) -> None:
         """Send ``line`` over and over (flood, endless continuation) until stopped."""
-        block = line * max(1, 4096 // len(line))
+        block = self._flood_block(line)
         while not self._stop.is_set():
             c = conn or self._conn
             if c is None:
