@@ -465,7 +465,6 @@ def fidelity_benchmark(profile_names: list[str], *, families: tuple[str, ...] | 
                          roc_check)
 
 
-
 # ------------------------------------------------------------------ the undetermined map's trade-off
 # Windows of the multi-scale null-band statistic (px); 8 px is the report's own window
 # (FidelityGuard.window_px, a quarter tile).
