@@ -252,33 +252,27 @@ def main(argv=None) -> int:
     for name in a.profile or sorted(PROFILE_BENCH):
         prof = find_profile(str(ROOT / "profiles" / name))
         families = tuple(a.family or TRAINING_FAMILIES)
-        if a.undetermined_only:
+        if a.undetermined_only or a.band_only:
+            # one part recalibrated with the stored tolerances; every other figure kept
             methods = bench_methods(prof, a.method)
             sets = [cached_set(prof, fam, n, a.size, a.seeds, "train", methods, a.cache)
                     for fam in families for n in AVERAGING]
-            rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
-                                   max_unseen_false_alarm=None)
             found = {}
-            for method in [None, *methods]:
-                reports, _, _, groups = clean_reports(rep, sets, method)
-                found.update(undetermined_threshold(reports, groups, method))
-            if not a.dry_run:
-                prof.fidelity_uncertainty = {**(prof.fidelity_uncertainty or {}), **found}
-                prof.save(prof.path)
-                print(f"  written to {prof.path / 'profile.toml'}")
-            continue
-        if a.band_only:
-            methods = bench_methods(prof, a.method)
-            sets = [cached_set(prof, fam, n, a.size, a.seeds, "train", methods, a.cache)
-                    for fam in families for n in AVERAGING]
-            sets += [cached_set(prof, fam, a.stress_averaging, a.size, a.stress_seeds, "train",
-                                methods, a.cache) for fam in families] if a.stress_averaging else []
-            rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
-                                   uncertainty={}, max_unseen_false_alarm=None)
-            print(f"{name}: uncertainty bands", flush=True)
-            found = {}
-            for method in methods:
-                found.update(band(rep, sets, method))
+            if a.undetermined_only:
+                rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
+                                       max_unseen_false_alarm=None)
+                for method in [None, *methods]:
+                    reports, _, _, groups = clean_reports(rep, sets, method)
+                    found.update(undetermined_threshold(reports, groups, method))
+            else:
+                if a.stress_averaging:
+                    sets += [cached_set(prof, fam, a.stress_averaging, a.size, a.stress_seeds,
+                                        "train", methods, a.cache) for fam in families]
+                rep = FidelityReporter(prof, a.tile_px, a.false_alarm_rate, device="cpu",
+                                       uncertainty={}, max_unseen_false_alarm=None)
+                print(f"{name}: uncertainty bands", flush=True)
+                for method in methods:
+                    found.update(band(rep, sets, method))
             if not a.dry_run:
                 prof.fidelity_uncertainty = {**(prof.fidelity_uncertainty or {}), **found}
                 prof.save(prof.path)
