@@ -1,0 +1,330 @@
+"""Empirical-MMSE reference at the operating point: a bound estimate, never a shipped method.
+
+A network trained with a mean-squared-error loss on unlimited samples of exactly the test
+distribution approximates the posterior mean, the minimum-MSE estimator. For each profile this
+script trains such a PCB specialist at the profile's operating-point dose (the dose at which the
+thick input's SSIM on held-out PCB frames is 0.75, :func:`xinstrument.family_bench.operating_point_dose`)
+and scores it on the frames of ``xinstrument bench restoration --families pcb --operating-point``,
+so its figures compare with the methods' there, and on more held-out PCB frames.
+
+    python scripts/op_point_reference.py [--profiles sim-yag200-5x,sim-gos134] [--steps 1600]
+        [--size-px 128] [--seed 0] [--out curve.json]
+
+Training: a pool of thin-screen PCB truths rendered on the profile's twin bench at the
+evaluation frame size (seeds from :data:`TRAIN_SEED_BASE`, below every evaluation seed), random
+rotations / flips, the profile's own forward model (``physics.degrade``, fresh noise every batch)
+at the operating-point dose on whole frames, then the Wiener filter the bench scores
+(``wiener`` with the profile's curves at that dose); the network sees random patches of
+[Wiener output, thick frame] and predicts the truth as a correction added to the Wiener output
+(the product's U-Net, :class:`xinstrument.restoration.networks.UNet`, residual on channel 0).
+At one fixed dose the network needs no dose input. Its head starts at zero, so step 0 is the
+Wiener filter itself.
+
+Evaluation (SSIM / PSNR against the truth, every ``--eval-every`` steps):
+- ``bench``: the family benchmark's PCB frames, rendered and degraded exactly as
+  :func:`xinstrument.family_bench.family_benchmark` does (``measurement_pairs`` from
+  ``EVAL_SEED_BASE + 1000``); the Wiener row reproduces that table's Wiener figure;
+- ``held_out``: ``--extra-frames`` more PCB frames from :data:`EXTRA_EVAL_SEED`, degraded the
+  same way (a less noisy figure);
+- ``validation``: frames from :data:`VALIDATION_SEED_BASE` (below the evaluation block, not
+  trained on): the only set any choice may look at.
+Nothing here is chosen against the evaluation frames; the settings are fixed defaults.
+Weights are not written (``--out`` holds the curve only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Training truths: seeds TRAIN_SEED_BASE + POOL_SEED_STRIDE * seed + k (k < pool), far below
+# EVAL_SEED_BASE (10**6) like every training source's (xinstrument.sim.families.training_source).
+TRAIN_SEED_BASE = 200_000
+POOL_SEED_STRIDE = 10_000
+# Validation truths: below the evaluation block and above every training seed of this script.
+VALIDATION_SEED_BASE = 900_000
+# Held-out figure: PCB frames from EVAL_SEED_BASE + this, a block the family benchmark
+# (EVAL_SEED_BASE + 500 / 900 / 1000..11000 + n) does not use.
+EXTRA_EVAL_SEED = 50_000
+PROFILES = ("sim-yag200-5x", "sim-gos134")
+
+
+@dataclass
+class Setup:
+    """One profile at its operating point."""
+
+    name: str
+    profile: Any
+    phys: Any
+    bench: str
+    dose: float
+    input_ssim_at_dose: float
+
+    def wiener(self, frames: torch.Tensor) -> torch.Tensor:
+        """The bench's Wiener (same curves and dose) on (B, H, W) frames."""
+        from xinstrument.restoration import wiener
+        p = self.profile
+        return wiener(frames, p.frequency_cy_per_px, p.mtf_ratio, p.nnps_lr, dose_ratio=self.dose)
+
+
+def load_setup(name: str, size_px: int) -> Setup:
+    """Load ``name`` as the family benchmark does and find its operating-point dose at
+    ``size_px`` (the frame side the bench calibrates the dose on)."""
+    from xinstrument.family_bench import operating_point_dose
+    from xinstrument.profiles import find_profile
+    from xinstrument.restoration.cli import bench_for_profile
+    from xinstrument.restoration.pnp import check_physics
+
+    prof = find_profile(name)
+    bench = bench_for_profile(prof)
+    phys = check_physics(prof, "the operating-point reference")
+    dose, s = operating_point_dose(phys, bench, size_px)
+    return Setup(name, prof, phys, bench, float(dose), float(s))
+
+
+def render_truths(bench: str, size_px: int, seeds) -> np.ndarray:
+    from xinstrument.sim.families import render_family
+    return np.stack([render_family("pcb", size_px, int(s), bench=bench).truth for s in seeds])
+
+
+@dataclass
+class EvalSet:
+    name: str
+    lr: np.ndarray       # thick frames at the dose (B, H, W)
+    hr: np.ndarray       # thin-screen truths
+
+
+def bench_frames(st: Setup, size_px: int, n: int = 3) -> EvalSet:
+    """The PCB frames of ``family_benchmark(..., operating_point=True)``: same seeds, same
+    ``measurement_pairs`` call (its noise generator is seeded with the first frame's seed)."""
+    from xinstrument.sim.families import EVAL_SEED_BASE, FAMILIES, measurement_pairs
+    seed = EVAL_SEED_BASE + 1000 * (FAMILIES.index("pcb") + 1)
+    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, seed, dose_ratio=st.dose, bench=st.bench)
+    return EvalSet("bench", lr, hr)
+
+
+def extra_frames(st: Setup, size_px: int, n: int) -> EvalSet:
+    from xinstrument.sim.families import EVAL_SEED_BASE, measurement_pairs
+    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, EVAL_SEED_BASE + EXTRA_EVAL_SEED,
+                               dose_ratio=st.dose, bench=st.bench)
+    return EvalSet("held_out", lr, hr)
+
+
+def validation_frames(st: Setup, size_px: int, n: int) -> EvalSet:
+    from xinstrument.sim.families import measurement_pairs
+    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, VALIDATION_SEED_BASE,
+                               dose_ratio=st.dose, bench=st.bench)
+    return EvalSet("validation", lr, hr)
+
+
+def restore(model: torch.nn.Module | None, st: Setup, lr: np.ndarray) -> np.ndarray:
+    """Wiener each frame alone (as the bench calls a method), then the network's correction
+    (``model`` None: the Wiener output itself)."""
+    w = np.stack([np.asarray(st.wiener(torch.from_numpy(x)), np.float32) for x in lr])
+    if model is None:
+        return w
+    x = torch.stack([torch.from_numpy(w), torch.from_numpy(np.asarray(lr, np.float32))], dim=1)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)[:, 0].numpy()
+    model.train(was)
+    return out
+
+
+def score(out: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+    from xinstrument.restoration.metrics import psnr, ssim
+    return {"ssim": float(np.mean(ssim(out, hr, 1.0))), "psnr_db": float(np.mean(psnr(out, hr, 1.0)))}
+
+
+def evaluate(model, st: Setup, sets: list[EvalSet]) -> dict[str, dict[str, float]]:
+    return {s.name: score(restore(model, st, s.lr), s.hr) for s in sets}
+
+
+def make_batch(st: Setup, pool: np.ndarray, rng: np.random.Generator, gen: torch.Generator,
+               batch: int, patch_px: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random pool frames, rotated / flipped, degraded whole at the dose (fresh noise), Wiener
+    filtered whole, then one random patch each: ([Wiener, thick] (B, 2, p, p), truth (B, 1, p, p))."""
+    idx = rng.integers(len(pool), size=batch)
+    hr = np.stack([np.rot90(pool[i], int(rng.integers(4)))[:, ::-1 if rng.random() < 0.5 else 1]
+                   for i in idx]).astype(np.float32)
+    hr_t = torch.from_numpy(np.ascontiguousarray(hr))
+    with torch.no_grad():
+        lr = st.phys.degrade(hr_t, gen, st.dose)
+        w = st.wiener(lr)
+    size = hr.shape[-1]
+    xs, ts = [], []
+    for k in range(batch):
+        y0, x0 = (int(v) for v in rng.integers(size - patch_px + 1, size=2))
+        sl = (k, slice(y0, y0 + patch_px), slice(x0, x0 + patch_px))
+        xs.append(torch.stack([w[sl], lr[sl]]))
+        ts.append(hr_t[sl][None])
+    return torch.stack(xs), torch.stack(ts)
+
+
+def build_network(base_channels: int, depth: int) -> torch.nn.Module:
+    from xinstrument.restoration.networks import UNet
+    torch.manual_seed(0)
+    return UNet(in_channels=2, out_channels=1, base_channels=base_channels, depth=depth,
+                residual=True)
+
+
+def train(st: Setup, pool: np.ndarray, *, steps: int, batch: int, patch_px: int, seed: int,
+          base_channels: int = 24, depth: int = 3, lr: float = 1e-3, eval_every: int = 0,
+          sets: list[EvalSet] | None = None, log=None) -> tuple[torch.nn.Module, dict]:
+    """Adam on the MSE, cosine-decayed learning rate, gradients clipped at norm 1. Returns the
+    model and a record: losses (mean of each ``eval_every`` block) and the curve of scores."""
+    say = log or (lambda m: None)
+    model = build_network(base_channels, depth)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 20)
+    rng = np.random.default_rng([seed, 1])
+    gen = torch.Generator().manual_seed(seed + 17)
+    curve, losses, block = [], [], []
+    sets = sets or []
+    t_train = 0.0
+    if sets and eval_every:
+        curve.append({"step": 0, **evaluate(model, st, sets)})
+        say(_fmt(curve[-1], None, 0.0))
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        x, t = make_batch(st, pool, rng, gen, batch, patch_px)
+        loss = torch.mean((model(x) - t) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        t_train += time.perf_counter() - t0
+        block.append(loss.item())
+        if eval_every and (step % eval_every == 0 or step == steps):
+            losses.append(float(np.mean(block)))
+            block = []
+            if sets:
+                curve.append({"step": step, "train_mse": losses[-1], **evaluate(model, st, sets)})
+                say(_fmt(curve[-1], losses[-1], t_train))
+    return model, {"train_s": t_train, "loss_blocks": losses, "curve": curve}
+
+
+def _fmt(row: dict, loss: float | None, t_s: float) -> str:
+    parts = [f"step {row['step']:>5}", f"{t_s:7.0f} s"]
+    if loss is not None:
+        parts.append(f"mse {loss:.3e}")
+    for k, v in row.items():
+        if isinstance(v, dict):
+            parts.append(f"{k} SSIM {v['ssim']:.4f} PSNR {v['psnr_db']:.2f}")
+    return "  ".join(parts)
+
+
+def run_profile(name: str, a, log) -> dict:
+    t0 = time.perf_counter()
+    st = load_setup(name, a.size_px)
+    log(f"{name}: bench {st.bench}, operating-point dose {st.dose:.4g} (input SSIM "
+        f"{st.input_ssim_at_dose:.4f} on the dose-calibration frames)")
+    pool_seeds = TRAIN_SEED_BASE + POOL_SEED_STRIDE * a.seed + np.arange(a.pool)
+    pool = render_truths(st.bench, a.size_px, pool_seeds)
+    sets = [bench_frames(st, a.size_px), extra_frames(st, a.size_px, a.extra_frames),
+            validation_frames(st, a.size_px, a.validation_frames)]
+    refs = {"thick input": {s.name: score(s.lr, s.hr) for s in sets},
+            "wiener": evaluate(None, st, sets)}
+    for k, v in refs.items():
+        log(f"{name}: {k:<12} " + "  ".join(f"{s} SSIM {r['ssim']:.4f} PSNR {r['psnr_db']:.2f}"
+                                            for s, r in v.items()))
+    t_prep = time.perf_counter() - t0
+    model, rec = train(st, pool, steps=a.steps, batch=a.batch, patch_px=a.patch_px, seed=a.seed,
+                       base_channels=a.base_channels, depth=a.depth, lr=a.lr,
+                       eval_every=a.eval_every, sets=sets, log=lambda m: log(f"{name}: {m}"))
+    return {"profile": name, "bench": st.bench, "dose_ratio": st.dose,
+            "input_ssim_dose_frames": st.input_ssim_at_dose,
+            "architecture": {"class": "xinstrument.restoration.networks.UNet", "in_channels": 2,
+                             "inputs": ["wiener output", "thick frame"],
+                             "residual": "output added to the Wiener output",
+                             "base_channels": a.base_channels, "depth": a.depth,
+                             "parameters": sum(p.numel() for p in model.parameters())},
+            "training": {"steps": a.steps, "batch": a.batch, "patch_px": a.patch_px, "lr": a.lr,
+                         "pool": a.pool, "pool_seeds": [int(pool_seeds[0]), int(pool_seeds[-1])],
+                         "seed": a.seed, "threads": torch.get_num_threads(),
+                         "train_s": round(rec["train_s"], 1), "prep_s": round(t_prep, 1),
+                         "wall_s_with_evaluation": round(time.perf_counter() - t0, 1)},
+            "frames": {s.name: len(s.lr) for s in sets}, "size_px": a.size_px,
+            "references": refs, "curve": rec["curve"]}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", default=",".join(PROFILES),
+                    help="comma-separated profile names (default: the shipped two)")
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--size-px", type=int, default=128,
+                    help="evaluation frame side, also the pool frames' and the dose calibration's")
+    ap.add_argument("--patch-px", type=int, default=64, help="training patch side")
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--pool", type=int, default=400, help="PCB truths rendered for training")
+    ap.add_argument("--extra-frames", type=int, default=8, help="held-out PCB frames")
+    ap.add_argument("--validation-frames", type=int, default=4)
+    ap.add_argument("--base-channels", type=int, default=24)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared CPU more threads oversubscribe it)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON of the curves")
+    a = ap.parse_args(argv)
+    a.profile_list = [p.strip() for p in a.profiles.split(",") if p.strip()]
+    if not a.profile_list:
+        ap.error("--profiles: no profile named")
+    for key, lo in (("steps", 1), ("size_px", 32), ("patch_px", 16), ("batch", 1), ("pool", 1),
+                    ("extra_frames", 1), ("validation_frames", 1), ("base_channels", 1),
+                    ("depth", 1), ("eval_every", 1), ("seed", 0), ("threads", 1)):
+        if getattr(a, key) < lo:
+            ap.error(f"--{key.replace('_', '-')} must be >= {lo}, got {getattr(a, key)}")
+    if a.patch_px > a.size_px:
+        ap.error(f"--patch-px {a.patch_px} is larger than the frames (--size-px {a.size_px})")
+    if a.pool > POOL_SEED_STRIDE:
+        ap.error(f"--pool must be <= {POOL_SEED_STRIDE} (training seed blocks of one --seed)")
+    if TRAIN_SEED_BASE + POOL_SEED_STRIDE * (a.seed + 1) > VALIDATION_SEED_BASE:
+        ap.error(f"--seed {a.seed}: its training seeds would reach the validation block; "
+                 f"use a seed < {(VALIDATION_SEED_BASE - TRAIN_SEED_BASE) // POOL_SEED_STRIDE}")
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        ap.error(f"--lr must be a finite number > 0, got {a.lr}")
+    if a.out is not None and not a.out.parent.is_dir():
+        ap.error(f"--out: folder {a.out.parent} does not exist")
+    from xinstrument.profiles import ProfileError, find_profile
+    for name in a.profile_list:
+        try:
+            find_profile(name)
+        except ProfileError as exc:
+            ap.error(f"--profiles: {exc}")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    torch.set_num_threads(a.threads)
+    log = lambda m: print(m, flush=True)
+    results = []
+    for name in a.profile_list:
+        results.append(run_profile(name, a, log))
+        if a.out is not None:      # written after each profile: a later failure keeps the first
+            a.out.write_text(json.dumps({"results": results}, indent=1))
+    for r in results:
+        last = r["curve"][-1]
+        log(f"{r['profile']}: dose {r['dose_ratio']:.4g}, {r['architecture']['parameters']} "
+            f"parameters, {r['training']['train_s']:.0f} s training; final: " +
+            "  ".join(f"{s} SSIM {last[s]['ssim']:.4f} PSNR {last[s]['psnr_db']:.2f} (Wiener "
+                      f"{r['references']['wiener'][s]['ssim']:.4f})" for s in r["frames"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
