@@ -127,6 +127,9 @@ def test_mtf_ratio_2d_matches_radial_frequency() -> None:
         (lambda p: setattr(p, "scintillator", {"material": "YAG:Ce"}), "thickness_um"),
         (lambda p: setattr(p, "optics", {"numerical_aperture": 2.0}), "above 1.6"),
         (lambda p: setattr(p, "mtf_hr", p.mtf_hr * 0.9), "mtf_hr must be 1 at zero frequency"),
+        (lambda p: setattr(p, "pnp_prior_weight", 0.0), r"pnp_prior_weight must be a number in "
+         r"\[0.01, 10\], got 0.0"),
+        (lambda p: setattr(p, "pnp_prior_weight", "0.2"), "pnp_prior_weight must be a number"),
     ],
 )
 def test_validation_errors(tmp_path: Path, mutate, message: str) -> None:
@@ -142,7 +145,7 @@ def test_validation_errors(tmp_path: Path, mutate, message: str) -> None:
         if getattr(p, key) is not None:
             arrays[key] = getattr(p, key)
     np.savez(tmp_path / "p" / "arrays.npz", **arrays)
-    if not message.startswith(("nnps_mean", "pixel", "thickness", "above 1.6")):
+    if not message.startswith(("nnps_mean", "pixel", "thickness", "above 1.6", "pnp_prior")):
         with pytest.raises(ProfileError, match=str(tmp_path / "p")):
             DetectorProfile.load(tmp_path / "p")
 
@@ -188,6 +191,20 @@ def test_load_errors(tmp_path: Path) -> None:
     _rewrite_toml(tmp_path / "s", 'file = "arrays.npz"', 'file = "../../etc/arrays.npz"')
     with pytest.raises(ProfileError, match="relative to the profile folder"):
         DetectorProfile.load(tmp_path / "s")
+
+
+def test_prior_weight_round_trip_and_bad_value_on_disk(tmp_path: Path) -> None:
+    p = make_profile()
+    p.save(tmp_path / "a")
+    assert "pnp_prior_weight" not in (tmp_path / "a" / "profile.toml").read_text()
+    assert DetectorProfile.load(tmp_path / "a").pnp_prior_weight is None
+    p.pnp_prior_weight = 0.2
+    p.save(tmp_path / "a")
+    assert DetectorProfile.load(tmp_path / "a").pnp_prior_weight == 0.2
+    _rewrite_toml(tmp_path / "a", "pnp_prior_weight = 0.2", 'pnp_prior_weight = "heavy"')
+    with pytest.raises(ProfileError, match=f"{tmp_path / 'a'}.*pnp_prior_weight must be a "
+                       "number in .*got 'heavy'"):
+        DetectorProfile.load(tmp_path / "a")
 
 
 def test_weights_round_trip_and_copy(tmp_path: Path) -> None:

@@ -223,6 +223,9 @@ class DetectorProfile:
     # Beam hardening in an energy-integrating screen: the mean absorbed energy per quantum grows
     # as the sample attenuates, ~ T^-beta, so the noise variance goes as T^(1 - beta), not T.
     noise_hardening_exponent: float = 0.0
+    # Plug-and-play prior weight (DPIR's lambda) fitted to this detector's forward model on the
+    # twin's training families (scripts/calibrate_prior_weight.py); None: the method's default.
+    pnp_prior_weight: float | None = None
     path: Path | None = None
 
     # ---------------------------------------------------------------- derived quantities
@@ -354,6 +357,11 @@ class DetectorProfile:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
             raise ProfileError(f"{where}: noise_hardening_exponent must be a number in [0, 1), "
                                f"got {beta!r}")
+        lam = self.pnp_prior_weight
+        if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
+                                or not (0.01 <= lam <= 10)):
+            raise ProfileError(f"{where}: pnp_prior_weight must be a number in [0.01, 10], "
+                               f"got {lam!r}")
 
         if not isinstance(self.weights, dict):
             raise ProfileError(f"{where}: [weights] must be a table, got {type(self.weights).__name__}")
@@ -375,6 +383,8 @@ class DetectorProfile:
             data["nnps_mean_signal"] = float(self.nnps_mean_signal)
         if self.noise_hardening_exponent:
             data["noise_hardening_exponent"] = float(self.noise_hardening_exponent)
+        if self.pnp_prior_weight is not None:
+            data["pnp_prior_weight"] = float(self.pnp_prior_weight)
         data["detector"] = {
             "id": self.detector_id,
             "description": self.description,
@@ -512,6 +522,7 @@ class DetectorProfile:
             fidelity_tolerance=dict(table("fidelity_tolerance", required=False)),
             fidelity_uncertainty=dict(table("fidelity_uncertainty", required=False)),
             noise_hardening_exponent=data.get("noise_hardening_exponent", 0.0),
+            pnp_prior_weight=data.get("pnp_prior_weight"),
             path=folder,
         )
         profile.validate()

@@ -22,7 +22,7 @@ from xinstrument.restoration.denoiser import (
 from xinstrument.restoration.fidelity import FidelityGuard
 from xinstrument.restoration.networks import build_model, pack_weights
 from xinstrument.restoration.physics import DetectorPhysics
-from xinstrument.restoration.pnp import noise_sigma, pnp_restore
+from xinstrument.restoration.pnp import PNP_DEFAULTS, noise_sigma, pnp_restore, prior_weight
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,33 @@ def test_empirical_wiener_stage_gains_on_training_families(den):
             gains.append(psnr(both[1], hr, 1.0).mean() - psnr(both[0], hr, 1.0).mean())
         assert np.mean(gains) > 0.2, (name, gains)
         assert min(gains) > -0.2, (name, gains)
+
+
+def test_profile_prior_weight_is_the_default_and_gains_on_training_families(den):
+    """sim-gos134 carries a prior weight fitted to its forward model on training families
+    (scripts/calibrate_prior_weight.py, seeds 700 000+); on seeds that fit never drew it must
+    gain on every family over the shared default, and be what the method uses unasked."""
+    from xinstrument.profiles import find_profile
+    from xinstrument.restoration.cli import bench_for_profile
+    from xinstrument.sim.families import measurement_pairs
+
+    gos, yag = find_profile("sim-gos134"), find_profile("sim-yag200-5x")
+    assert prior_weight(yag) == PNP_DEFAULTS["lam"] and yag.pnp_prior_weight is None
+    assert prior_weight(gos) == gos.pnp_prior_weight != PNP_DEFAULTS["lam"]
+    phys = DetectorPhysics.from_profile(gos)
+    assert prior_weight(phys) == PNP_DEFAULTS["lam"]     # bare physics: no fitted weight
+    gains = []
+    for fam in ("pcb", "charts", "fibres"):
+        lr, hr = measurement_pairs(phys, fam, 2, 64, 710_000, dose_ratio=0.2,
+                                   bench=bench_for_profile(gos))
+        fitted = pnp_restore(lr, gos, denoiser=den, dose_ratio=0.2)
+        np.testing.assert_array_equal(
+            fitted, pnp_restore(lr, gos, denoiser=den, dose_ratio=0.2, lam=gos.pnp_prior_weight))
+        default = pnp_restore(lr, gos, denoiser=den, dose_ratio=0.2, lam=PNP_DEFAULTS["lam"])
+        gains.append((ssim(fitted, hr, 1.0).mean() - ssim(default, hr, 1.0).mean(),
+                      psnr(fitted, hr, 1.0).mean() - psnr(default, hr, 1.0).mean()))
+    assert all(ds > 0 for ds, _ in gains), gains
+    assert np.mean([dp for _, dp in gains]) > 0.03, gains
 
 
 def test_residual_correction_restores_what_the_data_hold_and_leaves_noise(profile):

@@ -46,7 +46,8 @@ from ._fourier import as_batch, crop_frames, pad_frames, radial_transfer_rfft2, 
 from .denoiser import LoadedDenoiser, load_denoiser
 from .physics import DetectorPhysics
 
-__all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_restore"]
+__all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_restore",
+           "prior_weight"]
 
 # Schedule, tuned on training families only (pcb, dead leaves, fibres; seeds 700 000+, 96 px
 # frames, both shipped profiles, at the calibration dose and at 0.4 and 0.15 of it): prior weight
@@ -205,6 +206,13 @@ class DataStep:
                                     s=self.shape)
 
 
+def prior_weight(profile_or_physics: Any) -> float:
+    """The plug-and-play prior weight for a detector: its profile's fitted
+    ``pnp_prior_weight``, or the default that was tuned on the shipped profiles together."""
+    lam = getattr(profile_or_physics, "pnp_prior_weight", None)
+    return float(PNP_DEFAULTS["lam"] if lam is None else lam)
+
+
 def _schedule(start: float, end: float, n: int) -> list[float]:
     if n == 1:
         return [end]
@@ -214,7 +222,7 @@ def _schedule(start: float, end: float, n: int) -> list[float]:
 def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
                 iterations: int = PNP_DEFAULTS["iterations"],
                 sigma_start: float = PNP_DEFAULTS["sigma_start"],
-                lam: float = PNP_DEFAULTS["lam"],
+                lam: float | None = None,
                 sigma_end_factor: float = PNP_DEFAULTS["sigma_end_factor"],
                 wiener_weight: float = PNP_DEFAULTS["wiener_weight"],
                 residual_weight: float | None = PNP_DEFAULTS["residual_weight"],
@@ -229,7 +237,8 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     dose_ratio : detected quanta of these frames' flat / the profile's ``nnps_mean_signal``.
     iterations : HQS iterations (4-8).
     sigma_start : prior noise level of the first iteration (transmission units).
-    lam : prior weight (DPIR's lambda).
+    lam : prior weight (DPIR's lambda); default the profile's ``pnp_prior_weight`` when it has
+        one (fitted to its forward model), else ``PNP_DEFAULTS["lam"]``.
     sigma_end_factor : last prior noise level in units of the frame's own noise sigma.
     wiener_weight : weight of the empirical Wiener inverse piloted by the HQS output in the
         result (0: the HQS output alone; 1: the inverse alone).
@@ -243,6 +252,8 @@ def pnp_restore(frames: Any, profile: Any, *, dose_ratio: float = 1.0,
     """
     phys = check_physics(profile, "plug-and-play restoration", pixel_size_um)
     dose = _check_dose(dose_ratio)
+    if lam is None:
+        lam = prior_weight(profile)
     if not (isinstance(iterations, int) and 1 <= iterations <= 50):
         raise ValueError(f"iterations must be an integer 1..50, got {iterations!r}")
     if not (lam > 0 and sigma_start > 0 and sigma_end_factor > 0):
