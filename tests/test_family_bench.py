@@ -58,10 +58,13 @@ def test_bounds_are_references_that_know_the_truth():
     # removing the blur from the problem leaves a problem the prior solves far better
     assert (b["total variation on the denoising problem (best weight)"][1]
             > b["total-variation HQS on the measurement (best weight)"][1])
+    # the blur (MTF ratio < 1 in 0.25-0.5 cy/px) takes high-frequency power from the truth
+    assert 0.2 < b["input without noise (blur only)"][2] < 0.9
     # without noise the denoising problem is the truth and the blur-only input is the input
     lr_clean, _ = measurement_pairs(phys, "pcb", 1, 48, 700321, dose_ratio=1e9, bench="lens-yag")
     c = restoration_bounds(phys, lr_clean, hr, 1e9)
     assert c["truth with the input's noise (denoising problem)"][0] > 60
+    assert c["truth with the input's noise (denoising problem)"][2] == pytest.approx(1, abs=0.01)
     assert c["input without noise (blur only)"][0] == pytest.approx(c["thick input"][0], abs=0.05)
 
 

@@ -98,7 +98,7 @@ class FamilyBench:
     truth_hf_gain: dict[str, float]
     input_ssim_pcb: float = math.nan
     notes: list[str] = field(default_factory=list)
-    bounds: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    bounds: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
 
 
 def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None
@@ -181,9 +181,10 @@ def _tv(frames: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
 
 
 def restoration_bounds(phys: Any, lr: np.ndarray, hr: np.ndarray, dose: float,
-                       pad_px: int = 32) -> dict[str, tuple[float, float]]:
+                       pad_px: int = 32) -> dict[str, tuple[float, float, float]]:
     """What the data of ``lr`` (thick frames of the truths ``hr`` at ``dose``) allow, as
-    (PSNR dB, SSIM) against the truth; references that know the truth, not methods:
+    (PSNR dB, SSIM, high-frequency PSD gain as a fraction of the truth's) against the truth;
+    references that know the truth, not methods:
 
     - the input without its noise (blur only) and the truth with the input's noise (no blur).
       The second is the denoising problem; with the MTF ratio R <= 1 it is at least as
@@ -200,11 +201,17 @@ def restoration_bounds(phys: Any, lr: np.ndarray, hr: np.ndarray, dose: float,
     import torch
 
     from .restoration._fourier import crop_frames, pad_frames
-    from .restoration.metrics import psnr, ssim
+    from .restoration.metrics import high_frequency_psd_gain, psnr, ssim
     from .restoration.pnp import PNP_DEFAULTS, DataStep, noise_sigma
 
-    def score(out: np.ndarray) -> tuple[float, float]:
-        return float(np.mean(psnr(out, hr, 1.0))), float(np.mean(ssim(out, hr, 1.0)))
+    def hf_gain(out: np.ndarray) -> float:
+        return float(np.mean([high_frequency_psd_gain(o, i, HF_BAND) for o, i in zip(out, lr)]))
+
+    truth_hf = hf_gain(np.asarray(hr, np.float32))
+
+    def score(out: np.ndarray) -> tuple[float, float, float]:
+        return (float(np.mean(psnr(out, hr, 1.0))), float(np.mean(ssim(out, hr, 1.0))),
+                hf_gain(out) / truth_hf)
 
     x = torch.from_numpy(np.asarray(lr, np.float32))
     t = torch.from_numpy(np.asarray(hr, np.float32))
@@ -387,8 +394,9 @@ def format_family_table(b: FamilyBench) -> str:
         lines.append("")
         lines.append(f"what the data of the {fam} frames allow (references that know the truth, "
                      "not methods):")
-        for k, (p_db, s_) in rows.items():
-            lines.append(f"  {k:<56} PSNR {p_db:6.2f}  SSIM {s_:.4f}")
+        for k, (p_db, s_, hf) in rows.items():
+            lines.append(f"  {k:<56} PSNR {p_db:6.2f}  SSIM {s_:.4f}  HF PSD {hf:.2f} of "
+                         "truth's")
     lines.append("(* held out: never seen by any training run; peak/flr: largest spectral peak at "
                  "2/4/8/16 px periods over the local floor in restored flats; chi2_red: fidelity "
                  "guard, no tolerance)")
