@@ -30,6 +30,12 @@ Evaluation (SSIM / PSNR against the truth, every ``--eval-every`` steps):
   trained on): the only set any choice may look at.
 Nothing here is chosen against the evaluation frames; the settings are fixed defaults.
 Weights are not written (``--out`` holds the curve only).
+
+Measured with the defaults (U-Net width 24, depth 3, 572 449 parameters; 1600 steps of 12
+patches of 64 px, about 22 min per profile on one CPU thread), SSIM / PSNR on the bench's three
+frames, Wiener of the same run in brackets: sim-yag200-5x 0.943 / 36.9 dB (0.907 / 34.3 dB),
+sim-gos134 0.953 / 34.8 dB (0.835 / 27.9 dB); still rising by 0.001 per 200 steps at the end.
+Depth 4 at lr 1e-3 diverged in its first 200 steps (no normalisation layers in the U-Net).
 """
 from __future__ import annotations
 
