@@ -182,7 +182,7 @@ def _tv(frames: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
 
 def restoration_bounds(phys: Any, lr: np.ndarray, hr: np.ndarray, dose: float,
                        pad_px: int = 32) -> dict[str, tuple[float, float, float]]:
-    """What the data of ``lr`` (thick frames of the truths ``hr`` at ``dose``) allow, as
+    """References on ``lr`` (thick frames of the truths ``hr`` at ``dose``), as
     (PSNR dB, SSIM, high-frequency PSD gain as a fraction of the truth's) against the truth;
     references that know the truth, not methods:
 
@@ -194,8 +194,8 @@ def restoration_bounds(phys: Any, lr: np.ndarray, hr: np.ndarray, dose: float,
     - the linear oracle: the Wiener filter built with each frame's own truth periodogram, the
       least-squares optimum of all linear shift-invariant restorations of that frame;
     - total-variation HQS: the product's closed-form data step with a total-variation (ROF,
-      Chambolle) prior in place of the learned denoiser, the piecewise-constant prior that fits
-      circuit boards best; and total variation on the denoising problem. Both take the best of
+      Chambolle) prior in place of the learned denoiser, a piecewise-constant prior suited to
+      circuit boards; and total variation on the denoising problem. Both take the best of
       :data:`TV_WEIGHTS` against the truth.
     """
     import torch
@@ -299,7 +299,7 @@ def family_benchmark(profile: Any, *, families: list[str] | None = None, n_per_f
         truth_hf[fam] = float(np.mean([high_frequency_psd_gain(h, x, HF_BAND)
                                        for h, x in zip(hr, lr)]))
         if bounds or (bounds is None and operating_point and fam == "pcb"):
-            say(f"{profile.name}: what the data allow on {fam}")
+            say(f"{profile.name}: references on {fam}")
             bound_rows[fam] = restoration_bounds(phys, lr, hr, dose)
         for m, fn in fns.items():
             sc = res[m]
@@ -392,8 +392,8 @@ def format_family_table(b: FamilyBench) -> str:
             lines.append(f"{m}: not scored: {b.methods[m].error}")
     for fam, rows in b.bounds.items():
         lines.append("")
-        lines.append(f"what the data of the {fam} frames allow (references that know the truth, "
-                     "not methods):")
+        lines.append(f"references on the {fam} frames (they know the truth; neither methods nor "
+                     "bounds: scripts/op_point_reference.py fits a nonlinear one to a family):")
         for k, (p_db, s_, hf) in rows.items():
             lines.append(f"  {k:<56} PSNR {p_db:6.2f}  SSIM {s_:.4f}  HF PSD {hf:.2f} of "
                          "truth's")
