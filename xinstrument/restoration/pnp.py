@@ -56,6 +56,8 @@ __all__ = ["PNP_DEFAULTS", "DataStep", "check_physics", "noise_sigma", "pnp_rest
 # most at low dose, where the data step must lean on the prior). End factors 0.1-0.2 gained a
 # little more on the shipped profiles but left the output less consistent with the data than its
 # noise on a stronger Gaussian blur (reduced chi2 1.29 at 0.2, 1.09 at 0.35: the guard's 1.1).
+# A profile may carry its own lambda, fitted the same way to its forward model
+# (``pnp_prior_weight``, scripts/calibrate_prior_weight.py): sim-gos134 0.2, the YAG profiles 0.1.
 # The prior is told the data step's actual error level ("effective", :meth:`DataStep.
 # residual_sigma`), not the schedule's s, because the data step's error is deconvolved noise.
 # Empirical Wiener stage, chosen on the same training families (pcb, dead leaves, fibres, charts,
