@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xinstrument.profiles import ProfileError, find_profile  # noqa: E402
-from xinstrument.restoration.pnp import PNP_DEFAULTS, check_physics, pnp_restore  # noqa: E402
+from xinstrument.profiles import ProfileError, find_profile
+from xinstrument.restoration.pnp import PNP_DEFAULTS, check_physics, pnp_restore
 
 DEFAULT_WEIGHTS = (0.07, 0.1, 0.15, 0.2, 0.3)
 # 1: calibration dose; 0.145-0.2: the operating points of the shipped profiles (input SSIM 0.75)
