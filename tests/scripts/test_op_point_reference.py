@@ -73,8 +73,20 @@ def test_training_lowers_the_loss_and_starts_from_the_wiener_filter(setup):
     (["--size-px", "64", "--patch-px", "96"], "larger than the frames"),
     (["--profiles", "no-such-profile"], "no-such-profile"),
     (["--seed", "70"], "validation block"),
+    (["--families", "pcb,siemens_star"], "held-out families ['siemens_star'] may not be used"),
+    (["--families", ","], "--families: no family named"),
 ])
 def test_bad_options_get_a_clear_error(argv, words, capsys):
     with pytest.raises(SystemExit):
         ref.parse(argv)
     assert words in capsys.readouterr().err
+
+
+def test_pool_takes_the_named_families_in_turn(setup):
+    seeds = ref.TRAIN_SEED_BASE + np.arange(2)
+    pcb = ref.render_truths(setup.bench, SIZE_PX, seeds)
+    mixed = ref.render_truths(setup.bench, SIZE_PX, seeds, ("pcb", "fibres"))
+    assert mixed.shape == pcb.shape == (2, SIZE_PX, SIZE_PX)
+    np.testing.assert_array_equal(mixed[0], pcb[0])      # seed 0: the PCB in both
+    assert np.abs(mixed[1] - pcb[1]).max() > 0.05        # seed 1: a fibre sample, not a PCB
+    assert ref.parse(["--families", "pcb, fibres"]).family_list == ("pcb", "fibres")
