@@ -36,8 +36,6 @@ def test_bench_frames_and_dose_are_the_family_benchmarks(setup):
 
 
 def test_training_lowers_the_loss_and_starts_from_the_wiener_filter(setup):
-    from xinstrument.sim.families import EVAL_SEED_BASE
-
     pool = ref.render_truths(setup.bench, SIZE_PX, ref.TRAIN_SEED_BASE + np.arange(6))
     frames = ref.bench_frames(setup, SIZE_PX, n=2)
     # the untrained network (zero head) is the Wiener filter exactly
@@ -64,8 +62,6 @@ def test_training_lowers_the_loss_and_starts_from_the_wiener_filter(setup):
     for row in rec["curve"]:
         assert math.isfinite(row["bench"]["ssim"]) and math.isfinite(row["bench"]["psnr_db"])
     assert rec["curve"][0]["bench"] == ref.evaluate(None, setup, [frames])["bench"]
-    # training truths stay below every evaluation seed
-    assert ref.TRAIN_SEED_BASE + ref.POOL_SEED_STRIDE * 70 <= ref.VALIDATION_SEED_BASE < EVAL_SEED_BASE
 
 
 @pytest.mark.parametrize("argv, words", [
