@@ -115,27 +115,18 @@ class EvalSet:
     hr: np.ndarray       # thin-screen truths
 
 
+def pcb_frames(st: Setup, name: str, size_px: int, n: int, seed: int) -> EvalSet:
+    """``n`` PCB frames from ``seed`` at the operating-point dose, as the bench makes them."""
+    from xinstrument.sim.families import measurement_pairs
+    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, seed, dose_ratio=st.dose, bench=st.bench)
+    return EvalSet(name, lr, hr)
+
+
 def bench_frames(st: Setup, size_px: int, n: int = 3) -> EvalSet:
     """The PCB frames of ``family_benchmark(..., operating_point=True)``: same seeds, same
     ``measurement_pairs`` call (its noise generator is seeded with the first frame's seed)."""
-    from xinstrument.sim.families import EVAL_SEED_BASE, FAMILIES, measurement_pairs
-    seed = EVAL_SEED_BASE + 1000 * (FAMILIES.index("pcb") + 1)
-    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, seed, dose_ratio=st.dose, bench=st.bench)
-    return EvalSet("bench", lr, hr)
-
-
-def extra_frames(st: Setup, size_px: int, n: int) -> EvalSet:
-    from xinstrument.sim.families import EVAL_SEED_BASE, measurement_pairs
-    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, EVAL_SEED_BASE + EXTRA_EVAL_SEED,
-                               dose_ratio=st.dose, bench=st.bench)
-    return EvalSet("held_out", lr, hr)
-
-
-def validation_frames(st: Setup, size_px: int, n: int) -> EvalSet:
-    from xinstrument.sim.families import measurement_pairs
-    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, VALIDATION_SEED_BASE,
-                               dose_ratio=st.dose, bench=st.bench)
-    return EvalSet("validation", lr, hr)
+    from xinstrument.sim.families import EVAL_SEED_BASE, FAMILIES
+    return pcb_frames(st, "bench", size_px, n, EVAL_SEED_BASE + 1000 * (FAMILIES.index("pcb") + 1))
 
 
 def restore(model: torch.nn.Module | None, st: Setup, lr: np.ndarray) -> np.ndarray:
@@ -245,8 +236,10 @@ def run_profile(name: str, a, log) -> dict:
         f"{st.input_ssim_at_dose:.4f} on the dose-calibration frames)")
     pool_seeds = TRAIN_SEED_BASE + POOL_SEED_STRIDE * a.seed + np.arange(a.pool)
     pool = render_truths(st.bench, a.size_px, pool_seeds, a.family_list)
-    sets = [bench_frames(st, a.size_px), extra_frames(st, a.size_px, a.extra_frames),
-            validation_frames(st, a.size_px, a.validation_frames)]
+    from xinstrument.sim.families import EVAL_SEED_BASE
+    sets = [bench_frames(st, a.size_px),
+            pcb_frames(st, "held_out", a.size_px, a.extra_frames, EVAL_SEED_BASE + EXTRA_EVAL_SEED),
+            pcb_frames(st, "validation", a.size_px, a.validation_frames, VALIDATION_SEED_BASE)]
     refs = {"thick input": {s.name: score(s.lr, s.hr) for s in sets},
             "wiener": evaluate(None, st, sets)}
     for k, v in refs.items():
