@@ -80,9 +80,8 @@ class Setup:
 
     def wiener(self, frames: torch.Tensor) -> torch.Tensor:
         """The bench's Wiener (same curves and dose) on (B, H, W) frames."""
-        from xinstrument.restoration import wiener
-        p = self.profile
-        return wiener(frames, p.frequency_cy_per_px, p.mtf_ratio, p.nnps_lr, dose_ratio=self.dose)
+        from xinstrument.restoration.specialist import wiener_at_dose
+        return wiener_at_dose(self.phys, frames, self.dose)
 
 
 def load_setup(name: str, size_px: int) -> Setup:
@@ -153,80 +152,20 @@ def evaluate(model, st: Setup, sets: list[EvalSet]) -> dict[str, dict[str, float
     return {s.name: score(restore(model, st, s.lr), s.hr) for s in sets}
 
 
-def make_batch(st: Setup, pool: np.ndarray, rng: np.random.Generator, gen: torch.Generator,
-               batch: int, patch_px: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random pool frames, rotated / flipped, degraded whole at the dose (fresh noise), Wiener
-    filtered whole, then one random patch each: ([Wiener, thick] (B, 2, p, p), truth (B, 1, p, p))."""
-    idx = rng.integers(len(pool), size=batch)
-    hr = np.stack([np.rot90(pool[i], int(rng.integers(4)))[:, ::-1 if rng.random() < 0.5 else 1]
-                   for i in idx]).astype(np.float32)
-    hr_t = torch.from_numpy(np.ascontiguousarray(hr))
-    with torch.no_grad():
-        lr = st.phys.degrade(hr_t, gen, st.dose)
-        w = st.wiener(lr)
-    size = hr.shape[-1]
-    xs, ts = [], []
-    for k in range(batch):
-        y0, x0 = (int(v) for v in rng.integers(size - patch_px + 1, size=2))
-        sl = (k, slice(y0, y0 + patch_px), slice(x0, x0 + patch_px))
-        xs.append(torch.stack([w[sl], lr[sl]]))
-        ts.append(hr_t[sl][None])
-    return torch.stack(xs), torch.stack(ts)
-
-
-def build_network(base_channels: int, depth: int) -> torch.nn.Module:
-    from xinstrument.restoration.networks import UNet
-    torch.manual_seed(0)
-    return UNet(in_channels=2, out_channels=1, base_channels=base_channels, depth=depth,
-                residual=True)
-
-
 def train(st: Setup, pool: np.ndarray, *, steps: int, batch: int, patch_px: int, seed: int,
           base_channels: int = 24, depth: int = 3, lr: float = 1e-3, eval_every: int = 0,
-          sets: list[EvalSet] | None = None, log=None) -> tuple[torch.nn.Module, dict]:
-    """Adam on the MSE, cosine-decayed learning rate, gradients clipped at norm 1. Returns the
-    model and a record: losses (mean of each ``eval_every`` block) and the curve of scores."""
-    say = log or (lambda m: None)
-    model = build_network(base_channels, depth)
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 20)
-    rng = np.random.default_rng([seed, 1])
-    gen = torch.Generator().manual_seed(seed + 17)
-    curve, losses, block = [], [], []
+          sets: list[EvalSet] | None = None, dose_range: tuple[float, float] | None = None,
+          log=None) -> tuple[torch.nn.Module, dict]:
+    """:func:`xinstrument.restoration.specialist.train_specialist` at the operating-point dose
+    (or over ``dose_range``), scored on ``sets`` every ``eval_every`` steps."""
+    from xinstrument.restoration.specialist import train_specialist
     sets = sets or []
-    t_train = 0.0
-    if sets and eval_every:
-        curve.append({"step": 0, **evaluate(model, st, sets)})
-        say(_fmt(curve[-1], None, 0.0))
-    for step in range(1, steps + 1):
-        t0 = time.perf_counter()
-        x, t = make_batch(st, pool, rng, gen, batch, patch_px)
-        loss = torch.mean((model(x) - t) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        t_train += time.perf_counter() - t0
-        block.append(loss.item())
-        if eval_every and (step % eval_every == 0 or step == steps):
-            losses.append(float(np.mean(block)))
-            block = []
-            if sets:
-                curve.append({"step": step, "train_mse": losses[-1], **evaluate(model, st, sets)})
-                say(_fmt(curve[-1], losses[-1], t_train))
-    return model, {"train_s": t_train, "loss_blocks": losses, "curve": curve}
-
-
-def _fmt(row: dict, loss: float | None, t_s: float) -> str:
-    parts = [f"step {row['step']:>5}", f"{t_s:7.0f} s"]
-    if loss is not None:
-        parts.append(f"mse {loss:.3e}")
-    for k, v in row.items():
-        if isinstance(v, dict):
-            parts.append(f"{k} SSIM {v['ssim']:.4f} PSNR {v['psnr_db']:.2f}")
-    return "  ".join(parts)
+    return train_specialist(st.phys, pool, dose_range or (st.dose, st.dose), steps=steps,
+                            batch=batch, patch_px=patch_px, seed=seed,
+                            base_channels=base_channels, depth=depth, lr=lr,
+                            eval_every=eval_every,
+                            evaluate=(lambda m: evaluate(m, st, sets)) if sets else None,
+                            log=log)
 
 
 def run_profile(name: str, a, log) -> dict:

@@ -101,7 +101,8 @@ class FamilyBench:
     bounds: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
 
 
-def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None
+def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None,
+                 specialist_dose: float | None = None
                  ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     from skimage import restoration as skr
 
@@ -119,6 +120,10 @@ def _methods_for(profile: Any, phys: Any, dose: float, wanted: list[str] | None
         "pnp_hqs": lambda x: pnp_restore(x, profile, dose_ratio=dose),
         "dc_diffusion": lambda x: dc_diffusion_restore(x, profile, dose_ratio=dose),
     }
+    if "specialist_pcb" in available_methods(profile):
+        from .restoration.specialist import specialist_restore
+        d_spec = dose if specialist_dose is None else specialist_dose
+        out["specialist_pcb"] = lambda x: specialist_restore(x, profile, dose_ratio=d_spec)
     for m in available_methods(profile):
         # the physics-in-the-loop methods above are told the frames' dose; a Restorer here
         # would restore them at the profile's calibration dose
@@ -415,7 +420,15 @@ def speed_table(profile: Any, size_px: int = 2048, methods: list[str] | None = N
     say = progress or (lambda m: None)
     phys = check_physics(profile, "the speed benchmark")
     # the references every ratio is printed against are timed whatever methods are chosen
-    fns = _methods_for(profile, phys, 1.0, [*methods, *SPEED_REFERENCES] if methods else None)
+    from .restoration import available_methods
+    spec_dose = None
+    if "specialist_pcb" in available_methods(profile):
+        # its speed does not depend on the dose; timed inside the range it was trained for
+        from .restoration.specialist import load_specialist
+        lo, hi = load_specialist(profile).dose_ratio_range
+        spec_dose = math.sqrt(lo * hi)
+    fns = _methods_for(profile, phys, 1.0, [*methods, *SPEED_REFERENCES] if methods else None,
+                       specialist_dose=spec_dose)
     fns.pop("LR input", None)
     rng = np.random.default_rng(3)
     frame = (0.6 + 0.02 * rng.standard_normal((size_px, size_px))).astype(np.float32)

@@ -12,6 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import op_point_reference as ref
 
+from xinstrument.restoration.specialist import build_network, make_batch
+
 SIZE_PX = 32
 PROFILE = "sim-yag200-5x"
 
@@ -39,12 +41,12 @@ def test_training_lowers_the_loss_and_starts_from_the_wiener_filter(setup):
     pool = ref.render_truths(setup.bench, SIZE_PX, ref.TRAIN_SEED_BASE + np.arange(6))
     frames = ref.bench_frames(setup, SIZE_PX, n=2)
     # the untrained network (zero head) is the Wiener filter exactly
-    untrained = ref.build_network(8, 2)
+    untrained = build_network(8, 2)
     np.testing.assert_allclose(ref.restore(untrained, setup, frames.lr),
                                ref.restore(None, setup, frames.lr), atol=1e-6)
 
-    x, t = ref.make_batch(setup, pool, np.random.default_rng(99), torch.Generator().manual_seed(99),
-                          8, 24)
+    x, t = make_batch(setup.phys, pool, np.random.default_rng(99),
+                      torch.Generator().manual_seed(99), 8, 24, setup.dose)
     assert x.shape == (8, 2, 24, 24) and t.shape == (8, 1, 24, 24)
 
     def fixed_mse(model):

@@ -76,13 +76,15 @@ def add_dose_options(p: argparse.ArgumentParser) -> None:
     """--frames-averaged and --dose-ratio of ``restore`` and ``batch restore``."""
     p.add_argument("--frames-averaged", type=positive_int, default=None, metavar="N",
                    help="exposures averaged into every projection, instead of the file's "
-                        "frames_averaged (wiener, pnp_hqs, dc_diffusion: the frame's dose)")
+                        "frames_averaged (wiener, pnp_hqs, dc_diffusion, specialist_pcb: the "
+                        "frame's dose)")
     p.add_argument("--dose-ratio", type=positive_float, default=None, metavar="R",
                    help="one exposure's dose: detected quanta per pixel of its flat over the "
                         "profile's nnps_mean_signal, for every projection, instead of the one "
                         "measured from the flat that corrected it (profiles with "
                         "nnps_adu_per_quantum) or the digital twin's at the file's exposure, "
-                        "voltage and current (wiener, pnp_hqs, dc_diffusion); multiplied by "
+                        "voltage and current (wiener, pnp_hqs, dc_diffusion, specialist_pcb); "
+                        "multiplied by "
                         "the frames averaged")
 
 

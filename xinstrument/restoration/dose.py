@@ -39,9 +39,10 @@ __all__ = ["DOSE_METHODS", "DoseMetadataError", "DosePlan", "FlatReference", "ch
            "restore_with_dose", "twin_flat_dose_ratio"]
 
 # Restorers whose noise model takes the frame's dose (``dose_ratio=`` of classical.wiener,
-# pnp.pnp_restore, dc_diffusion.dc_diffusion_restore); the fidelity calibration restores its
-# frames with their dose times the frames averaged (bench_fidelity.restore_all).
-DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion")
+# pnp.pnp_restore, dc_diffusion.dc_diffusion_restore, specialist.specialist_restore); the
+# fidelity calibration restores its frames with their dose times the frames averaged
+# (bench_fidelity.restore_all).
+DOSE_METHODS = ("wiener", "pnp_hqs", "dc_diffusion", "specialist_pcb")
 
 
 class DoseMetadataError(ValueError):

@@ -31,7 +31,11 @@ METHOD_CONFIGS: dict[str, dict[str, int | bool]] = {
     "sde": {"in_channels": 2, "time_conditioning": True, "residual": True},
     "sr3": {"in_channels": 2, "time_conditioning": True, "residual": False},
 }
-_METHOD_IDS = {name: i for i, name in enumerate(METHOD_CONFIGS)}
+# Methods whose networks are trained elsewhere but stored in the same format: the sample-class
+# specialists (restoration.specialist; inputs [Wiener output, thick frame], residual).
+_OTHER_WEIGHT_METHODS = ("specialist_pcb",)
+_WEIGHT_METHODS = (*METHOD_CONFIGS, *_OTHER_WEIGHT_METHODS)
+_METHOD_IDS = {name: i for i, name in enumerate(_WEIGHT_METHODS)}
 _WEIGHTS_FORMAT = 1
 _META = "meta."
 # Time in [0, 1] is scaled to the 0..1000 range of DDPM step indices before the sinusoidal
@@ -192,7 +196,7 @@ def unet_from_weights(state: dict[str, torch.Tensor]) -> tuple[UNet, str]:
         meta = {k[len(_META):]: int(v) for k, v in state.items() if k.startswith(_META)}
         if meta.get("format") != _WEIGHTS_FORMAT:
             raise ValueError(f"weights format {meta.get('format')!r}, expected {_WEIGHTS_FORMAT}")
-        method = list(METHOD_CONFIGS)[meta["method_id"]]
+        method = _WEIGHT_METHODS[meta["method_id"]]
         model = UNet(
             in_channels=meta["in_channels"],
             out_channels=meta["out_channels"],

@@ -172,5 +172,10 @@ for _spec in (
                description="data-consistent diffusion (DiffPIR): shared denoiser prior, MTF "
                            "ratio and NNPS proximal step; several samples give a per-pixel "
                            "spread"),
+    # opt-in: a network that knows the sample class, trained per profile and dose range by
+    # scripts/train_specialist.py; it paints circuit-board structure into other samples
+    MethodSpec("specialist_pcb", "regression", needs_weights=True, needs_nnps=True,
+               description="PCB specialist: Wiener, then a U-Net trained on circuit boards for "
+                           "this detector and dose range (opt-in: not for other samples)"),
 ):
     register(_spec)

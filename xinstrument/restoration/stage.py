@@ -58,14 +58,18 @@ log = logging.getLogger(__name__)
 
 # The method table lives in .registry; these tuples are views of it for existing callers.
 CLASSICAL_METHODS = registry.methods("classical")
-LEARNED_METHODS = registry.methods(("regression", "diffusion"))
+# Methods implemented as one function ``fn(frames, profile, **options)`` of their own module
+# (sibling of this one), run whole-frame on the stage's device; the plug-and-play ones also get
+# the shared denoiser (``denoiser=``), the specialist its loaded weights and the stage's tiling.
+FUNCTION_METHODS = {"pnp_hqs": ("pnp", "pnp_restore"),
+                    "dc_diffusion": ("dc_diffusion", "dc_diffusion_restore"),
+                    "specialist_pcb": ("specialist", "specialist_restore")}
+# Networks the stage builds from profile weights and runs through the samplers.
+LEARNED_METHODS = tuple(m for m in registry.methods(("regression", "diffusion"))
+                        if m not in FUNCTION_METHODS)
 # Super-resolution networks, one per trained factor (superres.SR_FACTORS).
 SR_METHODS = registry.methods("super_resolution")
 METHODS = registry.methods()            # every shipped method, in the registry's order
-# Methods implemented as one function ``fn(frames, profile, *, denoiser=..., **options)`` of
-# their own module (sibling of this one), run whole-frame on the stage's device.
-FUNCTION_METHODS = {"pnp_hqs": ("pnp", "pnp_restore"),
-                    "dc_diffusion": ("dc_diffusion", "dc_diffusion_restore")}
 MIN_TILE_PX = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,7 +153,8 @@ def tiled_apply(
     fixed_batch: bool = False,
 ) -> torch.Tensor:
     """Apply an image-to-image ``fn`` ((N, h, w) -> (N, scale h, scale w)) on overlapping tiles
-    of (B, H, W) frames and blend the results with raised-cosine weights.
+    of (B, H, W) frames and blend the results with raised-cosine weights. Frames of several
+    channels (B, C, H, W) are tiled alike in every channel: ``fn`` then gets (N, C, h, w).
 
     Tiles are ``tile`` x ``tile`` (clipped to the frame; the last row/column of tiles is moved
     inward, so every tile has the same shape), neighbours overlap by ``overlap`` px, and
@@ -162,7 +167,9 @@ def tiled_apply(
     if tile < 1 or overlap < 0 or overlap >= tile or batch < 1 or scale < 1:
         raise ValueError(f"need tile >= 1, 0 <= overlap < tile, batch >= 1, scale >= 1; got "
                          f"{tile}, {overlap}, {batch}, {scale}")
-    b, h, w = frames.shape
+    if frames.ndim not in (3, 4):
+        raise ValueError(f"frames must be (B, H, W) or (B, C, H, W), got {tuple(frames.shape)}")
+    b, h, w = frames.shape[0], frames.shape[-2], frames.shape[-1]
     th, tw = min(tile, h), min(tile, w)
     ys, xs, wts, inv_norm = _tile_plan(h, w, th, tw, overlap, scale, str(frames.device))
     f = scale
@@ -171,12 +178,12 @@ def tiled_apply(
     jobs = [(i, a, c) for i in range(b) for a in range(len(ys)) for c in range(len(xs))]
     for k in range(0, len(jobs), batch):
         chunk = jobs[k:k + batch]
-        tiles = [frames[i, ys[a]:ys[a] + th, xs[c]:xs[c] + tw] for i, a, c in chunk]
+        tiles = [frames[i, ..., ys[a]:ys[a] + th, xs[c]:xs[c] + tw] for i, a, c in chunk]
         if fixed_batch and len(tiles) < batch:
             tiles += [tiles[-1]] * (batch - len(tiles))
         tiles_t = torch.stack(tiles)
         res = fn(tiles_t).to(frames.dtype)
-        want = (tiles_t.shape[0], f * th, f * tw)
+        want = (tiles_t.shape[0], f * th, f * tw)     # one output channel
         if tuple(res.shape) != want:
             raise RuntimeError(f"tile function returned shape {tuple(res.shape)} for "
                                f"{tuple(tiles_t.shape)} (expected {want})")
@@ -327,6 +334,7 @@ class Restorer:
                 f"profile {getattr(profile, 'name', '?')!r} has no NNPS; {method!r} needs it"
                 " (use 'inverse' or 'richardson_lucy')"
             )
+        self._fn_kwargs: dict[str, Any] = {}
         if method in LEARNED_METHODS:
             self._load_model()
         elif factor is not None:
@@ -342,11 +350,24 @@ class Restorer:
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
             self._fn = getattr(mod, name)
-            from .denoiser import load_denoiser
-            self._denoiser = load_denoiser(device=self.device)
+            self._fn_kwargs = self._function_kwargs(self.device)
         except (ImportError, AttributeError, OSError, FileNotFoundError) as exc:
             raise ValueError(f"restoration method {self.method!r} is not available here: "
                              f"{type(exc).__name__}: {exc}") from exc
+
+    def _function_kwargs(self, device: torch.device | str) -> dict[str, Any]:
+        """What a function method needs beside the frames, on ``device``: the shared denoiser
+        (plug-and-play) or the profile's specialist weights (checked against the profile and
+        the dose option here, so a mismatch is refused before any frame)."""
+        if registry.get(self.method).kind == "plug_and_play":
+            from .denoiser import load_denoiser
+            return {"denoiser": load_denoiser(device=device)}
+        from .specialist import load_specialist
+        spec = copy.copy(load_specialist(self.profile, self.method))
+        spec.model = copy.deepcopy(spec.model).to(device)
+        dose = self.options.get("dose_ratio")     # None: given per frame (restore_with_dose)
+        spec.check(self.profile, None if dose is None else float(dose))
+        return {"specialist": spec, "method": self.method}
 
     def _compile(self, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
         mode = self.compile_mode
@@ -457,7 +478,10 @@ class Restorer:
         fixed = self._compiled
         if self._fn is not None:
             with self._autocast(precision):
-                return self._fn(x, self.profile, denoiser=self._denoiser, **self.options).float()
+                kw = dict(self._fn_kwargs)
+                if "specialist" in kw:
+                    kw.update(tile=self.tile, overlap=self.overlap, batch=self.batch)
+                return self._fn(x, self.profile, **kw, **self.options).float()
         if self._sr is not None:
             runner = self._runner
 
@@ -547,8 +571,7 @@ class Restorer:
             self._runner = self._sr.model
             self._compiled = False
         elif self._fn is not None:
-            from .denoiser import load_denoiser
-            self._denoiser = load_denoiser(device=self.device)
+            self._fn_kwargs = self._function_kwargs(self.device)
         elif self._model is not None:
             self._model.to(self.device)
             self._runner = self._model
@@ -574,7 +597,8 @@ class Restorer:
                 break
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                if (self.method in LEARNED_METHODS or self._sr is not None) \
+                if (self.method in LEARNED_METHODS or self._sr is not None
+                        or "specialist" in self._fn_kwargs) \
                         and self.tile // 2 >= MIN_TILE_PX:
                     self.tile //= 2
                     self.overlap = min(self.overlap, self.tile // 4)
@@ -749,9 +773,9 @@ class Restorer:
             if self.method in CLASSICAL_METHODS:
                 out = self._classical(x)
             elif self._fn is not None:
-                # the shared denoiser runs in float32 by construction: a CPU float32 reference
-                from .denoiser import load_denoiser
-                out = self._fn(x.float(), self.profile, denoiser=load_denoiser(device="cpu"),
+                # the shared denoiser and the specialist run in float32 by construction: a CPU
+                # float32 reference
+                out = self._fn(x.float(), self.profile, **self._function_kwargs("cpu"),
                                **self.options)
             else:
                 ref_model = _float64_model(self._model)
