@@ -240,9 +240,20 @@ def parse(argv=None):
         a.family_list = check_training_families(names)
     except ValueError as exc:
         ap.error(f"--families: {exc}")
+    check_training_options(ap, a, ("extra_frames", "validation_frames"))
+    if a.out is not None and not a.out.parent.is_dir():
+        ap.error(f"--out: folder {a.out.parent} does not exist")
+    for name in a.profile_list:
+        check_profile(ap, name, "--profiles")
+    return a
+
+
+def check_training_options(ap: argparse.ArgumentParser, a, counts: tuple[str, ...] = ()) -> None:
+    """``ap.error`` for a bad value of the training options this script shares with
+    train_specialist.py (and of the further counts named in ``counts``, each >= 1)."""
     for key, lo in (("steps", 1), ("size_px", 32), ("patch_px", 16), ("batch", 1), ("pool", 1),
-                    ("extra_frames", 1), ("validation_frames", 1), ("base_channels", 1),
-                    ("depth", 1), ("eval_every", 1), ("seed", 0), ("threads", 1)):
+                    ("base_channels", 1), ("depth", 1), ("eval_every", 1), ("seed", 0),
+                    ("threads", 1), *((c, 1) for c in counts)):
         if getattr(a, key) < lo:
             ap.error(f"--{key.replace('_', '-')} must be >= {lo}, got {getattr(a, key)}")
     if a.patch_px > a.size_px:
@@ -254,15 +265,14 @@ def parse(argv=None):
                  f"use a seed < {(VALIDATION_SEED_BASE - TRAIN_SEED_BASE) // POOL_SEED_STRIDE}")
     if not (math.isfinite(a.lr) and a.lr > 0):
         ap.error(f"--lr must be a finite number > 0, got {a.lr}")
-    if a.out is not None and not a.out.parent.is_dir():
-        ap.error(f"--out: folder {a.out.parent} does not exist")
+
+
+def check_profile(ap: argparse.ArgumentParser, name: str, option: str) -> None:
     from xinstrument.profiles import ProfileError, find_profile
-    for name in a.profile_list:
-        try:
-            find_profile(name)
-        except ProfileError as exc:
-            ap.error(f"--profiles: {exc}")
-    return a
+    try:
+        find_profile(name)
+    except ProfileError as exc:
+        ap.error(f"{option}: {exc}")
 
 
 def main(argv=None) -> int:

@@ -57,28 +57,12 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dry-run", action="store_true", help="train and report, write nothing")
     a = ap.parse_args(argv)
-    for key, lo in (("steps", 1), ("pool", 1), ("size_px", 32), ("patch_px", 16), ("batch", 1),
-                    ("base_channels", 1), ("depth", 1), ("validation_frames", 1),
-                    ("eval_every", 1), ("seed", 0), ("threads", 1)):
-        if getattr(a, key) < lo:
-            ap.error(f"--{key.replace('_', '-')} must be >= {lo}, got {getattr(a, key)}")
-    if a.patch_px > a.size_px:
-        ap.error(f"--patch-px {a.patch_px} is larger than the frames (--size-px {a.size_px})")
+    ref.check_training_options(ap, a, ("validation_frames",))
     if a.dose_ratio is not None and not (math.isfinite(a.dose_ratio) and a.dose_ratio > 0):
         ap.error(f"--dose-ratio must be a finite number > 0, got {a.dose_ratio}")
     if not (math.isfinite(a.dose_spread) and a.dose_spread >= 1):
         ap.error(f"--dose-spread must be a finite number >= 1, got {a.dose_spread}")
-    if not (math.isfinite(a.lr) and a.lr > 0):
-        ap.error(f"--lr must be a finite number > 0, got {a.lr}")
-    if a.pool > ref.POOL_SEED_STRIDE:
-        ap.error(f"--pool must be <= {ref.POOL_SEED_STRIDE}")
-    if ref.TRAIN_SEED_BASE + ref.POOL_SEED_STRIDE * (a.seed + 1) > ref.VALIDATION_SEED_BASE:
-        ap.error(f"--seed {a.seed}: its training seeds would reach the validation block")
-    from xinstrument.profiles import ProfileError, find_profile
-    try:
-        find_profile(a.profile)
-    except ProfileError as exc:
-        ap.error(f"--profile: {exc}")
+    ref.check_profile(ap, a.profile, "--profile")
     return a
 
 
