@@ -194,7 +194,14 @@ def main(argv=None) -> int:
           "(the profile's NNPS is the temporal one: fixed pattern removed, as flat-field "
           "correction removes it)")
     print(f"calibrated tolerances: {prof.fidelity_tolerance or 'none'}")
-    methods = available_methods(prof)
+    from xinstrument.restoration.specialist import dose_refusal
+    methods = []
+    for m in available_methods(prof):
+        why = dose_refusal(prof, m, 1.0)     # restored as at the calibration dose below
+        if why:
+            print(f"{m}: not run: {why}")
+        else:
+            methods.append(m)
     restorers = {m: Restorer(prof, m, device=a.device) for m in methods}
     guards = {"calibrated tolerance": FidelityGuard(prof, a.tile_px, a.false_alarm_rate,
                                                     device=a.device),

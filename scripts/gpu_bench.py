@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 import torch
 
 from xinstrument.restoration import registry
+from xinstrument.restoration.specialist import trained_dose_ratio
 from xinstrument.restoration.stage import (
     AMP_MAX_REL_RMS,
     CLASSICAL_METHODS,
@@ -186,9 +187,13 @@ def make_restorer(method: str, profile, device: torch.device, precision: str, ar
         steps = 8
     elif args.quick and registry.get(method).kind == "diffusion":
         steps = 2           # the CPU check of the script, not a figure of the method
+    # a specialist runs only inside the dose range it was trained for; its speed is the same
+    # at every dose
+    dose = trained_dose_ratio(profile, method)
     return Restorer(profile, method, device=device, steps=steps, tile=args.tile,
                     overlap=args.overlap, batch=args.tile_batch, precision=precision,
-                    compile_mode=args.compile_mode)
+                    compile_mode=args.compile_mode,
+                    options=None if dose is None else {"dose_ratio": dose})
 
 
 def correctness(r: Restorer, rng: np.random.Generator, args, device: torch.device,

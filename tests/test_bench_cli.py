@@ -37,6 +37,15 @@ def test_restoration_bench_scores_methods_against_input_and_skimage():
         assert rows[m].fps["128"] > 0 and "vs skimage" in rows[m].speed_note
 
 
+def test_a_specialist_outside_its_dose_range_is_listed_as_not_run():
+    # the PCB test set is at the calibration dose; the shipped specialist is trained at ~0.15
+    res = restoration_benchmark(find_profile("sim-gos134"), n_test=1, size_px=64, speed_px=64,
+                                methods=["wiener", "specialist_pcb"], reps=1)
+    assert [r.method for r in res.rows][-1] == "wiener"
+    assert len(res.skipped) == 1 and res.skipped[0].startswith("specialist_pcb (dose ratio 1 ")
+    assert "outside the range" in res.skipped[0]
+
+
 def test_bench_restoration_command_prints_a_table(capsys):
     assert main(["bench", "restoration", "--profile", "sim-gos134", "--method", "inverse",
                  "--n-test", "1", "--size", "64", "--speed-px", "64"]) == 0

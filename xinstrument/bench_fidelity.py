@@ -159,13 +159,16 @@ def cached_set(profile: Any, family: str, frames_averaged: int, size_px: int, n_
 
 
 def bench_methods(profile: Any, only: list[str] | None = None) -> list[str]:
-    """Deblurring methods of ``profile`` (same grid as the measurement)."""
+    """Deblurring methods of ``profile`` (same grid as the measurement). The sample-class
+    specialists only when named in ``only``: they are trained for a dose range of their own,
+    not the calibration conditions these frames are taken at (they refuse other doses)."""
     from .restoration import registry
+    from .restoration.specialist import SPECIALIST_FAMILIES
 
     methods = [m for m in registry.available(profile) if registry.scale_of(m) == 1]
     if only:
-        methods = [m for m in methods if m in only]
-    return methods
+        return [m for m in methods if m in only]
+    return [m for m in methods if m not in SPECIALIST_FAMILIES]
 
 
 def restore_all(profile: Any, method: str, frames: list[FamilyFrame], device: str = "cpu"

@@ -371,25 +371,25 @@ def format_family_table(b: FamilyBench) -> str:
               f"(held-out seeds); truth = noise-free thin screen"), *b.notes,
              "held-out families: " + ", ".join(b.held_out), ""]
     meths = list(b.methods)
-    head = f"{'family':<16} {'metric':<8} " + " ".join(f"{m[:13]:>13}" for m in meths)
+    head = f"{'family':<16} {'metric':<8} " + " ".join(f"{m[:14]:>14}" for m in meths)
     lines.append(head)
     for fam in b.families:
         tag = fam + (" *" if fam in HELD_OUT_FAMILIES else "")
-        for key, lab, fmt in (("psnr_db", "PSNR", "{:13.2f}"), ("ssim", "SSIM", "{:13.4f}"),
-                              ("hf_psd_gain", "HF PSD x", "{:13.2f}")):
+        for key, lab, fmt in (("psnr_db", "PSNR", "{:14.2f}"), ("ssim", "SSIM", "{:14.4f}"),
+                              ("hf_psd_gain", "HF PSD x", "{:14.2f}")):
             vals = []
             for m in meths:
                 v = b.methods[m].per_family.get(fam, {}).get(key)
-                vals.append(fmt.format(v) if v is not None else f"{'-':>13}")
+                vals.append(fmt.format(v) if v is not None else f"{'-':>14}")
             extra = f"   truth x{b.truth_hf_gain[fam]:.2f}" if key == "hf_psd_gain" else ""
             lines.append(f"{tag if lab == 'PSNR' else '':<16} {lab:<8} " + " ".join(vals) + extra)
     lines.append("")
-    for key, lab, fmt in (("mtf50_gain", "MTF50 x", "{:13.2f}"),
-                          ("nnps_hf_ratio", "NNPS_HF x", "{:13.2f}"),
-                          ("periodic_peak", "peak/flr", "{:13.2f}"),
-                          ("anisotropy", "axis/diag", "{:13.2f}"),
-                          ("reduced_chi2", "chi2_red", "{:13.3f}"),
-                          ("seconds_per_frame", "s/frame", "{:13.3f}")):
+    for key, lab, fmt in (("mtf50_gain", "MTF50 x", "{:14.2f}"),
+                          ("nnps_hf_ratio", "NNPS_HF x", "{:14.2f}"),
+                          ("periodic_peak", "peak/flr", "{:14.2f}"),
+                          ("anisotropy", "axis/diag", "{:14.2f}"),
+                          ("reduced_chi2", "chi2_red", "{:14.3f}"),
+                          ("seconds_per_frame", "s/frame", "{:14.3f}")):
         vals = [fmt.format(getattr(b.methods[m], key)) for m in meths]
         lines.append(f"{'all':<16} {lab:<8} " + " ".join(vals))
     for m in meths:
@@ -398,7 +398,8 @@ def format_family_table(b: FamilyBench) -> str:
     for fam, rows in b.bounds.items():
         lines.append("")
         lines.append(f"references on the {fam} frames (they know the truth; neither methods nor "
-                     "bounds: scripts/op_point_reference.py fits a nonlinear one to a family):")
+                     "bounds: a network trained on the family, as specialist_pcb, can pass "
+                     "them):")
         for k, (p_db, s_, hf) in rows.items():
             lines.append(f"  {k:<56} PSNR {p_db:6.2f}  SSIM {s_:.4f}  HF PSD {hf:.2f} of "
                          "truth's")
@@ -421,12 +422,10 @@ def speed_table(profile: Any, size_px: int = 2048, methods: list[str] | None = N
     phys = check_physics(profile, "the speed benchmark")
     # the references every ratio is printed against are timed whatever methods are chosen
     from .restoration import available_methods
-    spec_dose = None
-    if "specialist_pcb" in available_methods(profile):
-        # its speed does not depend on the dose; timed inside the range it was trained for
-        from .restoration.specialist import load_specialist
-        lo, hi = load_specialist(profile).dose_ratio_range
-        spec_dose = math.sqrt(lo * hi)
+    from .restoration.specialist import trained_dose_ratio
+    # its speed does not depend on the dose; timed inside the range it was trained for
+    spec_dose = (trained_dose_ratio(profile, "specialist_pcb")
+                 if "specialist_pcb" in available_methods(profile) else None)
     fns = _methods_for(profile, phys, 1.0, [*methods, *SPEED_REFERENCES] if methods else None,
                        specialist_dose=spec_dose)
     fns.pop("LR input", None)

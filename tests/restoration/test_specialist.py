@@ -121,6 +121,7 @@ def test_dose_outside_the_trained_range_is_refused_naming_it(profile):
 
 
 def test_weights_of_another_network_or_detector_are_refused(profile, tmp_path):
+    profile.weights.pop(METHOD, None)        # a profile nobody trained a specialist for
     with pytest.raises(ValueError, match="no weights for 'specialist_pcb'.*train_specialist"):
         Restorer(profile, METHOD, device="cpu")
     # the profile's U-Net regression weights stored under the specialist's name
@@ -149,3 +150,38 @@ def test_frames_of_another_pixel_size_and_profiles_without_noise_model(profile):
         specialist_restore(frame, prof, dose_ratio=DOSE)
     with pytest.raises(ValueError, match="range must be"):
         pack_specialist(build_network(8, 2), METHOD, (0.3, 0.1), "x")
+
+
+@pytest.mark.parametrize("name", ["sim-yag200-5x", "sim-gos134"])
+def test_shipped_specialist_covers_the_operating_point_and_beats_wiener_on_pcbs(name):
+    from xinstrument.family_bench import operating_point_dose
+    from xinstrument.restoration.cli import bench_for_profile
+    from xinstrument.restoration.metrics import ssim
+    from xinstrument.restoration.specialist import dose_refusal, trained_dose_ratio
+    from xinstrument.sim.families import EVAL_SEED_BASE, measurement_pairs
+
+    prof = find_profile(name)
+    spec = load_specialist(prof)
+    assert spec.detector_id == prof.detector_id and spec.family == "pcb"
+    phys = DetectorPhysics.from_profile(prof)
+    bench = bench_for_profile(prof)
+    dose, _ = operating_point_dose(phys, bench, 128)
+    lo, hi = spec.dose_ratio_range
+    assert lo < dose < hi and trained_dose_ratio(prof, METHOD) == pytest.approx(dose, rel=1e-3)
+    assert dose_refusal(prof, METHOD, dose) is None and dose_refusal(prof, "wiener", 1.0) is None
+    assert "outside the range" in dose_refusal(prof, METHOD, 1.0)
+    # held-out PCB frames (a seed block no benchmark or training uses) at the operating point
+    lr, hr = measurement_pairs(phys, "pcb", 2, 96, EVAL_SEED_BASE + 60_000, dose_ratio=dose,
+                               bench=bench)
+    out = specialist_restore(lr, prof, dose_ratio=dose)
+    w = wiener_at_dose(phys, torch.from_numpy(lr), dose).numpy()
+    assert np.mean(ssim(out, hr, 1.0)) > np.mean(ssim(w, hr, 1.0)) + 0.02
+
+
+def test_fidelity_benchmark_runs_specialists_only_when_named():
+    from xinstrument.bench_fidelity import bench_methods
+
+    prof = find_profile("sim-yag200-5x")
+    assert METHOD in available_methods(prof)
+    assert METHOD not in bench_methods(prof) and "pnp_hqs" in bench_methods(prof)
+    assert bench_methods(prof, [METHOD, "wiener"]) == ["wiener", METHOD]

@@ -36,8 +36,8 @@ from .networks import UNet, pack_weights, unet_from_weights
 from .physics import DetectorPhysics
 from .pnp import check_physics
 
-__all__ = ["SPECIALIST_FAMILIES", "Specialist", "load_specialist", "pack_specialist",
-           "specialist_restore", "train_specialist"]
+__all__ = ["SPECIALIST_FAMILIES", "Specialist", "dose_refusal", "load_specialist",
+           "pack_specialist", "specialist_restore", "train_specialist", "trained_dose_ratio"]
 
 # Method name -> the sample family (xinstrument.sim.families) its network was trained on.
 SPECIALIST_FAMILIES = {"specialist_pcb": "pcb"}
@@ -137,6 +137,27 @@ def load_specialist(profile: Any, method: str = "specialist_pcb") -> Specialist:
     if key not in _CACHE:
         _CACHE[key] = Specialist.from_state(profile.load_weights(method), method)
     return _CACHE[key]
+
+
+def trained_dose_ratio(profile: Any, method: str) -> float | None:
+    """The geometric centre of the dose range ``profile``'s ``method`` weights were trained
+    over (a dose its speed can be timed at); None for a method that is not a specialist."""
+    if method not in SPECIALIST_FAMILIES:
+        return None
+    lo, hi = load_specialist(profile, method).dose_ratio_range
+    return math.sqrt(lo * hi)
+
+
+def dose_refusal(profile: Any, method: str, dose_ratio: float) -> str | None:
+    """Why ``method`` refuses frames at ``dose_ratio`` with ``profile`` (its specialist weights'
+    dose range or detector); None when it takes them or is not a specialist."""
+    if method not in SPECIALIST_FAMILIES:
+        return None
+    try:
+        load_specialist(profile, method).check(profile, float(dose_ratio))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def specialist_restore(frames: Any, profile: Any, *, method: str = "specialist_pcb",
