@@ -185,3 +185,25 @@ def test_fidelity_benchmark_runs_specialists_only_when_named():
     assert METHOD in available_methods(prof)
     assert METHOD not in bench_methods(prof) and "pnp_hqs" in bench_methods(prof)
     assert bench_methods(prof, [METHOD, "wiener"]) == ["wiener", METHOD]
+
+
+def test_the_guard_flags_the_specialist_on_a_sample_class_it_never_learned():
+    from xinstrument.restoration.cli import bench_for_profile
+    from xinstrument.restoration.fidelity import FidelityGuard
+    from xinstrument.restoration.specialist import trained_dose_ratio
+    from xinstrument.sim.families import EVAL_SEED_BASE, measurement_pairs
+
+    prof = find_profile("sim-gos134")
+    phys = DetectorPhysics.from_profile(prof)
+    dose = trained_dose_ratio(prof, METHOD)
+    guard = FidelityGuard(prof)          # the forward model's tolerance: no calibration of its own
+    verdicts = {}
+    for fam in ("pcb", "fibres"):
+        lr, _ = measurement_pairs(phys, fam, 1, 128, EVAL_SEED_BASE + 71_000, dose_ratio=dose,
+                                  bench=bench_for_profile(prof))
+        out = specialist_restore(lr[0], prof, dose_ratio=dose)
+        verdicts[fam] = guard.check(lr[0], out, dose_ratio=dose, method=METHOD)
+    # circuit boards: consistent with the data; fibres painted as a board: far from it
+    assert verdicts["pcb"].consistent and verdicts["pcb"].reduced_chi2 < 1.0
+    assert not verdicts["fibres"].consistent and verdicts["fibres"].reduced_chi2 > 3.0
+    assert verdicts["fibres"].flagged_fraction > 0.5
