@@ -27,6 +27,24 @@ def test_physics_in_the_loop_methods_are_scored_at_the_frames_dose():
     at_calibration = float(np.mean(psnr(pnp_restore(lr[0], prof), hr[0], 1.0)))
     assert at_dose > at_calibration + 0.5             # the dose matters at this noise
     assert b.methods["pnp_hqs"].per_family["pcb"]["psnr_db"] == pytest.approx(at_dose, abs=1e-3)
+    # each family's consistency with its own frames: the guard's reduced chi2 of that restoration
+    from xinstrument.restoration.fidelity import FidelityGuard
+    chi2 = FidelityGuard(prof, tolerance=0.0).check(
+        lr[0], pnp_restore(lr[0], prof, dose_ratio=dose), dose_ratio=dose).reduced_chi2
+    assert b.methods["pnp_hqs"].per_family["pcb"]["reduced_chi2"] == pytest.approx(chi2, rel=1e-4)
+    assert "reduced_chi2" not in b.methods["LR input"].per_family["pcb"]
+
+
+def test_the_specialist_is_scored_inside_its_dose_range_and_refused_outside():
+    prof = find_profile("sim-gos134")
+    inside = family_benchmark(prof, families=["pcb"], n_per_family=1, size_px=48,
+                              dose_ratio=0.15, methods=["specialist_pcb"])
+    assert not inside.methods["specialist_pcb"].error
+    assert inside.methods["specialist_pcb"].per_family["pcb"]["ssim"] > \
+        inside.methods["wiener"].per_family["pcb"]["ssim"]
+    outside = family_benchmark(prof, families=["pcb"], n_per_family=1, size_px=48,
+                               methods=["specialist_pcb"])
+    assert "outside the range" in outside.methods["specialist_pcb"].error
 
 
 def test_speed_table_times_its_references_whatever_methods_are_chosen(capsys):
