@@ -114,18 +114,22 @@ class EvalSet:
     hr: np.ndarray       # thin-screen truths
 
 
-def pcb_frames(st: Setup, name: str, size_px: int, n: int, seed: int) -> EvalSet:
-    """``n`` PCB frames from ``seed`` at the operating-point dose, as the bench makes them."""
+def pcb_frames(st: Setup, name: str, size_px: int, n: int, seed: int,
+               family: str = "pcb") -> EvalSet:
+    """``n`` frames of ``family`` (default PCB) from ``seed`` at the setup's dose, as the bench
+    makes them."""
     from xinstrument.sim.families import measurement_pairs
-    lr, hr = measurement_pairs(st.phys, "pcb", n, size_px, seed, dose_ratio=st.dose, bench=st.bench)
+    lr, hr = measurement_pairs(st.phys, family, n, size_px, seed, dose_ratio=st.dose,
+                               bench=st.bench)
     return EvalSet(name, lr, hr)
 
 
-def bench_frames(st: Setup, size_px: int, n: int = 3) -> EvalSet:
-    """The PCB frames of ``family_benchmark(..., operating_point=True)``: same seeds, same
+def bench_frames(st: Setup, size_px: int, n: int = 3, family: str = "pcb") -> EvalSet:
+    """The ``family`` frames of ``family_benchmark`` at the setup's dose: same seeds, same
     ``measurement_pairs`` call (its noise generator is seeded with the first frame's seed)."""
     from xinstrument.sim.families import EVAL_SEED_BASE, FAMILIES
-    return pcb_frames(st, "bench", size_px, n, EVAL_SEED_BASE + 1000 * (FAMILIES.index("pcb") + 1))
+    return pcb_frames(st, "bench", size_px, n,
+                      EVAL_SEED_BASE + 1000 * (FAMILIES.index(family) + 1), family)
 
 
 def restore(model: torch.nn.Module | None, st: Setup, lr: np.ndarray) -> np.ndarray:
@@ -173,14 +177,24 @@ def run_profile(name: str, a, log) -> dict:
     st = load_setup(name, a.size_px)
     log(f"{name}: bench {st.bench}, operating-point dose {st.dose:.4g} (input SSIM "
         f"{st.input_ssim_at_dose:.4f} on the dose-calibration frames)")
+    if a.dose_ratio is not None:
+        st.dose = a.dose_ratio
+        log(f"{name}: trained and scored at dose ratio {st.dose:.4g} instead")
     pool_seeds = TRAIN_SEED_BASE + POOL_SEED_STRIDE * a.seed + np.arange(a.pool)
     pool = render_truths(st.bench, a.size_px, pool_seeds, a.family_list)
     from xinstrument.sim.families import EVAL_SEED_BASE
-    sets = [bench_frames(st, a.size_px),
-            pcb_frames(st, "held_out", a.size_px, a.extra_frames, EVAL_SEED_BASE + EXTRA_EVAL_SEED),
-            pcb_frames(st, "validation", a.size_px, a.validation_frames, VALIDATION_SEED_BASE)]
+    fam = a.eval_family
+    sets = [bench_frames(st, a.size_px, a.bench_frames, fam),
+            pcb_frames(st, "held_out", a.size_px, a.extra_frames, EVAL_SEED_BASE + EXTRA_EVAL_SEED,
+                       fam),
+            # validation: the first training family's frames, never the evaluation family's
+            pcb_frames(st, "validation", a.size_px, a.validation_frames, VALIDATION_SEED_BASE,
+                       a.family_list[0])]
+    from xinstrument.restoration.pnp import pnp_restore
     refs = {"thick input": {s.name: score(s.lr, s.hr) for s in sets},
-            "wiener": evaluate(None, st, sets)}
+            "wiener": evaluate(None, st, sets),
+            "pnp_hqs": {s.name: score(np.stack([pnp_restore(x, st.profile, dose_ratio=st.dose)
+                                                for x in s.lr]), s.hr) for s in sets}}
     for k, v in refs.items():
         log(f"{name}: {k:<12} " + "  ".join(f"{s} SSIM {r['ssim']:.4f} PSNR {r['psnr_db']:.2f}"
                                             for s, r in v.items()))
@@ -200,6 +214,7 @@ def run_profile(name: str, a, log) -> dict:
                          "seed": a.seed, "threads": torch.get_num_threads(),
                          "train_s": round(rec["train_s"], 1), "prep_s": round(t_prep, 1),
                          "wall_s_with_evaluation": round(time.perf_counter() - t0, 1)},
+            "eval_family": a.eval_family,
             "frames": {s.name: len(s.lr) for s in sets}, "size_px": a.size_px,
             "references": refs, "curve": rec["curve"]}
 
@@ -218,7 +233,13 @@ def parse(argv=None):
                     help="comma-separated training families of the pool, taken in turn (default "
                     "pcb: the specialist; every training family asks whether knowing the "
                     "sample class or the dose is what counts)")
-    ap.add_argument("--extra-frames", type=int, default=8, help="held-out PCB frames")
+    ap.add_argument("--extra-frames", type=int, default=8, help="more evaluation-family frames")
+    ap.add_argument("--bench-frames", type=int, default=3,
+                    help="frames of the family benchmark's set (3 at the operating point)")
+    ap.add_argument("--eval-family", default="pcb",
+                    help="family scored (any, held-out ones included: evaluation only)")
+    ap.add_argument("--dose-ratio", type=float, default=None,
+                    help="dose of training and evaluation (default: the operating point)")
     ap.add_argument("--validation-frames", type=int, default=4)
     ap.add_argument("--base-channels", type=int, default=24)
     ap.add_argument("--depth", type=int, default=3)
@@ -240,7 +261,13 @@ def parse(argv=None):
         a.family_list = check_training_families(names)
     except ValueError as exc:
         ap.error(f"--families: {exc}")
-    check_training_options(ap, a, ("extra_frames", "validation_frames"))
+    check_training_options(ap, a, ("extra_frames", "validation_frames", "bench_frames"))
+    from xinstrument.sim.families import FAMILIES
+    if a.eval_family not in FAMILIES:
+        ap.error(f"--eval-family: unknown family {a.eval_family!r}; families are "
+                 f"{', '.join(FAMILIES)}")
+    if a.dose_ratio is not None and not (math.isfinite(a.dose_ratio) and a.dose_ratio > 0):
+        ap.error(f"--dose-ratio must be a finite number > 0, got {a.dose_ratio}")
     if a.out is not None and not a.out.parent.is_dir():
         ap.error(f"--out: folder {a.out.parent} does not exist")
     for name in a.profile_list:

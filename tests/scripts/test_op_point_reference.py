@@ -73,6 +73,9 @@ def test_training_lowers_the_loss_and_starts_from_the_wiener_filter(setup):
     (["--seed", "70"], "validation block"),
     (["--families", "pcb,siemens_star"], "held-out families ['siemens_star'] may not be used"),
     (["--families", ","], "--families: no family named"),
+    (["--eval-family", "no_such"], "--eval-family: unknown family 'no_such'"),
+    (["--dose-ratio", "-1"], "--dose-ratio must be a finite number > 0"),
+    (["--bench-frames", "0"], "--bench-frames must be >= 1"),
 ])
 def test_bad_options_get_a_clear_error(argv, words, capsys):
     with pytest.raises(SystemExit):
@@ -88,3 +91,18 @@ def test_pool_takes_the_named_families_in_turn(setup):
     np.testing.assert_array_equal(mixed[0], pcb[0])      # seed 0: the PCB in both
     assert np.abs(mixed[1] - pcb[1]).max() > 0.05        # seed 1: a fibre sample, not a PCB
     assert ref.parse(["--families", "pcb, fibres"]).family_list == ("pcb", "fibres")
+
+
+def test_any_family_at_any_dose_is_scored_on_the_family_benchmarks_frames(setup):
+    import dataclasses
+
+    from xinstrument.family_bench import family_benchmark
+
+    res = family_benchmark(setup.profile, families=["siemens_star"], n_per_family=2,
+                           size_px=SIZE_PX, dose_ratio=1.0, methods=["wiener"])
+    at_one = dataclasses.replace(setup, dose=1.0)
+    frames = ref.bench_frames(at_one, SIZE_PX, n=2, family="siemens_star")
+    got = ref.evaluate(None, at_one, [frames])["bench"]
+    want = res.methods["wiener"].per_family["siemens_star"]
+    assert got["psnr_db"] == pytest.approx(want["psnr_db"], abs=1e-4)
+    assert ref.parse(["--eval-family", "siemens_star"]).eval_family == "siemens_star"
