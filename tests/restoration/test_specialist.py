@@ -72,6 +72,10 @@ def test_untrained_specialist_is_the_wiener_filter_and_the_stage_runs_it_tiled(p
     # the stage: tiles of 128 px over a 160 px frame, the dose given per frame by the engine
     r = Restorer(prof, METHOD, device="cpu", tile=128, overlap=32)
     np.testing.assert_allclose(restore_with_dose(r, lr, 1, DOSE), w, atol=1e-5)
+    # the stage's correctness reference (the GPU benchmark's) runs the same tiling and dose
+    told = Restorer(prof, METHOD, device="cpu", tile=128, overlap=32,
+                    options={"dose_ratio": DOSE})
+    np.testing.assert_allclose(told.reference(lr), told.restore(lr), atol=1e-5)
 
 
 def test_training_lowers_the_error_and_the_trained_net_is_used_tiled_as_whole(profile):

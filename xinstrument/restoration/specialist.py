@@ -34,7 +34,7 @@ from ._fourier import as_batch, restore_type
 from .classical import wiener
 from .networks import UNet, pack_weights, unet_from_weights
 from .physics import DetectorPhysics
-from .pnp import check_physics
+from .pnp import _check_dose, check_physics
 
 __all__ = ["SPECIALIST_FAMILIES", "Specialist", "dose_refusal", "load_specialist",
            "pack_specialist", "specialist_restore", "train_specialist", "trained_dose_ratio"]
@@ -177,14 +177,12 @@ def specialist_restore(frames: Any, profile: Any, *, method: str = "specialist_p
     tile, overlap, batch : tiling of frames larger than ``tile``.
     """
     phys = check_physics(profile, f"the {method} specialist", pixel_size_um)
-    if not (isinstance(dose_ratio, (int, float)) and not isinstance(dose_ratio, bool)
-            and math.isfinite(dose_ratio) and dose_ratio > 0):
-        raise ValueError(f"dose_ratio must be a finite number > 0, got {dose_ratio!r}")
+    dose = _check_dose(dose_ratio)
     spec = specialist or load_specialist(profile, method)
-    spec.check(profile, float(dose_ratio))
+    spec.check(profile, dose)
     device = next(spec.model.parameters()).device
     x, single = as_batch(frames, device=device)
-    w = wiener_at_dose(phys, x, float(dose_ratio))
+    w = wiener_at_dose(phys, x, dose)
     out = spec.apply(w, x, tile=tile, overlap=overlap, batch=batch)
     return restore_type(out, frames, single)
 

@@ -369,6 +369,13 @@ class Restorer:
         spec.check(self.profile, None if dose is None else float(dose))
         return {"specialist": spec, "method": self.method}
 
+    def _call_function(self, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The function method on (B, H, W) frames; a specialist tiles as the stage does."""
+        kw = dict(kwargs)
+        if "specialist" in kw:
+            kw.update(tile=self.tile, overlap=self.overlap, batch=self.batch)
+        return self._fn(x, self.profile, **kw, **self.options)
+
     def _compile(self, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
         mode = self.compile_mode
         if self.device.type != "cuda" or mode == "off":
@@ -478,10 +485,7 @@ class Restorer:
         fixed = self._compiled
         if self._fn is not None:
             with self._autocast(precision):
-                kw = dict(self._fn_kwargs)
-                if "specialist" in kw:
-                    kw.update(tile=self.tile, overlap=self.overlap, batch=self.batch)
-                return self._fn(x, self.profile, **kw, **self.options).float()
+                return self._call_function(x, self._fn_kwargs).float()
         if self._sr is not None:
             runner = self._runner
 
@@ -775,8 +779,7 @@ class Restorer:
             elif self._fn is not None:
                 # the shared denoiser and the specialist run in float32 by construction: a CPU
                 # float32 reference
-                out = self._fn(x.float(), self.profile, **self._function_kwargs("cpu"),
-                               **self.options)
+                out = self._call_function(x.float(), self._function_kwargs("cpu"))
             else:
                 ref_model = _float64_model(self._model)
                 if self._sr is not None:
