@@ -150,3 +150,18 @@ def test_bad_dose_options_are_refused(recorded, tmp_path, capsys, option, value)
 def find_profile(name):
     from xinstrument.profiles import find_profile as find
     return find(name)
+
+
+def test_the_specialist_restores_only_frames_of_its_dose_range(recorded, tmp_path, capsys):
+    files, _ = recorded
+    out = tmp_path / "spec.h5"
+    # 8 exposures at half the calibration dose: 4x the calibration dose, far above the range
+    assert _restore(files["wiener"], out, "specialist_pcb") != 0
+    err = capsys.readouterr().err
+    assert "outside the range" in err and "specialist_pcb" in err and "Traceback" not in err
+    assert not out.exists()
+    # told a dose whose 8-frame average lies inside the range, it restores
+    assert _restore(files["wiener"], out, "specialist_pcb", "--dose-ratio", "0.025") == 0
+    with ScanReader(out) as r:
+        assert r.restored_metadata["method"] == ["specialist_pcb"]
+        assert r.metadata["restoration"]["effective_dose_ratio"] == [pytest.approx(0.2)]
