@@ -51,6 +51,7 @@ from .restoration.dose import (
     DOSE_METHODS,
     DoseMetadataError,
     FlatReference,
+    effective_dose_ratio,
     measured_flat_dose_ratio,
     twin_flat_dose_ratio,
 )
@@ -1274,22 +1275,41 @@ class _RestoreFn:
                   logging.WARNING)
         return self._restorer
 
+    def _exposure_dose(self, method: str) -> float | None:
+        """One exposure's dose for ``method`` (None: not a dose method, or unknown: the
+        calibration dose)."""
+        if method not in DOSE_METHODS:
+            return None
+        inst = self._inst
+        try:
+            return inst.frame_dose_ratio(float(inst.camera.exposure_s))
+        except Exception as exc:  # noqa: BLE001  the stream goes on at the calibration dose
+            if str(exc) != self._dose_warning:      # said once, not per frame
+                self._dose_warning = str(exc)
+                inst._log(f"{method} restores at the profile's calibration dose: {exc}",
+                          logging.WARNING)
+            return None
+
+    def refusal(self, n_average: int) -> str | None:
+        """Why the method would refuse every frame of an acquisition averaging ``n_average``
+        exposures at the present settings (a specialist outside the dose range it was trained
+        for), said before the first exposure; None when it takes them."""
+        from .restoration.specialist import dose_refusal
+        r = self._current()
+        if r.method not in DOSE_METHODS:
+            return None
+        one = self._exposure_dose(r.method)
+        if one is not None and not one > 0:
+            return None     # no beam at these settings yet: the frames' own check decides
+        return dose_refusal(self._inst.profile, r.method, effective_dose_ratio(one, n_average))
+
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         r = self._current()
         inst = self._inst
         # the frame's noise: frames averaged by the running acquisition, one exposure's dose
         pipe = getattr(inst.engine, "_pipeline", None)
         n = int(getattr(pipe, "n_average", 1) or 1)
-        dose = None
-        if r.method in DOSE_METHODS:
-            try:
-                dose = inst.frame_dose_ratio(float(inst.camera.exposure_s))
-            except Exception as exc:  # noqa: BLE001  the stream goes on at the calibration dose
-                if str(exc) != self._dose_warning:      # said once, not per frame
-                    self._dose_warning = str(exc)
-                    inst._log(f"{r.method} restores at the profile's calibration dose: {exc}",
-                              logging.WARNING)
-        out = _restore_with_dose(r, frame, n, dose)
+        out = _restore_with_dose(r, frame, n, self._exposure_dose(r.method))
         self.method = r.method      # read by the pipeline right after this call, same thread
         return out
 

@@ -165,3 +165,23 @@ def test_the_specialist_restores_only_frames_of_its_dose_range(recorded, tmp_pat
     with ScanReader(out) as r:
         assert r.restored_metadata["method"] == ["specialist_pcb"]
         assert r.metadata["restoration"]["effective_dose_ratio"] == [pytest.approx(0.2)]
+
+
+def test_the_live_path_refuses_a_specialist_before_its_first_exposure(tmp_path):
+    inst = bench_at_focus(64, 6, 0.2, 2)       # one exposure: 0.2 of the calibration dose
+    try:
+        inst.load_profile(PROFILE)
+        inst.set_restoration("specialist_pcb", device="cpu")
+        inside = tmp_path / "inside.h5"
+        inst.record(inside, n_frames=1, n_average=1, restore=True)
+        with ScanReader(inside) as r:
+            assert r.restored.shape == (1, 64, 64)
+            assert r.restored_metadata["method"] == ["specialist_pcb"]
+        # averaging 2 exposures doubles the dose, past the trained range: refused before the
+        # plan opens its file or takes an exposure
+        outside = tmp_path / "outside.h5"
+        with pytest.raises(Exception, match="restoration refuses these frames: dose ratio 0.4"):
+            inst.record(outside, n_frames=1, n_average=2, restore=True)
+        assert not outside.exists()
+    finally:
+        inst.disconnect()

@@ -34,7 +34,8 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise PlanError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_corrected(inst: "Instrument", correct: bool, restore: bool) -> None:
+def _check_corrected(inst: "Instrument", correct: bool, restore: bool,
+                     n_average: int = 1) -> None:
     if restore and not correct:
         raise PlanError("restoration works on flat-field corrected frames: correct=True")
     if correct and inst.references is None:
@@ -42,6 +43,11 @@ def _check_corrected(inst: "Instrument", correct: bool, restore: bool) -> None:
                         "flats) first, or acquire with correct=False")
     if restore:
         inst.check_restoration()
+        # a method that refuses these frames (a specialist outside its dose range) is said
+        # before the plan opens its file or takes an exposure
+        why = inst.stream_restorer().refusal(n_average)
+        if why:
+            raise PlanError(f"restoration refuses these frames: {why}")
 
 
 def acquisition_layout(inst: "Instrument", *, correct: bool, restore: bool, n_average: int,
@@ -97,7 +103,7 @@ class Snap(_FilePlan):
 
     def check(self, inst: "Instrument") -> None:
         _positive_int("n_average", self.n_average)
-        _check_corrected(inst, self.correct, self.restore)
+        _check_corrected(inst, self.correct, self.restore, self.n_average)
 
     def sink_layout(self, inst: "Instrument") -> dict[str, Any]:
         lay = acquisition_layout(inst, correct=self.correct, restore=self.restore,
@@ -145,7 +151,7 @@ class Series(_FilePlan):
                 and self.period_s >= 0):
             raise PlanError(f"series: period_s must be a finite number >= 0 s, got "
                             f"{self.period_s!r}")
-        _check_corrected(inst, self.correct, self.restore)
+        _check_corrected(inst, self.correct, self.restore, self.n_average)
 
     def _paced(self, inst: "Instrument") -> bool:
         return self.period_s > self.n_average * float(inst.camera.frame_period_s)
