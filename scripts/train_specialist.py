@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import op_point_reference as ref  # noqa: E402
+import op_point_reference as ref
 
 METHOD = "specialist_pcb"
 
@@ -69,7 +69,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
-    log = lambda m: print(f"{a.profile}: {m}", flush=True)  # noqa: E731
+    log = lambda m: print(f"{a.profile}: {m}", flush=True)
     t0 = time.perf_counter()
     st = ref.load_setup(a.profile, a.size_px)
     dose = float(a.dose_ratio) if a.dose_ratio is not None else st.dose
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
               "train_s": round(rec["train_s"], 1), "prep_s": round(prep_s, 1),
               "wall_s": round(time.perf_counter() - t0, 1),
               "validation_wiener": wiener_val, "validation": final, "curve": rec["curve"],
-              "command": "python scripts/train_specialist.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "python scripts/train_specialist.py "
+                         + " ".join(sys.argv[1:] if argv is None else argv)}
     log(f"validation SSIM {final['ssim']:.4f} PSNR {final['psnr_db']:.2f} (Wiener "
         f"{wiener_val['ssim']:.4f}); {rec['train_s']:.0f} s training")
     if a.dry_run:

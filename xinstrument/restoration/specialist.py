@@ -53,7 +53,8 @@ def pack_specialist(model: UNet, method: str, dose_ratio_range: tuple[float, flo
     """Weights of a specialist: the U-Net (:func:`.networks.pack_weights`), the dose range it was
     trained over and the detector id of its profile (UTF-8 bytes)."""
     if method not in SPECIALIST_FAMILIES:
-        raise ValueError(f"{method!r} is not a specialist method ({', '.join(SPECIALIST_FAMILIES)})")
+        raise ValueError(f"{method!r} is not a specialist method "
+                         f"({', '.join(SPECIALIST_FAMILIES)})")
     lo, hi = (float(v) for v in dose_ratio_range)
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise ValueError(f"dose ratio range must be 0 < low <= high, got {dose_ratio_range!r}")
@@ -104,7 +105,8 @@ class Specialist:
                              f"{getattr(profile, 'name', '?')!r}); train them for this profile "
                              "with scripts/train_specialist.py")
         lo, hi = self.dose_ratio_range
-        if dose_ratio is not None and not (lo * (1 - _DOSE_REL_TOL) <= dose_ratio <= hi * (1 + _DOSE_REL_TOL)):
+        inside = lo * (1 - _DOSE_REL_TOL) <= (dose_ratio or 0.0) <= hi * (1 + _DOSE_REL_TOL)
+        if dose_ratio is not None and not inside:
             raise ValueError(f"dose ratio {dose_ratio:.4g} is outside the range {self.method} was "
                              f"trained for ({lo:.4g}..{hi:.4g} of the profile's calibration "
                              "dose): its noise is not what the network learned to remove; "
