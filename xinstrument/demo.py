@@ -106,7 +106,7 @@ class DemoRecording:
     def check(self, inst: Instrument) -> None:
         if inst.references is None:
             raise PlanError("the demo records corrected frames: take references first")
-        inst.check_restoration()
+        inst.check_restoration(n_average=self.n_average)
 
     def sink_layout(self, inst: Instrument) -> dict:
         lay = acquisition_layout(inst, correct=True, restore=True, n_average=self.n_average)

@@ -788,8 +788,11 @@ class Instrument:
                              overwrite=overwrite))
 
     # --- restoration for plans -----------------------------------------------------------------
-    def check_restoration(self, method: str | None = None) -> None:
-        """Refuse (PlanError) when ``method`` (default: the current one) cannot run."""
+    def check_restoration(self, method: str | None = None, n_average: int | None = None) -> None:
+        """Refuse (PlanError) when ``method`` (default: the current one) cannot run, or, given
+        the frames averaged, would refuse every frame at the present settings (a specialist
+        outside its trained dose range): said before a plan opens its file or takes an
+        exposure."""
         try:
             if self.profile is None:
                 self.load_profile()
@@ -802,6 +805,10 @@ class Instrument:
                             + ", ".join(n for n, f in (("weights", spec.needs_weights),
                                                        ("an NNPS", spec.needs_nnps),
                                                        ("a PSF", spec.needs_psf)) if f))
+        if n_average is not None:
+            why = self.stream_restorer(method=method).refusal(n_average)
+            if why:
+                raise PlanError(f"restoration refuses these frames: {why}")
 
     def stream_restorer(self, follow: bool = False, method: str | None = None) -> "_RestoreFn":
         """The pipeline's restoration stage with ``method`` (default: the current one) and the

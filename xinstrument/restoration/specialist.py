@@ -104,9 +104,10 @@ class Specialist:
                              f"{self.detector_id!r}, not {det!r} (profile "
                              f"{getattr(profile, 'name', '?')!r}); train them for this profile "
                              "with scripts/train_specialist.py")
+        if dose_ratio is None:
+            return
         lo, hi = self.dose_ratio_range
-        inside = lo * (1 - _DOSE_REL_TOL) <= (dose_ratio or 0.0) <= hi * (1 + _DOSE_REL_TOL)
-        if dose_ratio is not None and not inside:
+        if not lo * (1 - _DOSE_REL_TOL) <= dose_ratio <= hi * (1 + _DOSE_REL_TOL):
             raise ValueError(f"dose ratio {dose_ratio:.4g} is outside the range {self.method} was "
                              f"trained for ({lo:.4g}..{hi:.4g} of the profile's calibration "
                              "dose): its noise is not what the network learned to remove; "

@@ -166,11 +166,6 @@ class RunContext:
                                 "plan) or acquire uncorrected")
         if restore and not correct:
             raise PlanError("restoration works on flat-field corrected frames")
-        refusal = getattr(self.restorer(), "refusal", None) if restore else None
-        if refusal is not None:
-            why = refusal(n_average)
-            if why:     # before any exposure: nothing is taken that could not be restored
-                raise PlanError(f"restoration refuses these frames: {why}")
         sinks: list = []
         kept = MemorySink(name="plan") if keep else None
         if kept is not None:

@@ -42,12 +42,7 @@ def _check_corrected(inst: "Instrument", correct: bool, restore: bool,
         raise PlanError("no dark/flat references: run a References plan (or take darks and "
                         "flats) first, or acquire with correct=False")
     if restore:
-        inst.check_restoration()
-        # a method that refuses these frames (a specialist outside its dose range) is said
-        # before the plan opens its file or takes an exposure
-        why = inst.stream_restorer().refusal(n_average)
-        if why:
-            raise PlanError(f"restoration refuses these frames: {why}")
+        inst.check_restoration(n_average=n_average)
 
 
 def acquisition_layout(inst: "Instrument", *, correct: bool, restore: bool, n_average: int,

@@ -199,7 +199,7 @@ class TomoPlan:
             raise PlanError(f"missing {which}: set {which} >= 1 in the plan, or take "
                             f"{which} on the instrument before the scan")
         if self.restore:
-            inst.check_restoration(self.restoration_method)
+            inst.check_restoration(self.restoration_method, n_average=self.frames_per_angle)
         geometry = _geometry(inst, self, tuple(inst.camera.frame_shape))
         geometry.check_angles(angles, [0.0])
         if self.darks or self.flats:
