@@ -1,14 +1,17 @@
-"""Empirical-MMSE reference at the operating point: a bound estimate, never a shipped method.
+"""Empirical-MMSE reference: what a network that knows the sample class reaches (writes no weights).
 
 A network trained with a mean-squared-error loss on unlimited samples of exactly the test
 distribution approximates the posterior mean, the minimum-MSE estimator. For each profile this
-script trains such a PCB specialist at the profile's operating-point dose (the dose at which the
-thick input's SSIM on held-out PCB frames is 0.75, :func:`xinstrument.family_bench.operating_point_dose`)
-and scores it on the frames of ``xinstrument bench restoration --families pcb --operating-point``,
-so its figures compare with the methods' there, and on more held-out PCB frames.
+script trains such a specialist (the network of :mod:`xinstrument.restoration.specialist`, whose
+PCB weights ``scripts/train_specialist.py`` ships) at the profile's operating-point dose (the dose
+at which the thick input's SSIM on held-out PCB frames is 0.75,
+:func:`xinstrument.family_bench.operating_point_dose`) or at ``--dose-ratio``, and scores it on
+the frames of ``xinstrument bench restoration --families`` (the PCB family, or ``--eval-family``),
+so its figures compare with the methods' there, and on more frames of that family.
 
     python scripts/op_point_reference.py [--profiles sim-yag200-5x,sim-gos134] [--steps 1600]
-        [--size-px 128] [--seed 0] [--families pcb] [--out curve.json]
+        [--size-px 128] [--seed 0] [--families pcb] [--eval-family pcb] [--dose-ratio D]
+        [--bench-frames 3] [--out curve.json]
 
 Training: a pool of thin-screen PCB truths rendered on the profile's twin bench at the
 evaluation frame size (seeds from :data:`TRAIN_SEED_BASE`, below every evaluation seed), random
@@ -21,13 +24,14 @@ At one fixed dose the network needs no dose input. Its head starts at zero, so s
 Wiener filter itself.
 
 Evaluation (SSIM / PSNR against the truth, every ``--eval-every`` steps):
-- ``bench``: the family benchmark's PCB frames, rendered and degraded exactly as
+- ``bench``: the family benchmark's frames of the evaluation family (PCB by default), rendered and degraded exactly as
   :func:`xinstrument.family_bench.family_benchmark` does (``measurement_pairs`` from
   ``EVAL_SEED_BASE + 1000``); the Wiener row reproduces that table's Wiener figure;
-- ``held_out``: ``--extra-frames`` more PCB frames from :data:`EXTRA_EVAL_SEED`, degraded the
-  same way (a less noisy figure);
-- ``validation``: frames from :data:`VALIDATION_SEED_BASE` (below the evaluation block, not
-  trained on): the only set any choice may look at.
+- ``held_out``: ``--extra-frames`` more frames of the evaluation family from
+  :data:`EXTRA_EVAL_SEED`, degraded the same way (a less noisy figure);
+- ``validation``: frames of the first training family from :data:`VALIDATION_SEED_BASE` (below
+  the evaluation block, not trained on): the only set any choice may look at.
+Plug-and-play is scored on the same sets beside Wiener.
 Nothing here is chosen against the evaluation frames; the settings are fixed defaults.
 Weights are not written (``--out`` holds the curve only).
 
@@ -114,7 +118,7 @@ class EvalSet:
     hr: np.ndarray       # thin-screen truths
 
 
-def pcb_frames(st: Setup, name: str, size_px: int, n: int, seed: int,
+def family_frames(st: Setup, name: str, size_px: int, n: int, seed: int,
                family: str = "pcb") -> EvalSet:
     """``n`` frames of ``family`` (default PCB) from ``seed`` at the setup's dose, as the bench
     makes them."""
@@ -128,7 +132,7 @@ def bench_frames(st: Setup, size_px: int, n: int = 3, family: str = "pcb") -> Ev
     """The ``family`` frames of ``family_benchmark`` at the setup's dose: same seeds, same
     ``measurement_pairs`` call (its noise generator is seeded with the first frame's seed)."""
     from xinstrument.sim.families import EVAL_SEED_BASE, FAMILIES
-    return pcb_frames(st, "bench", size_px, n,
+    return family_frames(st, "bench", size_px, n,
                       EVAL_SEED_BASE + 1000 * (FAMILIES.index(family) + 1), family)
 
 
@@ -185,10 +189,10 @@ def run_profile(name: str, a, log) -> dict:
     from xinstrument.sim.families import EVAL_SEED_BASE
     fam = a.eval_family
     sets = [bench_frames(st, a.size_px, a.bench_frames, fam),
-            pcb_frames(st, "held_out", a.size_px, a.extra_frames, EVAL_SEED_BASE + EXTRA_EVAL_SEED,
+            family_frames(st, "held_out", a.size_px, a.extra_frames, EVAL_SEED_BASE + EXTRA_EVAL_SEED,
                        fam),
             # validation: the first training family's frames, never the evaluation family's
-            pcb_frames(st, "validation", a.size_px, a.validation_frames, VALIDATION_SEED_BASE,
+            family_frames(st, "validation", a.size_px, a.validation_frames, VALIDATION_SEED_BASE,
                        a.family_list[0])]
     from xinstrument.restoration.pnp import pnp_restore
     refs = {"thick input": {s.name: score(s.lr, s.hr) for s in sets},

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         f"trained over {dose_range[0]:.4g}..{dose_range[1]:.4g}")
     pool_seeds = ref.TRAIN_SEED_BASE + ref.POOL_SEED_STRIDE * a.seed + np.arange(a.pool)
     pool = ref.render_truths(st.bench, a.size_px, pool_seeds)
-    val = ref.pcb_frames(st, "validation", a.size_px, a.validation_frames,
+    val = ref.family_frames(st, "validation", a.size_px, a.validation_frames,
                          ref.VALIDATION_SEED_BASE)
     wiener_val = ref.evaluate(None, st, [val])["validation"]
     log(f"validation Wiener SSIM {wiener_val['ssim']:.4f} PSNR {wiener_val['psnr_db']:.2f}")
